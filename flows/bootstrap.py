@@ -1,0 +1,56 @@
+"""Flow ``bootstrap``: world → train → evaluate → export → registry → champion.
+
+Run: ``python -m flows.bootstrap [--params params.yaml] [--epochs N]`` or the ``bootstrap`` deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows import stages
+from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.env import apply_env
+
+
+@flow(name="bootstrap", log_prints=True)
+def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> dict[str, str | None]:
+    """Build the first champion from the source domain.
+
+    Args:
+        params_path: params file of the whole run.
+        epochs: override of ``train.epochs``.
+    """
+    params = load_params(params_path, overrides={"train": {"epochs": epochs}} if epochs else None)
+    if params.world.enabled:
+        stages.world(params)
+    trained = stages.train(params)
+    report = stages.evaluate(params)
+    stages.export(params)
+    version = stages.registry(params)
+    moves = stages.promote(params, version.version)
+    rows = "\n".join(f"| {name} | {s.map50_95:.4f} | {s.map50:.4f} | {s.images} |" for name, s in report.sets.items())
+    create_markdown_artifact(
+        key="bootstrap-summary",
+        markdown=(f"## Bootstrap: {version.name} v{version.version} is champion\n\n"
+                  f"Trained {trained.epochs} epochs ({trained.family}, {trained.license}); MLflow run "
+                  f"`{trained.mlflow_run_id}`\n\n| set | mAP50-95 | mAP50 | images |\n|---|---|---|---|\n{rows}\n"),
+        description="first champion",
+    )
+    print(f"champion: {version.name} v{version.version}; alias moves {moves}")
+    return moves
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.bootstrap", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--epochs", type=int, default=None)
+    args = parser.parse_args(argv)
+    apply_env()
+    bootstrap(params_path=args.params, epochs=args.epochs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Flow ``predict``: the champion (resolved at run time) over production batches → prediction log.
+
+Run: ``python -m flows.predict [--params params.yaml] [--batch 2026-11-02]`` or the scheduled deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from flows import stages
+from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.env import apply_env
+from tasks.predict import PredictResult
+
+
+@flow(name="predict", log_prints=True)
+def predict(params_path: str = DEFAULT_PARAMS, batches: list[str] | None = None,
+            alias: str = "champion") -> PredictResult:
+    """Predict the given production batches (default: all not yet logged by the aliased version)."""
+    params = load_params(params_path)
+    result = stages.predict(params, batches=batches, alias=alias)
+    create_table_artifact(
+        key="predict-batches",
+        table=[{"batch": b.batch, "images": b.images, "detections": b.detections, "skipped": len(b.skipped),
+                "ms_per_image": b.ms_per_image} for b in result.batches],
+        description=f"{result.model_name} v{result.model_version} (@{result.alias})",
+    )
+    print(f"{result.model_name} v{result.model_version} predicted {len(result.batches)} batch(es)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.predict", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--batch", action="append", default=None, help="batch folder name (repeatable)")
+    parser.add_argument("--alias", default="champion")
+    args = parser.parse_args(argv)
+    apply_env()
+    predict(params_path=args.params, batches=args.batch, alias=args.alias)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Prefect task wrappers of the stage functions: retries, timeouts, tags. Nothing else.
+
+One task per stage, named like the stage, calling the very function ``python -m tasks.<stage>`` (and so
+``dvc repro``) calls. Stage code never imports Prefect; this is the only module that wraps it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import tasks.evaluate
+import tasks.export
+import tasks.predict
+import tasks.registry
+import tasks.train
+import tasks.world
+from tasks.config import Params
+
+_COMMON = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
+
+
+@task(name="world", **_COMMON)
+def world(params: Params) -> tasks.world.WorldResult:
+    return tasks.world.run(params)
+
+
+@task(name="train", **_COMMON)
+def train(params: Params) -> tasks.train.TrainResult:
+    return tasks.train.run(params)
+
+
+@task(name="evaluate", **_COMMON)
+def evaluate(params: Params, model_path: Path | None = None) -> tasks.evaluate.EvaluateReport:
+    return tasks.evaluate.run(params, model_path=model_path)
+
+
+@task(name="export", **_COMMON)
+def export(params: Params) -> list[tasks.export.ArtifactCheck]:
+    return tasks.export.run(params)
+
+
+@task(name="registry", retries=2, retry_delay_seconds=5, **_COMMON)
+def registry(params: Params) -> tasks.registry.ModelVersionInfo:
+    return tasks.registry.run(params)
+
+
+@task(name="promote", retries=2, retry_delay_seconds=5, **_COMMON)
+def promote(params: Params, version: str) -> dict[str, str | None]:
+    return tasks.registry.promote_to_champion(params, version)
+
+
+@task(name="predict", **_COMMON)
+def predict(params: Params, batches: list[str] | None = None, alias: str | None = None) -> tasks.predict.PredictResult:
+    return tasks.predict.run(params, batches=batches, alias=alias)

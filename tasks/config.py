@@ -1,0 +1,329 @@
+"""Typed configuration: one ``params.yaml``, one pydantic model per section.
+
+Every stage ``main()`` and every flow calls :func:`load_params`; nothing else reads ``params.yaml``.
+Models forbid unknown keys, so a typo fails with its key path (``train.epoch: extra inputs are not
+permitted``) instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = "params.yaml"
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Where data, models and reports live (relative to the working directory or absolute)."""
+
+    world: Path = Path("data/world")
+    train: Path = Path("data/world/historical/train")
+    val: Path = Path("data/world/historical/val")
+    golden: Path = Path("data/world/golden")
+    production: Path = Path("data/world/production")
+    oracle: Path = Path("data/world/oracle")
+    predictions: Path = Path("data/predictions")
+    models: Path = Path("models")
+    reports: Path = Path("reports")
+
+
+class BaseParams(Section):
+    """Settings shared by every stage."""
+
+    project: str = "visionloop"
+    seed: int = 0
+    classes: list[str] = Field(min_length=1)
+    imgsz: PositiveInt = 160
+    device: str = "cpu"
+    paths: Paths = Paths()
+
+    @model_validator(mode="after")
+    def _unique_classes(self) -> BaseParams:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        return self
+
+
+def _check_render_values(owner: str, values: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the field when a render range or weight list is impossible.
+
+    Shared by :class:`RenderSettings` and :class:`ScenarioOverride`; ``None`` means "not set" and is skipped.
+    """
+    for name in ("objects_per_image", "object_scale", "clutter"):
+        pair = values.get(name)
+        if pair is not None and not 0 <= pair[0] <= pair[1]:
+            raise ValueError(f"{owner}.{name} = {list(pair)}: need 0 <= min <= max")
+    scale = values.get("object_scale")
+    if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(
+            f"{owner}.object_scale = {list(scale)}: fractions of the shorter side, need 0 < min <= max <= 1"
+        )
+    for name in ("class_weights", "background_weights"):
+        weights = values.get(name)
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError(f"{owner}.{name} = {weights}: need non-negative weights with a positive sum")
+    if values.get("backgrounds") is not None and not values["backgrounds"]:
+        raise ValueError(f"{owner}.backgrounds is empty: name at least one background kind")
+
+
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class RenderSettings(Section):
+    """How the synthetic world draws a scene; a scenario overrides a subset of these.
+
+    ``background_weights`` (``None`` = uniform) are the sampling probabilities of ``backgrounds``; drift
+    uses them to mix the source kinds with a scenario's kinds by severity.
+    """
+
+    objects_per_image: tuple[NonNegativeInt, NonNegativeInt] = (1, 4)
+    object_scale: tuple[float, float] = (0.12, 0.30)
+    class_weights: list[NonNegativeFloat] | None = None
+    brightness: NonNegativeFloat = 1.0
+    contrast: NonNegativeFloat = 1.0
+    color_cast: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (1.0, 1.0, 1.0)
+    blur_sigma: NonNegativeFloat = 0.0
+    motion_blur: NonNegativeInt = 0
+    noise_std: NonNegativeFloat = 4.0
+    clutter: tuple[NonNegativeInt, NonNegativeInt] = (0, 0)
+    backgrounds: list[str] = ["smooth", "stripes", "checker"]
+    background_weights: list[NonNegativeFloat] | None = None
+    occlusion: Fraction = 0.3
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RenderSettings:
+        _check_render_values("render settings", dict(self))
+        if self.background_weights is not None and len(self.background_weights) != len(self.backgrounds):
+            raise ValueError(
+                f"background_weights has {len(self.background_weights)} entries, "
+                f"backgrounds {self.backgrounds} has {len(self.backgrounds)}"
+            )
+        return self
+
+
+class ScenarioOverride(Section):
+    """A partial :class:`RenderSettings`: only the fields a drift scenario changes (``None`` = unchanged)."""
+
+    objects_per_image: tuple[NonNegativeInt, NonNegativeInt] | None = None
+    object_scale: tuple[float, float] | None = None
+    class_weights: list[NonNegativeFloat] | None = None
+    brightness: NonNegativeFloat | None = None
+    contrast: NonNegativeFloat | None = None
+    color_cast: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] | None = None
+    blur_sigma: NonNegativeFloat | None = None
+    motion_blur: NonNegativeInt | None = None
+    noise_std: NonNegativeFloat | None = None
+    clutter: tuple[NonNegativeInt, NonNegativeInt] | None = None
+    backgrounds: list[str] | None = None
+    background_weights: list[NonNegativeFloat] | None = None
+    occlusion: Fraction | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScenarioOverride:
+        _check_render_values("scenario", dict(self))
+        if self.background_weights is not None and (
+            self.backgrounds is None or len(self.background_weights) != len(self.backgrounds)
+        ):
+            raise ValueError("scenario background_weights needs backgrounds of the same length in the same scenario")
+        return self
+
+
+class ProductionStream(Section):
+    """The dated production batches and the drift they follow."""
+
+    scenario: list[str] = Field(default_factory=list)
+    batches: PositiveInt = 2
+    images_per_batch: PositiveInt = 100
+    start_date: dt.date = dt.date(2026, 11, 2)
+    severity_start: Fraction = 0.5
+    severity_end: Fraction = 1.0
+
+
+class WorldParams(Section):
+    """Synthetic world: historical + golden sets from the source domain, drifting production batches."""
+
+    enabled: bool = True
+    image_size: tuple[PositiveInt, PositiveInt] = (160, 160)
+    train_images: PositiveInt = 600
+    val_images: PositiveInt = 100
+    golden_images: PositiveInt = 200
+    source: RenderSettings = RenderSettings()
+    scenarios: dict[str, ScenarioOverride] = Field(default_factory=dict)
+    production: ProductionStream = ProductionStream()
+
+    @model_validator(mode="after")
+    def _known_scenarios(self) -> WorldParams:
+        unknown = [name for name in self.production.scenario if name not in self.scenarios]
+        if unknown:
+            raise ValueError(
+                f"production.scenario names {unknown} not defined under world.scenarios "
+                f"(defined: {sorted(self.scenarios)})"
+            )
+        return self
+
+
+class TrainParams(Section):
+    """Training: model family, architecture or checkpoint, schedule."""
+
+    family: Literal["yolo"] = "yolo"
+    model: str = "yolo26n.yaml"
+    weights: Path | None = None
+    epochs: PositiveInt = 30
+    batch: PositiveInt = 32
+    workers: int = Field(default=2, ge=0)
+    lr0: float = Field(default=0.01, gt=0)
+    patience: int = Field(default=0, ge=0)
+    extra_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateParams(Section):
+    """Evaluation: which labeled sets, inference thresholds for COCO mAP."""
+
+    sets: list[str] = ["golden"]
+    conf: Fraction = 0.001
+    iou: Fraction = 0.7
+    max_det: PositiveInt = 100
+    batch: PositiveInt = 16
+
+
+class ExportParams(Section):
+    """Export targets and the accuracy tolerance every exported artifact must meet."""
+
+    targets: list[Literal["onnx"]] = ["onnx"]
+    opset: PositiveInt = 17
+    dynamic: bool = True
+    simplify: bool = True
+    max_map_drop: float = Field(default=0.005, ge=0)
+
+
+class RegistryParams(Section):
+    """MLflow registry: model name, experiment, store (``MLFLOW_TRACKING_URI`` wins over ``tracking_uri``)."""
+
+    model_name: str = "visionloop-detector"
+    experiment: str = "visionloop"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: Path = Path("mlartifacts")
+
+
+class PredictParams(Section):
+    """Batch prediction with the aliased model over production batches."""
+
+    alias: str = "champion"
+    conf: Fraction = 0.25
+    iou: Fraction = 0.7
+    max_det: PositiveInt = 100
+    batch_size: PositiveInt = 8
+    threads: PositiveInt = 2
+
+
+class Params(Section):
+    """The whole ``params.yaml``."""
+
+    base: BaseParams
+    world: WorldParams = WorldParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    registry: RegistryParams = RegistryParams()
+    predict: PredictParams = PredictParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        weights = self.world.source.class_weights
+        if weights is not None and len(weights) != len(self.base.classes):
+            raise ValueError(
+                f"world.source.class_weights has {len(weights)} entries, base.classes has {len(self.base.classes)}"
+            )
+        for name, scenario in self.world.scenarios.items():
+            if scenario.class_weights is not None and len(scenario.class_weights) != len(self.base.classes):
+                raise ValueError(
+                    f"world.scenarios.{name}.class_weights has {len(scenario.class_weights)} entries, "
+                    f"base.classes has {len(self.base.classes)}"
+                )
+        for name in self.evaluate.sets:
+            if name not in Paths.model_fields:
+                raise ValueError(f"evaluate.sets: {name!r} is not a base.paths entry")
+        return self
+
+    def digest(self) -> str:
+        """Return a short stable hash of the effective configuration (for lineage)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is missing, unreadable or does not match the schema."""
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {err.error_count()} invalid setting(s)"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate a params file.
+
+    Args:
+        path: YAML file with a ``base:`` section and one section per stage.
+        overrides: nested dict merged over the file (flow parameters use this), e.g.
+            ``{"train": {"epochs": 2}}``.
+
+    Returns:
+        The validated, immutable :class:`Params`.
+
+    Raises:
+        ConfigError: file missing, not YAML, or a key unknown / mistyped (message lists key paths).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+
+
+def stage_argparser(stage: str, doc: str | None = None) -> argparse.ArgumentParser:
+    """Return the common CLI of ``python -m tasks.<stage>``: ``--params PATH``."""
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=doc)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    return parser

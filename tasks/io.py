@@ -1,0 +1,49 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a hidden temp file beside ``path``, fsync it, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON atomically (non-JSON values such as paths become strings)."""
+    return write_bytes_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a fully written ``staging`` folder to ``target``, replacing what was there.
+
+    The old folder is renamed aside first and removed only after the new one is in place, so a crash
+    leaves either the old or the new folder at ``target`` (plus, at worst, a stale ``.old`` folder).
+    """
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.exists():
+        shutil.rmtree(old)

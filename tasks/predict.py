@@ -1,0 +1,179 @@
+"""Stage ``predict``: the aliased model (champion by default) over production batches → prediction log.
+
+Contract:
+    inputs: production batches ``<base.paths.production>/<batch>/images/*`` (a batch folder named
+        ``YYYY-MM-DD...`` is dated by its name, otherwise by today's UTC date); the registered model
+        version behind ``predict.alias``, resolved at run time;
+    params: ``base``, ``registry`` (store, model name), ``predict``;
+    outputs: rows appended to the prediction log ``<base.paths.predictions>/date=YYYY-MM-DD/*.parquet``
+        (schema in :mod:`tasks.prediction_log`), one file per (batch, model version), replaced atomically
+        on a re-run; ``<reports>/predict.json``;
+    side effects: the version's ONNX file is cached under ``<models>/registry/<name>/<version>/``.
+
+Inference is ONNX Runtime only (no torch in the serving path). Unreadable images are skipped, named in
+the log and in the report; they never stop the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tasks import prediction_log, registry
+from tasks.config import Params, load_params, stage_argparser
+from tasks.dataset import DatasetError, list_images, load_rgb
+from tasks.inference import InferenceSettings, OnnxDetector, predict_images
+from tasks.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+_DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Outcome of predicting one batch."""
+
+    batch: str
+    date: str
+    images: int
+    detections: int
+    skipped: dict[str, str]
+    files: list[str]
+    ms_per_image: float
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What ``reports/predict.json`` holds."""
+
+    model_name: str
+    model_version: str
+    alias: str
+    batches: list[BatchResult] = field(default_factory=list)
+
+
+def batch_date(batch: str) -> dt.date:
+    """The date of a batch folder: its ``YYYY-MM-DD`` name prefix, else today (UTC)."""
+    match = _DATE_PREFIX.match(batch)
+    if match:
+        try:
+            return dt.date.fromisoformat(match.group(1))
+        except ValueError:
+            pass
+    return dt.datetime.now(dt.UTC).date()
+
+
+def list_batches(production: Path) -> list[str]:
+    """Batch folders (those with an ``images/`` sub-folder), sorted by name."""
+    if not production.is_dir():
+        raise FileNotFoundError(f"{production}: production folder not found (base.paths.production)")
+    return sorted(p.name for p in production.iterdir() if (p / "images").is_dir())
+
+
+def pending_batches(params: Params, info: registry.ModelVersionInfo) -> list[str]:
+    """Batches this model version has not logged yet."""
+    done = {b.batch for b in prediction_log.logged_batches(params.base.paths.predictions)
+            if b.model_name == info.name and b.model_version == info.version}
+    return [b for b in list_batches(params.base.paths.production) if b not in done]
+
+
+def cached_onnx(params: Params, info: registry.ModelVersionInfo) -> Path:
+    """The version's ONNX file, downloaded once into ``<models>/registry/<name>/<version>/``."""
+    cache = params.base.paths.models / "registry" / info.name / info.version
+    found = sorted(cache.rglob("*.onnx")) if cache.is_dir() else []
+    return found[0] if found else registry.download_onnx(params, info, cache)
+
+
+def predict_batch(
+    detector: OnnxDetector, *, params: Params, info: registry.ModelVersionInfo, alias: str, batch: str
+) -> BatchResult:
+    """Run the detector over one batch and append its rows to the prediction log."""
+    images = list_images(params.base.paths.production / batch / "images")
+    records: list[prediction_log.ImageDetections] = []
+    skipped: dict[str, str] = {}
+    size = params.predict.batch_size
+    for start in tqdm(range(0, len(images), size), desc=f"predict {batch}", unit="chunk", leave=False):
+        chunk, arrays = [], []
+        for path in images[start:start + size]:
+            try:
+                arrays.append(load_rgb(path))
+                chunk.append(path)
+            except DatasetError as exc:
+                skipped[str(path)] = str(exc)
+                log.warning("skipping %s", exc)
+        detections, ms = predict_images(detector, arrays)
+        per_image_ms = ms / max(len(chunk), 1)
+        for path, rgb, det in zip(chunk, arrays, detections, strict=True):
+            records.append(prediction_log.ImageDetections(
+                image_id=path.stem, image_uri=path.resolve().as_uri(),
+                image_sha256=prediction_log.sha256_file(path), width=rgb.shape[1], height=rgb.shape[0],
+                latency_ms=per_image_ms, boxes_xyxy=det.boxes_xyxy, confidence=det.confidence,
+                class_id=det.class_id,
+            ))
+    date = batch_date(batch)
+    table = prediction_log.rows_to_table(records, batch=batch, date=date, model_name=info.name,
+                                         model_version=info.version, model_alias=alias,
+                                         class_names=list(params.base.classes))
+    files = prediction_log.append(params.base.paths.predictions, table,
+                                  part=f"batch={batch}__model={info.name}-v{info.version}")
+    return BatchResult(
+        batch=batch, date=date.isoformat(), images=len(records),
+        detections=sum(len(r.confidence) for r in records), skipped=skipped, files=[str(f) for f in files],
+        ms_per_image=round(sum(r.latency_ms for r in records) / max(len(records), 1), 3),
+    )
+
+
+def run(params: Params, *, batches: list[str] | None = None, alias: str | None = None) -> PredictResult:
+    """Predict the given batches (default: every batch this model version has not logged yet).
+
+    Raises:
+        registry.AliasNotFoundError: no model under the alias (message names the flow that creates it).
+        FileNotFoundError: a named batch does not exist.
+    """
+    alias = alias or params.predict.alias
+    info = registry.get_alias(params, alias)
+    available = list_batches(params.base.paths.production)
+    missing = [b for b in batches or [] if b not in available]
+    if missing:
+        raise FileNotFoundError(f"batches {missing} not found under {params.base.paths.production} "
+                                f"(available: {available})")
+    todo = batches if batches is not None else pending_batches(params, info)
+    settings = InferenceSettings(imgsz=params.base.imgsz, conf=params.predict.conf, iou=params.predict.iou,
+                                 max_det=params.predict.max_det, threads=params.predict.threads)
+    detector = OnnxDetector(cached_onnx(params, info), settings)
+    start = time.perf_counter()
+    results = []
+    for batch in todo:
+        result = predict_batch(detector, params=params, info=info, alias=alias, batch=batch)
+        log.info("batch %s: %d images, %d detections, %.1f ms/image with %s v%s", batch, result.images,
+                 result.detections, result.ms_per_image, info.name, info.version)
+        results.append(result)
+    report = PredictResult(model_name=info.name, model_version=info.version, alias=alias, batches=results)
+    write_json_atomic(params.base.paths.reports / "predict.json",
+                      asdict(report) | {"wall_s": round(time.perf_counter() - start, 2)})
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.predict [--params P] [--batch B ...] [--alias A]``."""
+    from tasks.env import apply_env
+
+    parser = stage_argparser("predict", __doc__)
+    parser.add_argument("--batch", action="append", default=None, help="batch folder name (repeatable)")
+    parser.add_argument("--alias", default=None, help="registry alias (default: predict.alias)")
+    args = parser.parse_args(argv)
+    apply_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    report = run(load_params(args.params), batches=args.batch, alias=args.alias)
+    print(json.dumps({b.batch: b.images for b in report.batches}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Stage ``train``: fit a detector on the training set, behind a small trainer protocol.
+
+Contract:
+    inputs: YOLO-format ``base.paths.train`` and ``base.paths.val``; optional warm-start checkpoint
+        ``train.weights``;
+    params: ``base`` (classes, imgsz, device, seed, paths), ``train``;
+    outputs: ``<models>/train/best.pt``, ``<reports>/train.json`` (final metrics, MLflow run id);
+    side effects: an MLflow run (params, per-epoch metrics, artifacts) in the ``registry`` experiment;
+        Ultralytics' scratch folder ``<models>/train/ultralytics/``.
+
+A model family is a :class:`Trainer` in :data:`TRAINERS`, chosen by ``train.family``; YOLO (Ultralytics)
+is the first, trained offline from a model yaml or warm-started from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from tasks import registry
+from tasks.config import Params, load_params, stage_argparser
+from tasks.io import write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+EpochLogger = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a trainer hands on: the checkpoint and where it came from."""
+
+    weights: str
+    family: str
+    license: str
+    base_weights: str
+    epochs: int
+    final_metrics: dict[str, float]
+    mlflow_run_id: str
+    wall_s: float
+
+
+class Trainer(Protocol):
+    """A model family: how to train it and under which license its weights fall."""
+
+    family: str
+    license: str
+
+    def fit(self, params: Params, *, out_dir: Path, on_epoch: EpochLogger) -> tuple[Path, dict[str, float]]:
+        """Train and return the best checkpoint and its final validation metrics."""
+        ...
+
+
+class YoloTrainer:
+    """Ultralytics YOLO trained offline: architecture from a yaml, or warm start from a ``.pt``."""
+
+    family = "yolo"
+    license = "AGPL-3.0"
+
+    def fit(self, params: Params, *, out_dir: Path, on_epoch: EpochLogger) -> tuple[Path, dict[str, float]]:
+        from tasks.env import configure_ultralytics
+
+        configure_ultralytics()
+        from ultralytics import YOLO
+
+        cfg, paths = params.train, params.base.paths
+        data_yaml = out_dir / "data.yaml"
+        write_bytes_atomic(data_yaml, yaml.safe_dump({
+            "path": str(Path.cwd()),
+            "train": str(Path(paths.train, "images").resolve()),
+            "val": str(Path(paths.val, "images").resolve()),
+            "names": dict(enumerate(params.base.classes)),
+        }).encode())
+        model = YOLO(str(cfg.weights) if cfg.weights else cfg.model)
+
+        def _epoch_end(trainer: Any) -> None:
+            if trainer.epoch >= cfg.epochs:  # Ultralytics' final validation of best.pt calls this once more
+                return
+            metrics = {_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
+            metrics.update({f"train/{k}": float(v) for k, v in trainer.label_loss_items(trainer.tloss).items()
+                            if not k.startswith("train/")} if trainer.tloss is not None else {})
+            metrics.update({f"lr/{k}": float(v) for k, v in trainer.lr.items()})
+            on_epoch(trainer.epoch + 1, metrics)
+
+        model.add_callback("on_fit_epoch_end", _epoch_end)
+        scratch = out_dir / "ultralytics"
+        args = {
+            "data": str(data_yaml), "epochs": cfg.epochs, "imgsz": params.base.imgsz, "batch": cfg.batch,
+            "device": params.base.device, "workers": cfg.workers, "seed": params.base.seed,
+            "deterministic": True, "lr0": cfg.lr0, "patience": cfg.patience or cfg.epochs,
+            "project": str(scratch.resolve()), "name": "run", "exist_ok": True, "plots": False,
+            "amp": params.base.device != "cpu", "verbose": False, "pretrained": False,
+        } | cfg.extra_args
+        model.train(**args)
+        trainer = model.trainer
+        best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+        final = {_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
+        return best, final
+
+
+def _metric_key(key: str) -> str:
+    return key.replace("(B)", "").replace("metrics/", "val/")
+
+
+TRAINERS: dict[str, Trainer] = {"yolo": YoloTrainer()}
+
+
+def run(params: Params) -> TrainResult:
+    """Train the configured family and write ``best.pt`` and ``reports/train.json``."""
+    trainer = TRAINERS[params.train.family]
+    out_dir = params.base.paths.models / "train"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    base_weights = str(params.train.weights) if params.train.weights else f"scratch:{params.train.model}"
+    with registry.mlflow_run(params, run_name=f"train-{trainer.family}", tags={
+        "stage": "train", "model_family": trainer.family, "license": trainer.license, "base_weights": base_weights,
+    }) as run_id:
+        registry.log_params(params.train.model_dump(mode="json") | {"imgsz": params.base.imgsz,
+                                                                    "seed": params.base.seed})
+        best, final = trainer.fit(params, out_dir=out_dir, on_epoch=registry.log_epoch)
+        target = out_dir / "best.pt"
+        tmp = target.with_name(".best.pt.tmp")
+        shutil.copyfile(best, tmp)
+        tmp.replace(target)
+        results_csv = best.parent.parent / "results.csv"
+        registry.log_artifacts([target] + ([results_csv] if results_csv.exists() else []), "train")
+    result = TrainResult(
+        weights=str(target), family=trainer.family, license=trainer.license, base_weights=base_weights,
+        epochs=params.train.epochs, final_metrics=final, mlflow_run_id=run_id,
+        wall_s=round(time.perf_counter() - start, 2),
+    )
+    write_json_atomic(params.base.paths.reports / "train.json", asdict(result))
+    log.info("trained %s for %d epochs in %.0f s -> %s", trainer.family, result.epochs, result.wall_s, target)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.train [--params P]``."""
+    from tasks.env import apply_env
+
+    args = stage_argparser("train", __doc__).parse_args(argv)
+    apply_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run(load_params(args.params))
+    print(json.dumps({"weights": result.weights, "mlflow_run_id": result.mlflow_run_id}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Shared fixtures: offline settings for every test, a tiny world's params for integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks.config import Params
+from tasks.env import PROJECT_ROOT, apply_env
+
+apply_env()  # before any test imports Ultralytics, MLflow or Prefect
+
+
+def tiny_params_dict(root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml content for a tiny, fast world under ``root`` (64 px images, 1 epoch)."""
+    data = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    paths = {key: str(root / value) for key, value in data["base"]["paths"].items()}
+    data["base"].update(imgsz=64, paths=paths)
+    data["world"].update(image_size=[64, 64], train_images=24, val_images=8, golden_images=8)
+    data["world"]["production"].update(batches=2, images_per_batch=6)
+    data["train"].update(epochs=1, batch=8, workers=0)
+    data["registry"].update(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "mlartifacts"))
+    data["export"].update(max_map_drop=1.0)  # a 1-epoch model's mAP is noise; the gate is tested on its own
+    for name, values in sections.items():
+        data[name].update(values)
+    return data
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params_dict(tmp_path), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Params:
+    return Params.model_validate(tiny_params_dict(tmp_path))
