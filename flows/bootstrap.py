@@ -34,9 +34,11 @@ def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> d
     rows = "\n".join(f"| {name} | {s.map50_95:.4f} | {s.map50:.4f} | {s.images} |" for name, s in report.sets.items())
     create_markdown_artifact(
         key="bootstrap-summary",
-        markdown=(f"## Bootstrap: {version.name} v{version.version} is champion\n\n"
-                  f"Trained {trained.epochs} epochs ({trained.family}, {trained.license}); MLflow run "
-                  f"`{trained.mlflow_run_id}`\n\n| set | mAP50-95 | mAP50 | images |\n|---|---|---|---|\n{rows}\n"),
+        markdown=(
+            f"## Bootstrap: {version.name} v{version.version} is champion\n\n"
+            f"Trained {trained.epochs} epochs ({trained.family}, {trained.license}); MLflow run "
+            f"`{trained.mlflow_run_id}`\n\n| set | mAP50-95 | mAP50 | images |\n|---|---|---|---|\n{rows}\n"
+        ),
         description="first champion",
     )
     print(f"champion: {version.name} v{version.version}; alias moves {moves}")

@@ -26,14 +26,18 @@ def demo(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> None:
     result = predict(params_path=params_path)
     params = load_params(params_path)
     paths = params.base.paths
-    print("\n".join([
-        f"demo finished in {time.perf_counter() - start:.0f} s",
-        f"  champion      : models:/{result.model_name}@champion (v{result.model_version}) "
-        f"in {tracking_uri(params)}  -> make mlflow-ui",
-        f"  predictions   : {paths.predictions}/date=*/ ({len(result.batches)} batches)",
-        f"  reports       : {paths.reports}/*.json",
-        "  flow runs     : make prefect-ui",
-    ]))
+    print(
+        "\n".join(
+            [
+                f"demo finished in {time.perf_counter() - start:.0f} s",
+                f"  champion      : models:/{result.model_name}@champion (v{result.model_version}) "
+                f"in {tracking_uri(params)}  -> make mlflow-ui",
+                f"  predictions   : {paths.predictions}/date=*/ ({len(result.batches)} batches)",
+                f"  reports       : {paths.reports}/*.json",
+                "  flow runs     : make prefect-ui",
+            ]
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

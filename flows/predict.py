@@ -17,15 +17,24 @@ from tasks.predict import PredictResult
 
 
 @flow(name="predict", log_prints=True)
-def predict(params_path: str = DEFAULT_PARAMS, batches: list[str] | None = None,
-            alias: str = "champion") -> PredictResult:
+def predict(
+    params_path: str = DEFAULT_PARAMS, batches: list[str] | None = None, alias: str = "champion"
+) -> PredictResult:
     """Predict the given production batches (default: all not yet logged by the aliased version)."""
     params = load_params(params_path)
     result = stages.predict(params, batches=batches, alias=alias)
     create_table_artifact(
         key="predict-batches",
-        table=[{"batch": b.batch, "images": b.images, "detections": b.detections, "skipped": len(b.skipped),
-                "ms_per_image": b.ms_per_image} for b in result.batches],
+        table=[
+            {
+                "batch": b.batch,
+                "images": b.images,
+                "detections": b.detections,
+                "skipped": len(b.skipped),
+                "ms_per_image": b.ms_per_image,
+            }
+            for b in result.batches
+        ],
         description=f"{result.model_name} v{result.model_version} (@{result.alias})",
     )
     print(f"{result.model_name} v{result.model_version} predicted {len(result.batches)} batch(es)")

@@ -71,8 +71,18 @@ def configure_ultralytics() -> None:
     """Turn off Ultralytics' own integrations (we log to MLflow ourselves) after :func:`apply_env`."""
     from ultralytics.utils import SETTINGS
 
-    wanted = {"mlflow": False, "wandb": False, "tensorboard": False, "clearml": False, "comet": False,
-              "dvc": False, "hub": False, "neptune": False, "raytune": False, "sync": False}
+    wanted = {
+        "mlflow": False,
+        "wandb": False,
+        "tensorboard": False,
+        "clearml": False,
+        "comet": False,
+        "dvc": False,
+        "hub": False,
+        "neptune": False,
+        "raytune": False,
+        "sync": False,
+    }
     changes = {key: value for key, value in wanted.items() if key in SETTINGS and SETTINGS[key] != value}
     if changes:
         SETTINGS.update(changes)
@@ -93,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     values = apply_env()
     if args.command == "check":
         configure_ultralytics()
-        print(f"offline settings applied ({len(values)} variables from {ENV_FILE.name}); "
-              f"Ultralytics config in {os.environ['YOLO_CONFIG_DIR']}")
+        print(
+            f"offline settings applied ({len(values)} variables from {ENV_FILE.name}); "
+            f"Ultralytics config in {os.environ['YOLO_CONFIG_DIR']}"
+        )
         return 0
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from tasks.boxes import xywhn_to_xyxy, xyxy_to_xywh
@@ -124,10 +123,16 @@ def coco_ground_truth(images: Sequence[LabeledImage], classes: Sequence[str]) ->
         coco_images.append({"id": index, "file_name": item.path.name, "width": item.width, "height": item.height})
         xywh = xyxy_to_xywh(xywhn_to_xyxy(item.boxes_xywhn, width=item.width, height=item.height))
         for cls, box in zip(item.class_id, xywh, strict=True):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": index, "category_id": int(cls) + 1,
-                "bbox": [float(v) for v in box], "area": float(box[2] * box[3]), "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index,
+                    "category_id": int(cls) + 1,
+                    "bbox": [float(v) for v in box],
+                    "area": float(box[2] * box[3]),
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
     return {"images": coco_images, "annotations": annotations, "categories": categories}
 
@@ -137,8 +142,9 @@ def coco_detections(per_image: Sequence[Detections]) -> list[dict[str, Any]]:
     results = []
     for index, det in enumerate(per_image, start=1):
         for box, score, cls in zip(xyxy_to_xywh(det.boxes_xyxy), det.confidence, det.class_id, strict=True):
-            results.append({"image_id": index, "category_id": int(cls) + 1,
-                            "bbox": [float(v) for v in box], "score": float(score)})
+            results.append(
+                {"image_id": index, "category_id": int(cls) + 1, "bbox": [float(v) for v in box], "score": float(score)}
+            )
     return results
 
 
@@ -149,9 +155,10 @@ def detect_set(
     detector = load_detector(model_path, settings)
     detections: list[Detections] = []
     total_ms = 0.0
-    for start in tqdm(range(0, len(images), batch), desc=desc or f"detect {model_path.name}", unit="batch",
-                      leave=False):
-        chunk = images[start:start + batch]
+    for start in tqdm(
+        range(0, len(images), batch), desc=desc or f"detect {model_path.name}", unit="batch", leave=False
+    ):
+        chunk = images[start : start + batch]
         dets, ms = predict_images(detector, [load_rgb(item.path) for item in chunk])
         detections.extend(dets)
         total_ms += ms
@@ -159,7 +166,12 @@ def detect_set(
 
 
 def evaluate_set(
-    model_path: Path, set_root: Path, *, classes: Sequence[str], settings: InferenceSettings, batch: int,
+    model_path: Path,
+    set_root: Path,
+    *,
+    classes: Sequence[str],
+    settings: InferenceSettings,
+    batch: int,
     set_name: str = "",
 ) -> SetEvaluation:
     """COCO-evaluate one model artifact on one YOLO-format set."""
@@ -167,17 +179,28 @@ def evaluate_set(
     detections, ms = detect_set(model_path, images, settings, batch=batch, desc=f"evaluate {set_name or set_root}")
     result = coco_metrics(coco_ground_truth(images, classes), coco_detections(detections))
     return SetEvaluation(
-        set_name=set_name or set_root.name, path=str(set_root), images=len(images),
-        boxes=int(sum(len(item.class_id) for item in images)), map50_95=result.map50_95, map50=result.map50,
-        stats=result.stats, per_class_ap=result.per_class_ap, ms_per_image=ms,
+        set_name=set_name or set_root.name,
+        path=str(set_root),
+        images=len(images),
+        boxes=int(sum(len(item.class_id) for item in images)),
+        map50_95=result.map50_95,
+        map50=result.map50,
+        stats=result.stats,
+        per_class_ap=result.per_class_ap,
+        ms_per_image=ms,
     )
 
 
 def inference_settings(params: Params, *, threads: int | None = None) -> InferenceSettings:
     """The evaluation thresholds of ``params`` (low confidence, as COCO mAP needs the full PR curve)."""
-    return InferenceSettings(imgsz=params.base.imgsz, conf=params.evaluate.conf, iou=params.evaluate.iou,
-                             max_det=params.evaluate.max_det, threads=threads or params.predict.threads,
-                             device=params.base.device)
+    return InferenceSettings(
+        imgsz=params.base.imgsz,
+        conf=params.evaluate.conf,
+        iou=params.evaluate.iou,
+        max_det=params.evaluate.max_det,
+        threads=threads or params.predict.threads,
+        device=params.base.device,
+    )
 
 
 def default_model_path(params: Params) -> Path:
@@ -199,10 +222,17 @@ def run(params: Params, *, model_path: Path | None = None, report_path: Path | N
     sets = {}
     for name in params.evaluate.sets:
         root = getattr(params.base.paths, name)
-        sets[name] = evaluate_set(model_path, root, classes=params.base.classes, settings=settings,
-                                  batch=params.evaluate.batch, set_name=name)
-        log.info("%s on %s: mAP50-95 %.4f  mAP50 %.4f  (%d images)", model_path.name, name,
-                 sets[name].map50_95, sets[name].map50, sets[name].images)
+        sets[name] = evaluate_set(
+            model_path, root, classes=params.base.classes, settings=settings, batch=params.evaluate.batch, set_name=name
+        )
+        log.info(
+            "%s on %s: mAP50-95 %.4f  mAP50 %.4f  (%d images)",
+            model_path.name,
+            name,
+            sets[name].map50_95,
+            sets[name].map50,
+            sets[name].images,
+        )
     report = EvaluateReport(model=str(model_path), sets=sets, params_digest=params.digest())
     payload = asdict(report) | {"wall_s": round(time.perf_counter() - start, 2)}
     write_json_atomic(report_path or params.base.paths.reports / "evaluate.json", payload)

@@ -73,8 +73,14 @@ class OnnxTarget:
         scratch.mkdir(parents=True)
         shutil.copyfile(weights, scratch / "model.pt")
         produced = YOLO(str(scratch / "model.pt")).export(
-            format="onnx", opset=cfg.opset, dynamic=cfg.dynamic, simplify=cfg.simplify, imgsz=params.base.imgsz,
-            nms=False, device=params.base.device, verbose=False,
+            format="onnx",
+            opset=cfg.opset,
+            dynamic=cfg.dynamic,
+            simplify=cfg.simplify,
+            imgsz=params.base.imgsz,
+            nms=False,
+            device=params.base.device,
+            verbose=False,
         )
         target = out_dir / "model.onnx"
         Path(produced).replace(target)
@@ -86,14 +92,27 @@ TARGETS: dict[str, ExportTarget] = {"onnx": OnnxTarget()}
 
 
 def check_artifact(
-    *, target: str, artifact: Path, reference: dict[str, float], measured: dict[str, float], max_drop: float,
+    *,
+    target: str,
+    artifact: Path,
+    reference: dict[str, float],
+    measured: dict[str, float],
+    max_drop: float,
     export_s: float = 0.0,
 ) -> ArtifactCheck:
     """Compare an artifact's mAP50-95 per set with the PyTorch reference (pure; no I/O but file size)."""
     passed = all(measured[name] >= reference[name] - max_drop for name in reference)
     size = artifact.stat().st_size if artifact.is_file() else sum(p.stat().st_size for p in artifact.rglob("*"))
-    return ArtifactCheck(target=target, path=str(artifact), size_mb=round(size / 2**20, 3), map50_95=measured,
-                         reference_map50_95=reference, max_drop=max_drop, passed=passed, export_s=export_s)
+    return ArtifactCheck(
+        target=target,
+        path=str(artifact),
+        size_mb=round(size / 2**20, 3),
+        map50_95=measured,
+        reference_map50_95=reference,
+        max_drop=max_drop,
+        passed=passed,
+        export_s=export_s,
+    )
 
 
 def _reference_map(params: Params, weights: Path) -> dict[str, float]:
@@ -104,9 +123,17 @@ def _reference_map(params: Params, weights: Path) -> dict[str, float]:
         if Path(data["model"]).resolve() == weights.resolve() and set(params.evaluate.sets) <= set(data["sets"]):
             return {name: data["sets"][name]["map50_95"] for name in params.evaluate.sets}
     settings = inference_settings(params)
-    return {name: evaluate_set(weights, getattr(params.base.paths, name), classes=params.base.classes,
-                               settings=settings, batch=params.evaluate.batch, set_name=name).map50_95
-            for name in params.evaluate.sets}
+    return {
+        name: evaluate_set(
+            weights,
+            getattr(params.base.paths, name),
+            classes=params.base.classes,
+            settings=settings,
+            batch=params.evaluate.batch,
+            set_name=name,
+        ).map50_95
+        for name in params.evaluate.sets
+    }
 
 
 def run(params: Params, *, weights: Path | None = None) -> list[ArtifactCheck]:
@@ -127,18 +154,37 @@ def run(params: Params, *, weights: Path | None = None) -> list[ArtifactCheck]:
         start = time.perf_counter()
         artifact = TARGETS[name].build(weights, out_dir=out_dir, params=params)
         export_s = round(time.perf_counter() - start, 2)
-        measured = {s: evaluate_set(artifact, getattr(params.base.paths, s), classes=params.base.classes,
-                                    settings=settings, batch=params.evaluate.batch, set_name=s).map50_95
-                    for s in params.evaluate.sets}
-        checks.append(check_artifact(target=name, artifact=artifact, reference=reference, measured=measured,
-                                     max_drop=params.export.max_map_drop, export_s=export_s))
+        measured = {
+            s: evaluate_set(
+                artifact,
+                getattr(params.base.paths, s),
+                classes=params.base.classes,
+                settings=settings,
+                batch=params.evaluate.batch,
+                set_name=s,
+            ).map50_95
+            for s in params.evaluate.sets
+        }
+        checks.append(
+            check_artifact(
+                target=name,
+                artifact=artifact,
+                reference=reference,
+                measured=measured,
+                max_drop=params.export.max_map_drop,
+                export_s=export_s,
+            )
+        )
         log.info("%s: mAP50-95 %s vs PyTorch %s", name, measured, reference)
-    write_json_atomic(params.base.paths.reports / "export.json",
-                      {"weights": str(weights), "artifacts": [asdict(c) for c in checks]})
+    write_json_atomic(
+        params.base.paths.reports / "export.json", {"weights": str(weights), "artifacts": [asdict(c) for c in checks]}
+    )
     failed = [c for c in checks if not c.passed]
     if failed:
-        lines = [f"{c.target} ({c.path}): mAP50-95 {c.map50_95} vs PyTorch {c.reference_map50_95}, "
-                 f"allowed drop {c.max_drop}" for c in failed]
+        lines = [
+            f"{c.target} ({c.path}): mAP50-95 {c.map50_95} vs PyTorch {c.reference_map50_95}, allowed drop {c.max_drop}"
+            for c in failed
+        ]
         raise ExportCheckError("export check failed:\n  " + "\n  ".join(lines))
     return checks
 

@@ -86,14 +86,17 @@ def letterbox(image_rgb: npt.NDArray[np.uint8], imgsz: int) -> tuple[npt.NDArray
     height, width = image_rgb.shape[:2]
     scale = min(imgsz / height, imgsz / width)
     new_w, new_h = round(width * scale), round(height * scale)
-    resized = image_rgb if (new_w, new_h) == (width, height) else cv2.resize(
-        image_rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR
+    resized = (
+        image_rgb
+        if (new_w, new_h) == (width, height)
+        else cv2.resize(image_rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     )
     dw, dh = (imgsz - new_w) / 2, (imgsz - new_h) / 2
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
-    padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT,
-                                value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+    padded = cv2.copyMakeBorder(
+        resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE, PAD_VALUE, PAD_VALUE)
+    )
     chw = np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32) / 255.0
     return chw, Letterbox(scale, left, top, width, height)
 
@@ -140,8 +143,13 @@ def decode_output(
     results = []
     for pred, box in zip(output, boxes, strict=True):
         xyxy, scores, cls = _decode_end2end(pred, settings) if end2end else _decode_raw(pred, settings)
-        results.append(Detections(_to_original(np.asarray(xyxy, np.float32), box),
-                                  np.asarray(scores, np.float32), np.asarray(cls, np.int64)))
+        results.append(
+            Detections(
+                _to_original(np.asarray(xyxy, np.float32), box),
+                np.asarray(scores, np.float32),
+                np.asarray(cls, np.int64),
+            )
+        )
     return results
 
 
@@ -156,9 +164,7 @@ class Detector(Protocol):
         ...
 
 
-def predict_images(
-    detector: Detector, images_rgb: Sequence[npt.NDArray[np.uint8]]
-) -> tuple[list[Detections], float]:
+def predict_images(detector: Detector, images_rgb: Sequence[npt.NDArray[np.uint8]]) -> tuple[list[Detections], float]:
     """Detect objects in RGB images (``(H, W, 3)`` uint8 each).
 
     Returns:

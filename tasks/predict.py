@@ -79,8 +79,11 @@ def list_batches(production: Path) -> list[str]:
 
 def pending_batches(params: Params, info: registry.ModelVersionInfo) -> list[str]:
     """Batches this model version has not logged yet."""
-    done = {b.batch for b in prediction_log.logged_batches(params.base.paths.predictions)
-            if b.model_name == info.name and b.model_version == info.version}
+    done = {
+        b.batch
+        for b in prediction_log.logged_batches(params.base.paths.predictions)
+        if b.model_name == info.name and b.model_version == info.version
+    }
     return [b for b in list_batches(params.base.paths.production) if b not in done]
 
 
@@ -101,7 +104,7 @@ def predict_batch(
     size = params.predict.batch_size
     for start in tqdm(range(0, len(images), size), desc=f"predict {batch}", unit="chunk", leave=False):
         chunk, arrays = [], []
-        for path in images[start:start + size]:
+        for path in images[start : start + size]:
             try:
                 arrays.append(load_rgb(path))
                 chunk.append(path)
@@ -111,21 +114,39 @@ def predict_batch(
         detections, ms = predict_images(detector, arrays)
         per_image_ms = ms / max(len(chunk), 1)
         for path, rgb, det in zip(chunk, arrays, detections, strict=True):
-            records.append(prediction_log.ImageDetections(
-                image_id=path.stem, image_uri=path.resolve().as_uri(),
-                image_sha256=prediction_log.sha256_file(path), width=rgb.shape[1], height=rgb.shape[0],
-                latency_ms=per_image_ms, boxes_xyxy=det.boxes_xyxy, confidence=det.confidence,
-                class_id=det.class_id,
-            ))
+            records.append(
+                prediction_log.ImageDetections(
+                    image_id=path.stem,
+                    image_uri=path.resolve().as_uri(),
+                    image_sha256=prediction_log.sha256_file(path),
+                    width=rgb.shape[1],
+                    height=rgb.shape[0],
+                    latency_ms=per_image_ms,
+                    boxes_xyxy=det.boxes_xyxy,
+                    confidence=det.confidence,
+                    class_id=det.class_id,
+                )
+            )
     date = batch_date(batch)
-    table = prediction_log.rows_to_table(records, batch=batch, date=date, model_name=info.name,
-                                         model_version=info.version, model_alias=alias,
-                                         class_names=list(params.base.classes))
-    files = prediction_log.append(params.base.paths.predictions, table,
-                                  part=f"batch={batch}__model={info.name}-v{info.version}")
+    table = prediction_log.rows_to_table(
+        records,
+        batch=batch,
+        date=date,
+        model_name=info.name,
+        model_version=info.version,
+        model_alias=alias,
+        class_names=list(params.base.classes),
+    )
+    files = prediction_log.append(
+        params.base.paths.predictions, table, part=f"batch={batch}__model={info.name}-v{info.version}"
+    )
     return BatchResult(
-        batch=batch, date=date.isoformat(), images=len(records),
-        detections=sum(len(r.confidence) for r in records), skipped=skipped, files=[str(f) for f in files],
+        batch=batch,
+        date=date.isoformat(),
+        images=len(records),
+        detections=sum(len(r.confidence) for r in records),
+        skipped=skipped,
+        files=[str(f) for f in files],
         ms_per_image=round(sum(r.latency_ms for r in records) / max(len(records), 1), 3),
     )
 
@@ -142,22 +163,36 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
     available = list_batches(params.base.paths.production)
     missing = [b for b in batches or [] if b not in available]
     if missing:
-        raise FileNotFoundError(f"batches {missing} not found under {params.base.paths.production} "
-                                f"(available: {available})")
+        raise FileNotFoundError(
+            f"batches {missing} not found under {params.base.paths.production} (available: {available})"
+        )
     todo = batches if batches is not None else pending_batches(params, info)
-    settings = InferenceSettings(imgsz=params.base.imgsz, conf=params.predict.conf, iou=params.predict.iou,
-                                 max_det=params.predict.max_det, threads=params.predict.threads)
+    settings = InferenceSettings(
+        imgsz=params.base.imgsz,
+        conf=params.predict.conf,
+        iou=params.predict.iou,
+        max_det=params.predict.max_det,
+        threads=params.predict.threads,
+    )
     detector = OnnxDetector(cached_onnx(params, info), settings)
     start = time.perf_counter()
     results = []
     for batch in todo:
         result = predict_batch(detector, params=params, info=info, alias=alias, batch=batch)
-        log.info("batch %s: %d images, %d detections, %.1f ms/image with %s v%s", batch, result.images,
-                 result.detections, result.ms_per_image, info.name, info.version)
+        log.info(
+            "batch %s: %d images, %d detections, %.1f ms/image with %s v%s",
+            batch,
+            result.images,
+            result.detections,
+            result.ms_per_image,
+            info.name,
+            info.version,
+        )
         results.append(result)
     report = PredictResult(model_name=info.name, model_version=info.version, alias=alias, batches=results)
-    write_json_atomic(params.base.paths.reports / "predict.json",
-                      asdict(report) | {"wall_s": round(time.perf_counter() - start, 2)})
+    write_json_atomic(
+        params.base.paths.reports / "predict.json", asdict(report) | {"wall_s": round(time.perf_counter() - start, 2)}
+    )
     return report
 
 

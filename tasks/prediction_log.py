@@ -12,8 +12,9 @@ Contract:
     * Writes are atomic per file: a temp file ``.<part>.parquet.<random>.tmp`` in the same folder is written, fsynced
       and renamed over the target. Readers never see it (leading ``.``, and it does not end in ``.parquet``), so a
       crash leaves at most an ignored temp file (the suffix matters: DuckDB and Polars globs do read hidden
-      ``*.parquet`` files, so :func:`read` rejects any ``.``/``_``-prefixed ``*.parquet``). Appending the same ``part`` again for a date replaces that file
-      (idempotent re-runs, no duplicate rows); replacement is per (date, part), other dates are left alone.
+      ``*.parquet`` files, so :func:`read` rejects any ``.``/``_``-prefixed ``*.parquet``). Appending the
+      same ``part`` again for a date replaces that file (idempotent re-runs, no duplicate rows);
+      replacement is per (date, part), other dates are left alone.
     * Side effects: :func:`append` creates folders and files under ``root``; every reader is read-only.
 
 Reading the log elsewhere (all return ``date`` as a proper date column):
@@ -39,7 +40,7 @@ Schema (:data:`SCHEMA`):
 | `class_id` | int16 | yes | predicted class index into `base.classes`; null on a zero-detection row |
 | `class_name` | string | yes | name of `class_id`; null on a zero-detection row |
 | `confidence` | float32 | yes | detection score in [0, 1]; null on a zero-detection row |
-| `x1`, `y1`, `x2`, `y2` | float32 | yes | box corners (top-left, bottom-right) in pixels of the original image, as the model returned them |
+| `x1`, `y1`, `x2`, `y2` | float32 | yes | box corners (top-left, bottom-right) in pixels of the original image |
 | `x1n`, `y1n`, `x2n`, `y2n` | float32 | yes | the same corners divided by (width, height), clipped to [0, 1] |
 | `image_width`, `image_height` | int32 | no | original image size in pixels |
 | `latency_ms` | float32 | no | model latency for the image in milliseconds (repeated on each of its rows) |

@@ -15,6 +15,7 @@ project goes through this module.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -56,9 +57,15 @@ class ModelVersionInfo:
 # --------------------------------------------------------------------------------------------- tracking
 
 
+@functools.cache
+def _user_tracking_uri() -> str | None:
+    # Read once, before this module first calls mlflow.set_tracking_uri, which writes the same variable.
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
 def tracking_uri(params: Params) -> str:
-    """The MLflow store: ``MLFLOW_TRACKING_URI`` from the environment wins over params."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
+    """The MLflow store: ``MLFLOW_TRACKING_URI`` from the user's environment wins over params."""
+    return _user_tracking_uri() or params.registry.tracking_uri
 
 
 def _client(params: Params) -> Any:
@@ -84,14 +91,16 @@ def _experiment_id(params: Params) -> str:
 
 
 @contextmanager
-def mlflow_run(params: Params, *, run_name: str, tags: dict[str, str] | None = None,
-               run_id: str | None = None) -> Iterator[str]:
+def mlflow_run(
+    params: Params, *, run_name: str, tags: dict[str, str] | None = None, run_id: str | None = None
+) -> Iterator[str]:
     """Start (or resume, with ``run_id``) an MLflow run; yields its id."""
     import mlflow
 
     experiment_id = _experiment_id(params)
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          run_name=None if run_id else run_name, tags=tags) as active:
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags
+    ) as active:
         yield active.info.run_id
 
 
@@ -99,8 +108,9 @@ def log_params(values: dict[str, Any]) -> None:
     """Log flat params to the active run (nested values as JSON)."""
     import mlflow
 
-    mlflow.log_params({k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
-                       for k, v in values.items()})
+    mlflow.log_params(
+        {k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v) for k, v in values.items()}
+    )
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -109,8 +119,11 @@ def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
 
     clean = {k.replace("(", "").replace(")", ""): v for k, v in metrics.items() if np.isfinite(v)}
     mlflow.log_metrics(clean, step=epoch)
-    log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in sorted(clean.items())
-                                              if k.startswith(("val/mAP50-95", "train/box"))))
+    log.info(
+        "epoch %d: %s",
+        epoch,
+        ", ".join(f"{k}={v:.4f}" for k, v in sorted(clean.items()) if k.startswith(("val/mAP50-95", "train/box"))),
+    )
 
 
 def log_artifacts(paths: Sequence[Path], folder: str) -> None:
@@ -139,10 +152,16 @@ def dataset_md5(path: Path) -> str:
 def git_commit(cwd: Path | None = None) -> str:
     """HEAD commit, with ``-dirty`` when tracked files differ; ``unknown`` outside a git checkout."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -155,9 +174,18 @@ def _signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    outputs = Schema([ColSpec("long", "image_index"), ColSpec("long", "class_id"), ColSpec("string", "class_name"),
-                      ColSpec("double", "confidence"), ColSpec("double", "x1"), ColSpec("double", "y1"),
-                      ColSpec("double", "x2"), ColSpec("double", "y2")])
+    outputs = Schema(
+        [
+            ColSpec("long", "image_index"),
+            ColSpec("long", "class_id"),
+            ColSpec("string", "class_name"),
+            ColSpec("double", "confidence"),
+            ColSpec("double", "x1"),
+            ColSpec("double", "y1"),
+            ColSpec("double", "x2"),
+            ColSpec("double", "y2"),
+        ]
+    )
     return ModelSignature(inputs=Schema([ColSpec("binary", "image")]), outputs=outputs)
 
 
@@ -165,8 +193,14 @@ def _signature() -> Any:
 
 
 def _info(mv: Any, aliases: list[str] | None = None) -> ModelVersionInfo:
-    return ModelVersionInfo(name=mv.name, version=str(mv.version), run_id=mv.run_id or "", source=mv.source,
-                            tags=dict(mv.tags or {}), aliases=list(aliases if aliases is not None else mv.aliases))
+    return ModelVersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        source=mv.source,
+        tags=dict(mv.tags or {}),
+        aliases=list(aliases if aliases is not None else mv.aliases),
+    )
 
 
 def register_model(
@@ -188,27 +222,52 @@ def register_model(
 
     client = _client(params)
     artifacts = {"onnx": str(onnx), "weights": str(weights)} | {k: str(v) for k, v in reports.items()}
-    model_config = {"classes": list(params.base.classes), "imgsz": params.base.imgsz, "conf": params.predict.conf,
-                    "iou": params.predict.iou, "max_det": params.predict.max_det, "threads": params.predict.threads}
+    model_config = {
+        "classes": list(params.base.classes),
+        "imgsz": params.base.imgsz,
+        "conf": params.predict.conf,
+        "iou": params.predict.iou,
+        "max_det": params.predict.max_det,
+        "threads": params.predict.threads,
+    }
     with mlflow_run(params, run_name="", run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=DetectorModel(), artifacts=artifacts, model_config=model_config,
-            code_paths=[str(Path(__file__).resolve().parent)], signature=_signature(),
-            pip_requirements=_pyfunc_requirements(), registered_model_name=params.registry.model_name,
+            name="model",
+            python_model=DetectorModel(),
+            artifacts=artifacts,
+            model_config=model_config,
+            code_paths=[str(Path(__file__).resolve().parent)],
+            signature=_signature(),
+            pip_requirements=_pyfunc_requirements(),
+            registered_model_name=params.registry.model_name,
         )
     version = str(info.registered_model_version)
     for key, value in lineage.items():
         client.set_model_version_tag(params.registry.model_name, version, key, str(value))
-    client.update_model_version(params.registry.model_name, version,
-                                description=f"visionloop detector, lineage: {json.dumps(lineage, sort_keys=True)}")
+    client.update_model_version(
+        params.registry.model_name,
+        version,
+        description=f"visionloop detector, lineage: {json.dumps(lineage, sort_keys=True)}",
+    )
     return _info(client.get_model_version(params.registry.model_name, version), aliases=[])
 
 
 def _pyfunc_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "onnxruntime", "numpy", "pandas", "pillow",
-                                                  "opencv-python-headless", "pydantic", "pyyaml")]
+    return [
+        f"{pkg}=={version(pkg)}"
+        for pkg in (
+            "mlflow",
+            "onnxruntime",
+            "numpy",
+            "pandas",
+            "pillow",
+            "opencv-python-headless",
+            "pydantic",
+            "pyyaml",
+        )
+    ]
 
 
 def get_alias(params: Params, alias: str) -> ModelVersionInfo:
@@ -265,9 +324,7 @@ def download_onnx(params: Params, info: ModelVersionInfo, dst: Path) -> Path:
     import mlflow.artifacts
 
     _client(params)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{info.name}/{info.version}", dst_path=str(dst)
-    )
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}", dst_path=str(dst))
     found = sorted(Path(local).rglob("*.onnx"))
     if not found:
         raise FileNotFoundError(f"model {info.name} version {info.version}: no ONNX artifact in {local}")
@@ -284,8 +341,11 @@ def run(params: Params) -> ModelVersionInfo:
     onnx = models_dir / "export" / "model.onnx"
     if not onnx.is_file():
         raise FileNotFoundError(f"{onnx}: exported model missing; run the export stage first")
-    reports = {name: reports_dir / f"{name}.json" for name in ("train", "evaluate", "export")
-               if (reports_dir / f"{name}.json").is_file()}
+    reports = {
+        name: reports_dir / f"{name}.json"
+        for name in ("train", "evaluate", "export")
+        if (reports_dir / f"{name}.json").is_file()
+    }
     golden = json.loads(reports["evaluate"].read_text())["sets"] if "evaluate" in reports else {}
     lineage = {
         "dataset_md5": dataset_md5(params.base.paths.train),
@@ -296,8 +356,14 @@ def run(params: Params) -> ModelVersionInfo:
         "license": train["license"],
         "train_run_id": train["mlflow_run_id"],
     } | {f"map50_95.{name}": f"{s['map50_95']:.4f}" for name, s in golden.items()}
-    info = register_model(params, run_id=train["mlflow_run_id"], weights=Path(train["weights"]), onnx=onnx,
-                          reports=reports, lineage=lineage)
+    info = register_model(
+        params,
+        run_id=train["mlflow_run_id"],
+        weights=Path(train["weights"]),
+        onnx=onnx,
+        reports=reports,
+        lineage=lineage,
+    )
     write_json_atomic(reports_dir / "registry.json", asdict(info))
     log.info("registered %s version %s", info.name, info.version)
     return info

@@ -26,8 +26,13 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
         cfg = context.model_config
         self.classes = list(cfg["classes"])
-        settings = InferenceSettings(imgsz=int(cfg["imgsz"]), conf=float(cfg["conf"]), iou=float(cfg["iou"]),
-                                     max_det=int(cfg["max_det"]), threads=int(cfg.get("threads", 2)))
+        settings = InferenceSettings(
+            imgsz=int(cfg["imgsz"]),
+            conf=float(cfg["conf"]),
+            iou=float(cfg["iou"]),
+            max_det=int(cfg["max_det"]),
+            threads=int(cfg.get("threads", 2)),
+        )
         self.detector = OnnxDetector(Path(context.artifacts["onnx"]), settings)
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # MLflow reads hints
@@ -45,8 +50,17 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
                 rgb = np.asarray(img.convert("RGB"))
             (det,), _ = predict_images(self.detector, [rgb])
             for box, score, cls in zip(det.boxes_xyxy, det.confidence, det.class_id, strict=True):
-                rows.append({"image_index": index, "class_id": int(cls), "class_name": self.classes[int(cls)],
-                             "confidence": float(score), "x1": float(box[0]), "y1": float(box[1]),
-                             "x2": float(box[2]), "y2": float(box[3])})
+                rows.append(
+                    {
+                        "image_index": index,
+                        "class_id": int(cls),
+                        "class_name": self.classes[int(cls)],
+                        "confidence": float(score),
+                        "x1": float(box[0]),
+                        "y1": float(box[1]),
+                        "x2": float(box[2]),
+                        "y2": float(box[3]),
+                    }
+                )
         columns = ["image_index", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
         return pd.DataFrame(rows, columns=columns)

@@ -73,31 +73,55 @@ class YoloTrainer:
 
         cfg, paths = params.train, params.base.paths
         data_yaml = out_dir / "data.yaml"
-        write_bytes_atomic(data_yaml, yaml.safe_dump({
-            "path": str(Path.cwd()),
-            "train": str(Path(paths.train, "images").resolve()),
-            "val": str(Path(paths.val, "images").resolve()),
-            "names": dict(enumerate(params.base.classes)),
-        }).encode())
+        write_bytes_atomic(
+            data_yaml,
+            yaml.safe_dump(
+                {
+                    "path": str(Path.cwd()),
+                    "train": str(Path(paths.train, "images").resolve()),
+                    "val": str(Path(paths.val, "images").resolve()),
+                    "names": dict(enumerate(params.base.classes)),
+                }
+            ).encode(),
+        )
         model = YOLO(str(cfg.weights) if cfg.weights else cfg.model)
 
         def _epoch_end(trainer: Any) -> None:
             if trainer.epoch >= cfg.epochs:  # Ultralytics' final validation of best.pt calls this once more
                 return
             metrics = {_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
-            metrics.update({f"train/{k}": float(v) for k, v in trainer.label_loss_items(trainer.tloss).items()
-                            if not k.startswith("train/")} if trainer.tloss is not None else {})
+            metrics.update(
+                {
+                    f"train/{k}": float(v)
+                    for k, v in trainer.label_loss_items(trainer.tloss).items()
+                    if not k.startswith("train/")
+                }
+                if trainer.tloss is not None
+                else {}
+            )
             metrics.update({f"lr/{k}": float(v) for k, v in trainer.lr.items()})
             on_epoch(trainer.epoch + 1, metrics)
 
         model.add_callback("on_fit_epoch_end", _epoch_end)
         scratch = out_dir / "ultralytics"
         args = {
-            "data": str(data_yaml), "epochs": cfg.epochs, "imgsz": params.base.imgsz, "batch": cfg.batch,
-            "device": params.base.device, "workers": cfg.workers, "seed": params.base.seed,
-            "deterministic": True, "lr0": cfg.lr0, "patience": cfg.patience or cfg.epochs,
-            "project": str(scratch.resolve()), "name": "run", "exist_ok": True, "plots": False,
-            "amp": params.base.device != "cpu", "verbose": False, "pretrained": False,
+            "data": str(data_yaml),
+            "epochs": cfg.epochs,
+            "imgsz": params.base.imgsz,
+            "batch": cfg.batch,
+            "device": params.base.device,
+            "workers": cfg.workers,
+            "seed": params.base.seed,
+            "deterministic": True,
+            "lr0": cfg.lr0,
+            "patience": cfg.patience or cfg.epochs,
+            "project": str(scratch.resolve()),
+            "name": "run",
+            "exist_ok": True,
+            "plots": False,
+            "amp": params.base.device != "cpu",
+            "verbose": False,
+            "pretrained": False,
         } | cfg.extra_args
         model.train(**args)
         trainer = model.trainer
@@ -120,11 +144,19 @@ def run(params: Params) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base_weights = str(params.train.weights) if params.train.weights else f"scratch:{params.train.model}"
-    with registry.mlflow_run(params, run_name=f"train-{trainer.family}", tags={
-        "stage": "train", "model_family": trainer.family, "license": trainer.license, "base_weights": base_weights,
-    }) as run_id:
-        registry.log_params(params.train.model_dump(mode="json") | {"imgsz": params.base.imgsz,
-                                                                    "seed": params.base.seed})
+    with registry.mlflow_run(
+        params,
+        run_name=f"train-{trainer.family}",
+        tags={
+            "stage": "train",
+            "model_family": trainer.family,
+            "license": trainer.license,
+            "base_weights": base_weights,
+        },
+    ) as run_id:
+        registry.log_params(
+            params.train.model_dump(mode="json") | {"imgsz": params.base.imgsz, "seed": params.base.seed}
+        )
         best, final = trainer.fit(params, out_dir=out_dir, on_epoch=registry.log_epoch)
         target = out_dir / "best.pt"
         tmp = target.with_name(".best.pt.tmp")
@@ -133,8 +165,13 @@ def run(params: Params) -> TrainResult:
         results_csv = best.parent.parent / "results.csv"
         registry.log_artifacts([target] + ([results_csv] if results_csv.exists() else []), "train")
     result = TrainResult(
-        weights=str(target), family=trainer.family, license=trainer.license, base_weights=base_weights,
-        epochs=params.train.epochs, final_metrics=final, mlflow_run_id=run_id,
+        weights=str(target),
+        family=trainer.family,
+        license=trainer.license,
+        base_weights=base_weights,
+        epochs=params.train.epochs,
+        final_metrics=final,
+        mlflow_run_id=run_id,
         wall_s=round(time.perf_counter() - start, 2),
     )
     write_json_atomic(params.base.paths.reports / "train.json", asdict(result))

@@ -33,10 +33,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tasks.config import ConfigError, Params, RenderSettings, ScenarioOverride, load_params, stage_argparser
+from tasks.io import replace_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ STAGE = "world"
 MIN_VISIBLE_FRACTION = 0.4  # an object less visible than this is unlabeled: a human could not box it either
 MIN_OBJECT_PIXELS = 6  # objects rasterising to fewer pixels are dropped from the labels
 ASPECT_JITTER = 0.2  # log-uniform aspect ratio in [e^-0.2, e^0.2] ~ [0.82, 1.22]
-MIN_COLOR_DISTANCE = 90.0  # RGB distance from the local background an object colour tries to keep
+MIN_COLOR_DISTANCE = 70.0  # RGB distance an object colour tries to keep from most background pixels under it
 _SUBPIXEL_BITS = 4  # cv2 fixed-point shift: vertices at 1/16 px
 
 UInt8Image = npt.NDArray[np.uint8]
@@ -162,7 +161,7 @@ def _low_frequency(rng: np.random.Generator, h: int, w: int, *, grid: int, chann
     """Smooth noise: a ``grid x grid`` normal field upsampled bicubically to ``(H, W, channels)``."""
     coarse = rng.standard_normal((grid, grid, channels)).astype(np.float32)
     up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    return up.reshape(h, w, channels)
+    return np.asarray(up, dtype=np.float32).reshape(h, w, channels)
 
 
 def _rotated_coords(rng: np.random.Generator, h: int, w: int, angle: float) -> FloatImage:
@@ -257,7 +256,14 @@ class _Placed:
 
 
 def _rasterize(
-    outline: Outline, *, center: tuple[float, float], radius: float, angle: float, aspect: float, width: int, height: int
+    outline: Outline,
+    *,
+    center: tuple[float, float],
+    radius: float,
+    angle: float,
+    aspect: float,
+    width: int,
+    height: int,
 ) -> tuple[int, int, FloatImage] | None:
     """Anti-aliased coverage of a transformed outline, cropped to its box inside the image.
 
@@ -294,10 +300,9 @@ def _draw_clutter(img: FloatImage, rng: np.random.Generator) -> None:
         cv2.line(canvas, _pt(start), _pt(end), 255, thickness, cv2.LINE_AA)
     elif kind == 1:
         axes = (int(rng.uniform(0.05, 0.2) * side) + 1, int(rng.uniform(0.05, 0.2) * side) + 1)
-        first = rng.uniform(0, 360)
-        cv2.ellipse(
-            canvas, _pt(start), axes, rng.uniform(0, 180), first, first + rng.uniform(60, 180), 255, thickness, cv2.LINE_AA
-        )
+        tilt, first = rng.uniform(0, 180), rng.uniform(0, 360)
+        last = first + rng.uniform(60, 180)  # at most half an ellipse, so an arc never reads as a ring
+        cv2.ellipse(canvas, _pt(start), axes, tilt, first, last, 255, thickness, cv2.LINE_AA)
     elif kind == 2:
         steps = rng.normal(0, 0.08 * side, size=(int(rng.integers(4, 9)), 2))
         walk = start + np.cumsum(steps, axis=0)
@@ -316,12 +321,17 @@ def _pt(xy: npt.ArrayLike) -> tuple[int, int]:
     return round(x), round(y)
 
 
-def _pick_color(rng: np.random.Generator, local_mean: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """A random colour (independent of class) that stands out from the local background when it can."""
+def _pick_color(rng: np.random.Generator, underneath: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A random colour (independent of class) that stands out from the background pixels it will cover.
+
+    Args:
+        underneath: ``(K, 3)`` background colours under the object; on two-colour textures the object
+            must differ from *both* colours, so the test uses the 10th percentile of the distances.
+    """
     best, best_distance = _random_color(rng), -1.0
     for _ in range(8):
         color = _random_color(rng)
-        distance = float(np.linalg.norm(color - local_mean))
+        distance = float(np.percentile(np.linalg.norm(underneath - color, axis=1), 10)) if len(underneath) else 255.0
         if distance >= MIN_COLOR_DISTANCE:
             return color
         if distance > best_distance:
@@ -330,7 +340,13 @@ def _pick_color(rng: np.random.Generator, local_mean: npt.NDArray[np.float32]) -
 
 
 def _place_center(
-    rng: np.random.Generator, *, radius: float, width: int, height: int, earlier: list[tuple[float, float, float]], occlude: bool
+    rng: np.random.Generator,
+    *,
+    radius: float,
+    width: int,
+    height: int,
+    earlier: list[tuple[float, float, float]],
+    occlude: bool,
 ) -> tuple[float, float]:
     """Centre for a new object: overlapping an earlier one when ``occlude``, else preferably apart."""
 
@@ -361,9 +377,9 @@ def _post_process(img: FloatImage, settings: RenderSettings, rng: np.random.Gene
         angle, half = rng.uniform(0, math.pi), (length - 1) / 2
         dx, dy = half * math.cos(angle), half * math.sin(angle)
         cv2.line(kernel, _pt((half - dx, half - dy)), _pt((half + dx, half + dy)), 1.0, 1)
-        img = cv2.filter2D(img, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+        img = np.asarray(cv2.filter2D(img, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT), np.float32)
     if settings.blur_sigma > 0:
-        img = cv2.GaussianBlur(img, (0, 0), settings.blur_sigma, borderType=cv2.BORDER_REFLECT)
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), settings.blur_sigma, borderType=cv2.BORDER_REFLECT), np.float32)
     if settings.contrast != 1.0:
         mean = img.mean()
         img = (img - mean) * settings.contrast + mean
@@ -444,7 +460,13 @@ def render_scene(
         occlude = bool(rng.random() < settings.occlusion)
         center = _place_center(rng, radius=radius, width=width, height=height, earlier=circles, occlude=occlude)
         raster = _rasterize(
-            _outline(classes[class_id]), center=center, radius=radius, angle=angle, aspect=aspect, width=width, height=height
+            _outline(classes[class_id]),
+            center=center,
+            radius=radius,
+            angle=angle,
+            aspect=aspect,
+            width=width,
+            height=height,
         )
         circles.append((center[0], center[1], radius))
         if raster is None:
@@ -452,8 +474,7 @@ def render_scene(
         y0, x0, alpha = raster
         mask = alpha >= 0.5
         window = img[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]]
-        local_mean = window[mask].mean(axis=0) if mask.any() else window.reshape(-1, 3).mean(axis=0)
-        color = _pick_color(rng, local_mean)
+        color = _pick_color(rng, window[mask][:: max(1, int(mask.sum()) // 128)])
         # A gentle linear shading so objects are not perfectly flat stickers.
         yy, xx = np.indices(alpha.shape, dtype=np.float32)
         direction = rng.uniform(0, 2 * math.pi)
@@ -596,7 +617,9 @@ def _interpolate(a: Any, b: Any, t: float, *, integer: bool) -> Any:
     if isinstance(a, list | tuple):
         return type(a)(_interpolate(x, y, t, integer=integer) for x, y in zip(a, b, strict=True))
     value = a * (1 - t) + b * t  # exact at t = 0 and t = 1
-    return math.floor(value + 0.5) if integer else value
+    if integer:
+        return math.floor(value + 0.5)
+    return value if t in (0.0, 1.0) else round(value, 6)  # 1.2, not 1.2000000000000002, in the manifest
 
 
 def _mix_backgrounds(source: RenderSettings, target: RenderSettings, severity: float) -> dict[str, Any]:
@@ -607,7 +630,7 @@ def _mix_backgrounds(source: RenderSettings, target: RenderSettings, severity: f
     for names, probs, share in ((source.backgrounds, src_p, 1 - severity), (target.backgrounds, tgt_p, severity)):
         for name, p in zip(names, probs, strict=True):
             mixed[name] = mixed.get(name, 0.0) + float(p) * share
-    return {"backgrounds": list(mixed), "background_weights": list(mixed.values())}
+    return {"backgrounds": list(mixed), "background_weights": [round(w, 6) for w in mixed.values()]}
 
 
 def merge_scenarios(
@@ -696,30 +719,18 @@ def batch_severities(*, start: float, end: float, batches: int) -> list[float]:
 
 
 @contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``target``; on success swap it into place, on error delete it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*-tmp"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
-    tmp = target.parent / f".{target.name}.new-tmp"
-    old = target.parent / f".{target.name}.old-tmp"
-    tmp.mkdir()
+def _staging_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty staging sibling of ``target``; on success it replaces ``target``, on error it is deleted."""
+    staging = target.with_name(f".{target.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by a crashed run
+    staging.mkdir(parents=True)
     try:
-        yield tmp
+        yield staging
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    replace_dir(staging, target)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -737,6 +748,7 @@ class WorldResult:
         batch_ids: production batch ids (ISO dates), oldest first.
         manifest: ``paths.world/manifest.json`` (None when not rendered).
         report: ``paths.reports/world.json`` (None when not rendered).
+        summaries: set name / batch id -> :class:`SetSummary` (empty when not rendered).
     """
 
     rendered: bool
@@ -820,7 +832,7 @@ def run(params: Params) -> WorldResult:
 
     for name, count in (("train", world.train_images), ("val", world.val_images), ("golden", world.golden_images)):
         t0 = time.perf_counter()
-        with _atomic_dir(getattr(paths, name)) as tmp:
+        with _staging_dir(getattr(paths, name)) as tmp:
             summaries[name] = render_set(
                 world.source,
                 n=count,
@@ -835,7 +847,7 @@ def run(params: Params) -> WorldResult:
     stream = world.production
     severities = batch_severities(start=stream.severity_start, end=stream.severity_end, batches=stream.batches)
     batches: list[dict[str, Any]] = []
-    with _atomic_dir(paths.production) as prod_tmp, _atomic_dir(paths.oracle) as oracle_tmp:
+    with _staging_dir(paths.production) as prod_tmp, _staging_dir(paths.oracle) as oracle_tmp:
         for i, severity in enumerate(severities):
             batch_id = (stream.start_date + dt.timedelta(days=i)).isoformat()
             settings = effective_settings(world.source, world.scenarios, stream.scenario, severity)
@@ -872,7 +884,7 @@ def run(params: Params) -> WorldResult:
         "batches": batches,
     }
     manifest_path = paths.world / "manifest.json"
-    _write_json_atomic(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     report_path = paths.reports / f"{STAGE}.json"
     report = {
         "stage": STAGE,
@@ -886,7 +898,7 @@ def run(params: Params) -> WorldResult:
         "severity": {b["id"]: b["severity"] for b in batches},
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    _write_json_atomic(report_path, report)
+    write_json_atomic(report_path, report)
     logger.info("world: %d images in %.1f s -> %s", sum(counts.values()), report["wall_time_s"], paths.world)
     sets = {name: getattr(paths, name) for name in ("train", "val", "golden", "production", "oracle")}
     return WorldResult(

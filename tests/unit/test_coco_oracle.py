@@ -10,10 +10,18 @@ from tasks.evaluate import STAT_NAMES, coco_metrics
 ORACLE = Path(__file__).resolve().parents[3] / "shared" / "oracles" / "coco_val2014_100"
 # cocoapi results/val2014_fake_eval_res.txt, as quoted in the oracle's README.
 OFFICIAL = {
-    "AP": 0.5045806987249628, "AP50": 0.6969727247299577, "AP75": 0.5729816669904824,
-    "APs": 0.5856257209410443, "APm": 0.5193996948036719, "APl": 0.5013978986347466,
-    "AR1": 0.38681277964578054, "AR10": 0.5936795762842003, "AR100": 0.595352982877607,
-    "ARs": 0.6398109626113442, "ARm": 0.5664205978994309, "ARl": 0.5642905982905982,
+    "AP": 0.5045806987249628,
+    "AP50": 0.6969727247299577,
+    "AP75": 0.5729816669904824,
+    "APs": 0.5856257209410443,
+    "APm": 0.5193996948036719,
+    "APl": 0.5013978986347466,
+    "AR1": 0.38681277964578054,
+    "AR10": 0.5936795762842003,
+    "AR100": 0.595352982877607,
+    "ARs": 0.6398109626113442,
+    "ARm": 0.5664205978994309,
+    "ARl": 0.5642905982905982,
 }
 
 
@@ -37,9 +45,11 @@ def test_per_class_ap_averages_to_map(oracle_result):
 
 
 def test_no_detections_scores_zero():
-    gt = {"images": [{"id": 1, "width": 10, "height": 10}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0}],
-          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    gt = {
+        "images": [{"id": 1, "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     result = coco_metrics(gt, [])
     assert result.map50_95 == 0.0
     assert result.per_class_ap == {"a": 0.0, "b": -1.0}

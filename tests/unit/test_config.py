@@ -81,7 +81,7 @@ def test_class_weights_length_checked(tmp_path):
 def test_overrides_merge_and_are_validated(tmp_path):
     path = write(tmp_path, DEFAULT)
     assert load_params(path, overrides={"train": {"epochs": 2}}).train.epochs == 2
-    with pytest.raises(ConfigError, match="train.epochz"):
+    with pytest.raises(ConfigError, match=r"train\.epochz"):
         load_params(path, overrides={"train": {"epochz": 2}})
 
 

@@ -1,0 +1,94 @@
+"""One stage = one name: dvc.yaml, params.yaml, the config models, tasks/<stage>.py, the Prefect tasks."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import Params, load_params
+from tasks.env import PROJECT_ROOT
+
+DVC = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+PARAMS = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+SECTIONS = [name for name in Params.model_fields if name != "base"]
+PREFECT = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+
+
+def prefect_task_names() -> set[str]:
+    tree = ast.parse((PROJECT_ROOT / "flows" / "stages.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "task":
+            names |= {kw.value.value for kw in node.keywords if kw.arg == "name"}
+    return names
+
+
+def test_params_yaml_sections_match_config_models():
+    assert set(PARAMS) == {"base", *SECTIONS}
+    load_params(PROJECT_ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("stage", SECTIONS)
+def test_every_section_is_a_stage_module_with_run_and_main(stage):
+    module = importlib.import_module(f"tasks.{stage}")
+    assert callable(module.run) and callable(module.main)
+    assert module.__doc__ and "Contract" in module.__doc__, "a stage module documents its contract"
+
+
+@pytest.mark.parametrize("stage", SECTIONS)
+def test_every_stage_has_a_prefect_task_of_the_same_name(stage):
+    assert stage in prefect_task_names()
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_dvc_stage_contract(stage):
+    spec = DVC[stage]
+    assert stage in SECTIONS, f"dvc stage {stage} has no params section / config model"
+    assert spec["cmd"] == f"python -m tasks.{stage} --params params.yaml"
+    assert f"tasks/{stage}.py" in spec["deps"], "a stage depends on its own module"
+    keys = [k if isinstance(k, str) else next(iter(k)) for k in spec["params"]]
+    assert stage in keys, "a stage depends on its own params section"
+    for key in keys:
+        node = PARAMS
+        for part in key.split("."):
+            assert part in node, f"dvc.yaml {stage}: params key {key} not in params.yaml"
+            node = node[part]
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_dvc_deps_exist_or_are_produced(stage):
+    produced = set()
+    for spec in DVC.values():
+        for out in spec.get("outs", []) + spec.get("metrics", []):
+            produced.add(out if isinstance(out, str) else next(iter(out)))
+    for dep in DVC[stage]["deps"]:
+        if "${" in dep:
+            continue
+        assert (PROJECT_ROOT / dep).exists() or dep in produced, f"{stage}: dep {dep} missing"
+
+
+def test_stage_code_never_imports_prefect():
+    for path in sorted((PROJECT_ROOT / "tasks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(m.split(".")[0] == "prefect" for m in modules), f"{path.name} imports prefect"
+
+
+@pytest.mark.parametrize("deployment", PREFECT["deployments"], ids=lambda d: d["name"])
+def test_prefect_deployments_point_at_flows(deployment):
+    file, func = deployment["entrypoint"].split(":")
+    module = importlib.import_module(str(Path(file).with_suffix("")).replace("/", "."))
+    flow = getattr(module, func)
+    assert flow.name == func
+    assert set(deployment["parameters"]) <= set(flow.parameters.properties)
