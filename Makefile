@@ -32,6 +32,7 @@ setup:  ## create the pinned venv (once; later runs take seconds) and prepare of
 	  "$(VENV)/bin/python" -m pip install --quiet --no-deps -r requirements.lock; \
 	  "$(VENV)/bin/python" -m pip check; \
 	  touch "$(VENV)/.ready"; \
+	  find "$(VENV_HOME)" -maxdepth 1 -name 'venv-*' ! -path "$(VENV)" -mtime +7 -exec rm -rf {} + ; \
 	fi
 	@ln -sfn "$(VENV)" .venv
 	@$(PY) -m tasks.env check

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -78,8 +79,8 @@ class YoloTrainer:
             yaml.safe_dump(
                 {
                     "path": str(Path.cwd()),
-                    "train": str(Path(paths.train, "images").resolve()),
-                    "val": str(Path(paths.val, "images").resolve()),
+                    "train": str(_dataset_view(paths.train, out_dir / "dataset" / "train") / "images"),
+                    "val": str(_dataset_view(paths.val, out_dir / "dataset" / "val") / "images"),
                     "names": dict(enumerate(params.base.classes)),
                 }
             ).encode(),
@@ -128,6 +129,27 @@ class YoloTrainer:
         best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
         final = {_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
         return best, final
+
+
+def _dataset_view(source: Path, view: Path) -> Path:
+    """Mirror ``source/images`` and ``source/labels`` under ``view`` with hard links (copies across devices).
+
+    Ultralytics resolves links and writes a ``labels.cache`` beside the labels folder; training from a
+    mirror keeps that file in the models folder, so the (DVC-tracked, possibly read-only) data set is never
+    written to.
+    """
+    shutil.rmtree(view, ignore_errors=True)
+    for name in ("images", "labels"):
+        folder = Path(source) / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: training folder missing (base.paths)")
+        (view / name).mkdir(parents=True)
+        for file in folder.iterdir():
+            try:
+                os.link(file, view / name / file.name)
+            except OSError:
+                shutil.copy2(file, view / name / file.name)
+    return view.absolute()
 
 
 def _metric_key(key: str) -> str:
