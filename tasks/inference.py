@@ -220,7 +220,12 @@ class OpenVinoDetector:
         self.path, self.settings = xml, settings
         core = ov.Core()
         model = core.read_model(str(xml))
-        config = {"INFERENCE_NUM_THREADS": settings.threads, "PERFORMANCE_HINT": "LATENCY"}
+        # f32 explicitly: on CPUs with bf16 units OpenVINO otherwise runs FP32 models in bf16 and scores drift
+        config = {
+            "INFERENCE_NUM_THREADS": settings.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
