@@ -107,6 +107,7 @@ class RenderSettings(Section):
     backgrounds: list[str] = ["smooth", "stripes", "checker"]
     background_weights: list[NonNegativeFloat] | None = None
     occlusion: Fraction = 0.3
+    class_color: Fraction = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> RenderSettings:
@@ -135,6 +136,7 @@ class ScenarioOverride(Section):
     backgrounds: list[str] | None = None
     background_weights: list[NonNegativeFloat] | None = None
     occlusion: Fraction | None = None
+    class_color: Fraction | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ScenarioOverride:

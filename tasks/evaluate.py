@@ -118,7 +118,8 @@ def coco_metrics(ground_truth: dict[str, Any], detections: Sequence[dict[str, An
 
 def coco_ground_truth(images: Sequence[LabeledImage], classes: Sequence[str]) -> dict[str, Any]:
     """Build a COCO ground-truth dict from YOLO labels (category id = class index + 1, image id = index + 1)."""
-    coco_images, annotations = [], []
+    coco_images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index, item in enumerate(images, start=1):
         coco_images.append({"id": index, "file_name": item.path.name, "width": item.width, "height": item.height})
         xywh = xyxy_to_xywh(xywhn_to_xyxy(item.boxes_xywhn, width=item.width, height=item.height))

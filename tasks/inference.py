@@ -128,8 +128,8 @@ def _decode_raw(pred: npt.NDArray[np.float32], settings: InferenceSettings) -> t
     if len(scores) == 0:
         return xyxy, scores, class_id
     xywh = np.concatenate([xyxy[:, :2], cxcywh[:, 2:]], axis=1)
-    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), class_id.tolist(), settings.conf, settings.iou)
-    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), class_id.tolist(), settings.conf, settings.iou)
+    idx: npt.NDArray[np.int64] = np.asarray(kept, dtype=np.int64).reshape(-1)
     idx = idx[np.argsort(-scores[idx], kind="stable")][: settings.max_det]
     return xyxy[idx], scores[idx], class_id[idx]
 
@@ -244,7 +244,7 @@ class TorchDetector:
         self.path, self.settings = path, settings
         torch.set_num_threads(settings.threads)
         try:
-            net = YOLO(str(path)).model
+            net: Any = YOLO(str(path)).model
         except Exception as exc:  # Ultralytics raises many types for a bad checkpoint
             raise ValueError(f"{path}: not a loadable Ultralytics checkpoint ({exc})") from None
         net = net.float().eval().to(settings.device)

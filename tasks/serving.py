@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 
-class DetectorModel(mlflow.pyfunc.PythonModel):
+class DetectorModel(PythonModel):
     """Pyfunc flavour body: ONNX Runtime detector over encoded images.
 
     Input: a DataFrame with column ``image`` holding encoded image bytes (PNG/JPEG) or file paths.
@@ -35,7 +35,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         )
         self.detector = OnnxDetector(Path(context.artifacts["onnx"]), settings)
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # MLflow reads hints
+    def predict(self, context, model_input, params=None):  # untyped on purpose: MLflow validates hinted inputs
         import io
 
         import pandas as pd

@@ -125,7 +125,7 @@ class YoloTrainer:
             "pretrained": False,
         } | cfg.extra_args
         model.train(**args)
-        trainer = model.trainer
+        trainer: Any = model.trainer
         best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
         final = {_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
         return best, final

@@ -30,6 +30,7 @@ With ``world.enabled: false`` nothing is rendered; the stage checks that the con
 
 from __future__ import annotations
 
+import colorsys
 import datetime as dt
 import functools
 import hashlib
@@ -321,16 +322,29 @@ def _pt(xy: npt.ArrayLike) -> tuple[int, int]:
     return round(x), round(y)
 
 
-def _pick_color(rng: np.random.Generator, underneath: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """A random colour (independent of class) that stands out from the background pixels it will cover.
+def _class_color(rng: np.random.Generator, class_id: int, n_classes: int) -> npt.NDArray[np.float32]:
+    """A colour near the class's typical hue (classes spread evenly around the colour wheel)."""
+    hue = ((class_id + rng.uniform(-0.2, 0.2)) / n_classes) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.5, 1.0))
+    return np.asarray(rgb, dtype=np.float32) * 255.0
+
+
+def _pick_color(
+    rng: np.random.Generator,
+    underneath: npt.NDArray[np.float32],
+    make: Callable[[], npt.NDArray[np.float32]] | None = None,
+) -> npt.NDArray[np.float32]:
+    """A colour from ``make`` (default: uniformly random) that stands out from the background pixels it covers.
 
     Args:
         underneath: ``(K, 3)`` background colours under the object; on two-colour textures the object
             must differ from *both* colours, so the test uses the 10th percentile of the distances.
+        make: draws one candidate colour.
     """
-    best, best_distance = _random_color(rng), -1.0
+    make = make or (lambda: _random_color(rng))
+    best, best_distance = make(), -1.0
     for _ in range(8):
-        color = _random_color(rng)
+        color = make()
         distance = float(np.percentile(np.linalg.norm(underneath - color, axis=1), 10)) if len(underneath) else 255.0
         if distance >= MIN_COLOR_DISTANCE:
             return color
@@ -474,7 +488,9 @@ def render_scene(
         y0, x0, alpha = raster
         mask = alpha >= 0.5
         window = img[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]]
-        color = _pick_color(rng, window[mask][:: max(1, int(mask.sum()) // 128)])
+        typical = bool(rng.random() < settings.class_color)
+        make = (lambda cid=class_id: _class_color(rng, cid, len(classes))) if typical else None
+        color = _pick_color(rng, window[mask][:: max(1, int(mask.sum()) // 128)], make)
         # A gentle linear shading so objects are not perfectly flat stickers.
         yy, xx = np.indices(alpha.shape, dtype=np.float32)
         direction = rng.uniform(0, 2 * math.pi)
