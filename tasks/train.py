@@ -152,6 +152,34 @@ def _dataset_view(source: Path, view: Path) -> Path:
     return view.absolute()
 
 
+def plot_curves(results_csv: Path, out_png: Path) -> Path | None:
+    """Plot per-epoch losses and validation mAP from Ultralytics' ``results.csv``; ``None`` if absent."""
+    if not results_csv.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(results_csv).rename(columns=str.strip)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for column in [c for c in frame.columns if c.startswith("train/") and c.endswith("_loss")]:
+        left.plot(frame["epoch"], frame[column], label=column.removeprefix("train/"))
+    left.set(title="training loss", xlabel="epoch")
+    left.legend()
+    for column, label in (("metrics/mAP50-95(B)", "mAP50-95"), ("metrics/mAP50(B)", "mAP50")):
+        if column in frame:
+            right.plot(frame["epoch"], frame[column], label=label)
+    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
 def _metric_key(key: str) -> str:
     return key.replace("(B)", "").replace("metrics/", "val/")
 
@@ -185,7 +213,8 @@ def run(params: Params) -> TrainResult:
         shutil.copyfile(best, tmp)
         tmp.replace(target)
         results_csv = best.parent.parent / "results.csv"
-        registry.log_artifacts([target] + ([results_csv] if results_csv.exists() else []), "train")
+        extras = [results_csv, plot_curves(results_csv, params.base.paths.reports / "train.png")]
+        registry.log_artifacts([target] + [p for p in extras if p is not None and p.exists()], "train")
     result = TrainResult(
         weights=str(target),
         family=trainer.family,
