@@ -40,6 +40,10 @@ class Paths(Section):
     production: Path = Path("data/world/production")
     oracle: Path = Path("data/world/oracle")
     predictions: Path = Path("data/predictions")
+    samples: Path = Path("data/samples")
+    labels: Path = Path("data/labels")
+    quarantine: Path = Path("data/quarantine")
+    holdouts: Path = Path("data/holdouts")
     models: Path = Path("models")
     reports: Path = Path("reports")
 
@@ -206,14 +210,109 @@ class EvaluateParams(Section):
     batch: PositiveInt = 16
 
 
-class ExportParams(Section):
-    """Export targets and the accuracy tolerance every exported artifact must meet."""
+Precision = Literal["fp32", "fp16", "int8"]
+Hardware = Literal["cpu", "cuda"]
+ExportTargetName = Literal["onnx", "onnx_int8", "openvino", "openvino_int8", "tensorrt_fp16", "tensorrt_int8"]
 
-    targets: list[Literal["onnx"]] = ["onnx"]
+
+class PerPrecision(Section):
+    """One non-negative tolerance per numeric precision; a plain number in YAML sets all three."""
+
+    fp32: NonNegativeFloat
+    fp16: NonNegativeFloat
+    int8: NonNegativeFloat
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar_for_all(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"fp32": value, "fp16": value, "int8": value}
+        return value
+
+    def of(self, precision: Precision) -> float:
+        """The tolerance for ``precision``."""
+        return float(getattr(self, precision))
+
+
+class CalibrationParams(Section):
+    """INT8 calibration: a seeded random sample of training images (``base.paths.train``)."""
+
+    images: PositiveInt = 64
+    min_images: PositiveInt = 16
+    seed: int | None = None  # None: base.seed
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime calibrator
+
+    @model_validator(mode="after")
+    def _min_not_above_size(self) -> CalibrationParams:
+        if self.min_images > self.images:
+            raise ValueError(f"min_images ({self.min_images}) is larger than images ({self.images})")
+        return self
+
+
+class QuantizationParams(Section):
+    """How INT8 artifacts are quantized (recorded in the report's lineage)."""
+
+    keep_head_fp32: bool = True  # the non-Conv nodes of the detection head stay FP32
+    per_channel: bool = True
+    activations: Literal["uint8", "int8"] = "uint8"  # ONNX Runtime activation type (U8S8 suits x86)
+    nncf_preset: Literal["performance", "mixed"] = "mixed"
+    fast_bias_correction: bool = True
+
+
+class SpeedParams(Section):
+    """Host benchmark of every artifact: batch-1 latency percentiles and throughput at ``batch``."""
+
+    threads: PositiveInt = 2
+    batch: PositiveInt = 8
+    warmup: NonNegativeInt = 3
+    runs: PositiveInt = 30
+    batch_runs: PositiveInt = 5
+
+
+class ParityParams(Section):
+    """Raw-output parity with PyTorch on the first ``images`` images of the first evaluate set.
+
+    Each of PyTorch's ``top_k`` detections per image must reappear in the artifact's output with the same
+    class, a score within ``score_atol`` and corners within ``box_atol_px`` (network-input pixels);
+    order is ignored because near-tied scores swap. Below ``min_match`` matched the artifact has collapsed.
+    """
+
+    images: PositiveInt = 4
+    top_k: PositiveInt = 5
+    score_atol: PerPrecision = PerPrecision(fp32=0.002, fp16=0.01, int8=0.08)
+    box_atol_px: PerPrecision = PerPrecision(fp32=0.5, fp16=1.0, int8=4.0)
+    min_match: Fraction = 0.8
+
+
+class ExportParams(Section):
+    """Export targets, their re-checks (accuracy, parity, speed) and which artifact is deployed.
+
+    ``targets`` must include ``onnx``: every other target is built from it and it is the fallback.
+    ``max_map_drop`` is the mAP50-95 an artifact may lose against PyTorch, per precision (one number = all).
+    The deployed artifact is the fastest (``select_by``) on ``target_hardware`` that passes every check and is
+    at least ``min_speedup`` times faster than its FP32 sibling; otherwise FP32 ONNX.
+    """
+
+    targets: list[ExportTargetName] = ["onnx"]
+    target_hardware: Hardware = "cpu"
     opset: PositiveInt = 17
-    dynamic: bool = True
+    dynamic: bool = True  # dynamic batch; the spatial size is fixed to base.imgsz
     simplify: bool = True
-    max_map_drop: float = Field(default=0.005, ge=0)
+    max_map_drop: PerPrecision = PerPrecision(fp32=0.003, fp16=0.005, int8=0.005)
+    min_speedup: float = Field(default=1.1, ge=1.0)
+    select_by: Literal["latency", "throughput"] = "latency"
+    calibration: CalibrationParams = CalibrationParams()
+    quantization: QuantizationParams = QuantizationParams()
+    speed: SpeedParams = SpeedParams()
+    parity: ParityParams = ParityParams()
+
+    @model_validator(mode="after")
+    def _onnx_listed_once(self) -> ExportParams:
+        if "onnx" not in self.targets:
+            raise ValueError(f"targets {self.targets} must include 'onnx' (the source of every other target)")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets {self.targets} lists a target twice")
+        return self
 
 
 class RegistryParams(Section):
