@@ -17,7 +17,7 @@ RUN := $(PY) -m tasks.env exec --
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
 
-.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui repro clean
+.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui repro rollback audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -53,6 +53,12 @@ lint: setup  ## ruff + mypy
 
 repro: setup  ## dvc repro (world, train, evaluate, export)
 	$(RUN) dvc repro
+
+rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
+	$(RUN) $(PY) -m flows.rollback --params $(PARAMS) $(if $(VERSION),--to $(VERSION))
+
+audit: setup  ## print the audit trail of alias moves
+	$(RUN) $(PY) -m tasks.promote --params $(PARAMS) --audit
 
 lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf /tmp/visionloop-lock && $(PYTHON) -m venv /tmp/visionloop-lock

@@ -9,6 +9,7 @@ import argparse
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from flows import stages
 from tasks.config import DEFAULT_PARAMS, load_params
@@ -16,7 +17,7 @@ from tasks.env import apply_env
 
 
 @flow(name="bootstrap", log_prints=True)
-def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> dict[str, str | None]:
+def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> dict[str, list[str | None]]:
     """Build the first champion from the source domain.
 
     Args:
@@ -30,7 +31,13 @@ def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> d
     report = stages.evaluate(params)
     stages.export(params)
     version = stages.registry(params)
-    moves = stages.promote(params, version.version)
+    moves = stages.promote(
+        params,
+        version.version,
+        "promote",
+        ["bootstrap: first champion from the source domain"],
+        who=f"flow bootstrap/{flow_run.name}",
+    ).moves
     rows = "\n".join(f"| {name} | {s.map50_95:.4f} | {s.map50:.4f} | {s.images} |" for name, s in report.sets.items())
     create_markdown_artifact(
         key="bootstrap-summary",

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 import tasks.evaluate
 import tasks.export
 import tasks.predict
+import tasks.promote
 import tasks.registry
 import tasks.train
 import tasks.world
@@ -48,8 +49,15 @@ def registry(params: Params) -> tasks.registry.ModelVersionInfo:
 
 
 @task(name="promote", retries=2, retry_delay_seconds=5, **_COMMON)
-def promote(params: Params, version: str) -> dict[str, str | None]:
-    return tasks.registry.promote_to_champion(params, version)
+def promote(
+    params: Params, version: str, decision: tasks.promote.Action, reasons: list[str], who: str | None = None
+) -> tasks.promote.PromoteResult:
+    return tasks.promote.run(params, version=version, decision=decision, reasons=reasons, who=who)
+
+
+@task(name="rollback", retries=1, retry_delay_seconds=5, **_COMMON)
+def rollback(params: Params, to_version: str | None, why: str, who: str | None = None) -> tasks.promote.PromoteResult:
+    return tasks.promote.rollback(params, to_version=to_version, why=why, who=who)
 
 
 @task(name="predict", **_COMMON)

@@ -335,6 +335,34 @@ class PredictParams(Section):
     threads: PositiveInt = 2
 
 
+class PromoteParams(Section):
+    """Alias moves: optional human approval, the audit trail and its lock."""
+
+    require_approval: bool = False
+    approval_timeout_s: PositiveInt = 3600
+    audit_log: Path = Path("data/audit/aliases.jsonl")
+    lock_timeout_s: PositiveInt = 60
+
+
+class GateParams(Section):
+    """Candidate vs champion on the same sets (golden + production holdouts); ``null`` switches a rule off.
+
+    Differences are candidate − champion in mAP50-95 (or AP50-95 per class); intervals come from a paired
+    bootstrap over images.
+    """
+
+    min_production_gain: float = 0.0
+    max_golden_loss: NonNegativeFloat | None = 0.01
+    max_golden_loss_ci: NonNegativeFloat | None = None
+    max_class_drop: NonNegativeFloat | None = 0.10
+    min_class_boxes: NonNegativeInt = 10
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    max_latency_factor: Annotated[float, Field(gt=0)] | None = 1.5
+    resamples: PositiveInt = 1000
+    level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    seed: int | None = None  # None: base.seed
+
+
 class Params(Section):
     """The whole ``params.yaml``."""
 
@@ -345,6 +373,7 @@ class Params(Section):
     export: ExportParams = ExportParams()
     registry: RegistryParams = RegistryParams()
     predict: PredictParams = PredictParams()
+    promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

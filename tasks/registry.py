@@ -303,20 +303,29 @@ def set_alias(params: Params, alias: str, version: str) -> None:
     _client(params).set_registered_model_alias(params.registry.model_name, alias, str(version))
 
 
-def promote_to_champion(params: Params, version: str) -> dict[str, str | None]:
-    """Make ``version`` the champion; the old champion (if any, and different) becomes ``previous``.
+def delete_alias(params: Params, alias: str) -> None:
+    """Remove ``alias`` from the registered model (no error if it is not set)."""
+    from mlflow.exceptions import MlflowException
 
-    Returns:
-        The alias moves, e.g. ``{"previous": "1", "champion": "2"}``.
-    """
-    old = find_alias(params, CHAMPION)
-    moves: dict[str, str | None] = {}
-    if old is not None and old.version != str(version):
-        set_alias(params, PREVIOUS, old.version)
-        moves[PREVIOUS] = old.version
-    set_alias(params, CHAMPION, version)
-    moves[CHAMPION] = str(version)
-    return moves
+    try:
+        _client(params).delete_registered_model_alias(params.registry.model_name, alias)
+    except MlflowException:
+        log.debug("alias %s was not set", alias)
+
+
+def set_version_tags(params: Params, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a model version."""
+    client = _client(params)
+    for key, value in tags.items():
+        client.set_model_version_tag(params.registry.model_name, str(version), key, value)
+
+
+def load_pyfunc(params: Params, version: str) -> Any:
+    """Load ``models:/<name>/<version>`` with stock MLflow."""
+    import mlflow.pyfunc
+
+    _client(params)
+    return mlflow.pyfunc.load_model(f"models:/{params.registry.model_name}/{version}")
 
 
 def download_onnx(params: Params, info: ModelVersionInfo, dst: Path) -> Path:
@@ -374,13 +383,17 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.env import apply_env
 
     parser = stage_argparser("registry", __doc__)
-    parser.add_argument("--promote", action="store_true", help="make the new version the champion")
+    parser.add_argument("--promote", action="store_true", help="make the new version the champion (audited)")
     args = parser.parse_args(argv)
     apply_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     info = run(params)
-    moves = promote_to_champion(params, info.version) if args.promote else {}
+    moves = {}
+    if args.promote:
+        from tasks import promote
+
+        moves = promote.promote(params, version=info.version, why="registered with --promote").moves
     print(json.dumps({"name": info.name, "version": info.version, "aliases": moves}))
 
 

@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory, prefect_harness):
 def test_bootstrap_makes_a_champion_readable_by_stock_mlflow(tiny_run):
     params_file, moves, _ = tiny_run
     params = load_params(params_file)
-    assert moves == {"champion": "1"}
+    assert moves == {"champion": [None, "1"]}
     mlflow.set_tracking_uri(params.registry.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{params.registry.model_name}@champion")
     images = sorted((params.base.paths.golden / "images").glob("*.png"))[:3]
@@ -124,3 +124,18 @@ def test_skips_unreadable_production_image_and_names_it(tiny_run, prefect_harnes
     assert str(broken) in batch.skipped and "unreadable" in batch.skipped[str(broken)]
     ids = set(prediction_log.read(params.base.paths.predictions)["image_id"].to_pylist())
     assert "zz_broken" not in ids
+
+
+def test_rollback_flow_restores_a_version_that_loads_and_predicts(tiny_run, prefect_harness):
+    from flows.rollback import rollback
+    from tasks import promote, registry
+
+    params_file, _, _ = tiny_run
+    params = load_params(params_file)
+    second = registry.run(params)  # the same artifacts registered again: version 2
+    promote.promote(params, version=second.version, why="test: newer version")
+    moves = rollback(params_path=str(params_file), why="test: v2 misbehaves")
+    assert moves == {"champion": ["2", "1"], "previous": ["1", "2"]}
+    assert registry.get_alias(params, "champion").version == "1"
+    trail = promote.read_audit(params)
+    assert trail[-2].action == "rollback" and trail[-2].why == "test: v2 misbehaves"

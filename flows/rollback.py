@@ -1,0 +1,42 @@
+"""Flow ``rollback``: champion back to ``previous`` (or a named version) after checking it loads and predicts.
+
+Run: ``python -m flows.rollback [--params params.yaml] [--to VERSION] [--why TEXT]``, ``make rollback``, or the
+``rollback`` deployment. Every move lands in the audit trail (``python -m tasks.promote --audit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows import stages
+from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.env import apply_env
+from tasks.promote import format_audit
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(
+    params_path: str = DEFAULT_PARAMS, to_version: str | None = None, why: str = "manual rollback"
+) -> dict[str, list[str | None]]:
+    """Move ``champion`` to ``previous`` (default) or ``to_version``; the replaced champion becomes ``previous``."""
+    params = load_params(params_path)
+    result = stages.rollback(params, to_version, why, who=f"flow rollback/{flow_run.name}")
+    print(format_audit(result.records))
+    return result.moves
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.rollback", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--to", default=None, help="version to make champion (default: the 'previous' alias)")
+    parser.add_argument("--why", default="manual rollback")
+    args = parser.parse_args(argv)
+    apply_env()
+    rollback(params_path=args.params, to_version=args.to, why=args.why)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Stage ``promote``: move registry aliases on a gate decision, roll back, and keep an audit trail.
+
+Contract:
+    inputs: a registered model version and a decision (``promote`` / ``reject``) with its reasons, or a
+        rollback target (``previous`` by default, or a named version);
+    params: ``registry`` (store, model name), ``promote``;
+    outputs: alias moves in MLflow (``previous ← champion ← challenger`` on promote; champion unchanged and
+        the version tagged ``rejected`` on reject), one audit record per move or decision appended to
+        ``promote.audit_log`` (JSON lines: who, what, when, why, from → to), ``<reports>/promote.json``;
+    side effects: MLflow alias and tag writes, under an exclusive file lock so that two promotions racing
+        each other leave exactly one champion and a trail in which each move starts where the last ended.
+
+``python -m tasks.promote --audit`` prints the trail; ``--rollback [--to VERSION]`` rolls back after checking
+the target version loads and predicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tasks import registry
+from tasks.config import Params, load_params, stage_argparser
+from tasks.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+Action = Literal["promote", "reject", "rollback"]
+
+
+class RollbackError(RuntimeError):
+    """No rollback target, or the target does not load and predict."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of the audit trail."""
+
+    ts: str
+    who: str
+    action: str
+    model: str
+    alias: str | None
+    from_version: str | None
+    to_version: str | None
+    why: str
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """What a promotion, rejection or rollback did."""
+
+    action: str
+    version: str
+    moves: dict[str, list[str | None]] = field(default_factory=dict)
+    records: list[AuditRecord] = field(default_factory=list)
+
+
+def default_who() -> str:
+    """``user@host`` of the process (flows pass their flow-run name instead)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@contextmanager
+def registry_lock(params: Params) -> Iterator[None]:
+    """Exclusive lock over alias moves of this model (a file lock beside the audit log)."""
+    from filelock import FileLock
+
+    path = params.promote.audit_log.with_name(f".{params.registry.model_name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=params.promote.lock_timeout_s):
+        yield
+
+
+def append_audit(params: Params, records: list[AuditRecord]) -> None:
+    """Append records to the JSON-lines trail (one write + fsync per call, under the registry lock)."""
+    import os
+
+    path = params.promote.audit_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_audit(params: Params) -> list[AuditRecord]:
+    """The whole trail, oldest first (a torn last line from a crash is reported and skipped)."""
+    path = params.promote.audit_log
+    if not path.is_file():
+        return []
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(AuditRecord(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            log.warning("%s line %d: unreadable audit record skipped (%s)", path, lineno, exc)
+    return records
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _move(params: Params, alias: str, version: str, *, who: str, action: str, why: str) -> AuditRecord:
+    old = registry.find_alias(params, alias)
+    registry.set_alias(params, alias, version)
+    return AuditRecord(
+        ts=_now(),
+        who=who,
+        action=action,
+        model=params.registry.model_name,
+        alias=alias,
+        from_version=old.version if old else None,
+        to_version=str(version),
+        why=why,
+    )
+
+
+def promote(params: Params, *, version: str, why: str, who: str | None = None) -> PromoteResult:
+    """``previous ← champion ← version``; the ``challenger`` alias is cleared if it pointed at ``version``."""
+    who = who or default_who()
+    records: list[AuditRecord] = []
+    with registry_lock(params):
+        champion = registry.find_alias(params, registry.CHAMPION)
+        if champion is not None and champion.version == str(version):
+            log.info("version %s is already the champion; nothing to move", version)
+        else:
+            if champion is not None:
+                records.append(
+                    _move(
+                        params,
+                        registry.PREVIOUS,
+                        champion.version,
+                        who=who,
+                        action="promote",
+                        why=f"replaced by v{version}",
+                    )
+                )
+            records.append(_move(params, registry.CHAMPION, str(version), who=who, action="promote", why=why))
+            challenger = registry.find_alias(params, registry.CHALLENGER)
+            if challenger is not None and challenger.version == str(version):
+                registry.delete_alias(params, registry.CHALLENGER)
+        append_audit(params, records)
+    return PromoteResult("promote", str(version), _moves(records), records)
+
+
+def reject(params: Params, *, version: str, reasons: list[str], who: str | None = None) -> PromoteResult:
+    """Keep the champion; tag ``version`` as rejected with its reasons and record the decision."""
+    who = who or default_who()
+    why = "; ".join(reasons) or "rejected"
+    with registry_lock(params):
+        registry.set_version_tags(params, str(version), {"rejected": "true", "reject_reasons": why[:4500]})
+        record = AuditRecord(
+            ts=_now(),
+            who=who,
+            action="reject",
+            model=params.registry.model_name,
+            alias=None,
+            from_version=None,
+            to_version=str(version),
+            why=why,
+        )
+        append_audit(params, [record])
+    return PromoteResult("reject", str(version), {}, [record])
+
+
+def check_loads_and_predicts(params: Params, version: str) -> int:
+    """Load ``models:/<name>/<version>`` with stock MLflow and predict one image; return the row count.
+
+    Raises:
+        RollbackError: the version cannot be loaded or does not predict.
+    """
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    try:
+        model = registry.load_pyfunc(params, version)
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((params.base.imgsz, params.base.imgsz, 3), 127, np.uint8)).save(buffer, "PNG")
+        out = model.predict(pd.DataFrame({"image": [buffer.getvalue()]}))
+    except Exception as exc:  # any failure to load or run means "not a safe rollback target"
+        raise RollbackError(
+            f"version {version} of {params.registry.model_name} does not load and predict: {exc}"
+        ) from exc
+    return len(out)
+
+
+def rollback(
+    params: Params, *, to_version: str | None = None, why: str = "manual rollback", who: str | None = None
+) -> PromoteResult:
+    """Move ``champion`` back to ``previous`` (or to ``to_version``) after checking it loads and predicts.
+
+    The champion being replaced becomes ``previous``, so a rollback can itself be rolled back.
+
+    Raises:
+        RollbackError: no ``previous`` alias and no version given, or the target is broken.
+    """
+    who = who or default_who()
+    if to_version is None:
+        previous = registry.find_alias(params, registry.PREVIOUS)
+        if previous is None:
+            raise RollbackError(
+                f"model {params.registry.model_name!r} has no 'previous' alias to roll back to; "
+                "name a version: python -m flows.rollback --to VERSION"
+            )
+        to_version = previous.version
+    check_loads_and_predicts(params, to_version)
+    records: list[AuditRecord] = []
+    with registry_lock(params):
+        champion = registry.find_alias(params, registry.CHAMPION)
+        if champion is not None and champion.version == str(to_version):
+            raise RollbackError(f"version {to_version} is already the champion")
+        records.append(_move(params, registry.CHAMPION, str(to_version), who=who, action="rollback", why=why))
+        if champion is not None:
+            records.append(
+                _move(
+                    params,
+                    registry.PREVIOUS,
+                    champion.version,
+                    who=who,
+                    action="rollback",
+                    why=f"rolled back from v{champion.version}",
+                )
+            )
+        append_audit(params, records)
+    return PromoteResult("rollback", str(to_version), _moves(records), records)
+
+
+def _moves(records: list[AuditRecord]) -> dict[str, list[str | None]]:
+    return {r.alias: [r.from_version, r.to_version] for r in records if r.alias}
+
+
+def format_audit(records: list[AuditRecord]) -> str:
+    """The trail as a fixed-width table, oldest first."""
+    header = f"{'when (UTC)':<24} {'who':<28} {'action':<9} {'alias':<10} {'from':>5} → {'to':<5} why"
+    rows = [
+        f"{r.ts[:23]:<24} {r.who[:28]:<28} {r.action:<9} {(r.alias or '-'):<10} {r.from_version or '-':>5} → "
+        f"{r.to_version or '-':<5} {r.why}"
+        for r in records
+    ]
+    return "\n".join([header, *rows]) if rows else "audit trail is empty"
+
+
+def run(
+    params: Params, *, version: str, decision: Action, reasons: list[str] | None = None, who: str | None = None
+) -> PromoteResult:
+    """Apply a decision for ``version`` and write ``<reports>/promote.json``."""
+    reasons = reasons or []
+    if decision == "promote":
+        result = promote(params, version=version, why="; ".join(reasons) or "promoted", who=who)
+    elif decision == "reject":
+        result = reject(params, version=version, reasons=reasons, who=who)
+    else:
+        result = rollback(params, to_version=version, why="; ".join(reasons) or "rollback", who=who)
+    write_json_atomic(params.base.paths.reports / "promote.json", asdict(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.promote [--params P] (--audit | --version V --decision D [--reason R] | --rollback)``."""
+    from tasks.env import apply_env
+
+    parser = stage_argparser("promote", __doc__)
+    parser.add_argument("--audit", action="store_true", help="print the audit trail and exit")
+    parser.add_argument("--rollback", action="store_true", help="champion back to previous (or --to)")
+    parser.add_argument("--to", default=None, help="rollback target version")
+    parser.add_argument("--version", default=None)
+    parser.add_argument("--decision", choices=["promote", "reject"], default=None)
+    parser.add_argument("--reason", action="append", default=[])
+    args = parser.parse_args(argv)
+    apply_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    if args.audit:
+        print(format_audit(read_audit(params)))
+        return
+    if args.rollback:
+        result = rollback(params, to_version=args.to, why="; ".join(args.reason) or "manual rollback")
+    elif args.version and args.decision:
+        result = run(params, version=args.version, decision=args.decision, reasons=args.reason)
+    else:
+        parser.error("give --audit, --rollback, or --version with --decision")
+    print(format_audit(result.records))
+
+
+if __name__ == "__main__":
+    main()
