@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_racing_promotions_leave_one_champion_and_a_consistent_trail(store):
         try:
             barrier.wait()
             promote.promote(params, version=version, why=f"race {version}")
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+        except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=contender, args=(v,)) for v in ("2", "3", "4")]
@@ -119,7 +120,7 @@ def test_racing_promotions_leave_one_champion_and_a_consistent_trail(store):
         thread.join()
     assert not errors
     moves = [r for r in promote.read_audit(params) if r.alias == "champion"]
-    for before, after in zip(moves, moves[1:], strict=False):
+    for before, after in itertools.pairwise(moves):
         assert after.from_version == before.to_version, "each champion move starts where the last ended"
     assert champion(params) == moves[-1].to_version
     assert registry.find_alias(params, registry.PREVIOUS).version == moves[-2].to_version
