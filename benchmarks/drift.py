@@ -59,6 +59,25 @@ def main() -> None:
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
+        # the actual production batches, scored against the oracle's ground truth
+        production, oracle = params.base.paths.production, params.base.paths.oracle
+        for batch in sorted(p.name for p in production.iterdir()) if production.is_dir() else []:
+            view = Path(tmp) / f"batch-{batch}"
+            view.mkdir()
+            (view / "images").symlink_to((production / batch / "images").resolve(), target_is_directory=True)
+            (view / "labels").symlink_to((oracle / batch / "labels").resolve(), target_is_directory=True)
+            result = evaluate_set(
+                model, view, classes=params.base.classes, settings=settings, batch=params.evaluate.batch, set_name=batch
+            )
+            rows.append(
+                {
+                    "set": f"production {batch}",
+                    "images": result.images,
+                    "map50_95": result.map50_95,
+                    "map50": result.map50,
+                    "drop_pt": 100 * (golden.map50_95 - result.map50_95),
+                }
+            )
         for case, names in cases.items():
             root = Path(tmp) / case
             render_set(
