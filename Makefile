@@ -17,6 +17,21 @@ RUN := $(PY) -m tasks.env exec --
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
 
+# Label Studio server: its own venv (~1 GB) keyed by its own lock like the main one, with a migrated empty
+# database beside it, so a fresh data dir starts in seconds instead of minutes.
+LS_LOCK_HASH := $(shell sha256sum requirements-labelstudio.lock | cut -c1-12)
+LS_VENV := $(VENV_HOME)/labelstudio-$(LS_LOCK_HASH)
+LABEL_STUDIO_PORT ?= 8080
+LABEL_STUDIO_DATA ?= $(CURDIR)/.cache/labelstudio
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT ?= $(CURDIR)
+LABEL_STUDIO_START_TIMEOUT ?= 180
+# Local dev credentials of the embedded demo server only, seeded on the first start of a fresh data dir.
+# Never a real server's: set LABEL_STUDIO_API_KEY in the environment for those (see .env.example).
+LABEL_STUDIO_USERNAME ?= admin@visionloop.local
+LABEL_STUDIO_PASSWORD ?= visionloop-local
+LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
+export LABEL_STUDIO_API_KEY
+
 .PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui repro rollback audit clean
 
 help:  ## list the targets
@@ -49,9 +64,10 @@ test-all: setup  ## every test, slow ones included
 lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m ruff check tasks flows tests benchmarks
 	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks
-	$(RUN) $(PY) -m mypy tasks
+	$(RUN) $(PY) -m mypy tasks flows
 
-repro: setup  ## dvc repro (world, train, evaluate, export)
+repro: setup  ## dvc repro (world, merge, train, evaluate, export)
+	mkdir -p data/labels  # merge's dep: labeled cycles (none before the first loop)
 	$(RUN) dvc repro
 
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
@@ -73,5 +89,79 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the proje
 prefect-ui: setup  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) over the project's PREFECT_HOME
 	$(RUN) .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
+.PHONY: labelstudio labelstudio-up labelstudio-down
+
+labelstudio:  ## install the Label Studio server into its own venv (once, a few minutes; later runs take seconds)
+	@if [ ! -f "$(LS_VENV)/.ready" ]; then \
+	  set -e; \
+	  $(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Label Studio here needs Python 3.11, found " + sys.version' ; \
+	  echo "labelstudio: building $(LS_VENV) from requirements-labelstudio.lock (first time only, a few minutes)"; \
+	  rm -rf "$(LS_VENV)"; $(PYTHON) -m venv "$(LS_VENV)"; \
+	  "$(LS_VENV)/bin/python" -m pip install --quiet --upgrade pip==26.3; \
+	  "$(LS_VENV)/bin/python" -m pip install --quiet --no-deps -r requirements-labelstudio.lock; \
+	  "$(LS_VENV)/bin/python" -m pip check; \
+	  echo "labelstudio: migrating an empty database to copy into fresh data dirs (first time only, about a minute)"; \
+	  mkdir -p "$(LS_VENV)/template"; \
+	  set -a; source visionloop.env; set +a; \
+	  LABEL_STUDIO_BASE_DATA_DIR="$(LS_VENV)/template" "$(LS_VENV)/bin/label-studio" version > "$(LS_VENV)/template/migrate.log" 2>&1; \
+	  test -f "$(LS_VENV)/template/label_studio.sqlite3"; \
+	  touch "$(LS_VENV)/.ready"; \
+	  find "$(VENV_HOME)" -maxdepth 1 -name 'labelstudio-*' ! -path "$(LS_VENV)" -mtime +7 -exec rm -rf {} + ; \
+	fi
+
+labelstudio-up: labelstudio  ## start Label Studio on http://127.0.0.1:$(LABEL_STUDIO_PORT) (token LABEL_STUDIO_API_KEY), wait until healthy
+	@set -e; data="$(LABEL_STUDIO_DATA)"; pidfile="$$data/server.pid"; log="$$data/server.log"; \
+	url="http://127.0.0.1:$(LABEL_STUDIO_PORT)"; \
+	if [ -f "$$pidfile" ] && ps -ww -o args= -p "$$(cat "$$pidfile")" 2>/dev/null | grep -q "label-studio start"; then \
+	  echo "labelstudio-up: already running (pid $$(cat "$$pidfile"), data $$data)"; exit 0; fi; \
+	if ! "$(LS_VENV)/bin/python" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' $(LABEL_STUDIO_PORT) 2>/dev/null; then \
+	  echo "labelstudio-up: port $(LABEL_STUDIO_PORT) on 127.0.0.1 is taken (Label Studio would silently move to another);" \
+	    "free it or run make labelstudio-up LABEL_STUDIO_PORT=<port> and export LABEL_STUDIO_URL=http://127.0.0.1:<port>" >&2; \
+	  exit 1; fi; \
+	mkdir -p "$$data"; \
+	[ -f "$$data/label_studio.sqlite3" ] || cp "$(LS_VENV)/template/label_studio.sqlite3" "$$data/"; \
+	set -a; source visionloop.env; set +a; \
+	LABEL_STUDIO_BASE_DATA_DIR="$$data" \
+	LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \
+	LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="$(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)" \
+	LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true \
+	LABEL_STUDIO_USERNAME="$(LABEL_STUDIO_USERNAME)" LABEL_STUDIO_PASSWORD="$(LABEL_STUDIO_PASSWORD)" \
+	LABEL_STUDIO_USER_TOKEN="$$LABEL_STUDIO_API_KEY" \
+	  nohup "$(LS_VENV)/bin/label-studio" start --no-browser --internal-host 127.0.0.1 --port $(LABEL_STUDIO_PORT) \
+	  --data-dir "$$data" --enable-legacy-api-token < /dev/null > "$$log" 2>&1 & \
+	pid=$$!; echo $$pid > "$$pidfile"; \
+	echo "labelstudio-up: starting Label Studio (pid $$pid, data $$data, log $$log)"; \
+	for i in $$(seq 1 $(LABEL_STUDIO_START_TIMEOUT)); do \
+	  if ! kill -0 $$pid 2>/dev/null; then \
+	    echo "labelstudio-up: the server exited; end of $$log:" >&2; tail -n 20 "$$log" >&2; rm -f "$$pidfile"; exit 1; fi; \
+	  if grep -q "Starting development server at" "$$log"; then \
+	    if ! grep -q "Starting development server at $$url/" "$$log"; then \
+	      echo "labelstudio-up: port $(LABEL_STUDIO_PORT) was taken meanwhile and the server moved; stopping it" >&2; \
+	      kill $$pid; rm -f "$$pidfile"; exit 1; fi; \
+	    if curl -sf -o /dev/null "$$url/health"; then break; fi; \
+	  fi; \
+	  sleep 1; \
+	done; \
+	if ! curl -sf -o /dev/null "$$url/health"; then \
+	  echo "labelstudio-up: not healthy after $(LABEL_STUDIO_START_TIMEOUT) s (still starting? see $$log)" >&2; exit 1; fi; \
+	code=$$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Token $$LABEL_STUDIO_API_KEY" "$$url/api/projects?page_size=1"); \
+	if [ "$$code" != 200 ]; then \
+	  echo "labelstudio-up: up at $$url but it refuses LABEL_STUDIO_API_KEY (HTTP $$code): $$data was first started with" \
+	    "another token. Use that token, or make labelstudio-down && rm -rf $$data" >&2; exit 1; fi; \
+	echo "labelstudio-up: ready at $$url (user $(LABEL_STUDIO_USERNAME); stop with make labelstudio-down)"
+
+labelstudio-down:  ## stop the Label Studio server that labelstudio-up started
+	@pidfile="$(LABEL_STUDIO_DATA)/server.pid"; \
+	if [ ! -f "$$pidfile" ]; then echo "labelstudio-down: not running (no $$pidfile)"; exit 0; fi; \
+	pid=$$(cat "$$pidfile"); \
+	if ps -ww -o args= -p "$$pid" 2>/dev/null | grep -q "label-studio start"; then \
+	  kill "$$pid"; \
+	  for i in $$(seq 1 30); do kill -0 "$$pid" 2>/dev/null || break; sleep 1; done; \
+	  if kill -0 "$$pid" 2>/dev/null; then kill -9 "$$pid"; fi; \
+	  echo "labelstudio-down: stopped pid $$pid"; \
+	else echo "labelstudio-down: pid $$pid is not a running Label Studio (stale pid file removed)"; fi; \
+	rm -f "$$pidfile"
+
 clean:  ## remove generated data, models, reports and local stores (keeps the venv)
-	rm -rf data/world data/predictions models/train models/export reports mlflow.db mlartifacts .cache/prefect dvc-remote
+	rm -rf data/world data/predictions data/samples data/labels data/quarantine data/holdouts data/merged data/audit \
+	  models/train models/export models/champion reports mlflow.db mlartifacts .cache/prefect dvc-remote

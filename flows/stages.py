@@ -7,20 +7,26 @@ One task per stage, named like the stage, calling the very function ``python -m 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import tasks.evaluate
 import tasks.export
+import tasks.gate
+import tasks.label
+import tasks.merge
 import tasks.predict
 import tasks.promote
 import tasks.registry
+import tasks.sample
 import tasks.train
+import tasks.validate
 import tasks.world
 from tasks.config import Params
 
-_COMMON = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
+_COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
 
 
 @task(name="world", **_COMMON)
@@ -39,7 +45,7 @@ def evaluate(params: Params, model_path: Path | None = None) -> tasks.evaluate.E
 
 
 @task(name="export", **_COMMON)
-def export(params: Params) -> list[tasks.export.ArtifactCheck]:
+def export(params: Params) -> tasks.export.ExportReport:
     return tasks.export.run(params)
 
 
@@ -63,3 +69,28 @@ def rollback(params: Params, to_version: str | None, why: str, who: str | None =
 @task(name="predict", **_COMMON)
 def predict(params: Params, batches: list[str] | None = None, alias: str | None = None) -> tasks.predict.PredictResult:
     return tasks.predict.run(params, batches=batches, alias=alias)
+
+
+@task(name="gate", **_COMMON)
+def gate(params: Params, candidate: Path, champion: Path | None) -> tasks.gate.GateReport:
+    return tasks.gate.run(params, candidate=candidate, champion=champion)
+
+
+@task(name="label", retries=2, retry_delay_seconds=10, **_COMMON)
+def label(params: Params, cycle: str) -> tasks.label.LabelResult:
+    return tasks.label.run(params, cycle=cycle)
+
+
+@task(name="validate", **_COMMON)
+def validate(params: Params, cycle: str) -> tasks.validate.ValidateResult:
+    return tasks.validate.run(params, cycle=cycle)
+
+
+@task(name="sample", **_COMMON)
+def sample(params: Params, cycle: str) -> tasks.sample.SampleResult:
+    return tasks.sample.run(params, cycle=cycle)
+
+
+@task(name="merge", **_COMMON)
+def merge(params: Params, cycle: str) -> tasks.merge.MergeResult:
+    return tasks.merge.run(params, cycle=cycle)

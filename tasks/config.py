@@ -12,6 +12,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,7 @@ class Paths(Section):
     labels: Path = Path("data/labels")
     quarantine: Path = Path("data/quarantine")
     holdouts: Path = Path("data/holdouts")
+    merged: Path = Path("data/merged")
     models: Path = Path("models")
     reports: Path = Path("reports")
 
@@ -267,6 +269,7 @@ class SpeedParams(Section):
     warmup: NonNegativeInt = 3
     runs: PositiveInt = 30
     batch_runs: PositiveInt = 5
+    static_shapes: bool = True  # OpenVINO: one static-shape compilation per batch size, as deployed
 
 
 class ParityParams(Section):
@@ -279,9 +282,9 @@ class ParityParams(Section):
 
     images: PositiveInt = 4
     top_k: PositiveInt = 5
-    score_atol: PerPrecision = PerPrecision(fp32=0.002, fp16=0.01, int8=0.08)
+    score_atol: PerPrecision = PerPrecision(fp32=0.002, fp16=0.02, int8=0.15)
     box_atol_px: PerPrecision = PerPrecision(fp32=0.5, fp16=1.0, int8=4.0)
-    min_match: Fraction = 0.8
+    min_match: Fraction = 0.6
 
 
 class ExportParams(Section):
@@ -290,7 +293,7 @@ class ExportParams(Section):
     ``targets`` must include ``onnx``: every other target is built from it and it is the fallback.
     ``max_map_drop`` is the mAP50-95 an artifact may lose against PyTorch, per precision (one number = all).
     The deployed artifact is the fastest (``select_by``) on ``target_hardware`` that passes every check and is
-    at least ``min_speedup`` times faster than its FP32 sibling; otherwise FP32 ONNX.
+    at least ``min_speedup`` times faster than its higher-precision sibling; otherwise FP32 ONNX.
     """
 
     targets: list[ExportTargetName] = ["onnx"]
@@ -363,6 +366,199 @@ class GateParams(Section):
     seed: int | None = None  # None: base.seed
 
 
+class ValidateParams(Section):
+    """Great Expectations checks of a cycle's new labels; failing images are quarantined, not trained on.
+
+    ``leak_max_distance`` is the largest perceptual-hash Hamming distance (of ``phash_size**2`` bits) at which a
+    new image counts as a copy of a golden/holdout image. ``manifest`` is an optional file in the cycle's label
+    folder declaring image sizes (``image_id``, ``width``, ``height``).
+    """
+
+    max_quarantine_share: Fraction = 0.2
+    min_box_px: NonNegativeFloat = 2.0
+    boxes_per_image: tuple[NonNegativeInt, NonNegativeInt] = (0, 50)
+    phash_size: Annotated[int, Field(ge=4, le=32)] = 16
+    leak_max_distance: NonNegativeInt = 32
+    manifest: str = "manifest.json"
+    log_sample_rows: PositiveInt = 10_000
+    data_docs: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ValidateParams:
+        low, high = self.boxes_per_image
+        if low > high:
+            raise ValueError(f"boxes_per_image = {[low, high]}: need min <= max")
+        if self.leak_max_distance >= self.phash_size**2:
+            raise ValueError(
+                f"leak_max_distance = {self.leak_max_distance} flags every image "
+                f"(the hash has {self.phash_size**2} bits)"
+            )
+        return self
+
+
+class AnnotatorSimParams(Section):
+    """The annotator simulator (``tasks/annotator_sim.py``; demo, tests, benchmarks only): oracle boxes plus noise.
+
+    A box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``; every
+    corner moves by up to ± ``jitter`` of the box's width/height; a ``skip`` share of tasks is skipped.
+    """
+
+    small_px: NonNegativeFloat = 0.0
+    drop_small: Fraction = 0.0
+    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    skip: Fraction = 0.0
+    seed: int | None = None  # None: base.seed
+
+
+class LabelParams(Section):
+    """Labeling: Label Studio (or a folder exchange) fed with sampled images pre-annotated by the champion.
+
+    ``LABEL_STUDIO_URL`` in the environment wins over ``url``, ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` over
+    ``document_root`` (the folder the server serves images below); the token comes only from ``LABEL_STUDIO_API_KEY``.
+    The run waits for labels while fewer than ``min_labeled`` images of the cycle are labeled and some are queued.
+    ``outbox``/``inbox`` (backend ``files``; None: ``<base.paths.labels>/outbox`` and ``/inbox``).
+    """
+
+    backend: Literal["labelstudio", "files"] = "labelstudio"
+    url: str = "http://127.0.0.1:8080"
+    project_title: str = Field(default="visionloop", min_length=1, max_length=50)
+    document_root: Path = Path(".")
+    min_labeled: NonNegativeInt = 50
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    retries: NonNegativeInt = 3
+    retry_delay_s: NonNegativeFloat = 2.0
+    outbox: Path | None = None
+    inbox: Path | None = None
+    simulator: AnnotatorSimParams = AnnotatorSimParams()
+
+
+# The stage is called ``validate``, which shadows pydantic's deprecated ``BaseModel.validate`` classmethod (unused
+# here); pydantic supports such fields but warns on every import.
+warnings.filterwarnings("ignore", message='Field name "validate" in "Params" shadows', category=UserWarning)
+
+
+class RecencyParams(Section):
+    """How much more often the trainer sees recent production cycles.
+
+    A cycle of age ``a`` (0 = the newest merged cycle) has weight ``decay ** a`` and is listed
+    ``clamp(round(max_repeat * weight), 1, max_repeat)`` times per epoch; historical images ``historical_repeat`` times.
+    """
+
+    decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    max_repeat: PositiveInt = 4
+    historical_repeat: PositiveInt = 1
+
+
+class MergeParams(Section):
+    """Merge: historical data + every labeled production cycle into append-only shards and a manifest.
+
+    ``enabled: false`` (or no production image merged yet) keeps ``train`` on ``base.paths.train``/``val``.
+    Per newly merged cycle, ``holdout_fraction`` of its images become its frozen production holdout and
+    ``val_fraction`` validate; the rest train. A shard holds at most ``shard_size`` images.
+    """
+
+    enabled: bool = True
+    holdout_fraction: Fraction = 0.2
+    val_fraction: Fraction = 0.0
+    shard_size: PositiveInt = 1000
+    seed: int | None = None  # None: base.seed
+    recency: RecencyParams = RecencyParams()
+
+    @model_validator(mode="after")
+    def _fractions(self) -> MergeParams:
+        if self.holdout_fraction + self.val_fraction >= 1.0:
+            raise ValueError(
+                f"holdout_fraction ({self.holdout_fraction}) + val_fraction ({self.val_fraction}) must stay below 1"
+            )
+        return self
+
+
+class SampleStrategy(Section):
+    """What every sampling strategy has: a priority weight and its own image budget (0 = off)."""
+
+    weight: NonNegativeFloat = 1.0
+    budget: NonNegativeInt = 10
+
+
+class RandomStrategy(SampleStrategy):
+    """A seeded uniform share of the window's images (hash of seed, cycle and image SHA-256)."""
+
+    rate: Fraction = 0.01
+
+
+class LowConfidenceStrategy(SampleStrategy):
+    """Images with boxes whose confidence falls in ``band`` (``[low, high)``); more such boxes score higher."""
+
+    band: tuple[Fraction, Fraction] = (0.1, 0.5)
+
+    @model_validator(mode="after")
+    def _ordered_band(self) -> LowConfidenceStrategy:
+        if not self.band[0] < self.band[1]:
+            raise ValueError(f"band = {list(self.band)}: need low < high")
+        return self
+
+
+class EntropyStrategy(SampleStrategy):
+    """Mean binary entropy (bits) of an image's box confidences, at least ``min_score``."""
+
+    min_score: Fraction = 0.8
+
+
+class MarginStrategy(SampleStrategy):
+    """The box closest to the ``threshold`` decision: ``1 - |conf - threshold| / max(threshold, 1 - threshold)``."""
+
+    threshold: Fraction = 0.5
+    min_score: Fraction = 0.8
+
+
+class ClassBalancedStrategy(SampleStrategy):
+    """Images with rarely predicted classes: rarest-class frequency / frequency of the image's rarest class."""
+
+    min_score: Fraction = 0.5
+
+
+class DisagreementStrategy(SampleStrategy):
+    """Champion vs another model version on the same image: ``1 - min(agreeing boxes) / max(box counts)``.
+
+    A box agrees when the other side has a box of the same class at IoU >= ``iou`` (each side counted); ``aliases``
+    limits the other rows to those logged under these aliases (None = any other model version).
+    """
+
+    iou: Fraction = 0.5
+    min_score: Fraction = 0.2
+    aliases: list[str] | None = None
+
+
+class DriftStrategy(SampleStrategy):
+    """A seeded share ``rate`` of the images of batches the drift monitor flagged."""
+
+    rate: Fraction = 0.1
+
+
+class SampleStrategies(Section):
+    """The sampling strategies by name (an unknown name is an error; null or ``budget: 0`` turns one off)."""
+
+    random: RandomStrategy | None = RandomStrategy(weight=0.5, budget=10)
+    low_confidence: LowConfidenceStrategy | None = LowConfidenceStrategy(budget=20)
+    entropy: EntropyStrategy | None = EntropyStrategy(budget=10)
+    margin: MarginStrategy | None = MarginStrategy(budget=10)
+    class_balanced: ClassBalancedStrategy | None = ClassBalancedStrategy(weight=0.8, budget=10)
+    disagreement: DisagreementStrategy | None = DisagreementStrategy(weight=1.5, budget=15)
+    drift: DriftStrategy | None = DriftStrategy(weight=1.2, budget=15)
+
+
+class SampleParams(Section):
+    """Which production images go to labeling each cycle (see ``tasks/sample.py`` for the selection rules)."""
+
+    budget: NonNegativeInt = 60
+    max_per_day: PositiveInt | None = 40
+    window_days: PositiveInt = 7
+    alias: str = "champion"
+    phash_distance: Annotated[int, Field(ge=0, le=64)] | None = 6
+    drift_batches: list[str] = Field(default_factory=list)
+    strategies: SampleStrategies = SampleStrategies()
+
+
 class Params(Section):
     """The whole ``params.yaml``."""
 
@@ -374,6 +570,11 @@ class Params(Section):
     registry: RegistryParams = RegistryParams()
     predict: PredictParams = PredictParams()
     promote: PromoteParams = PromoteParams()
+    gate: GateParams = GateParams()
+    validate: ValidateParams = ValidateParams()  # type: ignore[assignment]  # shadows BaseModel.validate (deprecated)
+    label: LabelParams = LabelParams()
+    merge: MergeParams = MergeParams()
+    sample: SampleParams = SampleParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

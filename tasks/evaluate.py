@@ -150,10 +150,22 @@ def coco_detections(per_image: Sequence[Detections]) -> list[dict[str, Any]]:
 
 
 def detect_set(
-    model_path: Path, images: Sequence[LabeledImage], settings: InferenceSettings, *, batch: int, desc: str = ""
+    model_path: Path,
+    images: Sequence[LabeledImage],
+    settings: InferenceSettings,
+    *,
+    batch: int,
+    desc: str = "",
+    warmup: bool = False,
 ) -> tuple[list[Detections], float]:
-    """Run a model over labeled images in batches; return detections and mean ms per image."""
+    """Run a model over labeled images in batches; return detections and mean ms per image.
+
+    ``warmup`` runs the first batch once untimed first, so that one-off start-up costs (allocations, lazy
+    initialisation) stay out of the ms per image when two models' latencies are compared.
+    """
     detector = load_detector(model_path, settings)
+    if warmup and images:
+        predict_images(detector, [load_rgb(item.path) for item in images[:batch]])
     detections: list[Detections] = []
     total_ms = 0.0
     for start in tqdm(

@@ -1,4 +1,4 @@
-"""One detector interface over every artifact format: PyTorch ``.pt``, ONNX, OpenVINO.
+"""One detector interface over every artifact format: PyTorch ``.pt``, ONNX, OpenVINO, TensorRT ``.engine``.
 
 All runtimes share the same pre-processing (centred letterbox to ``imgsz``, RGB, /255) and the same
 post-processing, so any difference between a ``.pt`` and its export is the runtime's, not ours.
@@ -9,7 +9,8 @@ Two output layouts are decoded:
 - raw (one-to-many head): ``(B, 4 + nc, A)`` with ``cx, cy, w, h`` + class scores, followed by NMS.
 
 The runtime is chosen by the artifact's suffix through :data:`LOADERS` (no if/elif over formats in
-callers). Stage code never imports Prefect; this module never imports torch unless a ``.pt`` is loaded.
+callers). Stage code never imports Prefect; this module never imports torch unless a ``.pt`` or an
+``.engine`` (TensorRT, CUDA hosts only) is loaded.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ class Detections:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Thresholds and runtime knobs shared by every backend."""
+    """Thresholds and runtime knobs shared by every backend.
+
+    ``static_shapes``: OpenVINO compiles one static-shape model per batch size it meets (a few % faster on
+    the CPU, at the cost of one compilation per new batch size); other runtimes ignore it.
+    """
 
     imgsz: int
     conf: float = 0.25
@@ -60,6 +65,7 @@ class InferenceSettings:
     max_det: int = 100
     threads: int = 2
     device: str = "cpu"
+    static_shapes: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,20 +224,31 @@ class OpenVinoDetector:
         if xml is None or not xml.is_file():
             raise ValueError(f"{path}: no OpenVINO .xml model found")
         self.path, self.settings = xml, settings
-        core = ov.Core()
-        model = core.read_model(str(xml))
+        self._core = ov.Core()
         # f32 explicitly: on CPUs with bf16 units OpenVINO otherwise runs FP32 models in bf16 and scores drift
-        config = {
+        self._config = {
             "INFERENCE_NUM_THREADS": settings.threads,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         }
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.compiled = self._core.compile_model(self._core.read_model(str(xml)), "CPU", self._config)
         self.request = self.compiled.create_infer_request()
+        self._static: dict[tuple[int, ...], tuple[Any, Any]] = {}
+
+    def _static_request(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        if shape not in self._static:
+            model = self._core.read_model(str(self.path))
+            model.reshape(list(shape))
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            self._static[shape] = (compiled, compiled.create_infer_request())
+        return self._static[shape]
 
     def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        result = self.request.infer({0: batch})
-        return np.asarray(result[self.compiled.output(0)])
+        compiled, request = (
+            self._static_request(tuple(batch.shape)) if self.settings.static_shapes else (self.compiled, self.request)
+        )
+        result = request.infer({0: batch})
+        return np.asarray(result[compiled.output(0)])
 
 
 class TorchDetector:
@@ -260,6 +277,46 @@ class TorchDetector:
         return out.float().cpu().numpy()
 
 
+class TensorRtDetector:
+    """A serialized TensorRT engine on a CUDA GPU; torch owns the device buffers (no pycuda needed)."""
+
+    def __init__(self, path: Path, settings: InferenceSettings) -> None:
+        try:
+            import tensorrt as trt
+            import torch
+        except ImportError:
+            raise ValueError(f"{path}: TensorRT engines need the tensorrt module on a CUDA host") from None
+        if not torch.cuda.is_available():
+            raise ValueError(f"{path}: TensorRT engines need a CUDA device; none is visible")
+        self.path, self.settings = path, settings
+        self._torch = torch
+        self._device = settings.device if settings.device.startswith("cuda") else "cuda"
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ValueError(f"{path}: TensorRT cannot load this engine (built by another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self._output_dtype = getattr(torch, np.dtype(trt.nptype(self.engine.get_tensor_dtype(outputs[0]))).name)
+
+    def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        torch = self._torch
+        source = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+        self.context.set_input_shape(self.input_name, tuple(source.shape))
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = torch.empty(shape, dtype=self._output_dtype, device=self._device)
+        self.context.set_tensor_address(self.input_name, int(source.data_ptr()))
+        self.context.set_tensor_address(self.output_name, int(out.data_ptr()))
+        stream = torch.cuda.current_stream(self._device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+        stream.synchronize()
+        return out.float().cpu().numpy()
+
+
 def _literal(value: str) -> Any:
     try:
         return ast.literal_eval(value)
@@ -275,6 +332,7 @@ LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path, InferenceSettings], 
     (lambda p: p.suffix == ".pt", TorchDetector),
     (lambda p: p.suffix == ".onnx", OnnxDetector),
     (_is_openvino, OpenVinoDetector),
+    (lambda p: p.suffix == ".engine", TensorRtDetector),
 ]
 
 
@@ -291,4 +349,4 @@ def load_detector(path: Path, settings: InferenceSettings) -> Detector:
     for matches, loader in LOADERS:
         if matches(path):
             return loader(path, settings)
-    raise ValueError(f"{path}: unknown model format (expected .pt, .onnx, or an OpenVINO .xml/folder)")
+    raise ValueError(f"{path}: unknown model format (expected .pt, .onnx, .engine or an OpenVINO .xml/folder)")

@@ -1,12 +1,14 @@
 """Stage ``train``: fit a detector on the training set, behind a small trainer protocol.
 
 Contract:
-    inputs: YOLO-format ``base.paths.train`` and ``base.paths.val``; optional warm-start checkpoint
-        ``train.weights``;
-    params: ``base`` (classes, imgsz, device, seed, paths), ``train``;
+    inputs: the merged data ``<base.paths.merged>/{manifest.parquet,shards/}`` when the merge stage has merged
+        production labels (:func:`tasks.merge.use_merged`), else YOLO-format ``base.paths.train`` and
+        ``base.paths.val``; optional warm-start checkpoint ``train.weights``;
+    params: ``base`` (classes, imgsz, device, seed, paths), ``train``, ``merge.enabled``;
     outputs: ``<models>/train/best.pt``, ``<reports>/train.json`` (final metrics, MLflow run id);
     side effects: an MLflow run (params, per-epoch metrics, artifacts) in the ``registry`` experiment;
-        Ultralytics' scratch folder ``<models>/train/ultralytics/``.
+        Ultralytics' scratch folder ``<models>/train/ultralytics/``; the dataset view ``<models>/train/dataset/``
+        (hard-linked source sets, or the extracted-shard cache + image lists) with ``dataset.json`` (which data).
 
 A model family is a :class:`Trainer` in :data:`TRAINERS`, chosen by ``train.family``; YOLO (Ultralytics)
 is the first, trained offline from a model yaml or warm-started from a checkpoint.
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from tasks import registry
+from tasks import merge, registry
 from tasks.config import Params, load_params, stage_argparser
 from tasks.io import write_bytes_atomic, write_json_atomic
 
@@ -72,15 +74,16 @@ class YoloTrainer:
         configure_ultralytics()
         from ultralytics import YOLO
 
-        cfg, paths = params.train, params.base.paths
+        cfg = params.train
         data_yaml = out_dir / "data.yaml"
+        train_entry, val_entry = _dataset_views(params, out_dir / "dataset")
         write_bytes_atomic(
             data_yaml,
             yaml.safe_dump(
                 {
                     "path": str(Path.cwd()),
-                    "train": str(_dataset_view(paths.train, out_dir / "dataset" / "train") / "images"),
-                    "val": str(_dataset_view(paths.val, out_dir / "dataset" / "val") / "images"),
+                    "train": str(train_entry),
+                    "val": str(val_entry),
                     "names": dict(enumerate(params.base.classes)),
                 }
             ).encode(),
@@ -129,6 +132,41 @@ class YoloTrainer:
         best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
         final = {_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
         return best, final
+
+
+def _dataset_views(params: Params, root: Path) -> tuple[Path, Path]:
+    """Return Ultralytics' ``train`` and ``val`` entries: merged image lists, or mirrors of the source sets.
+
+    Merged (:func:`tasks.merge.use_merged`): shards extracted once into ``root/shards/<md5>/`` and
+    ``root/train.txt`` listing each training image ``repeat`` times (recency weighting), ``root/val.txt``.
+    Otherwise (bootstrap, ``merge.enabled: false``): hard-linked mirrors of ``base.paths.train``/``val``.
+    ``root/dataset.json`` records which, with the merged manifest's MD5 for lineage.
+    """
+    paths = params.base.paths
+    if merge.use_merged(params):
+        for stale in ("train", "val"):  # mirrors of an earlier source-mode run
+            shutil.rmtree(root / stale, ignore_errors=True)
+        start = time.perf_counter()
+        view = merge.materialize_view(paths.merged, root)
+        info: dict[str, Any] = {"mode": "merged", "manifest": str(paths.merged / merge.MANIFEST)} | asdict(view)
+        log.info(
+            "train on merged data: %d images as %d samples, %d val (%d shards extracted, %d reused) in %.1f s",
+            view.train_images,
+            view.train_samples,
+            view.val_images,
+            view.shards_extracted,
+            view.shards_reused,
+            time.perf_counter() - start,
+        )
+        entries = (view.train, view.val)
+    else:
+        entries = (
+            _dataset_view(paths.train, root / "train") / "images",
+            _dataset_view(paths.val, root / "val") / "images",
+        )
+        info = {"mode": "source", "train": str(paths.train), "val": str(paths.val)}
+    write_json_atomic(root / "dataset.json", info)
+    return entries
 
 
 def _dataset_view(source: Path, view: Path) -> Path:

@@ -35,6 +35,7 @@ def repo(tmp_path_factory) -> Path:
     data["registry"].update(tracking_uri="sqlite:///mlflow.db", artifact_root="mlartifacts")
     (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    (root / "data" / "labels").mkdir(parents=True)  # the merge stage's dep; empty before the first labeled cycle
     sh("git", "init", "-q", cwd=root)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root)
     return root
@@ -42,12 +43,12 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_then_up_to_date(repo):
     out = sh(sys.executable, "-m", "dvc", "repro", cwd=repo)
-    for stage in ("world", "train", "evaluate", "export"):
+    for stage in ("world", "merge", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "models" / "export" / "model.onnx").is_file()
     assert (repo / "reports" / "evaluate.json").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"world", "train", "evaluate", "export"}
+    assert set(lock["stages"]) == {"world", "merge", "train", "evaluate", "export"}
 
     again = sh(sys.executable, "-m", "dvc", "repro", cwd=repo)
     assert "Running stage" not in again

@@ -1,13 +1,15 @@
-"""The export check: a faithful artifact passes, a collapsed one fails and names both numbers.
+"""The export stage: every target built or skipped with a reason, re-checked, and only a re-checked one ships.
 
-A model trained for seconds scores ~0 on real labels, which cannot show a drop. So the failing case runs on
+A model trained for seconds scores ~0 on real labels, which cannot show a drop. So the failing cases run on
 *pseudo-labels*: the PyTorch model's own top boxes on the golden images, where PyTorch scores high by
 construction and an artifact whose boxes drift loses mAP. Faithfulness itself is checked on raw outputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,17 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tasks import evaluate, export, train, world
+from tasks import evaluate, export, quantize, train, world
 from tasks.boxes import xyxy_to_xywhn
 from tasks.config import Params
 from tasks.dataset import list_images, load_rgb
-from tasks.inference import InferenceSettings, load_detector, predict_images
+from tasks.inference import InferenceSettings, letterbox, load_detector, predict_images
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
+
+ALL_TARGETS = ["onnx", "onnx_int8", "openvino", "openvino_int8", "tensorrt_fp16", "tensorrt_int8"]
+QUICK_SPEED = {"runs": 5, "batch_runs": 2, "warmup": 1, "batch": 4}
 
 
 def write_pseudo_labels(params: Params, weights: Path, target: Path, *, top: int = 3) -> None:
@@ -41,10 +46,23 @@ def write_pseudo_labels(params: Params, weights: Path, target: Path, *, top: int
         (target / "labels" / f"{path.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
+def variant(params: Params, root: Path, **export_overrides) -> Params:
+    """``params`` with its own models/reports folders under ``root`` (the trained checkpoint linked in)."""
+    data = params.model_dump(mode="json")
+    data["base"]["paths"].update(models=str(root / "models"), reports=str(root / "reports"))
+    data["export"].update(export_overrides)
+    out = Params.model_validate(data)
+    (out.base.paths.models / "train").mkdir(parents=True, exist_ok=True)
+    if not evaluate.default_model_path(out).exists():
+        os.link(evaluate.default_model_path(params), evaluate.default_model_path(out))
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Params:
     root = tmp_path_factory.mktemp("export-gate")
-    params = Params.model_validate(tiny_params_dict(root, export={"max_map_drop": 0.005}))
+    export_section = {"max_map_drop": 0.005, "targets": ALL_TARGETS, "speed": QUICK_SPEED}
+    params = Params.model_validate(tiny_params_dict(root, export=export_section))
     world.run(params)
     train.run(params)
     evaluate.run(params)
@@ -52,39 +70,64 @@ def trained(tmp_path_factory) -> Params:
 
 
 @pytest.fixture(scope="module")
-def pseudo_params(trained) -> Params:
-    pseudo = trained.base.paths.models.parent / "pseudo-golden"
-    write_pseudo_labels(trained, evaluate.default_model_path(trained), pseudo, top=1)
-    data = trained.model_dump(mode="json")
-    data["base"]["paths"]["golden"] = str(pseudo)
-    data["base"]["paths"]["reports"] = str(pseudo.parent / "pseudo-reports")
+def exported(trained) -> export.ExportReport:
+    """Every target of the tiny model, exported once for the module (TensorRT is skipped without CUDA)."""
+    return export.run(trained)
+
+
+@pytest.fixture(scope="module")
+def pseudo_params(trained, tmp_path_factory) -> Params:
+    root = tmp_path_factory.mktemp("pseudo")
+    write_pseudo_labels(trained, evaluate.default_model_path(trained), root / "golden", top=1)
+    params = variant(trained, root, targets=["onnx"])
+    data = params.model_dump(mode="json")
+    data["base"]["paths"]["golden"] = str(root / "golden")
     params = Params.model_validate(data)
     assert evaluate.run(params).map50_95("golden") > 0.5, "PyTorch should score high on its own boxes"
     return params
 
 
-class HalvedBoxesOnnx:
-    """A collapsed export: the real ONNX export with every output box scaled by 0.5."""
+def halve_boxes(path: Path) -> None:
+    """Rewrite an exported ONNX so every output box is scaled by 0.5: a collapsed export."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    out = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
+    scale = numpy_helper.from_array(np.array([0.5, 0.5, 0.5, 0.5, 1, 1], np.float32), "halve_boxes")
+    graph.initializer.append(scale)
+    graph.node.append(helper.make_node("Mul", [f"{out}_raw", "halve_boxes"], [out]))
+    onnx.save(model, str(path))
 
-    name = "onnx"
 
-    def build(self, weights: Path, *, out_dir: Path, params: Params) -> Path:
-        path = export.OnnxTarget().build(weights, out_dir=out_dir, params=params)
-        model = onnx.load(str(path))
-        graph = model.graph
-        out = graph.output[0].name
-        for node in graph.node:
-            node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
-        scale = numpy_helper.from_array(np.array([0.5, 0.5, 0.5, 0.5, 1, 1], np.float32), "halve_boxes")
-        graph.initializer.append(scale)
-        graph.node.append(helper.make_node("Mul", [f"{out}_raw", "halve_boxes"], [out]))
-        onnx.save(model, str(path))
-        return path
+class HalvedBoxesOnnx(export.OnnxTarget):
+    """A collapsed FP32 export."""
+
+    def build(self, inputs: export.ExportInputs, *, out_dir: Path, params: Params) -> export.Built:
+        built = super().build(inputs, out_dir=out_dir, params=params)
+        halve_boxes(built.path)
+        return built
+
+
+class HalvedBoxesInt8(export.OnnxInt8Target):
+    """A deliberately broken quantization: the real INT8 model with its boxes halved."""
+
+    def build(self, inputs: export.ExportInputs, *, out_dir: Path, params: Params) -> export.Built:
+        built = super().build(inputs, out_dir=out_dir, params=params)
+        halve_boxes(built.path)
+        return built
+
+
+class UnloadableInt8(export.OnnxInt8Target):
+    """An INT8 build that writes a file ONNX Runtime cannot read."""
+
+    def build(self, inputs: export.ExportInputs, *, out_dir: Path, params: Params) -> export.Built:
+        path = out_dir / "model_int8.onnx"
+        path.write_bytes(b"definitely not protobuf")
+        return export.Built(path)
 
 
 def golden_batch(params: Params) -> np.ndarray:
-    from tasks.inference import letterbox
-
     paths = list_images(params.base.paths.golden / "images")[:4]
     return np.stack([letterbox(load_rgb(p), params.base.imgsz)[0] for p in paths])
 
@@ -100,14 +143,80 @@ def assert_same_detections(actual: np.ndarray, expected: np.ndarray) -> None:
             assert close.any(), f"no matching detection for {row}"
 
 
-def test_faithful_onnx_export_passes_and_matches_pytorch(trained):
-    (check,) = export.run(trained)
-    assert check.passed and Path(check.path).name == "model.onnx" and check.size_mb > 0
+def by_target(report: export.ExportReport) -> dict[str, export.ArtifactCheck]:
+    return {c.target: c for c in report.artifacts}
+
+
+# --------------------------------------------------------------------------------------------- the stage
+
+
+def test_every_target_is_built_and_rechecked_or_skipped_with_a_reason(trained, exported):
+    checks = by_target(exported)
+    assert list(checks) == ALL_TARGETS
+    trt_reason = quantize.tensorrt_unavailable()
+    for name, check in checks.items():
+        if name.startswith("tensorrt") and trt_reason:
+            assert check.status == "skipped" and check.reason == trt_reason and check.path == ""
+            assert exported.selection[name] == f"skipped: {trt_reason}"
+            continue
+        assert check.status == "built", f"{name}: {check.reason}"
+        assert Path(check.path).is_file() and check.size_mb > 0
+        assert set(check.map50_95) == {"golden"}
+        assert check.max_drop == trained.export.max_map_drop.of(check.precision)
+        assert check.parity is not None and check.parity.reference > 0
+        speed = check.speed
+        assert speed is not None and speed.threads == 2 and speed.batch == 4
+        assert 0 < speed.latency_ms["p50"] <= speed.latency_ms["p95"] <= speed.latency_ms["p99"]
+        assert speed.throughput_ips > 0 and speed.peak_rss_mb >= 0
+    report = json.loads((trained.base.paths.reports / "export.json").read_text())
+    assert report["selected"] == exported.selected and set(report["selected"]) == {"target", "path", "reason"}
+    assert set(report["selection"]) == set(ALL_TARGETS)
+    chosen = checks[exported.selected["target"]]
+    assert chosen.passed and chosen.parity.passed and "cpu" in chosen.hardware
+
+
+def test_int8_lineage_is_recorded(trained, exported):
+    lineage = exported.lineage
+    calibration = lineage["calibration"]
+    train_images = [p.name for p in list_images(trained.base.paths.train / "images")]
+    assert calibration["seed"] == trained.base.seed and calibration["count"] == len(train_images)  # 24 < 64
+    assert sorted(calibration["image_ids"]) == train_images
+    assert lineage["quantization"]["keep_head_fp32"] is True
+    assert lineage["versions"]["onnxruntime"] and lineage["versions"]["nncf"] and lineage["versions"]["openvino"]
+    checks = by_target(exported)
+    ort_kept = checks["onnx_int8"].details["fp32_nodes"]
+    ov_kept = checks["openvino_int8"].details["fp32_ops"]
+    assert ort_kept and ov_kept
+    model = onnx.load(checks["onnx"].path)
+    prefix = quantize.head_prefix(n.name for n in model.graph.node)
+    assert all(name.startswith(prefix) for name in ort_kept + ov_kept)
+    quantized = onnx.load(checks["onnx_int8"].path)
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+
+
+def test_faithful_onnx_export_passes_and_matches_pytorch(trained, exported):
+    check = by_target(exported)["onnx"]
+    assert check.passed and Path(check.path).name == "model.onnx" and check.parity.matched == check.parity.reference
     settings = evaluate.inference_settings(trained)
     batch = golden_batch(trained)
     torch_out = load_detector(evaluate.default_model_path(trained), settings).forward(batch)
     onnx_out = load_detector(Path(check.path), settings).forward(batch)
     assert_same_detections(onnx_out, torch_out)
+    assert load_detector(Path(check.path), settings).forward(batch[:1]).shape[0] == 1, "dynamic batch"
+
+
+def test_openvino_model_scores_and_predicts_like_onnx(trained, exported):
+    checks = by_target(exported)
+    settings = evaluate.inference_settings(trained)
+    batch = golden_batch(trained)
+    ov_xml, onnx_path = Path(checks["openvino"].path), Path(checks["onnx"].path)
+    assert_same_detections(
+        load_detector(ov_xml, settings).forward(batch), load_detector(onnx_path, settings).forward(batch)
+    )
+    by_ov = evaluate.evaluate_set(
+        ov_xml.parent, trained.base.paths.golden, classes=trained.base.classes, settings=settings, batch=4
+    )
+    assert by_ov.map50_95 == pytest.approx(checks["onnx"].map50_95["golden"], abs=1e-3)
 
 
 def test_collapsed_export_fails_with_both_numbers(pseudo_params, monkeypatch):
@@ -118,28 +227,154 @@ def test_collapsed_export_fails_with_both_numbers(pseudo_params, monkeypatch):
     message = str(err.value)
     assert f"vs PyTorch {{'golden': {reference}}}" in message
     assert "mAP50-95 {'golden': 0" in message and "allowed drop 0.005" in message
+    assert "collapsed against PyTorch" in message
+    report = json.loads((pseudo_params.base.paths.reports / "export.json").read_text())
+    assert report["selected"] is None and report["artifacts"][0]["passed"] is False
 
 
-def test_openvino_model_scores_and_predicts_like_onnx(trained, tmp_path):
-    import openvino as ov
+def test_broken_quantization_is_refused_and_fp32_ships(pseudo_params, tmp_path, monkeypatch):
+    params = variant(pseudo_params, tmp_path, targets=["onnx", "onnx_int8"])
+    monkeypatch.setitem(export.TARGETS, "onnx_int8", HalvedBoxesInt8())
+    report = export.run(params)
+    int8 = by_target(report)["onnx_int8"]
+    assert int8.status == "built" and not int8.passed and not int8.parity.passed
+    assert report.selection["onnx_int8"].startswith("refused: mAP50-95 golden 0.")
+    assert report.selected["target"] == "onnx" and "fallback" in report.selected["reason"]
 
-    onnx_path = trained.base.paths.models / "export" / "model.onnx"
-    if not onnx_path.exists():
-        export.run(trained)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(tmp_path / "model.xml"))
-    settings = evaluate.inference_settings(trained)
-    batch = golden_batch(trained)
-    assert_same_detections(
-        load_detector(tmp_path / "model.xml", settings).forward(batch),
-        load_detector(onnx_path, settings).forward(batch),
+
+def test_int8_head_is_what_breaks_quantization(pseudo_params, tmp_path):
+    """The real quantizer with the whole head in INT8 (KNOWN.md: mAP collapses); the gate refuses it."""
+    params = variant(pseudo_params, tmp_path, targets=["onnx", "onnx_int8"], quantization={"keep_head_fp32": False})
+    report = export.run(params)
+    int8 = by_target(report)["onnx_int8"]
+    assert int8.status == "built" and int8.details["fp32_nodes"] == []
+    assert report.selection["onnx_int8"].startswith("refused: "), report.selection["onnx_int8"]
+    assert report.selected["target"] == "onnx"
+
+
+def test_unloadable_int8_artifact_is_recorded_not_fatal(trained, tmp_path, monkeypatch):
+    params = variant(trained, tmp_path, targets=["onnx", "onnx_int8"])
+    monkeypatch.setitem(export.TARGETS, "onnx_int8", UnloadableInt8())
+    report = export.run(params)
+    int8 = by_target(report)["onnx_int8"]
+    assert int8.status == "failed" and "ONNX Runtime cannot load" in int8.reason and "model_int8.onnx" in int8.reason
+    assert report.selection["onnx_int8"].startswith("failed: ValueError:")
+    assert report.selected["target"] == "onnx"
+
+
+def test_unloadable_fp32_onnx_fails_the_stage(trained, tmp_path, monkeypatch):
+    class UnloadableOnnx(export.OnnxTarget):
+        def build(self, inputs, *, out_dir, params):
+            (out_dir / "model.onnx").write_bytes(b"not an onnx model")
+            return export.Built(out_dir / "model.onnx")
+
+    monkeypatch.setitem(export.TARGETS, "onnx", UnloadableOnnx())
+    with pytest.raises(ValueError, match=r"model\.onnx: ONNX Runtime cannot load"):
+        export.run(variant(trained, tmp_path, targets=["onnx"]))
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        pytest.param(None, "folder not found", id="no-folder"),
+        pytest.param(0, "0 image", id="empty"),
+        pytest.param(3, "3 image", id="below-minimum"),
+    ],
+)
+def test_calibration_set_too_small_is_a_clear_error(trained, tmp_path, images, match):
+    params = variant(trained, tmp_path, targets=["onnx", "openvino_int8"], calibration={"images": 8, "min_images": 4})
+    data = params.model_dump(mode="json")
+    data["base"]["paths"]["train"] = str(tmp_path / "train")
+    params = Params.model_validate(data)
+    if images is not None:
+        (tmp_path / "train" / "images").mkdir(parents=True)
+        for path in list_images(trained.base.paths.train / "images")[:images]:
+            shutil.copy(path, tmp_path / "train" / "images" / path.name)
+    with pytest.raises(export.CalibrationError, match=match) as err:
+        export.run(params)
+    assert str(tmp_path / "train" / "images") in str(err.value) and "min_images is 4" in str(err.value)
+    assert not (params.base.paths.models / "export" / "model.onnx").exists(), "fails before building anything"
+
+
+def test_calibration_sample_is_seeded_and_sized(trained):
+    first, again = export.load_calibration(trained), export.load_calibration(trained)
+    assert first.image_ids == again.image_ids and np.array_equal(first.images, again.images)
+    data = trained.model_dump(mode="json")
+    data["export"]["calibration"] = {"images": 16, "min_images": 4, "seed": 1}
+    sixteen = export.load_calibration(Params.model_validate(data))
+    assert len(sixteen.image_ids) == 16 and sixteen.images.shape == (16, 3, 64, 64) and sixteen.seed == 1
+    assert set(sixteen.image_ids) <= set(first.image_ids)
+
+
+def test_tensorrt_engines_build_on_a_cuda_host(trained, tmp_path):
+    reason = quantize.tensorrt_unavailable()
+    if reason:
+        pytest.skip(f"TensorRT cannot run here: {reason}")
+    data = variant(trained, tmp_path, targets=["onnx", "tensorrt_fp16", "tensorrt_int8"]).model_dump(mode="json")
+    data["base"]["device"] = "cuda:0"
+    data["export"]["target_hardware"] = "cuda"
+    report = export.run(Params.model_validate(data))
+    checks = by_target(report)
+    for name, precision in (("tensorrt_fp16", "fp16"), ("tensorrt_int8", "int8")):
+        assert checks[name].status == "built", checks[name].reason
+        assert checks[name].details["built_precision"] == precision
+        assert checks[name].details["layer_precisions"]
+
+
+# --------------------------------------------------------------------------------------------- pure checks
+
+
+def test_head_prefix_is_the_last_ultralytics_module():
+    assert quantize.head_prefix(["/model.0/conv/Conv", "/model.12/Add", "/model.3/Mul", "other"]) == "/model.12/"
+    with pytest.raises(ValueError, match="cannot locate the detection head"):
+        quantize.head_prefix(["Conv_0", "Add_1"])
+    with pytest.raises(ValueError, match="cannot locate the detection head"):
+        quantize.head_prefix([])
+
+
+def test_head_fp32_nodes_of_a_synthetic_graph():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="/model.0/conv/Conv"),
+        helper.make_node("Sigmoid", ["a"], ["b"], name="/model.0/act/Sigmoid"),
+        helper.make_node("Conv", ["b", "w"], ["c"], name="/model.7/cv2/Conv"),
+        helper.make_node("Sigmoid", ["c"], ["d"], name="/model.7/Sigmoid"),
+        helper.make_node("Mul", ["d", "d"], ["y"], name="/model.7/Mul"),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert quantize.onnx_fp32_head_nodes(helper.make_model(graph)) == ["/model.7/Sigmoid", "/model.7/Mul"]
+
+
+def end2end(rows: list[list[float]]) -> np.ndarray:
+    return np.asarray(rows, np.float32).reshape(1, -1, 6)
+
+
+REF = [[10, 10, 30, 30, 0.9, 1], [40, 40, 60, 60, 0.8, 2], [5, 5, 15, 15, 0.1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "matched", "passed"),
+    [
+        pytest.param(REF, 3, True, id="identical"),
+        pytest.param(REF[::-1], 3, True, id="order-ignored"),
+        pytest.param([[*r[:4], r[4] + 0.005, r[5]] for r in REF], 3, True, id="within-score-tolerance"),
+        pytest.param([[*r[:4], r[4] - 0.05, r[5]] for r in REF], 0, False, id="scores-drifted"),
+        pytest.param([[*(v + 0.4 for v in r[:4]), *r[4:]] for r in REF], 3, True, id="within-box-tolerance"),
+        pytest.param([[*(v * 0.5 for v in r[:4]), *r[4:]] for r in REF], 0, False, id="halved-boxes"),
+        pytest.param([[*r[:5], (r[5] + 1) % 6] for r in REF], 0, False, id="classes-swapped"),
+        pytest.param([REF[0], REF[1], [5, 5, 15, 15, 0.1, 3]], 2, True, id="one-miss-above-min-match"),
+    ],
+)
+def test_parity_table(candidate, matched, passed):
+    result = export.check_parity(
+        end2end(REF), end2end(candidate), imgsz=64, top_k=3, score_atol=0.01, box_atol_px=0.5, min_match=0.6
     )
-    by_ov = evaluate.evaluate_set(
-        tmp_path, trained.base.paths.golden, classes=trained.base.classes, settings=settings, batch=4
-    )
-    by_onnx = evaluate.evaluate_set(
-        onnx_path, trained.base.paths.golden, classes=trained.base.classes, settings=settings, batch=4
-    )
-    assert by_ov.map50_95 == pytest.approx(by_onnx.map50_95, abs=1e-3)
+    assert (result.reference, result.matched, result.passed) == (3, matched, passed)
+
+
+def test_parity_with_nothing_to_compare_passes():
+    empty = np.zeros((1, 0, 6), np.float32)
+    result = export.check_parity(empty, empty, imgsz=64, top_k=3, score_atol=0.01, box_atol_px=0.5, min_match=0.8)
+    assert result.reference == 0 and result.passed and result.worst_box_diff_px is None
 
 
 @pytest.mark.parametrize(
@@ -150,6 +385,7 @@ def test_openvino_model_scores_and_predicts_like_onnx(trained, tmp_path):
         pytest.param({"golden": 0.5}, {"golden": 0.494}, 0.005, False, id="beyond-tolerance"),
         pytest.param({"golden": 0.5}, {"golden": 0.7}, 0.0, True, id="better"),
         pytest.param({"golden": 0.5, "val": 0.4}, {"golden": 0.5, "val": 0.3}, 0.01, False, id="one-set-fails"),
+        pytest.param({"golden": 0.5}, {}, 1.0, False, id="set-not-measured"),
         pytest.param({}, {}, 0.0, True, id="no-sets"),
     ],
 )
@@ -159,4 +395,13 @@ def test_check_artifact_table(tmp_path, reference, measured, max_drop, passed):
     check = export.check_artifact(
         target="onnx", artifact=artifact, reference=reference, measured=measured, max_drop=max_drop
     )
-    assert check.passed is passed
+    assert check.passed is passed and check.size_mb == pytest.approx(1024 / 2**20, abs=1e-3)
+
+
+def test_openvino_size_counts_the_weights(tmp_path):
+    (tmp_path / "model.xml").write_bytes(b"x" * 1000)
+    (tmp_path / "model.bin").write_bytes(b"x" * 3000)
+    check = export.check_artifact(
+        target="openvino", artifact=tmp_path / "model.xml", reference={}, measured={}, max_drop=0
+    )
+    assert check.size_mb == pytest.approx(4000 / 2**20, abs=1e-3)

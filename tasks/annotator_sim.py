@@ -1,0 +1,192 @@
+"""Annotator simulator — for the demo, tests and benchmarks only, never part of the production loop.
+
+It answers the open tasks of the label stage's Label Studio project *through the Label Studio API*, as a
+person would in the UI: one annotation per task, with ``rectanglelabels`` regions taken from the world's
+oracle ground truth ``<base.paths.oracle>/<batch>/labels/<image_id>.txt`` (YOLO), plus optional realistic
+noise from ``label.simulator`` (params):
+
+- a box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``;
+- each box corner moves by a uniform ± ``jitter`` fraction of the box's width/height (then clipped);
+- a ``skip`` share of tasks is skipped (a cancelled annotation, as the UI's *Skip* button makes).
+
+Randomness is seeded per task from ``simulator.seed`` (``base.seed`` when null) and the image's SHA-256,
+so a task gets the same answer whatever order or batch it is answered in.
+
+``python -m tasks.annotator_sim --params P [--limit N]`` answers up to N open tasks (all by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from tasks import labelstudio as ls
+from tasks.config import AnnotatorSimParams, Params, load_params, stage_argparser
+from tasks.dataset import image_size, read_label_file
+from tasks.label import LabelStudioBackend, call_with_retries, image_path, label_studio_url
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What one simulator run did."""
+
+    project_id: int
+    answered: int
+    skipped: int
+    boxes: int
+    dropped_boxes: int
+    task_ids: list[int] = field(default_factory=list)
+
+
+def noisy_boxes(
+    boxes_xywhn: np.ndarray,
+    *,
+    width: int,
+    height: int,
+    noise: AnnotatorSimParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the annotator noise to oracle boxes.
+
+    Args:
+        boxes_xywhn: ``(N, 4)`` YOLO normalised boxes.
+        width: image width in pixels.
+        height: image height in pixels.
+        noise: the simulator params (``small_px``, ``drop_small``, ``jitter``).
+        rng: the task's generator.
+
+    Returns:
+        ``(kept, boxes)``: ``(N,)`` bool mask of the boxes kept and ``(K, 4)`` their noisy ``xywhn`` (K = kept.sum()),
+        clipped to the image. With all noise at zero the boxes come back unchanged.
+    """
+    b: np.ndarray = np.asarray(boxes_xywhn, dtype=np.float64).reshape(-1, 4)
+    shorter_px = np.minimum(b[:, 2] * width, b[:, 3] * height)
+    missed = (shorter_px < noise.small_px) & (rng.random(len(b)) < noise.drop_small)
+    kept = ~missed
+    b = b[kept]
+    if noise.jitter > 0 and len(b):
+        corners = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], axis=1)
+        size = np.concatenate([b[:, 2:], b[:, 2:]], axis=1)
+        corners = np.clip(corners + rng.uniform(-noise.jitter, noise.jitter, corners.shape) * size, 0.0, 1.0)
+        corners[:, 2:] = np.maximum(corners[:, 2:], corners[:, :2])
+        b = np.concatenate([(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]], axis=1)
+    return kept, b
+
+
+def answer_task(
+    task: dict[str, Any], params: Params, noise: AnnotatorSimParams
+) -> tuple[list[dict[str, Any]], bool, int]:
+    """The annotation a simulated person gives one task.
+
+    Args:
+        task: the task dict (``data`` with ``batch``, ``image_id``, ``image_sha256``, ``image_uri``).
+        params: for ``base.classes``, ``base.paths.oracle`` and ``base.seed``.
+        noise: the simulator params.
+
+    Returns:
+        ``(result regions, cancelled, dropped boxes)``.
+
+    Raises:
+        tasks.dataset.DatasetError: the oracle label file is missing or malformed (names it).
+    """
+    data = task["data"]
+    seed = params.base.seed if noise.seed is None else noise.seed
+    rng = np.random.default_rng([seed, int(str(data["image_sha256"])[:15], 16)])
+    if rng.random() < noise.skip:
+        return [], True, 0
+    classes = params.base.classes
+    label_file = params.base.paths.oracle / str(data["batch"]) / "labels" / f"{data['image_id']}.txt"
+    class_id, boxes = read_label_file(label_file, num_classes=len(classes))
+    width, height = data.get("image_width"), data.get("image_height")
+    if not width or not height:
+        width, height = image_size(image_path(str(data["image_uri"])))
+    kept, noisy = noisy_boxes(boxes, width=int(width), height=int(height), noise=noise, rng=rng)
+    regions = ls.rectangle_regions(
+        ls.xywhn_to_xywhp(noisy),
+        [classes[int(c)] for c in class_id[kept]],
+        width=int(width),
+        height=int(height),
+        id_prefix="sim",
+    )
+    return regions, False, int((~kept).sum())
+
+
+def run(params: Params, *, limit: int | None = None, client: LabelStudio | None = None) -> SimResult:
+    """Answer up to ``limit`` open tasks (no annotation yet) of the label stage's project, in task id order.
+
+    Args:
+        params: ``base`` and ``label`` (connection, project title, ``label.simulator`` noise).
+        limit: most tasks to answer; None answers all open ones.
+        client: an SDK client (default: :func:`tasks.label.connect`).
+
+    Returns:
+        A :class:`SimResult`.
+    """
+    settings = params.label
+    backend = LabelStudioBackend(settings, params.base.classes, client=client)
+    project_id = cast(int, backend.project_id)
+    url = label_studio_url(settings)
+    sdk = backend.client
+    tasks: list[Any] = call_with_retries(
+        lambda: list(sdk.tasks.list(project=project_id, fields="all", page_size=200)),
+        what="list tasks",
+        settings=settings,
+        url=url,
+    )
+    open_tasks = sorted((t for t in tasks if not t.annotations), key=lambda t: int(t.id))
+    if limit is not None:
+        open_tasks = open_tasks[:limit]
+    answered = skipped = boxes = dropped = 0
+    ids = []
+    for task in open_tasks:
+        regions, cancelled, lost = answer_task({"data": dict(task.data or {})}, params, settings.simulator)
+        call_with_retries(
+            lambda task=task, regions=regions, cancelled=cancelled: sdk.annotations.create(  # type: ignore[misc]
+                id=int(task.id), result=regions, was_cancelled=cancelled, ground_truth=False
+            ),
+            what=f"annotate task {task.id}",
+            settings=settings,
+            url=url,
+        )
+        ids.append(int(task.id))
+        answered += 1
+        skipped += int(cancelled)
+        boxes += len(regions)
+        dropped += lost
+    log.info(
+        "annotator simulator: answered %d task(s) of project %s (%d skipped, %d boxes, %d dropped)",
+        answered,
+        project_id,
+        skipped,
+        boxes,
+        dropped,
+    )
+    return SimResult(
+        project_id=project_id, answered=answered, skipped=skipped, boxes=boxes, dropped_boxes=dropped, task_ids=ids
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.annotator_sim --params P [--limit N]`` (demo/tests/benchmarks only)."""
+    from tasks.env import apply_env
+
+    parser = stage_argparser("annotator_sim", __doc__)
+    parser.add_argument("--limit", type=int, default=None, help="answer at most N open tasks (default: all)")
+    args = parser.parse_args(argv)
+    apply_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run(load_params(args.params), limit=args.limit)
+    print(json.dumps({k: v for k, v in asdict(result).items() if k != "task_ids"}))
+
+
+if __name__ == "__main__":
+    main()

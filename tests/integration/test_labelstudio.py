@@ -1,0 +1,269 @@
+"""The label stage against a real Label Studio 1.23 server on 127.0.0.1, answered by the annotator simulator.
+
+The server comes from ``make labelstudio`` (its own venv; built here when missing: a one-off of a few minutes,
+the only reason to skip is that it cannot be built) and is started by ``make labelstudio-up`` on a free port
+with a fresh data dir (a copy of the migrated empty database: ~10 s) and stopped by ``make labelstudio-down``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import annotator_sim, label, prediction_log, world
+from tasks import labelstudio as ls
+from tasks.boxes import xywhn_to_xyxy
+from tasks.config import Params
+from tasks.dataset import image_size, list_images, read_label_file
+from tasks.env import PROJECT_ROOT
+from tasks.label import image_path
+from tests.conftest import tiny_params_dict
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "visionloop-test-token-0001"
+CYCLE = "cycle-001"
+MODEL = ("visionloop-detector", "1")
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    root: Path  # the document root: everything the tests write lives below it
+    data: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _make(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real Label Studio with a fresh data dir; the client environment points at it for the whole module."""
+    built = _make("labelstudio", timeout=1800)
+    if built.returncode != 0:
+        pytest.skip(f"the Label Studio venv cannot be built (make labelstudio): {(built.stdout + built.stderr)[-800:]}")
+    root = tmp_path_factory.mktemp("labelstudio")
+    port, data = _free_port(), root / "server-data"
+    settings = [
+        f"LABEL_STUDIO_PORT={port}",
+        f"LABEL_STUDIO_DATA={data}",
+        f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}",
+        f"LABEL_STUDIO_API_KEY={TOKEN}",
+        "LABEL_STUDIO_START_TIMEOUT=240",
+    ]
+    up = _make("labelstudio-up", *settings, timeout=300)
+    try:
+        log = (data / "server.log").read_text()[-2000:] if (data / "server.log").exists() else ""
+        assert up.returncode == 0, f"make labelstudio-up failed:\n{up.stdout}\n{up.stderr}\n{log}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+            mp.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{port}")
+            mp.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(root))
+            yield Server(url=f"http://127.0.0.1:{port}", root=root, data=data)
+    finally:
+        down = _make("labelstudio-down", f"LABEL_STUDIO_DATA={data}", timeout=60)
+        assert down.returncode == 0 and "stopped pid" in down.stdout, down.stdout + down.stderr
+
+
+def make_params(root: Path, *, title: str, labels: str = "labels", **simulator: float) -> Params:
+    data = tiny_params_dict(root / "work")
+    data["base"]["paths"]["labels"] = str(root / "work" / labels)
+    data["label"].update(
+        backend="labelstudio",
+        project_title=title,
+        document_root=str(root),
+        min_labeled=5,
+        retries=1,
+        retry_delay_s=0.5,
+        simulator={**data["label"]["simulator"], **simulator},
+    )
+    return Params.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def cycle(server: Server) -> Params:
+    """A tiny world, champion predictions (the oracle, shifted a little) in the log, and a sample manifest."""
+    params = make_params(server.root, title="visionloop-it")
+    world.run(params)
+    paths, records_by_batch, rows = params.base.paths, {}, []
+    rng = np.random.default_rng(0)
+    for batch_dir in sorted(p for p in paths.production.iterdir() if p.is_dir()):
+        batch = batch_dir.name
+        for path in list_images(batch_dir / "images"):
+            width, height = image_size(path)
+            cls, boxes = read_label_file(paths.oracle / batch / "labels" / f"{path.stem}.txt", num_classes=6)
+            xyxy = xywhn_to_xyxy(boxes, width=width, height=height) + rng.uniform(-1, 1, (len(boxes), 4))
+            sha = prediction_log.sha256_file(path)
+            records_by_batch.setdefault(batch, []).append(
+                prediction_log.ImageDetections(
+                    image_id=path.stem,
+                    image_uri=path.resolve().as_uri(),
+                    image_sha256=sha,
+                    width=width,
+                    height=height,
+                    latency_ms=1.0,
+                    boxes_xyxy=xyxy,
+                    confidence=np.full(len(cls), 0.7),
+                    class_id=cls,
+                )
+            )
+            rows.append(
+                {
+                    "image_sha256": sha,
+                    "image_id": path.stem,
+                    "image_uri": path.resolve().as_uri(),
+                    "batch": batch,
+                    "date": dt.date.fromisoformat(batch),
+                    "strategy": "uncertainty",
+                    "score": 0.5,
+                    "rank": len(rows),
+                    "model_name": MODEL[0],
+                    "model_version": MODEL[1],
+                }
+            )
+    for batch, records in records_by_batch.items():
+        table = prediction_log.rows_to_table(
+            records,
+            batch=batch,
+            date=dt.date.fromisoformat(batch),
+            model_name=MODEL[0],
+            model_version=MODEL[1],
+            model_alias="champion",
+            class_names=params.base.classes,
+        )
+        prediction_log.append(paths.predictions, table, part=f"batch={batch}")
+    manifest = label.manifest_path(params, CYCLE)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    return params
+
+
+@pytest.fixture(scope="module")
+def first_run(cycle: Params) -> label.LabelResult:
+    return label.run(cycle, cycle=CYCLE)
+
+
+def client():
+    return label.connect(label.LabelParams())  # URL and token from the environment the server fixture set
+
+
+def test_project_is_created_and_tasks_carry_the_predictions(server, cycle, first_run):
+    n_images = len(pq.read_table(label.manifest_path(cycle, CYCLE)))
+    assert (first_run.imported, first_run.already_imported, first_run.pending) == (n_images, 0, n_images)
+    assert first_run.waiting and first_run.project_id is not None
+
+    sdk = client()
+    project = sdk.projects.get(id=first_run.project_id)
+    assert project.title == "visionloop-it"
+    assert ls.config_classes(project.label_config) == cycle.base.classes
+    folders = {
+        image_path(r["image_uri"]).parent.resolve() for r in label.read_ledger(label.ledger_path(cycle)).values()
+    }
+    assert {Path(s.path) for s in sdk.import_storage.local.list(project=first_run.project_id)} == folders
+
+    tasks = list(sdk.tasks.list(project=first_run.project_id, fields="all"))
+    assert len(tasks) == n_images
+    ledger = label.read_ledger(label.ledger_path(cycle))
+    assert {t.id for t in tasks} == {r["task_id"] for r in ledger.values()}
+    for task in tasks:
+        oracle = cycle.base.paths.oracle / task.data["batch"] / "labels" / f"{task.data['image_id']}.txt"
+        n_boxes = len(read_label_file(oracle, num_classes=6)[0])
+        (item,) = task.predictions
+        prediction = item.model_dump() if hasattr(item, "model_dump") else item
+        assert prediction["model_version"] == "visionloop-detector-v1"
+        assert len(prediction["result"]) == n_boxes
+        assert all(r["score"] == pytest.approx(0.7) for r in prediction["result"])
+    image = httpx.get(server.url + tasks[0].data["image"], headers={"Authorization": f"Token {TOKEN}"}, timeout=30)
+    assert image.status_code == 200 and image.content[:4] == b"\x89PNG"  # served through the local files storage
+
+
+def test_rerun_imports_nothing_twice(cycle, first_run, monkeypatch):
+    monkeypatch.setattr(label, "_PAGE_SIZE", 5)  # the re-listing that guards against duplicates must read every page
+    again = label.run(cycle, cycle=CYCLE)
+    assert (again.imported, again.already_imported) == (0, first_run.imported)
+    assert len(list(client().tasks.list(project=first_run.project_id, fields="task_only"))) == first_run.imported
+
+
+def test_simulated_annotations_are_collected_incrementally_and_equal_the_oracle(cycle, first_run):
+    answered = annotator_sim.run(cycle, limit=5)
+    assert answered.answered == 5 and answered.skipped == 0
+    partial = label.run(cycle, cycle=CYCLE)
+    assert (partial.collected, partial.labeled, partial.pending) == (5, 5, first_run.imported - 5)
+    assert not partial.waiting  # min_labeled 5 reached
+
+    rest = annotator_sim.run(cycle)
+    assert rest.answered == first_run.imported - 5
+    final = label.run(cycle, cycle=CYCLE)
+    assert final.collected == first_run.imported - 5  # only the new ones
+    assert (final.labeled, final.pending, final.skipped, final.rejected) == (first_run.imported, 0, 0, [])
+    assert label.run(cycle, cycle=CYCLE).collected == 0
+
+    labels_dir = cycle.base.paths.labels / CYCLE
+    ledger = label.read_ledger(label.ledger_path(cycle))
+    for row in ledger.values():
+        assert row["status"] == "labeled"
+        ours = read_label_file(labels_dir / "labels" / f"{row['image_id']}.txt", num_classes=6)
+        oracle = read_label_file(
+            cycle.base.paths.oracle / row["batch"] / "labels" / f"{row['image_id']}.txt", num_classes=6
+        )
+        np.testing.assert_array_equal(ours[0], oracle[0])
+        np.testing.assert_allclose(ours[1], oracle[1], atol=2e-6)
+        assert (labels_dir / "images" / f"{row['image_id']}.png").is_file()
+
+
+def test_skipped_tasks_and_a_changed_annotation(server, cycle):
+    params = make_params(server.root, title="visionloop-it-skips", labels="labels-skips", skip=1.0)
+    first = label.run(params, cycle=CYCLE)
+    assert annotator_sim.run(params, limit=2).skipped == 2
+    collected = label.run(params, cycle=CYCLE)
+    assert (collected.skipped, collected.collected, collected.labeled) == (2, 0, 0)
+
+    sdk = client()
+    task_id = next(
+        r["task_id"] for r in label.read_ledger(label.ledger_path(params)).values() if r["status"] == "skipped"
+    )
+    sdk.annotations.create(id=task_id, result=[], was_cancelled=False)  # a person comes back: no objects after all
+    again = label.run(params, cycle=CYCLE)
+    assert (again.collected, again.skipped, again.labeled) == (1, 0, 1)
+    row = next(r for r in label.read_ledger(label.ledger_path(params)).values() if r["task_id"] == task_id)
+    assert row["status"] == "labeled" and row["n_boxes"] == 0
+    assert (params.base.paths.labels / CYCLE / "labels" / f"{row['image_id']}.txt").read_text() == ""
+    assert first.imported == len(pq.read_table(label.manifest_path(params, CYCLE)))
+
+
+def test_wrong_token_is_a_clear_error(server, cycle, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token")
+    with pytest.raises(label.LabelStudioAuthError, match=r"refused the token in LABEL_STUDIO_API_KEY"):
+        label.run(cycle, cycle=CYCLE)
+
+
+def test_server_down_is_a_clear_error(server, cycle, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(label.LabelStudioUnavailable, match=r"not reachable .*make labelstudio-up"):
+        label.run(cycle, cycle=CYCLE)
+
+
+def test_labelstudio_up_refuses_a_taken_port(server, tmp_path):
+    port = server.url.rsplit(":", 1)[1]
+    up = _make("labelstudio-up", f"LABEL_STUDIO_PORT={port}", f"LABEL_STUDIO_DATA={tmp_path / 'other'}", timeout=120)
+    assert up.returncode != 0 and f"port {port} on 127.0.0.1 is taken" in up.stderr
+    assert not (tmp_path / "other" / "server.pid").exists()

@@ -1,0 +1,693 @@
+"""The gate: COCO-exact matching and bootstrap accumulation, the pure decision, and the stage around them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks import gate
+from tasks.config import GateParams, Params
+from tasks.evaluate import coco_metrics
+from tasks.gate import (
+    GOLDEN,
+    PRODUCTION,
+    RECALL_THRESHOLDS,
+    GatePolicy,
+    ModelScores,
+    average_precision,
+    compare,
+    match_coco,
+    mean_ap,
+    paired_bootstrap,
+    score_matches,
+)
+from tasks.inference import Detections
+from tests.conftest import tiny_params_dict
+from tests.unit.test_coco_oracle import OFFICIAL, ORACLE
+
+# ------------------------------------------------------------------------------------------ synthetic COCO data
+
+
+def random_coco(
+    seed: int,
+    *,
+    images: int = 40,
+    classes: int = 3,
+    crowd: float = 0.0,
+    score_decimals: int | None = None,
+    false_positives: int = 6,
+    empty_images: float = 0.2,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ground truth and detections with every COCO subtlety on demand.
+
+    Image ids are unsorted and sparse, category ids non-contiguous; detections are jittered copies of objects
+    (some of the wrong class), near-duplicates and free false positives; rounding scores creates ties.
+    """
+    rng = np.random.default_rng(seed)
+    image_ids = rng.permutation(np.arange(images) * 7 + 3)
+    cat_ids = [int(c) for c in np.arange(classes) * 5 + 2]
+    coco_images = [{"id": int(i), "width": 320, "height": 240} for i in image_ids]
+    anns: list[dict[str, Any]] = []
+    dets: list[dict[str, Any]] = []
+    for img in coco_images:
+        n_obj = 0 if rng.random() < empty_images else int(rng.integers(1, 6))
+        for _ in range(n_obj):
+            x, y = rng.uniform(0, 240, 2)
+            w, h = rng.uniform(4, 80, 2)
+            cat = int(rng.choice(cat_ids))
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img["id"],
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(rng.random() < crowd),
+                }
+            )
+            for _ in range(int(rng.integers(0, 4))):
+                j = rng.normal(0, rng.choice([1.0, 4.0, 10.0]), 4)
+                label = cat if rng.random() < 0.85 else int(rng.choice(cat_ids))
+                box = [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])]
+                dets.append({"image_id": img["id"], "category_id": label, "bbox": box, "score": float(rng.random())})
+        for _ in range(int(rng.integers(0, false_positives + 1))):
+            x, y = rng.uniform(0, 240, 2)
+            w, h = rng.uniform(4, 80, 2)
+            cat = int(rng.choice(cat_ids))
+            dets.append({"image_id": img["id"], "category_id": cat, "bbox": [x, y, w, h], "score": float(rng.random())})
+    if score_decimals is not None:
+        for det in dets:
+            det["score"] = round(det["score"], score_decimals)
+    categories = [{"id": c, "name": f"cat{c}"} for c in cat_ids]
+    return {"images": coco_images, "annotations": anns, "categories": categories}, dets
+
+
+def assert_equals_coco(ground_truth: dict[str, Any], detections: list[dict[str, Any]]) -> None:
+    ours = score_matches("set", match_coco(ground_truth, detections))
+    coco = coco_metrics(json.loads(json.dumps(ground_truth)), json.loads(json.dumps(detections)))
+    assert ours.map50_95 == pytest.approx(coco.map50_95, abs=1e-6)
+    assert ours.map50 == pytest.approx(coco.map50, abs=1e-6)
+    assert ours.per_class_ap == pytest.approx(coco.per_class_ap, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------ equality with COCO
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param({"score_decimals": 1}, id="score-ties"),
+        pytest.param({"crowd": 0.3}, id="crowd-ground-truth"),
+        pytest.param({"crowd": 0.2, "score_decimals": 2}, id="crowd-and-ties"),
+        pytest.param({"images": 6, "false_positives": 150}, id="over-100-detections-per-image-and-class"),
+        pytest.param({"empty_images": 1.0}, id="no-ground-truth-at-all"),
+        pytest.param({"empty_images": 0.0, "false_positives": 0}, id="every-image-has-objects"),
+        pytest.param({"images": 1}, id="one-image"),
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_set_map_equals_faster_coco_eval(seed, kwargs):
+    gt, dets = random_coco(seed, **kwargs)
+    if not gt["annotations"]:
+        matches = match_coco(gt, dets)
+        assert np.isnan(average_precision(matches)).all(), "no ground truth: AP undefined (COCO's -1)"
+        assert score_matches("set", matches).map50_95 == -1.0
+        return
+    assert_equals_coco(gt, dets)
+
+
+def test_more_than_100_detections_of_one_class_keep_the_best_100():
+    gt, dets = random_coco(3, images=2, classes=1, false_positives=0)
+    rng = np.random.default_rng(0)
+    extra = [dict(d, score=round(float(s), 2)) for d in dets for s in rng.random(60)]
+    assert_equals_coco(gt, dets + extra)
+
+
+@pytest.mark.parametrize(
+    ("detections", "expected"),
+    [
+        pytest.param([], 0.0, id="empty"),
+        pytest.param([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9}], 1.0, id="exact"),
+        pytest.param([{"image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.9}], 0.0, id="wrong-class"),
+        pytest.param(
+            [{"image_id": 1, "category_id": 9, "bbox": [0, 0, 10, 10], "score": 0.9}],
+            0.0,
+            id="unknown-category-dropped",
+        ),
+        pytest.param([{"image_id": 1, "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.9}], 0.0, id="no-overlap"),
+    ],
+)
+def test_tiny_cases(detections, expected):
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+    score = score_matches("set", match_coco(gt, detections))
+    assert score.map50_95 == pytest.approx(expected)
+    assert score.per_class_ap["b"] == -1.0
+
+
+def test_detection_on_an_unknown_image_is_an_error():
+    gt, _ = random_coco(0, images=2)
+    with pytest.raises(ValueError, match="image ids"):
+        match_coco(
+            gt, [{"image_id": 999_999, "category_id": gt["categories"][0]["id"], "bbox": [0, 0, 1, 1], "score": 1}]
+        )
+
+
+@pytest.fixture(scope="module")
+def oracle() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    if not ORACLE.is_dir():
+        pytest.fail(f"oracle folder {ORACLE} missing: the shared/ folder must sit beside the checkout")
+    gt = json.loads((ORACLE / "instances_val2014_100.json").read_text())
+    dets = json.loads((ORACLE / "instances_val2014_fakebbox100_results.json").read_text())
+    return gt, dets
+
+
+def test_oracle_has_crowd_ground_truth(oracle):
+    gt, dets = oracle
+    assert any(a["iscrowd"] for a in gt["annotations"])
+    assert match_coco(gt, dets).ignored.any(), "some detections must land on crowd regions and be ignored"
+
+
+def test_reproduces_official_pycocotools_on_the_oracle(oracle):
+    gt, dets = oracle
+    score = score_matches("oracle", match_coco(gt, dets))
+    assert score.map50_95 == pytest.approx(OFFICIAL["AP"], abs=1e-6)
+    assert score.map50 == pytest.approx(OFFICIAL["AP50"], abs=1e-6)
+    coco = coco_metrics(json.loads(json.dumps(gt)), json.loads(json.dumps(dets)))
+    assert score.per_class_ap == pytest.approx(coco.per_class_ap, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ accumulation
+
+
+@pytest.mark.parametrize(
+    "recall",
+    [
+        pytest.param(np.zeros(0), id="empty"),
+        pytest.param(RECALL_THRESHOLDS.copy(), id="exactly-on-thresholds"),
+        pytest.param(np.array([0.0, 1.0, 0.29, 0.57, 0.58, 1 / 3, 2 / 3]), id="edges"),
+        pytest.param(np.concatenate([np.arange(n + 1) / n for n in range(1, 300)]), id="every-k-over-n"),
+        pytest.param(np.random.default_rng(0).random((50, 40)), id="random-2d"),
+    ],
+)
+def test_recall_thresholds_reached_is_searchsorted(recall):
+    expected = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")
+    np.testing.assert_array_equal(gate._recall_thresholds_reached(recall), expected)
+
+
+def duplicate_images(gt: dict[str, Any], dets: list[dict[str, Any]], counts: np.ndarray) -> tuple[dict, list]:
+    """The resample as real data: image ``i`` (ascending id) copied ``counts[i]`` times under new ids."""
+    ids = sorted(img["id"] for img in gt["images"])
+    new_images, new_anns, new_dets = [], [], []
+    for index, image_id in enumerate(ids):
+        for copy in range(int(counts[index])):
+            new_id = image_id * 1000 + copy
+            new_images.append({"id": new_id, "width": 320, "height": 240})
+            for ann in gt["annotations"]:
+                if ann["image_id"] == image_id:
+                    new_anns.append(dict(ann, id=len(new_anns) + 1, image_id=new_id))
+            new_dets.extend(dict(d, image_id=new_id) for d in dets if d["image_id"] == image_id)
+    return {"images": new_images, "annotations": new_anns, "categories": gt["categories"]}, new_dets
+
+
+@pytest.mark.parametrize("crowd", [0.0, 0.3], ids=["no-crowd", "crowd"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_weighted_resample_equals_coco_on_the_duplicated_images(seed, crowd):
+    """A resample's mAP equals COCO's on a dataset where the drawn images really are repeated.
+
+    Scores are distinct so the order of equal scores (the only documented difference) cannot matter.
+    """
+    gt, dets = random_coco(seed, images=25, crowd=crowd)
+    matches = match_coco(gt, dets)
+    counts = np.bincount(np.random.default_rng(seed).integers(0, 25, 25), minlength=25)
+    ours = mean_ap(average_precision(matches, counts[None, :]))[0]
+    dup_gt, dup_dets = duplicate_images(gt, dets, counts)
+    assert ours == pytest.approx(coco_metrics(dup_gt, dup_dets).map50_95, abs=1e-9)
+
+
+def test_weights_of_wrong_shape_are_refused():
+    gt, dets = random_coco(0, images=5)
+    with pytest.raises(ValueError, match="weights must be"):
+        average_precision(match_coco(gt, dets), np.ones((2, 4), np.int64))
+
+
+@pytest.fixture(scope="module")
+def two_models() -> tuple[gate.SetMatches, gate.SetMatches]:
+    gt, good = random_coco(7, images=60)
+    rng = np.random.default_rng(1)
+    worse = [dict(d, bbox=[v + rng.normal(0, 3) for v in d["bbox"]]) for d in good]
+    return match_coco(gt, good), match_coco(gt, worse)
+
+
+def test_identical_models_have_a_zero_interval(two_models):
+    good, _ = two_models
+    interval = paired_bootstrap(good, good, resamples=200, seed=0, level=0.95)
+    assert (interval.estimate, interval.low, interval.high) == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_difference(two_models):
+    good, worse = two_models
+    a = paired_bootstrap(good, worse, resamples=300, seed=5, level=0.9)
+    assert a == paired_bootstrap(good, worse, resamples=300, seed=5, level=0.9)
+    assert a != paired_bootstrap(good, worse, resamples=300, seed=6, level=0.9)
+    full = score_matches("s", good).map50_95 - score_matches("s", worse).map50_95
+    assert a.estimate == pytest.approx(full, abs=1e-12)
+    assert a.low < a.estimate < a.high and a.low > 0, "jittered boxes are clearly worse"
+    wider = paired_bootstrap(good, worse, resamples=300, seed=5, level=0.99)
+    assert wider.low <= a.low and wider.high >= a.high
+
+
+def test_bootstrap_is_antisymmetric(two_models):
+    good, worse = two_models
+    a = paired_bootstrap(good, worse, resamples=200, seed=3, level=0.95)
+    b = paired_bootstrap(worse, good, resamples=200, seed=3, level=0.95)
+    assert (b.estimate, b.low, b.high) == pytest.approx((-a.estimate, -a.high, -a.low), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"resamples": 0}, "resamples", id="no-resamples"),
+        pytest.param({"level": 1.0}, "level", id="level-1"),
+        pytest.param({"level": 0.0}, "level", id="level-0"),
+    ],
+)
+def test_bootstrap_refuses_bad_settings(two_models, kwargs, match):
+    good, worse = two_models
+    with pytest.raises(ValueError, match=match):
+        paired_bootstrap(good, worse, **({"resamples": 10, "seed": 0, "level": 0.95} | kwargs))
+
+
+def test_bootstrap_refuses_different_ground_truth(two_models):
+    good, _ = two_models
+    gt, dets = random_coco(8, images=60)
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap(good, match_coco(gt, dets), resamples=10, seed=0, level=0.95)
+
+
+# ------------------------------------------------------------------------------------------------- compare
+
+CLASSES = ("a", "b")
+PER_CLASS = 100  # images (one object each) per class and set
+
+
+def hits_matches(rates: tuple[float, ...], offsets: tuple[int, ...] | None = None, classes=CLASSES) -> Any:
+    """A set of ``PER_CLASS`` images per class in ``rates``; the model finds a ``rate`` share of them.
+
+    Found objects are exact boxes with distinct scores (AP = (hits + 1) / 101), missed ones get no box;
+    which images are found starts at ``offset`` (wrapping), so two models can agree or disagree per image.
+    """
+    offsets = offsets or (0,) * len(rates)
+    images, anns, dets = [], [], []
+    for k, (rate, offset) in enumerate(zip(rates, offsets, strict=True)):
+        hits = {(offset + i) % PER_CLASS for i in range(round(rate * PER_CLASS))}
+        for i in range(PER_CLASS):
+            image_id = k * PER_CLASS + i + 1
+            images.append({"id": image_id, "width": 100, "height": 100})
+            anns.append(
+                {"id": image_id, "image_id": image_id, "category_id": k + 1, "bbox": [10, 10, 30, 30], "area": 900}
+            )
+            if i in hits:
+                score = 1.0 - image_id / 1000
+                dets.append({"image_id": image_id, "category_id": k + 1, "bbox": [10, 10, 30, 30], "score": score})
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
+    return match_coco({"images": images, "annotations": anns, "categories": categories}, dets)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A model for the compare table: per-class hit rates on golden / production and ms per image."""
+
+    golden: tuple[float, float] = (0.7, 0.7)
+    production: tuple[float, float] | None = (0.7, 0.7)
+    ms: float = 10.0
+    golden_offsets: tuple[int, int] = (0, 0)
+    production_offsets: tuple[int, int] = (0, 0)
+
+    def scores(self, name: str) -> ModelScores:
+        sets = {GOLDEN: score_matches(GOLDEN, hits_matches(self.golden, self.golden_offsets))}
+        if self.production is not None:
+            sets[PRODUCTION] = score_matches(PRODUCTION, hits_matches(self.production, self.production_offsets))
+        return ModelScores(model=name, sets=sets, ms_per_image=self.ms)
+
+
+POLICY = GatePolicy.from_config(GateParams(resamples=400), seed=0)
+BASE = Spec()
+
+
+def policy(**changes: Any) -> GatePolicy:
+    return dataclasses.replace(POLICY, **changes)
+
+
+CASES = [
+    # --- promote
+    pytest.param(Spec(production=(0.8, 0.8)), BASE, POLICY, [], id="promote-clear-production-gain"),
+    pytest.param(BASE, BASE, POLICY, [], id="promote-tie-lower-bound-0-reaches-min-gain-0"),
+    pytest.param(
+        Spec(golden=(0.69, 0.7), production=(0.8, 0.8)), BASE, POLICY, [], id="promote-golden-loss-within-tolerance"
+    ),
+    pytest.param(
+        Spec(production=(0.68, 0.7)), BASE, policy(min_production_gain=-0.05), [], id="promote-allowed-small-loss"
+    ),
+    pytest.param(Spec(production=(0.8, 0.8), ms=15.0), BASE, POLICY, [], id="promote-latency-at-factor-limit"),
+    pytest.param(
+        Spec(production=(0.8, 0.8), ms=100.0),
+        BASE,
+        policy(max_latency_factor=None, max_latency_ms=None),
+        [],
+        id="promote-latency-rules-off",
+    ),
+    pytest.param(
+        Spec(golden=(0.5, 0.9), production=(0.8, 0.8)),
+        BASE,
+        policy(min_class_boxes=PER_CLASS + 1),
+        [],
+        id="promote-class-drop-on-too-few-boxes-not-held",
+    ),
+    pytest.param(
+        Spec(golden=(0.5, 0.9), production=(0.8, 0.8)),
+        BASE,
+        policy(max_class_drop=None),
+        [],
+        id="promote-class-drop-rule-off",
+    ),
+    pytest.param(
+        Spec(golden=(0.6, 0.6), production=(0.9, 0.9)),
+        BASE,
+        policy(max_golden_loss=None),
+        [],
+        id="promote-golden-loss-rule-off",
+    ),
+    # --- each rule alone
+    pytest.param(
+        Spec(production=(0.52, 0.52)),
+        Spec(production=(0.5, 0.5), production_offsets=(50, 50)),
+        POLICY,
+        ["production_gain"],
+        id="reject-gain-not-significant",
+    ),
+    pytest.param(Spec(production=(0.65, 0.65)), BASE, POLICY, ["production_gain"], id="reject-production-loss"),
+    pytest.param(BASE, BASE, policy(min_production_gain=0.01), ["production_gain"], id="reject-tie-below-min-gain"),
+    pytest.param(
+        Spec(golden=(0.65, 0.65), production=(0.8, 0.8)), BASE, POLICY, ["golden_loss"], id="reject-golden-loss"
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8)),
+        Spec(golden_offsets=(30, 30)),
+        policy(max_golden_loss_ci=0.02),
+        ["golden_loss_ci"],
+        id="reject-golden-ci-too-wide-below-zero",
+    ),
+    pytest.param(
+        Spec(golden=(0.5, 0.9), production=(0.8, 0.8)), BASE, POLICY, ["class_drop"], id="reject-class-drop-golden"
+    ),
+    pytest.param(
+        Spec(production=(0.9, 0.5)),
+        Spec(production=(0.2, 0.7)),
+        POLICY,
+        ["class_drop"],
+        id="reject-class-drop-production-despite-gain",
+    ),
+    pytest.param(Spec(production=(0.8, 0.8), ms=15.1), BASE, POLICY, ["latency_factor"], id="reject-latency-factor"),
+    pytest.param(
+        Spec(production=(0.8, 0.8), ms=8.0),
+        BASE,
+        policy(max_latency_ms=5.0),
+        ["latency_budget"],
+        id="reject-latency-budget",
+    ),
+    # --- several at once
+    pytest.param(
+        Spec(golden=(0.65, 0.65), production=(0.6, 0.6), ms=20.0),
+        BASE,
+        POLICY,
+        ["production_gain", "golden_loss", "latency_factor"],
+        id="reject-production-golden-latency",
+    ),
+    pytest.param(
+        Spec(golden=(0.4, 0.4), production=(0.4, 0.4), ms=20.0),
+        BASE,
+        policy(max_latency_ms=12.0, max_golden_loss_ci=0.0),
+        [
+            "production_gain",
+            "golden_loss",
+            "golden_loss_ci",
+            "class_drop",
+            "class_drop",
+            "class_drop",
+            "class_drop",
+            "latency_budget",
+            "latency_factor",
+        ],
+        id="reject-every-rule",
+    ),
+    # --- no holdouts: golden only
+    pytest.param(Spec(production=None), Spec(production=None), POLICY, [], id="no-holdouts-promote-on-golden-only"),
+    pytest.param(
+        Spec(golden=(0.65, 0.65), production=None),
+        Spec(production=None),
+        POLICY,
+        ["golden_loss"],
+        id="no-holdouts-reject-on-golden-loss",
+    ),
+]
+
+
+@pytest.mark.parametrize(("candidate", "champion", "rules", "failing"), CASES)
+def test_compare(candidate, champion, rules, failing):
+    decision = compare(candidate.scores("cand"), champion.scores("champ"), rules)
+    assert [r.code for r in decision.failed] == failing
+    assert decision.decision == ("reject" if failing else "promote")
+    codes = {r.code for r in decision.reasons}
+    assert ("no_holdouts" in codes) == (candidate.production is None)
+    assert set(decision.intervals) == ({GOLDEN} if candidate.production is None else {GOLDEN, PRODUCTION})
+    for reason in decision.failed:
+        assert reason.message and reason.numbers, "a rejection says what it compared"
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        pytest.param(Spec(), id="ordinary"),
+        pytest.param(Spec(golden=(0.0, 0.0), production=(0.0, 0.0), ms=1e6), id="terrible-and-slow"),
+        pytest.param(Spec(production=None), id="no-holdouts-either"),
+    ],
+)
+def test_no_champion_promotes(candidate):
+    decision = compare(candidate.scores("cand"), None, policy(max_latency_ms=1.0))
+    assert decision.decision == "promote"
+    assert [r.code for r in decision.reasons] == ["no_champion"]
+    assert decision.intervals == {}
+
+
+def with_class_ap(scores: ModelScores, set_name: str, cls: str, value: float) -> ModelScores:
+    score = scores.sets[set_name]
+    changed = dataclasses.replace(score, per_class_ap=score.per_class_ap | {cls: value})
+    return dataclasses.replace(scores, sets=scores.sets | {set_name: changed})
+
+
+@pytest.mark.parametrize("missing", [float("nan"), -1.0], ids=["nan", "minus-one"])
+@pytest.mark.parametrize("side", ["candidate", "champion"])
+def test_class_without_ap_is_not_compared(missing, side):
+    cand, champ = Spec(golden=(0.2, 0.7), production=(0.8, 0.8)).scores("c"), BASE.scores("h")
+    rules = policy(max_golden_loss=None)
+    assert [r.code for r in compare(cand, champ, rules).failed] == ["class_drop"]
+    if side == "candidate":
+        cand = with_class_ap(cand, GOLDEN, "a", missing)
+    else:
+        champ = with_class_ap(champ, GOLDEN, "a", missing)
+    decision = compare(cand, champ, rules)
+    assert decision.decision == "promote"
+    note = next(r for r in decision.reasons if r.code == "class_drop" and "golden" in r.message)
+    assert "not compared: ['a']" in note.message
+
+
+def test_class_with_no_ground_truth_is_skipped():
+    classes = ("a", "b", "c")
+    base = hits_matches((0.7, 0.7), classes=classes)
+    assert base.boxes_per_class()["c"] == 0
+    cand = ModelScores("c", {GOLDEN: score_matches(GOLDEN, base)}, 10.0)
+    champ = ModelScores("h", {GOLDEN: score_matches(GOLDEN, hits_matches((0.7, 0.7), classes=classes))}, 10.0)
+    assert cand.sets[GOLDEN].per_class_ap["c"] == -1.0
+    decision = compare(cand, champ, POLICY)
+    assert decision.decision == "promote"
+    assert any("not compared: ['c']" in r.message for r in decision.reasons)
+
+
+@pytest.mark.parametrize(
+    ("champion", "match"),
+    [
+        pytest.param(Spec(production=None), "different sets", id="champion-without-production"),
+        pytest.param(Spec(golden=(0.7,) * 2), None, id="same-sets-is-fine"),
+    ],
+)
+def test_compare_refuses_models_scored_on_different_sets(champion, match):
+    cand = BASE.scores("c")
+    if match is None:
+        compare(cand, champion.scores("h"), POLICY)
+        return
+    with pytest.raises(ValueError, match=match):
+        compare(cand, champion.scores("h"), POLICY)
+
+
+def test_compare_refuses_different_ground_truth():
+    cand = BASE.scores("c")
+    other = ModelScores(
+        "h", {GOLDEN: score_matches(GOLDEN, hits_matches((0.7, 0.7, 0.7), classes=("a", "b", "c")))}, 1.0
+    )
+    cand = ModelScores("c", {GOLDEN: cand.sets[GOLDEN]}, 1.0)
+    with pytest.raises(ValueError, match="same ground truth"):
+        compare(cand, other, POLICY)
+
+
+def test_compare_needs_golden():
+    scores = BASE.scores("c")
+    without = ModelScores("c", {PRODUCTION: scores.sets[PRODUCTION]}, 1.0)
+    with pytest.raises(ValueError, match="golden"):
+        compare(without, None, POLICY)
+
+
+def test_compare_is_pure():
+    cand, champ = Spec(production=(0.8, 0.8)).scores("c"), BASE.scores("h")
+    assert compare(cand, champ, POLICY) == compare(cand, champ, POLICY)
+
+
+def test_policy_seed_defaults_to_base_seed():
+    assert GatePolicy.from_config(GateParams(), seed=7).seed == 7
+    assert GatePolicy.from_config(GateParams(seed=3), seed=7).seed == 3
+
+
+# ------------------------------------------------------------------------------------------------- the stage
+
+
+def write_yolo_set(root: Path, n: int, *, prefix: str) -> None:
+    """``n`` 64x64 images with one box each (class ``i % 2``)."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(n):
+        Image.new("RGB", (64, 64), (i * 3 % 255, 90, 120)).save(root / "images" / f"{prefix}{i:03d}.png")
+        (root / "labels" / f"{prefix}{i:03d}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.25\n")
+
+
+def fake_detect_set(model_path: Path, images, settings, *, batch: int, desc: str = "", warmup: bool = False):
+    """Stands in for inference: ``good*`` finds every object exactly, ``poor*`` shifts its boxes; ms by name."""
+    shift = 0.0 if model_path.name.startswith("good") else 5.0
+    dets = []
+    for i, item in enumerate(images):
+        boxes = []
+        for cx, cy, w, h in item.boxes_xywhn:
+            x1, y1 = (cx - w / 2) * item.width + shift, (cy - h / 2) * item.height
+            boxes.append([x1, y1, x1 + w * item.width, y1 + h * item.height])
+        dets.append(
+            Detections(
+                np.asarray(boxes, np.float32).reshape(-1, 4),
+                np.full(len(boxes), 0.9 - i * 1e-4, np.float32),
+                np.asarray(item.class_id, np.int64),
+            )
+        )
+    return dets, 4.0
+
+
+@pytest.fixture
+def stage_params(tmp_path, monkeypatch) -> Params:
+    data = tiny_params_dict(tmp_path)
+    data["gate"] = {"resamples": 100, "min_class_boxes": 1}
+    params = Params.model_validate(data)
+    write_yolo_set(params.base.paths.golden, 20, prefix="g")
+    monkeypatch.setattr(gate, "detect_set", fake_detect_set)
+    return params
+
+
+def read_strict_json(path: Path) -> dict[str, Any]:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path}: {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_first_cycle_promotes_and_reports(stage_params, tmp_path):
+    report = gate.run(stage_params, candidate=tmp_path / "good.onnx", champion=None)
+    assert report.decision == "promote" and [r.code for r in report.reasons] == ["no_champion"]
+    saved = read_strict_json(stage_params.base.paths.reports / "gate.json")
+    assert saved["decision"] == "promote" and saved["champion"] is None
+    assert saved["sets"]["golden"]["candidate_map50_95"] == pytest.approx(1.0)
+    assert saved["sets"]["golden"]["interval"] is None
+    assert set(saved["sets"]) == {"golden"}
+
+
+def test_without_holdouts_decides_on_golden_and_says_so(stage_params, tmp_path):
+    report = gate.run(stage_params, candidate=tmp_path / "good.onnx", champion=tmp_path / "poor.onnx")
+    assert report.decision == "promote"
+    assert "no_holdouts" in [r.code for r in report.reasons]
+    assert set(report.sets) == {"golden"}
+
+
+def test_holdouts_are_united_and_compared(stage_params, tmp_path):
+    holdouts = stage_params.base.paths.holdouts
+    write_yolo_set(holdouts / "cycle-001", 12, prefix="h1-")
+    write_yolo_set(holdouts / "cycle-002", 10, prefix="h2-")
+    (holdouts / "not-a-set").mkdir()
+    report = gate.run(stage_params, candidate=tmp_path / "poor.onnx", champion=tmp_path / "good.onnx")
+    assert report.decision == "reject"
+    assert {"production_gain", "golden_loss", "class_drop"} <= {r.code for r in report.reasons if not r.passed}
+    production = report.sets["production"]
+    assert production.images == 22 and len(production.paths) == 2
+    assert production.interval is not None and production.interval.high < 0
+    saved = read_strict_json(stage_params.base.paths.reports / "gate.json")
+    assert saved["sets"]["production"]["per_class"]["circle"]["champion"] == pytest.approx(1.0)
+    assert saved["latency_ms_per_image"] == {"candidate": 4.0, "champion": 4.0}
+    assert saved["policy"]["resamples"] == 100
+
+
+def test_cli(stage_params, tmp_path, capsys):
+    import yaml
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(stage_params.model_dump(mode="json")))
+    gate.main(["--params", str(params_file), "--candidate", str(tmp_path / "good.pt")])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"decision": "promote", "failed": []}
+
+
+def test_disagreement_with_coco_stops_the_gate(stage_params, tmp_path, monkeypatch):
+    real = gate.coco_metrics
+
+    def off_by_a_bit(gt, dets):
+        result = real(gt, dets)
+        return dataclasses.replace(result, stats=result.stats | {"AP": result.stats["AP"] + 1e-4})
+
+    monkeypatch.setattr(gate, "coco_metrics", off_by_a_bit)
+    with pytest.raises(gate.GateError, match="faster-coco-eval"):
+        gate.run(stage_params, candidate=tmp_path / "good.onnx", champion=None)
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        pytest.param([], [], id="empty"),
+        pytest.param(["c1", "c2/images", "c0"], ["c0", "c1"], id="complete-only"),
+        pytest.param(["c0", ".c1.tmp"], ["c0"], id="hidden-staging-folder"),
+        pytest.param(["c0", "c1/images", "c1/labels"], ["c0"], id="empty-holdout-skipped"),
+        pytest.param(None, [], id="missing-root"),
+    ],
+)
+def test_find_holdouts(tmp_path, layout, expected):
+    """Each name without a slash is a complete one-image set; paths with a slash are bare folders."""
+    root = tmp_path / "holdouts"
+    if layout is not None:
+        root.mkdir()
+        for sub in layout:
+            if "/" in sub:
+                (root / sub).mkdir(parents=True)
+            else:
+                write_yolo_set(root / sub, 1, prefix="x")
+    assert [p.name for p in gate.find_holdouts(root)] == expected
