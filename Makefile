@@ -32,7 +32,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui repro rollback audit clean
+.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro rollback audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -52,8 +52,13 @@ setup:  ## create the pinned venv (once; later runs take seconds) and prepare of
 	@ln -sfn "$(VENV)" .venv
 	@$(PY) -m tasks.env check
 
-demo: setup  ## world → bootstrap champion → predict production batches (embedded stores, offline)
-	$(RUN) $(PY) -m flows.demo --params $(PARAMS)
+demo: setup labelstudio  ## the whole loop: world → champion → predict → label (Label Studio) → retrain → gate → promote
+	@started=0; \
+	if ! curl -sf -o /dev/null "http://127.0.0.1:$(LABEL_STUDIO_PORT)/health"; then \
+	  $(MAKE) --no-print-directory labelstudio-up || exit 1; started=1; fi; \
+	$(RUN) $(PY) -m flows.demo --params $(PARAMS); rc=$$?; \
+	if [ $$started = 1 ]; then $(MAKE) --no-print-directory labelstudio-down; fi; \
+	exit $$rc
 
 test: setup  ## the default test suite (≤ 15 min on 2 cores)
 	$(RUN) $(PY) -m pytest -m "not slow" tests
@@ -161,6 +166,41 @@ labelstudio-down:  ## stop the Label Studio server that labelstudio-up started
 	  echo "labelstudio-down: stopped pid $$pid"; \
 	else echo "labelstudio-down: pid $$pid is not a running Label Studio (stale pid file removed)"; fi; \
 	rm -f "$$pidfile"
+
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)
+PREFECT_RUN := .cache/prefect/run
+
+deploy: setup  ## Prefect server on 127.0.0.1 + work pool + every prefect.yaml deployment + a process worker
+	@set -e; mkdir -p $(PREFECT_RUN); \
+	export PREFECT_API_URL=$(PREFECT_URL)/api VISIONLOOP_HOME=$(CURDIR); \
+	if ! curl -sf -o /dev/null $(PREFECT_URL)/api/health; then \
+	  echo "deploy: starting the Prefect server (log $(PREFECT_RUN)/server.log)"; \
+	  nohup $(RUN) .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+	    < /dev/null > $(PREFECT_RUN)/server.log 2>&1 & echo $$! > $(PREFECT_RUN)/server.pid; \
+	  for i in $$(seq 1 120); do curl -sf -o /dev/null $(PREFECT_URL)/api/health && break; sleep 1; done; \
+	fi; \
+	curl -sf -o /dev/null $(PREFECT_URL)/api/health || { echo "deploy: no healthy server, see $(PREFECT_RUN)/server.log" >&2; exit 1; }; \
+	$(RUN) .venv/bin/prefect work-pool inspect visionloop-local > /dev/null 2>&1 \
+	  || $(RUN) .venv/bin/prefect work-pool create visionloop-local --type process; \
+	$(RUN) .venv/bin/prefect --no-prompt deploy --all; \
+	if [ -f $(PREFECT_RUN)/worker.pid ] && kill -0 "$$(cat $(PREFECT_RUN)/worker.pid)" 2>/dev/null; then \
+	  echo "deploy: worker already running (pid $$(cat $(PREFECT_RUN)/worker.pid))"; \
+	else \
+	  nohup $(RUN) .venv/bin/prefect worker start --pool visionloop-local \
+	    < /dev/null > $(PREFECT_RUN)/worker.log 2>&1 & echo $$! > $(PREFECT_RUN)/worker.pid; \
+	  echo "deploy: process worker started (pid $$(cat $(PREFECT_RUN)/worker.pid), log $(PREFECT_RUN)/worker.log)"; \
+	fi; \
+	echo "deploy: deployments registered; UI $(PREFECT_URL); run one: PREFECT_API_URL=$(PREFECT_URL)/api" \
+	  ".venv/bin/prefect deployment run 'continuous_learning/retrain'; stop: make deploy-down"
+
+deploy-down:  ## stop the worker and the Prefect server that make deploy started
+	@for name in worker server; do f=$(PREFECT_RUN)/$$name.pid; \
+	  if [ -f $$f ] && kill -0 "$$(cat $$f)" 2>/dev/null; then \
+	    pid=$$(cat $$f); pkill -TERM -P $$pid 2>/dev/null || true; kill $$pid 2>/dev/null || true; \
+	    for i in $$(seq 1 15); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+	    kill -0 $$pid 2>/dev/null && { pkill -KILL -P $$pid 2>/dev/null; kill -9 $$pid 2>/dev/null; } || true; \
+	    echo "deploy-down: stopped $$name (pid $$pid)"; \
+	  else echo "deploy-down: $$name not running"; fi; rm -f $$f; done
 
 clean:  ## remove generated data, models, reports and local stores (keeps the venv)
 	rm -rf data/world data/predictions data/samples data/labels data/quarantine data/holdouts data/merged data/audit \

@@ -1,52 +1,104 @@
-"""The main demo (``make demo``): bootstrap a champion, then predict the production batches.
+"""The main demo (``make demo``): the whole loop on the embedded defaults.
 
-Everything runs on the embedded defaults: Prefect's temporary local server, MLflow on SQLite, DVC's
-local remote. At the end it prints where to look.
+world → bootstrap champion → predict the drifted production batches → continuous-learning cycle(s) with the real
+Label Studio server (answered by the annotator simulator through its API) → gate → promote or keep → a final
+predict with whatever is champion then. Prefect's temporary local server, MLflow on SQLite, DVC's local remote;
+Label Studio must be up (``make demo`` starts it and stops what it started). Prints a summary table per cycle
+and writes it to ``reports/demo.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any, cast
 
 from prefect import flow
 
 from flows.bootstrap import bootstrap
+from flows.continuous_learning import continuous_learning
 from flows.predict import predict
+from tasks.annotator_sim import BackgroundAnnotator
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
+from tasks.io import write_json_atomic
 from tasks.registry import tracking_uri
 
 
+def _fmt(value: float | None) -> str:
+    return "  -   " if value is None else f"{value:.4f}"
+
+
+def summary_table(cycles: list[dict[str, Any]]) -> str:
+    """One row per cycle: labeled images by strategy, both models' mAP50-95 per gate set, decision, alias moves."""
+    lines = []
+    for s in cycles:
+        strategies = ", ".join(f"{k} {v}" for k, v in s.get("sampled_by_strategy", {}).items() if v) or "-"
+        lines.append(f"cycle {s['cycle']}: {s['outcome']}")
+        lines.append(f"  labeled {s.get('labeled')} images; sampled by strategy: {strategies}")
+        for name, cand in s.get("candidate_map50_95", {}).items():
+            champ = s.get("champion_map50_95", {}).get(name)
+            ci = (s.get("intervals") or {}).get(name)
+            interval = f"  diff {ci['estimate']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else ""
+            lines.append(f"  {name:<11} champion {_fmt(champ)}  candidate {_fmt(cand)}{interval}")
+        lines.append(f"  decision {s.get('decision')}; alias moves {s.get('alias_moves') or '-'}")
+        for rule in s.get("failed_rules", []):
+            lines.append(f"    failed: {rule}")
+    return "\n".join(lines)
+
+
 @flow(name="demo", log_prints=True)
-def demo(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> None:
-    """world → bootstrap champion → predict every production batch."""
+def demo(
+    params_path: str = DEFAULT_PARAMS, epochs: int | None = None, cycles: int = 1, label_wait_s: float = 600
+) -> dict[str, Any]:
+    """world → bootstrap → predict → ``cycles`` loop cycles (simulated annotators) → predict with the champion."""
     start = time.perf_counter()
     bootstrap(params_path=params_path, epochs=epochs)
-    result = predict(params_path=params_path)
+    first = predict(params_path=params_path)
     params = load_params(params_path)
+    summaries: list[dict[str, Any]] = []
+    with BackgroundAnnotator(params) as annotator:
+        for _ in range(cycles):
+            state = continuous_learning(params_path=params_path, wait_timeout_s=label_wait_s, return_state=True)
+            summaries.append(cast(dict[str, Any], state.result()))
+    final = predict(params_path=params_path)
     paths = params.base.paths
+    rerun = ", ".join(b.batch for b in final.batches)
+    result = {
+        "wall_s": round(time.perf_counter() - start, 1),
+        "first_champion": f"v{first.model_version}",
+        "final_champion": f"v{final.model_version}",
+        "annotated_by_simulator": annotator.answered,
+        "cycles": summaries,
+    }
+    write_json_atomic(paths.reports / "demo.json", result)
     print(
         "\n".join(
             [
-                f"demo finished in {time.perf_counter() - start:.0f} s",
-                f"  champion      : models:/{result.model_name}@champion (v{result.model_version}) "
-                f"in {tracking_uri(params)}  -> make mlflow-ui",
-                f"  predictions   : {paths.predictions}/date=*/ ({len(result.batches)} batches)",
-                f"  reports       : {paths.reports}/*.json",
+                f"demo finished in {result['wall_s']:.0f} s",
+                summary_table(summaries),
+                f"  champion      : models:/{final.model_name}@champion (v{final.model_version}, was "
+                f"v{first.model_version}) in {tracking_uri(params)}  -> make mlflow-ui",
+                f"  predictions   : {paths.predictions}/date=*/ (re-run by the final champion: {rerun or 'none'})",
+                f"  cycle reports : {paths.reports}/cycles/<cycle>/report.md (+ PNG plots; also in MLflow)",
+                f"  summary       : {paths.reports}/demo.json; alias audit: make audit",
+                "  labeling      : Label Studio project visionloop (make labelstudio-up, http://127.0.0.1:8080)",
                 "  flow runs     : make prefect-ui",
             ]
         )
     )
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
     parser.add_argument("--params", default=DEFAULT_PARAMS)
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="bootstrap training epochs (default: train.epochs)")
+    parser.add_argument("--cycles", type=int, default=1, help="continuous-learning cycles (default 1)")
+    parser.add_argument("--label-wait", type=float, default=600, help="seconds a cycle waits for labels")
     args = parser.parse_args(argv)
     apply_env()
-    demo(params_path=args.params, epochs=args.epochs)
+    demo(params_path=args.params, epochs=args.epochs, cycles=args.cycles, label_wait_s=args.label_wait)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ One task per stage, named like the stage, calling the very function ``python -m 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import tasks.cycle
 import tasks.evaluate
 import tasks.export
 import tasks.gate
@@ -50,8 +52,10 @@ def export(params: Params) -> tasks.export.ExportReport:
 
 
 @task(name="registry", retries=2, retry_delay_seconds=5, **_COMMON)
-def registry(params: Params) -> tasks.registry.ModelVersionInfo:
-    return tasks.registry.run(params)
+def registry(
+    params: Params, extra_lineage: dict[str, str] | None = None, extra_reports: dict[str, Path] | None = None
+) -> tasks.registry.ModelVersionInfo:
+    return tasks.registry.run(params, extra_lineage=extra_lineage, extra_reports=extra_reports)
 
 
 @task(name="promote", retries=2, retry_delay_seconds=5, **_COMMON)
@@ -94,3 +98,25 @@ def sample(params: Params, cycle: str) -> tasks.sample.SampleResult:
 @task(name="merge", **_COMMON)
 def merge(params: Params, cycle: str) -> tasks.merge.MergeResult:
     return tasks.merge.run(params, cycle=cycle)
+
+
+@task(name="cycle_start", **_COMMON)
+def cycle_start(params: Params, cycle: str | None = None) -> tasks.cycle.CycleState:
+    return tasks.cycle.start(params, cycle=cycle)
+
+
+@task(name="cycle_finish", **_COMMON)
+def cycle_finish(
+    params: Params, state: tasks.cycle.CycleState, status: tasks.cycle.Status, outcome: str
+) -> tasks.cycle.CycleState:
+    return tasks.cycle.finish(params, state, status=status, outcome=outcome)
+
+
+@task(name="champion", retries=2, retry_delay_seconds=5, **_COMMON)
+def champion(params: Params) -> tasks.cycle.ChampionFiles | None:
+    return tasks.cycle.fetch_champion(params)
+
+
+@task(name="cycle", **_COMMON)
+def cycle(params: Params, cycle: str, outcome: str, since: dt.datetime | None = None) -> tasks.cycle.CycleReport:
+    return tasks.cycle.run(params, cycle=cycle, outcome=outcome, since=since)

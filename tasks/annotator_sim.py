@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -162,7 +163,8 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
         skipped += int(cancelled)
         boxes += len(regions)
         dropped += lost
-    log.info(
+    log.log(
+        logging.INFO if answered else logging.DEBUG,
         "annotator simulator: answered %d task(s) of project %s (%d skipped, %d boxes, %d dropped)",
         answered,
         project_id,
@@ -173,6 +175,37 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
     return SimResult(
         project_id=project_id, answered=answered, skipped=skipped, boxes=boxes, dropped_boxes=dropped, task_ids=ids
     )
+
+
+class BackgroundAnnotator:
+    """The demo's labeling team: answers new tasks every ``interval`` seconds in a daemon thread until stopped.
+
+    Use as a context manager around the flow that waits for labels. Errors (the project not created yet, the server
+    briefly away) are logged and retried on the next round; ``answered`` counts the tasks answered so far.
+    """
+
+    def __init__(self, params: Params, *, interval: float = 2.0) -> None:
+        self.params, self.interval = params, interval
+        self.answered = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="annotator-simulator", daemon=True)
+
+    def _work(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.answered += run(self.params).answered
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                log.info("annotator simulator: %s (retrying)", self.errors[-1].splitlines()[0])
+
+    def __enter__(self) -> BackgroundAnnotator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -429,6 +429,8 @@ class LabelParams(Section):
     retry_delay_s: NonNegativeFloat = 2.0
     outbox: Path | None = None
     inbox: Path | None = None
+    wait_timeout_s: NonNegativeFloat = 0.0  # the loop re-collects until min_labeled or this long, then waits for labels
+    poll_s: Annotated[float, Field(gt=0)] = 10.0  # between collections while waiting
     simulator: AnnotatorSimParams = AnnotatorSimParams()
 
 
@@ -559,6 +561,15 @@ class SampleParams(Section):
     strategies: SampleStrategies = SampleStrategies()
 
 
+class CycleParams(Section):
+    """One continuous-learning cycle (``flows/continuous_learning.py``) and its report (``tasks/cycle.py``)."""
+
+    warm_start: bool = True  # retrain from the champion's weights (false: train.weights / train.model)
+    epochs: PositiveInt | None = 10  # retraining epochs per cycle (None: train.epochs)
+    predict_first: bool = True  # log the champion's predictions on batches it has not seen before sampling
+    histogram_bins: Annotated[int, Field(ge=2, le=200)] = 20  # confidence histograms of the report
+
+
 class Params(Section):
     """The whole ``params.yaml``."""
 
@@ -575,6 +586,7 @@ class Params(Section):
     label: LabelParams = LabelParams()
     merge: MergeParams = MergeParams()
     sample: SampleParams = SampleParams()
+    cycle: CycleParams = CycleParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -612,11 +624,12 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, nested dicts key by key (neither is modified)."""
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -646,7 +659,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

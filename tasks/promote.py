@@ -32,7 +32,7 @@ from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-Action = Literal["promote", "reject", "rollback"]
+Action = Literal["challenge", "promote", "reject", "rollback"]
 
 
 class RollbackError(RuntimeError):
@@ -129,6 +129,15 @@ def _move(params: Params, alias: str, version: str, *, who: str, action: str, wh
         to_version=str(version),
         why=why,
     )
+
+
+def challenge(params: Params, *, version: str, why: str, who: str | None = None) -> PromoteResult:
+    """``challenger ← version``: a candidate the loop registered, before its decision."""
+    who = who or default_who()
+    with registry_lock(params):
+        records = [_move(params, registry.CHALLENGER, str(version), who=who, action="challenge", why=why)]
+        append_audit(params, records)
+    return PromoteResult("challenge", str(version), _moves(records), records)
 
 
 def promote(params: Params, *, version: str, why: str, who: str | None = None) -> PromoteResult:
@@ -264,7 +273,9 @@ def run(
 ) -> PromoteResult:
     """Apply a decision for ``version`` and write ``<reports>/promote.json``."""
     reasons = reasons or []
-    if decision == "promote":
+    if decision == "challenge":
+        result = challenge(params, version=version, why="; ".join(reasons) or "candidate", who=who)
+    elif decision == "promote":
         result = promote(params, version=version, why="; ".join(reasons) or "promoted", who=who)
     elif decision == "reject":
         result = reject(params, version=version, reasons=reasons, who=who)

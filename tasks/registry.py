@@ -21,7 +21,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -340,11 +340,34 @@ def download_onnx(params: Params, info: ModelVersionInfo, dst: Path) -> Path:
     return found[0]
 
 
+def download_weights(params: Params, info: ModelVersionInfo, dst: Path) -> Path:
+    """Fetch the PyTorch checkpoint of a model version into ``dst`` (warm starts) and return its path."""
+    import mlflow.artifacts
+
+    _client(params)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}", dst_path=str(dst))
+    found = sorted(Path(local).rglob("*.pt"))
+    if not found:
+        raise FileNotFoundError(f"model {info.name} version {info.version}: no PyTorch checkpoint in {local}")
+    return found[0]
+
+
 # --------------------------------------------------------------------------------------------- stage
 
 
-def run(params: Params) -> ModelVersionInfo:
-    """Register the trained + exported model with lineage; write ``reports/registry.json``."""
+def run(
+    params: Params,
+    *,
+    extra_lineage: Mapping[str, str] | None = None,
+    extra_reports: Mapping[str, Path] | None = None,
+) -> ModelVersionInfo:
+    """Register the trained + exported model with lineage; write ``reports/registry.json``.
+
+    Args:
+        params: config.
+        extra_lineage: more lineage tags (the loop: cycle, parent version, sample manifest, GX and gate reports).
+        extra_reports: more files attached to the version like the stage reports.
+    """
     reports_dir, models_dir = params.base.paths.reports, params.base.paths.models
     train = json.loads((reports_dir / "train.json").read_text())
     onnx = models_dir / "export" / "model.onnx"
@@ -365,6 +388,8 @@ def run(params: Params) -> ModelVersionInfo:
         "license": train["license"],
         "train_run_id": train["mlflow_run_id"],
     } | {f"map50_95.{name}": f"{s['map50_95']:.4f}" for name, s in golden.items()}
+    lineage |= dict(extra_lineage or {})
+    reports |= {name: Path(path) for name, path in (extra_reports or {}).items() if Path(path).is_file()}
     info = register_model(
         params,
         run_id=train["mlflow_run_id"],

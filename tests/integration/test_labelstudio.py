@@ -8,10 +8,6 @@ with a fresh data dir (a copy of the migrated empty database: ~10 s) and stopped
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,63 +21,15 @@ from tasks import labelstudio as ls
 from tasks.boxes import xywhn_to_xyxy
 from tasks.config import Params
 from tasks.dataset import image_size, list_images, read_label_file
-from tasks.env import PROJECT_ROOT
 from tasks.label import image_path
 from tests.conftest import tiny_params_dict
+from tests.integration.conftest import TOKEN, Server, free_port, run_make
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "visionloop-test-token-0001"
+
 CYCLE = "cycle-001"
 MODEL = ("visionloop-detector", "1")
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    root: Path  # the document root: everything the tests write lives below it
-    data: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _make(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real Label Studio with a fresh data dir; the client environment points at it for the whole module."""
-    built = _make("labelstudio", timeout=1800)
-    if built.returncode != 0:
-        pytest.skip(f"the Label Studio venv cannot be built (make labelstudio): {(built.stdout + built.stderr)[-800:]}")
-    root = tmp_path_factory.mktemp("labelstudio")
-    port, data = _free_port(), root / "server-data"
-    settings = [
-        f"LABEL_STUDIO_PORT={port}",
-        f"LABEL_STUDIO_DATA={data}",
-        f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}",
-        f"LABEL_STUDIO_API_KEY={TOKEN}",
-        "LABEL_STUDIO_START_TIMEOUT=240",
-    ]
-    up = _make("labelstudio-up", *settings, timeout=300)
-    try:
-        log = (data / "server.log").read_text()[-2000:] if (data / "server.log").exists() else ""
-        assert up.returncode == 0, f"make labelstudio-up failed:\n{up.stdout}\n{up.stderr}\n{log}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("LABEL_STUDIO_API_KEY", TOKEN)
-            mp.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{port}")
-            mp.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(root))
-            yield Server(url=f"http://127.0.0.1:{port}", root=root, data=data)
-    finally:
-        down = _make("labelstudio-down", f"LABEL_STUDIO_DATA={data}", timeout=60)
-        assert down.returncode == 0 and "stopped pid" in down.stdout, down.stdout + down.stderr
 
 
 def make_params(root: Path, *, title: str, labels: str = "labels", **simulator: float) -> Params:
@@ -257,13 +205,13 @@ def test_wrong_token_is_a_clear_error(server, cycle, monkeypatch):
 
 
 def test_server_down_is_a_clear_error(server, cycle, monkeypatch):
-    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(label.LabelStudioUnavailable, match=r"not reachable .*make labelstudio-up"):
         label.run(cycle, cycle=CYCLE)
 
 
 def test_labelstudio_up_refuses_a_taken_port(server, tmp_path):
     port = server.url.rsplit(":", 1)[1]
-    up = _make("labelstudio-up", f"LABEL_STUDIO_PORT={port}", f"LABEL_STUDIO_DATA={tmp_path / 'other'}", timeout=120)
+    up = run_make("labelstudio-up", f"LABEL_STUDIO_PORT={port}", f"LABEL_STUDIO_DATA={tmp_path / 'other'}", timeout=120)
     assert up.returncode != 0 and f"port {port} on 127.0.0.1 is taken" in up.stderr
     assert not (tmp_path / "other" / "server.pid").exists()

@@ -1,0 +1,185 @@
+"""Flow ``continuous_learning``: sample → label → validate → merge → retrain → evaluate → export → gate → register
+the challenger → promote or keep the champion, with a report per cycle.
+
+Labeling can wait: when fewer than ``label.min_labeled`` images of the cycle are labeled after
+``label.wait_timeout_s``, the run ends in the state ``WaitingForLabels`` and the next run continues the same cycle
+(the label ledger makes sure nothing is imported twice and no annotation is lost). With
+``promote.require_approval`` the run pauses before a promotion until someone approves it in the Prefect UI.
+
+Run: ``python -m flows.continuous_learning [--params params.yaml] [--cycle NAME] [--epochs N]`` or the
+``retrain-nightly`` / ``retrain`` deployments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
+
+from flows import stages
+from tasks.config import DEFAULT_PARAMS, Params, deep_merge, load_params
+from tasks.cycle import CycleReport, CycleState, Status, retrain_overrides
+from tasks.env import apply_env
+
+WAITING = "waiting for labels"
+
+
+class Approval(RunInput):
+    """What the Prefect UI asks before a promotion when ``promote.require_approval`` is on."""
+
+    approve: bool = False
+    reviewer: str = ""
+    note: str = ""
+
+
+def _publish(report: CycleReport) -> None:
+    """The cycle report as Prefect artifacts (markdown + the summary table); the PNGs are in MLflow and on disk."""
+    key = "cycle-" + report.cycle.lower().replace("_", "-").replace(".", "-")
+    create_markdown_artifact(key=key, markdown=report.markdown, description=f"cycle {report.cycle}: {report.outcome}")
+    s = report.summary
+    rows = [
+        {"set": name, "champion": s["champion_map50_95"].get(name), "candidate": value}
+        for name, value in s["candidate_map50_95"].items()
+    ]
+    if rows:
+        create_table_artifact(key=f"{key}-gate", table=rows, description="mAP50-95 on the gate's sets")
+
+
+def _close(params: Params, state: CycleState, outcome: str, *, status: Status = "closed") -> CycleReport:
+    since = dt.datetime.fromisoformat(state.started_at)
+    report = stages.cycle(params, state.cycle, outcome, since=since)
+    stages.cycle_finish(params, state, status, outcome)
+    _publish(report)
+    print(report.markdown)
+    return report
+
+
+@flow(name="continuous_learning", log_prints=True)
+def continuous_learning(
+    params_path: str = DEFAULT_PARAMS,
+    cycle: str | None = None,
+    epochs: int | None = None,
+    wait_timeout_s: float | None = None,
+    require_approval: bool | None = None,
+) -> dict[str, Any] | State:
+    """One cycle of the loop (or the continuation of a cycle that waits for labels).
+
+    Args:
+        params_path: params file of the whole run.
+        cycle: cycle to continue or open (default: the newest unclosed cycle, else a new one).
+        epochs: override of ``cycle.epochs`` (retraining epochs).
+        wait_timeout_s: override of ``label.wait_timeout_s``.
+        require_approval: override of ``promote.require_approval``.
+    """
+    overrides: dict[str, Any] = {}
+    if epochs is not None:
+        overrides["cycle"] = {"epochs": epochs}
+    if wait_timeout_s is not None:
+        overrides["label"] = {"wait_timeout_s": wait_timeout_s}
+    if require_approval is not None:
+        overrides["promote"] = {"require_approval": require_approval}
+    params = load_params(params_path, overrides=overrides)
+    who = f"flow continuous_learning/{flow_run.name}"
+    state = stages.cycle_start(params, cycle)
+    name = state.cycle
+
+    if params.cycle.predict_first:
+        stages.predict(params)
+    manifest = params.base.paths.samples / name / "manifest.parquet"
+    if not manifest.is_file():
+        sampled = stages.sample(params, name)
+        if sampled.selected == 0:
+            report = _close(params, state, f"nothing to label ({sampled.reason})")
+            return report.summary
+
+    labeled = stages.label(params, name)
+    deadline = time.monotonic() + params.label.wait_timeout_s
+    while labeled.waiting and time.monotonic() < deadline:
+        print(f"{labeled.labeled}/{params.label.min_labeled} labeled, {labeled.pending} pending: waiting")
+        time.sleep(params.label.poll_s)
+        labeled = stages.label(params, name)
+    if labeled.waiting:
+        report = _close(params, state, WAITING, status="waiting")
+        message = (
+            f"cycle {name}: {labeled.labeled} of {params.label.min_labeled} images labeled, {labeled.pending} pending "
+            "in Label Studio; the next run continues this cycle"
+        )
+        return Completed(name="WaitingForLabels", message=message, data=report.summary)
+    if labeled.labeled == 0:
+        report = _close(params, state, "nothing labeled (every task skipped)")
+        return report.summary
+
+    validated = stages.validate(params, name)
+    merged = stages.merge(params, name)
+    champion = stages.champion(params)
+    retrain = load_params(params_path, overrides=deep_merge(overrides, retrain_overrides(params, champion)))
+    stages.train(retrain)
+    stages.evaluate(retrain)
+    exported = stages.export(retrain)
+    candidate = Path(exported.artifacts[0].path)  # FP32 ONNX: both models judged on the same runtime
+    gate = stages.gate(params, candidate, Path(champion.onnx) if champion else None)
+
+    reports = params.base.paths.reports
+    lineage = {
+        "cycle": name,
+        "parent_version": champion.version if champion else "none",
+        "warm_start": str(bool(params.cycle.warm_start and champion)),
+        "sample_manifest": str(manifest),
+        "merge_manifest_md5": merged.manifest_md5 or "none",
+        "gx_report": str(validated.report),
+        "gate_decision": gate.decision,
+    }
+    extra = {"sample": reports / "sample.json", "validate": validated.report, "merge": reports / "merge.json"}
+    extra |= {"gate": reports / "gate.json", "sample_manifest": manifest}
+    version = stages.registry(retrain, extra_lineage=lineage, extra_reports=extra)
+    stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
+
+    decision = gate.decision
+    reasons = [r.message for r in gate.reasons if r.passed == (decision == "promote")]
+    if decision == "promote" and params.promote.require_approval:
+        print(f"v{version.version} passed the gate; waiting for approval in the Prefect UI (Resume)")
+        try:
+            approval = pause_flow_run(
+                wait_for_input=Approval, timeout=params.promote.approval_timeout_s, poll_interval=5
+            )
+        except Exception as exc:
+            approval = Approval(approve=False, reviewer="nobody", note=f"no approval ({type(exc).__name__})")
+        if not approval.approve:
+            decision = "reject"
+            reasons = [f"not approved by {approval.reviewer or 'a reviewer'}: {approval.note or 'no note'}"]
+        else:
+            reasons.append(f"approved by {approval.reviewer or 'a reviewer'}: {approval.note or 'no note'}")
+    stages.promote(params, version.version, decision, reasons, who=who)
+    report = _close(params, state, decision)
+    return report.summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.continuous_learning", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--cycle", default=None, help="cycle to continue or open (default: newest unclosed / new)")
+    parser.add_argument("--epochs", type=int, default=None, help="retraining epochs (default: cycle.epochs)")
+    parser.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for labels")
+    parser.add_argument("--require-approval", action="store_true", default=None)
+    args = parser.parse_args(argv)
+    apply_env()
+    continuous_learning(
+        params_path=args.params,
+        cycle=args.cycle,
+        epochs=args.epochs,
+        wait_timeout_s=args.wait_timeout,
+        require_approval=args.require_approval,
+    )
+
+
+if __name__ == "__main__":
+    main()

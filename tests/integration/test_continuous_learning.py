@@ -1,0 +1,186 @@
+"""The continuous-learning flow end to end on a tiny world: real Label Studio, real MLflow store, Prefect harness.
+
+bootstrap → predict → loop run 1 (nothing annotated yet: ends waiting for labels) → the annotator simulator answers
+the tasks through Label Studio's API → loop run 2 continues the same cycle without importing anything twice, and
+retrains, gates, registers the challenger with lineage, decides and reports → loop run 3 opens a new cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tasks import annotator_sim, cycle, label, promote
+from tasks.config import load_params
+from tests.conftest import tiny_params_dict
+from tests.integration.conftest import Server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def loop(server: Server, prefect_harness) -> dict:
+    from flows.bootstrap import bootstrap
+    from flows.continuous_learning import continuous_learning
+
+    root = server.root / "loop"
+    data = tiny_params_dict(root, predict={"conf": 0.001, "max_det": 5})
+    data["label"].update(project_title="visionloop-loop-it", document_root=str(server.root), min_labeled=4)
+    data["label"].update(retries=1, retry_delay_s=0.5, wait_timeout_s=0, poll_s=1)
+    data["sample"].update(budget=8, max_per_day=None, phash_distance=None)
+    data["merge"].update(holdout_fraction=0.25)
+    data["cycle"].update(epochs=1)
+    data["export"].update(targets=["onnx"])
+    params_file = root / "params.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    bootstrap(params_path=str(params_file))
+    first = continuous_learning(params_path=str(params_file), return_state=True)
+    params = load_params(params_file)
+    (opened,) = [p.name for p in params.base.paths.samples.iterdir() if p.is_dir()]
+    ledger_after_first = label.read_ledger(label.ledger_path(params))
+    state_after_first = cycle.read_state(params, opened)
+    answered = annotator_sim.run(params)
+    second = continuous_learning(params_path=str(params_file))
+    label_report = json.loads((params.base.paths.reports / "label.json").read_text())
+    third = continuous_learning(params_path=str(params_file), return_state=True)
+    return {
+        "params_file": params_file,
+        "first": first,
+        "cycle": opened,
+        "ledger_after_first": ledger_after_first,
+        "state_after_first": state_after_first,
+        "answered": answered,
+        "second": second,
+        "label_report": label_report,
+        "third": third,
+    }
+
+
+def test_first_run_waits_for_labels(loop):
+    state = loop["first"]
+    assert state.is_completed() and state.name == "WaitingForLabels"
+    assert "the next run continues this cycle" in state.message
+    saved = loop["state_after_first"]
+    assert saved is not None and saved.status == "waiting" and saved.outcome == "waiting for labels"
+    assert len(loop["ledger_after_first"]) == 8  # the sample budget, all queued in Label Studio
+    assert {r["status"] for r in loop["ledger_after_first"].values()} == {"queued"}
+
+
+def test_second_run_continues_the_cycle_without_importing_twice(loop):
+    params = load_params(loop["params_file"])
+    assert loop["answered"].answered == 8
+    report = loop["label_report"]
+    assert report["cycle"] == loop["cycle"]
+    assert (report["imported"], report["already_imported"], report["labeled"]) == (0, 8, 8)
+    ledger = {k: r for k, r in label.read_ledger(label.ledger_path(params)).items() if r["cycle"] == loop["cycle"]}
+    assert len(ledger) == 8 and {r["task_id"] for r in ledger.values()} == {
+        r["task_id"] for r in loop["ledger_after_first"].values()
+    }
+    saved = cycle.read_state(params, loop["cycle"])
+    assert saved.status == "closed" and saved.runs == 2 and saved.outcome in {"promote", "reject"}
+    assert loop["second"]["decision"] == saved.outcome
+
+
+def test_challenger_is_registered_with_lineage_and_the_decision_is_applied(loop):
+    params = load_params(loop["params_file"])
+    client = MlflowClient(params.registry.tracking_uri)
+    name = params.registry.model_name
+    candidate = client.get_model_version(name, "2")
+    tags = candidate.tags
+    assert tags["parent_version"] == "1" and tags["cycle"] == loop["cycle"] and tags["warm_start"] == "True"
+    assert tags["base_weights"].endswith(".pt")  # warm-started from the champion's checkpoint
+    assert Path(tags["sample_manifest"]).name == "manifest.parquet" and tags["gx_report"]
+    assert tags["gate_decision"] in {"promote", "reject"}
+    trail = promote.read_audit(params)
+    actions = [(r.action, r.alias, r.to_version) for r in trail]
+    assert ("challenge", "challenger", "2") in actions
+    champion = client.get_model_version_by_alias(name, "champion")
+    if loop["second"]["decision"] == "promote":
+        assert str(champion.version) == "2"
+        assert str(client.get_model_version_by_alias(name, "previous").version) == "1"
+    else:
+        assert str(champion.version) == "1" and candidate.tags["rejected"] == "true"
+        assert ("reject", None, "2") in actions
+
+
+def test_cycle_report_is_written_and_logged(loop):
+    params = load_params(loop["params_file"])
+    folder = params.base.paths.reports / "cycles" / loop["cycle"]
+    for name in ("report.md", "report.json", "per_class_ap.png", "strategies.png", "confidence.png"):
+        assert (folder / name).is_file(), name
+    markdown = (folder / "report.md").read_text()
+    assert "## Gate: candidate vs champion on the same sets" in markdown and "golden" in markdown
+    summary = json.loads((folder / "report.json").read_text())["summary"]
+    assert summary["sampled"] == 8 and summary["labeled"] == 8 and summary["candidate_version"] == "2"
+    assert sum(summary["sampled_by_strategy"].values()) == 8
+    client = MlflowClient(params.registry.tracking_uri)
+    run_id = client.get_model_version(params.registry.model_name, "2").run_id
+    logged = {a.path for a in client.list_artifacts(run_id, f"cycles/{loop['cycle']}")}
+    assert f"cycles/{loop['cycle']}/report.md" in logged
+
+
+def test_a_closed_cycle_is_never_reopened(loop):
+    params = load_params(loop["params_file"])
+    cycles = sorted(p.name for p in params.base.paths.samples.iterdir() if p.is_dir())
+    assert len(cycles) == 2 and cycles[0] == loop["cycle"]
+    with pytest.raises(cycle.CycleError, match="is closed"):
+        cycle.start(params, cycle=loop["cycle"])
+
+
+def _answer_pause(stop: threading.Event, run_input: dict, seen: list) -> None:
+    """Play the reviewer: resume the first paused flow run with ``run_input`` (as the UI's Resume form does)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    while not stop.wait(1):
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+        for run in runs:
+            seen.append(run.name)
+            resume_flow_run(run.id, run_input=run_input)
+            return
+
+
+def test_promotion_waits_for_approval_and_a_refusal_keeps_the_champion(loop):
+    from flows.continuous_learning import continuous_learning
+
+    params_file = loop["params_file"]
+    data = yaml.safe_load(params_file.read_text())
+    data["gate"].update(  # a gate that passes anything: this test is about the approval step after it
+        min_production_gain=-1.0, max_golden_loss=1.0, max_class_drop=None, max_latency_factor=None
+    )
+    relaxed = params_file.with_name("params-relaxed.yaml")
+    relaxed.write_text(yaml.safe_dump(data, sort_keys=False))
+    params = load_params(relaxed)
+    annotator_sim.run(params)  # the open cycle's tasks (the third run queued them)
+    client = MlflowClient(params.registry.tracking_uri)
+    name = params.registry.model_name
+    before = str(client.get_model_version_by_alias(name, "champion").version)
+
+    stop, seen = threading.Event(), []
+    reviewer = threading.Thread(
+        target=_answer_pause,
+        args=(stop, {"approve": False, "reviewer": "qa-lead", "note": "holdout too small"}, seen),
+        daemon=True,
+    )
+    reviewer.start()
+    try:
+        summary = continuous_learning(params_path=str(relaxed), require_approval=True)
+    finally:
+        stop.set()
+        reviewer.join(timeout=30)
+    assert seen, "the flow never paused for approval"
+    assert summary["decision"] == "promote"  # the gate said yes ...
+    assert summary["outcome"] == "reject"  # ... the reviewer said no
+    assert str(client.get_model_version_by_alias(name, "champion").version) == before
+    last = promote.read_audit(params)[-1]
+    assert last.action == "reject" and "not approved by qa-lead: holdout too small" in last.why
