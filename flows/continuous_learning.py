@@ -27,7 +27,7 @@ from prefect.states import Completed, State
 
 from flows import stages
 from tasks.config import DEFAULT_PARAMS, Params, deep_merge, load_params
-from tasks.cycle import CycleReport, CycleState, Status, retrain_overrides
+from tasks.cycle import CycleReport, CycleState, Status, read_report, retrain_overrides
 from tasks.env import apply_env
 
 WAITING = "waiting for labels"
@@ -91,6 +91,9 @@ def continuous_learning(
     who = f"flow continuous_learning/{flow_run.name}"
     state = stages.cycle_start(params, cycle)
     name = state.cycle
+    if state.status == "closed":
+        print(f"cycle {name} is closed ({state.outcome}): nothing to do; omit --cycle to start a new one")
+        return read_report(params, name) or {"cycle": name, "outcome": state.outcome}
 
     if params.cycle.predict_first:
         stages.predict(params)

@@ -16,7 +16,8 @@ Contract:
 
 A cycle is named by its UTC start time (``20261123T101500Z``), so names sort chronologically as the merge stage
 needs. A run of the loop continues the newest cycle that is not closed (it is waiting for labels, or it failed
-half-way), so the next run picks up where the last one stopped; a closed cycle is never reopened.
+half-way), so the next run picks up where the last one stopped; a closed cycle is never reopened (naming it again
+does nothing: no task, no model version, no dataset row).
 
 ``python -m tasks.cycle --params P --cycle C [--outcome O]`` rebuilds a cycle's report from the stage reports.
 """
@@ -140,8 +141,10 @@ def open_cycles(params: Params) -> list[CycleState]:
 def start(params: Params, *, cycle: str | None = None, now: dt.datetime | None = None) -> CycleState:
     """Open the cycle this run works on: ``cycle`` if given, else the newest unclosed one, else a new one.
 
+    A closed ``cycle`` is returned as it is (``status == "closed"``): the caller does nothing more with it.
+
     Raises:
-        CycleError: ``cycle`` is not a safe folder name, or it is closed already.
+        CycleError: ``cycle`` is not a safe folder name.
     """
     if cycle is not None and not _CYCLE.match(cycle):
         raise CycleError(f"cycle {cycle!r}: use letters, digits and . _ = - (it names folders)")
@@ -158,7 +161,10 @@ def start(params: Params, *, cycle: str | None = None, now: dt.datetime | None =
         state = CycleState(cycle=cycle, status="open", started_at=stamp, updated_at=stamp)
         log.info("cycle %s: opened", cycle)
     elif previous.status == "closed":
-        raise CycleError(f"cycle {cycle} is closed ({previous.outcome}); start a new one (omit the cycle name)")
+        log.info(
+            "cycle %s is closed (%s): nothing to do; omit the cycle name to start a new one", cycle, previous.outcome
+        )
+        return previous
     else:
         state = CycleState(
             cycle=cycle,
@@ -215,6 +221,12 @@ def retrain_overrides(params: Params, champion: ChampionFiles | None) -> dict[st
 
 
 # -------------------------------------------------------------------------------------------------- report
+
+
+def read_report(params: Params, cycle: str) -> dict[str, Any] | None:
+    """The summary of a reported cycle, ``None`` before its report exists."""
+    path = params.base.paths.reports / "cycles" / cycle / "report.json"
+    return json.loads(path.read_text())["summary"] if path.is_file() else None
 
 
 def read_reports(reports: Path, since: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
@@ -289,8 +301,12 @@ def render_markdown(summary: dict[str, Any], stages: dict[str, dict[str, Any]], 
     ]
     sets = stages.get("gate", {}).get("sets", {})
     if sets:
-        lines += ["## Gate: candidate vs champion on the same sets", "", "| set | images | champion | candidate | "
-                  "difference [CI] |", "|---|---|---|---|---|"]
+        lines += [
+            "## Gate: candidate vs champion on the same sets",
+            "",
+            "| set | images | champion | candidate | difference [CI] |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in sets.items():
             ci = s.get("interval")
             diff = f"{ci['estimate']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else "-"
@@ -450,7 +466,12 @@ def run(params: Params, *, cycle: str, outcome: str, since: dt.datetime | None =
     write_bytes_atomic(folder / "report.md", markdown.encode())
     run_id = stages.get("train", {}).get("mlflow_run_id") if "registry" in stages else None
     report = CycleReport(
-        cycle=cycle, outcome=outcome, summary=summary, markdown=markdown, folder=str(folder), plots=plots,
+        cycle=cycle,
+        outcome=outcome,
+        summary=summary,
+        markdown=markdown,
+        folder=str(folder),
+        plots=plots,
         mlflow_run_id=run_id,
     )
     payload = asdict(report) | {"stages": stages}

@@ -163,6 +163,7 @@ class LabelResult:
         waiting: fewer than ``min_labeled`` of this cycle labeled while some are still pending.
         rejected: regions left out of label files, one reason each (zero-size, outside the image, ...).
         without_predictions: imported images the prediction log had no rows for (no pre-annotation).
+        missing: manifest images deleted since sampling, one message each (left out; a re-run tries them again).
     """
 
     cycle: str
@@ -180,6 +181,7 @@ class LabelResult:
     ledger: str
     rejected: list[str] = field(default_factory=list)
     without_predictions: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
 
 class LabelBackend(Protocol):
@@ -840,18 +842,19 @@ def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> L
     backend = backend if backend is not None else make_backend(params, cycle)
 
     new = [r for r in rows if r.image_sha256 not in ledger]
-    imported, without_predictions = 0, []
+    imported, without_predictions, missing = 0, [], []
     if new:
         _check_unique_ids(new, ledger, cycle)
         root = document_root(params.label)
         predictions = load_predictions(paths.predictions, new)
-        tasks, folders = [], set()
+        tasks, folders, present = [], set(), []
         for row in new:
             path = image_path(row.image_uri)
             if not path.is_file():
-                raise LabelError(
-                    f"{path}: image {row.image_id} of the sample manifest not found (image_uri {row.image_uri})"
-                )
+                missing.append(f"{path}: image {row.image_id} of the sample manifest is gone; not imported")
+                log.warning("%s", missing[-1])
+                continue
+            present.append(row)
             tasks.append(
                 build_task(
                     row,
@@ -862,13 +865,14 @@ def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> L
                 )
             )
             folders.add(path.parent)
+        new = present
         without_predictions = [r.image_id for r in new if r.image_sha256 not in predictions]
         if without_predictions:
             log.warning(
                 "%d sampled image(s) have no logged predictions: imported without pre-annotations",
                 len(without_predictions),
             )
-        confirmed, imported = backend.submit(tasks, folders=folders)
+        confirmed, imported = backend.submit(tasks, folders=folders) if tasks else ({}, 0)
         now = dt.datetime.now(dt.UTC)
         for row in new:
             ref = confirmed.get(row.image_sha256)
@@ -899,7 +903,7 @@ def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> L
                 f"{backend.name}: {len(unconfirmed)} task(s) not confirmed after import (e.g. {unconfirmed[:5]}); "
                 "the ledger records only confirmed ones: re-run to retry"
             )
-    already = len(rows) - imported  # queued earlier (ledger), or found already in the project and adopted
+    already = len(rows) - imported - len(missing)  # queued earlier (ledger) or adopted from the project
 
     fetched = backend.fetch(list(ledger.values()))
     done = collect(fetched, ledger, classes=params.base.classes, labels_root=paths.labels)
@@ -926,6 +930,7 @@ def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> L
         ledger=str(ledger_file),
         rejected=done.rejected,
         without_predictions=without_predictions,
+        missing=missing,
     )
     log.info(
         "label %s: imported %d (already %d), collected %d, skipped %d, pending %d, labeled %d/%d%s",

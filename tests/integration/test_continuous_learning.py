@@ -11,6 +11,7 @@ import json
 import threading
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -125,12 +126,29 @@ def test_cycle_report_is_written_and_logged(loop):
     assert f"cycles/{loop['cycle']}/report.md" in logged
 
 
-def test_a_closed_cycle_is_never_reopened(loop):
+def test_rerunning_a_finished_cycle_changes_nothing(loop):
+    from flows.continuous_learning import continuous_learning
+
     params = load_params(loop["params_file"])
     cycles = sorted(p.name for p in params.base.paths.samples.iterdir() if p.is_dir())
-    assert len(cycles) == 2 and cycles[0] == loop["cycle"]
-    with pytest.raises(cycle.CycleError, match="is closed"):
-        cycle.start(params, cycle=loop["cycle"])
+    assert len(cycles) == 2 and cycles[0] == loop["cycle"]  # the third run opened a new cycle
+    client = MlflowClient(params.registry.tracking_uri)
+    name = params.registry.model_name
+    sdk = label.connect(params.label)
+    ledger = label.read_ledger(label.ledger_path(params))
+    project_id = next(iter(ledger.values()))["project_id"]
+
+    def snapshot() -> tuple:
+        versions = len(client.search_model_versions(f"name='{name}'"))
+        tasks = len(list(sdk.tasks.list(project=project_id, fields="task_only")))
+        rows = pq.read_metadata(params.base.paths.merged / "manifest.parquet").num_rows
+        return versions, tasks, rows
+
+    before = snapshot()
+    again = continuous_learning(params_path=str(loop["params_file"]), cycle=loop["cycle"])
+    assert snapshot() == before
+    assert again["cycle"] == loop["cycle"] and again["outcome"] == loop["second"]["outcome"]
+    assert cycle.read_state(params, loop["cycle"]).runs == 2  # not even counted as a run
 
 
 def _answer_pause(stop: threading.Event, run_input: dict, seen: list) -> None:

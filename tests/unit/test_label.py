@@ -390,6 +390,20 @@ def test_rerun_with_a_grown_manifest_imports_only_new_images(files_params):
     }
 
 
+def test_image_deleted_after_sampling_is_left_out_and_named(files_params):
+    params = files_params
+    rows = write_cycle(params, n=3)
+    gone = label.image_path(rows[1]["image_uri"])
+    gone.unlink()
+    result = label.run(params, cycle=CYCLE)
+    assert (result.imported, result.already_imported) == (2, 0)
+    assert len(result.missing) == 1 and str(gone) in result.missing[0] and "gone" in result.missing[0]
+    ledger = label.read_ledger(label.ledger_path(params))
+    assert {r["image_id"] for r in ledger.values()} == {rows[0]["image_id"], rows[2]["image_id"]}
+    tasks = json.loads(next((params.base.paths.labels / "outbox").glob("*.json")).read_text())
+    assert {t["data"]["image_id"] for t in tasks} == {rows[0]["image_id"], rows[2]["image_id"]}
+
+
 def test_unknown_label_fails_naming_the_task_and_collects_nothing(files_params):
     params = files_params
     write_cycle(params, n=2)

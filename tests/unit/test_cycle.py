@@ -1,0 +1,113 @@
+"""Cycle bookkeeping (open / continue / close) and the cycle report, without servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from tasks import cycle
+from tasks.cycle import ChampionFiles
+
+T0 = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
+
+
+def test_cycle_names_sort_chronologically():
+    names = [cycle.new_cycle_name(T0 + dt.timedelta(seconds=s)) for s in (0, 59, 3600, 86400 * 40)]
+    assert names == sorted(names) and names[0] == "20261123T101500Z"
+
+
+def test_start_opens_then_continues_the_unclosed_cycle(tiny_params):
+    first = cycle.start(tiny_params, now=T0)
+    assert (first.cycle, first.status, first.runs, first.resumed) == ("20261123T101500Z", "open", 1, False)
+    cycle.finish(tiny_params, first, status="waiting", outcome="waiting for labels")
+    again = cycle.start(tiny_params, now=T0 + dt.timedelta(hours=1))
+    assert (again.cycle, again.status, again.runs, again.resumed) == (first.cycle, "open", 2, True)
+    assert again.started_at == first.started_at
+
+
+def test_a_closed_cycle_is_returned_as_is_and_the_next_run_opens_a_new_one(tiny_params):
+    first = cycle.start(tiny_params, now=T0)
+    closed = cycle.finish(tiny_params, first, status="closed", outcome="promote")
+    assert cycle.start(tiny_params, cycle=first.cycle) == closed
+    later = cycle.start(tiny_params, now=T0 + dt.timedelta(days=1))
+    assert later.cycle != first.cycle and later.runs == 1
+
+
+def test_a_failed_run_leaves_the_cycle_open_for_the_next(tiny_params):
+    first = cycle.start(tiny_params, now=T0)  # the run then crashes: no finish()
+    assert [s.cycle for s in cycle.open_cycles(tiny_params)] == [first.cycle]
+    assert cycle.start(tiny_params, now=T0 + dt.timedelta(minutes=5)).cycle == first.cycle
+
+
+@pytest.mark.parametrize("name", ["../x", "", "a b", ".hidden"])
+def test_unsafe_cycle_names_are_refused(tiny_params, name):
+    with pytest.raises(cycle.CycleError, match="use letters, digits"):
+        cycle.start(tiny_params, cycle=name)
+
+
+def test_a_damaged_state_file_is_named(tiny_params):
+    path = cycle.state_path(tiny_params, "c1")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(cycle.CycleError, match=r"cycle\.json: not a cycle state"):
+        cycle.start(tiny_params, cycle="c1")
+
+
+@pytest.mark.parametrize(
+    ("warm_start", "epochs", "champion", "expected"),
+    [
+        (True, 5, ChampionFiles("3", "/m/best.pt", "/m/model.onnx"), {"train": {"weights": "/m/best.pt", "epochs": 5}}),
+        (False, 5, ChampionFiles("3", "/m/best.pt", "/m/model.onnx"), {"train": {"epochs": 5}}),
+        (True, None, None, {}),
+        (True, 4, None, {"train": {"epochs": 4}}),
+    ],
+)
+def test_retrain_overrides(tiny_params, warm_start, epochs, champion, expected):
+    params = tiny_params.model_copy(
+        update={"cycle": tiny_params.cycle.model_copy(update={"warm_start": warm_start, "epochs": epochs})}
+    )
+    assert cycle.retrain_overrides(params, champion) == expected
+
+
+GATE = {
+    "decision": "reject",
+    "reasons": [
+        {"code": "production_gain", "passed": False, "message": "production gain CI low -0.01 < 0.0"},
+        {"code": "golden_loss", "passed": True, "message": "golden loss 0.002 <= 0.01"},
+    ],
+    "sets": {
+        "golden": {
+            "images": 10,
+            "candidate_map50_95": 0.41,
+            "champion_map50_95": 0.40,
+            "interval": {"estimate": 0.01, "low": -0.02, "high": 0.03},
+            "per_class": {"a": {"candidate": 0.5, "champion": 0.4}, "b": {"candidate": None, "champion": 0.2}},
+        }
+    },
+}
+
+
+def test_report_of_a_decided_cycle(tiny_params):
+    reports = tiny_params.base.paths.reports
+    reports.mkdir(parents=True)
+    (reports / "gate.json").write_text(json.dumps(GATE))
+    (reports / "sample.json").write_text(json.dumps({"selected": 3, "by_strategy": {"random": {"selected": 3}}}))
+    report = cycle.run(tiny_params, cycle="c1", outcome="reject")
+    folder = reports / "cycles" / "c1"
+    assert {p.name for p in folder.iterdir()} >= {"report.md", "report.json", "per_class_ap.png", "strategies.png"}
+    assert report.summary["candidate_map50_95"] == {"golden": 0.41}
+    assert report.summary["failed_rules"] == ["production gain CI low -0.01 < 0.0"]
+    assert "**FAIL** `production_gain`" in report.markdown and "+0.0100 [-0.0200, +0.0300]" in report.markdown
+    assert (folder / "per_class_ap.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((reports / "cycle.json").read_text())["outcome"] == "reject"
+    assert report.mlflow_run_id is None  # nothing registered: nothing logged to MLflow
+
+
+def test_reports_older_than_the_cycle_are_left_out(tiny_params):
+    reports = tiny_params.base.paths.reports
+    reports.mkdir(parents=True)
+    (reports / "gate.json").write_text(json.dumps(GATE))  # a previous cycle's gate
+    report = cycle.run(tiny_params, cycle="c2", outcome="waiting for labels", since=dt.datetime.now(dt.UTC))
+    assert report.summary["decision"] is None and report.plots == []
