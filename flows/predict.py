@@ -35,9 +35,13 @@ def predict(
             }
             for b in result.batches
         ],
-        description=f"{result.model_name} v{result.model_version} (@{result.alias})",
+        description=f"{result.model_name} v{result.model_version} (@{result.alias}), ran {result.target}",
     )
-    print(f"{result.model_name} v{result.model_version} predicted {len(result.batches)} batch(es)")
+    fallback = f" (fallback: {result.fallback})" if result.fallback else ""
+    print(
+        f"{result.model_name} v{result.model_version} predicted {len(result.batches)} batch(es) "
+        f"with {result.target}{fallback}"
+    )
     return result
 
 

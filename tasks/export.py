@@ -44,7 +44,15 @@ import numpy.typing as npt
 from tasks.config import ExportParams, Hardware, Params, Precision, load_params, stage_argparser
 from tasks.dataset import list_images, load_rgb
 from tasks.evaluate import default_model_path, evaluate_set, inference_settings
-from tasks.inference import Detections, InferenceSettings, Letterbox, decode_output, letterbox, load_detector
+from tasks.inference import (
+    Detections,
+    InferenceSettings,
+    Letterbox,
+    artifact_files,
+    decode_output,
+    letterbox,
+    load_detector,
+)
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -528,10 +536,7 @@ def check_artifact(
     ``extra`` fills the remaining :class:`ArtifactCheck` fields (precision, parity, speed, ...).
     """
     passed = not map_shortfalls(measured, reference, max_drop)
-    files = [artifact, artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else [artifact]  # OpenVINO: + weights
-    if artifact.is_dir():
-        files = list(artifact.rglob("*"))
-    size = sum(p.stat().st_size for p in files if p.is_file())
+    size = sum(p.stat().st_size for p in artifact_files(artifact) if p.is_file())  # OpenVINO: .xml + .bin
     return ArtifactCheck(
         target=target,
         path=str(artifact),

@@ -336,6 +336,20 @@ LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path, InferenceSettings], 
 ]
 
 
+def artifact_files(path: Path) -> list[Path]:
+    """The files an artifact consists of, whether or not they exist yet.
+
+    An OpenVINO ``.xml`` comes with its ``.bin`` weights beside it; a folder is every file below it; any other
+    artifact is the file itself. Whoever copies, sizes or uploads an artifact copies these.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if path.suffix == ".xml":
+        return [path, path.with_suffix(".bin")]
+    return [path]
+
+
 def load_detector(path: Path, settings: InferenceSettings) -> Detector:
     """Open an artifact with the runtime its format needs.
 

@@ -4,14 +4,19 @@ Contract:
     inputs: production batches ``<base.paths.production>/<batch>/images/*`` (a batch folder named
         ``YYYY-MM-DD...`` is dated by its name, otherwise by today's UTC date); the registered model
         version behind ``predict.alias``, resolved at run time;
-    params: ``base``, ``registry`` (store, model name), ``predict``;
+    params: ``base`` (incl. ``device``), ``registry`` (store, model name), ``predict``,
+        ``export.speed.static_shapes`` (OpenVINO runs as the export stage timed it);
     outputs: rows appended to the prediction log ``<base.paths.predictions>/date=YYYY-MM-DD/*.parquet``
         (schema in :mod:`tasks.prediction_log`), one file per (batch, model version), replaced atomically
         on a re-run; ``<reports>/predict.json``;
-    side effects: the version's ONNX file is cached under ``<models>/registry/<name>/<version>/``.
+    side effects: the version's deployable artifact (or its ONNX file) is cached under
+        ``<models>/registry/<name>/<version>/``.
 
-Inference is ONNX Runtime only (no torch in the serving path). Unreadable images are skipped, named in
-the log and in the report; they never stop the rest of the batch.
+The version runs its deployable artifact: the one the export stage selected and the registry tagged
+(``deploy.target`` / ``deploy.artifact``), opened by :func:`tasks.inference.load_detector` (ONNX Runtime, OpenVINO,
+TensorRT on CUDA hosts; no torch in the serving path). A version without that tag, or whose artifact cannot be
+fetched or opened here, runs its FP32 ONNX file instead; the log and the report say which target ran and why.
+Unreadable images are skipped, named in the log and in the report; they never stop the rest of the batch.
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from tasks import prediction_log, registry
 from tasks.config import Params, load_params, stage_argparser
 from tasks.dataset import DatasetError, list_images, load_rgb
-from tasks.inference import InferenceSettings, OnnxDetector, predict_images
+from tasks.inference import Detector, InferenceSettings, load_detector, predict_images
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
+FALLBACK_TARGET = "onnx"
+_DEPLOY_CACHE = "deploy"  # sub-folder of a version's cache holding its deployable artifact
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,23 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class Deployed:
+    """The artifact a model version runs with here.
+
+    Attributes:
+        target: export target that ran (``openvino_int8``, ...; ``onnx`` on the fallback).
+        precision: its precision as built.
+        path: local file opened.
+        fallback: why the version's ONNX file runs instead of its ``deploy.artifact`` (``None``: no fallback).
+    """
+
+    target: str
+    precision: str
+    path: Path
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
 class PredictResult:
     """What ``reports/predict.json`` holds."""
 
@@ -57,6 +81,10 @@ class PredictResult:
     model_version: str
     alias: str
     batches: list[BatchResult] = field(default_factory=list)
+    target: str = FALLBACK_TARGET
+    precision: str = "fp32"
+    artifact: str = ""
+    fallback: str | None = None
 
 
 def batch_date(batch: str) -> dt.date:
@@ -87,15 +115,64 @@ def pending_batches(params: Params, info: registry.ModelVersionInfo) -> list[str
     return [b for b in list_batches(params.base.paths.production) if b not in done]
 
 
+def _version_cache(params: Params, info: registry.ModelVersionInfo) -> Path:
+    return params.base.paths.models / "registry" / info.name / info.version
+
+
 def cached_onnx(params: Params, info: registry.ModelVersionInfo) -> Path:
     """The version's ONNX file, downloaded once into ``<models>/registry/<name>/<version>/``."""
-    cache = params.base.paths.models / "registry" / info.name / info.version
-    found = sorted(cache.rglob("*.onnx")) if cache.is_dir() else []
+    cache = _version_cache(params, info)
+    found = (
+        sorted(p for p in cache.rglob("*.onnx") if p.relative_to(cache).parts[0] != _DEPLOY_CACHE)
+        if cache.is_dir()
+        else []
+    )
     return found[0] if found else registry.download_onnx(params, info, cache)
 
 
+def cached_deploy_artifact(params: Params, info: registry.ModelVersionInfo) -> Path:
+    """The version's ``deploy.artifact``, downloaded once into ``<models>/registry/<name>/<version>/deploy/``.
+
+    Raises:
+        LookupError: the version has no ``deploy.artifact`` tag.
+    """
+    artifact = registry.deploy_artifact(info)
+    if artifact is None:
+        raise LookupError(f"{info.name} v{info.version} has no {registry.DEPLOY_ARTIFACT} tag")
+    cache = _version_cache(params, info) / _DEPLOY_CACHE
+    local = cache.joinpath(*PurePosixPath(artifact).parts)
+    # a download lands complete or not at all, so the file standing for the artifact means all of it is there
+    return local if local.is_file() else registry.download_deploy_artifact(params, info, cache)
+
+
+def open_deployed(
+    params: Params, info: registry.ModelVersionInfo, settings: InferenceSettings
+) -> tuple[Detector, Deployed]:
+    """Open the version's deployable artifact, or its ONNX file when it has none or it cannot run here."""
+    target = info.tags.get(registry.DEPLOY_TARGET)
+    if registry.deploy_artifact(info) is None or target is None:
+        reason = (
+            f"{info.name} v{info.version} has no {registry.DEPLOY_ARTIFACT} tag (registered before export "
+            "selection, or nothing was selected)"
+        )
+    else:
+        try:
+            path = cached_deploy_artifact(params, info)
+            detector = load_detector(path, settings)
+        except Exception as exc:  # fetching or opening: any failure must leave production on the re-checked ONNX
+            reason = f"{info.name} v{info.version}: its {target} artifact cannot run here ({type(exc).__name__}: {exc})"
+            log.warning("%s", reason)
+        else:
+            precision = info.tags.get(registry.DEPLOY_PRECISION, "")
+            log.info("%s v%s runs its selected artifact: %s (%s) %s", info.name, info.version, target, precision, path)
+            return detector, Deployed(target=target, precision=precision, path=path)
+    log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
+    path = cached_onnx(params, info)
+    return load_detector(path, settings), Deployed(FALLBACK_TARGET, "fp32", path, fallback=reason)
+
+
 def predict_batch(
-    detector: OnnxDetector, *, params: Params, info: registry.ModelVersionInfo, alias: str, batch: str
+    detector: Detector, *, params: Params, info: registry.ModelVersionInfo, alias: str, batch: str
 ) -> BatchResult:
     """Run the detector over one batch and append its rows to the prediction log."""
     images = list_images(params.base.paths.production / batch / "images")
@@ -173,23 +250,35 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
         iou=params.predict.iou,
         max_det=params.predict.max_det,
         threads=params.predict.threads,
+        device=params.base.device,
+        static_shapes=params.export.speed.static_shapes,  # run as the export stage measured it
     )
-    detector = OnnxDetector(cached_onnx(params, info), settings)
+    detector, deployed = open_deployed(params, info, settings)
     start = time.perf_counter()
     results = []
     for batch in todo:
         result = predict_batch(detector, params=params, info=info, alias=alias, batch=batch)
         log.info(
-            "batch %s: %d images, %d detections, %.1f ms/image with %s v%s",
+            "batch %s: %d images, %d detections, %.1f ms/image with %s v%s (%s)",
             batch,
             result.images,
             result.detections,
             result.ms_per_image,
             info.name,
             info.version,
+            deployed.target,
         )
         results.append(result)
-    report = PredictResult(model_name=info.name, model_version=info.version, alias=alias, batches=results)
+    report = PredictResult(
+        model_name=info.name,
+        model_version=info.version,
+        alias=alias,
+        batches=results,
+        target=deployed.target,
+        precision=deployed.precision,
+        artifact=str(deployed.path),
+        fallback=deployed.fallback,
+    )
     write_json_atomic(
         params.base.paths.reports / "predict.json", asdict(report) | {"wall_s": round(time.perf_counter() - start, 2)}
     )

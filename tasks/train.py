@@ -35,6 +35,7 @@ from tasks.io import write_bytes_atomic, write_json_atomic
 log = logging.getLogger(__name__)
 
 EpochLogger = Callable[[int, dict[str, float]], None]
+DATASET_RECORD = "dataset.json"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class YoloTrainer:
 
         cfg = params.train
         data_yaml = out_dir / "data.yaml"
-        train_entry, val_entry = _dataset_views(params, out_dir / "dataset")
+        train_entry, val_entry = _dataset_views(params, dataset_record_path(params).parent)
         write_bytes_atomic(
             data_yaml,
             yaml.safe_dump(
@@ -125,7 +126,8 @@ class YoloTrainer:
             "plots": False,
             "amp": params.base.device != "cpu",
             "verbose": False,
-            "pretrained": False,
+            # False builds the architecture from the yaml (scratch); True keeps the loaded checkpoint (warm start)
+            "pretrained": cfg.weights is not None,
         } | cfg.extra_args
         model.train(**args)
         trainer: Any = model.trainer
@@ -165,8 +167,13 @@ def _dataset_views(params: Params, root: Path) -> tuple[Path, Path]:
             _dataset_view(paths.val, root / "val") / "images",
         )
         info = {"mode": "source", "train": str(paths.train), "val": str(paths.val)}
-    write_json_atomic(root / "dataset.json", info)
+    write_json_atomic(root / DATASET_RECORD, info)
     return entries
+
+
+def dataset_record_path(params: Params) -> Path:
+    """Where training records which data it read: ``mode`` (``merged``/``source``), ``manifest_md5`` when merged."""
+    return params.base.paths.models / "train" / "dataset" / DATASET_RECORD
 
 
 def _dataset_view(source: Path, view: Path) -> Path:
