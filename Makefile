@@ -72,7 +72,7 @@ lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m mypy tasks flows
 
 repro: setup  ## dvc repro (world, merge, train, evaluate, export)
-	mkdir -p data/labels  # merge's dep: labeled cycles (none before the first loop)
+	mkdir -p data/labels models/parent  # deps of merge and train: empty before the first loop cycle
 	$(RUN) dvc repro
 
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
@@ -204,4 +204,4 @@ deploy-down:  ## stop the worker and the Prefect server that make deploy started
 
 clean:  ## remove generated data, models, reports and local stores (keeps the venv)
 	rm -rf data/world data/predictions data/samples data/labels data/quarantine data/holdouts data/merged data/audit \
-	  models/train models/export models/champion reports mlflow.db mlartifacts .cache/prefect dvc-remote
+	  models/train models/export models/champion models/parent reports mlflow.db mlartifacts .cache/prefect dvc-remote

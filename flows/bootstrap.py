@@ -6,6 +6,7 @@ Run: ``python -m flows.bootstrap [--params params.yaml] [--epochs N]`` or the ``
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -24,7 +25,10 @@ def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> d
         params_path: params file of the whole run.
         epochs: override of ``train.epochs``.
     """
-    params = load_params(params_path, overrides={"train": {"epochs": epochs}} if epochs else None)
+    overrides: dict[str, Any] = {"cycle": {"warm_start": False}}  # the first champion: from the yaml
+    if epochs:
+        overrides["train"] = {"epochs": epochs}
+    params = load_params(params_path, overrides=overrides)
     if params.world.enabled:
         stages.world(params)
     trained = stages.train(params)

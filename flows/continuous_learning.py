@@ -26,8 +26,8 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from flows import stages
-from tasks.config import DEFAULT_PARAMS, Params, deep_merge, load_params
-from tasks.cycle import CycleReport, CycleState, Status, read_report, retrain_overrides
+from tasks.config import DEFAULT_PARAMS, Params, load_params
+from tasks.cycle import CycleReport, CycleState, Status, read_report
 from tasks.env import apply_env
 
 WAITING = "waiting for labels"
@@ -123,11 +123,10 @@ def continuous_learning(
 
     validated = stages.validate(params, name)
     merged = stages.merge(params, name)
-    champion = stages.champion(params)
-    retrain = load_params(params_path, overrides=deep_merge(overrides, retrain_overrides(params, champion)))
-    stages.train(retrain)
-    stages.evaluate(retrain)
-    exported = stages.export(retrain)
+    champion = stages.champion(params)  # also the parent checkpoint train warm-starts from (cycle.warm_start)
+    stages.train(params)
+    stages.evaluate(params)
+    exported = stages.export(params)
     candidate = Path(exported.artifacts[0].path)  # FP32 ONNX: both models judged on the same runtime
     gate = stages.gate(params, candidate, Path(champion.onnx) if champion else None)
 
@@ -143,7 +142,7 @@ def continuous_learning(
     }
     extra = {"sample": reports / "sample.json", "validate": validated.report, "merge": reports / "merge.json"}
     extra |= {"gate": reports / "gate.json", "sample_manifest": manifest}
-    version = stages.registry(retrain, extra_lineage=lineage, extra_reports=extra)
+    version = stages.registry(params, extra_lineage=lineage, extra_reports=extra)
     stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
 
     decision = gate.decision

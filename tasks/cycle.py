@@ -5,14 +5,15 @@ Contract:
         stages wrote under ``<base.paths.reports>`` (``sample``, ``label``, ``validate``, ``merge``, ``train``,
         ``export``, ``gate``, ``registry``, ``promote`` JSON; missing ones are left out of the report); the prediction
         log (confidence histograms); the registry (the champion's files, :func:`fetch_champion`);
-    params: ``base``, ``cycle`` (and ``train`` for the retraining overrides);
+    params: ``base``, ``cycle``;
     outputs: ``<base.paths.samples>/<cycle>/cycle.json`` (the cycle's state: ``open`` → ``waiting`` → ``closed``,
         with the outcome); ``<base.paths.reports>/cycles/<cycle>/`` with ``report.md``, ``report.json`` and the plots
         ``per_class_ap.png`` (champion vs candidate per gate set), ``confidence.png`` (the champion's logged
         confidences, sampled images vs the rest) and ``strategies.png`` (images per sampling strategy);
         ``<base.paths.reports>/cycle.json`` (the latest report); the report folder and the gate figures logged to
         the candidate's MLflow run (``cycles/<cycle>/``);
-    side effects: :func:`fetch_champion` downloads the champion into ``<base.paths.models>/champion/v<version>/``.
+    side effects: :func:`fetch_champion` downloads the champion into ``<base.paths.models>/champion/v<version>/``
+        and copies its checkpoint to ``<base.paths.models>/parent/best.pt``, the warm start of the train stage.
 
 A cycle is named by its UTC start time (``20261123T101500Z``), so names sort chronologically as the merge stage
 needs. A run of the loop continues the newest cycle that is not closed (it is waiting for labels, or it failed
@@ -37,6 +38,7 @@ import numpy as np
 from tasks import registry
 from tasks.config import Params, load_params, stage_argparser
 from tasks.io import write_bytes_atomic, write_json_atomic
+from tasks.train import parent_path
 
 log = logging.getLogger(__name__)
 
@@ -206,18 +208,12 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
     folder = params.base.paths.models / "champion" / f"v{info.version}"
     weights = registry.download_weights(params, info, folder)
     onnx = registry.download_onnx(params, info, folder)
-    log.info("champion v%s fetched into %s", info.version, folder)
+    parent = parent_path(params)  # what train warm-starts from (cycle.warm_start); a DVC dependency of train
+    parent.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(parent, weights.read_bytes())
+    write_json_atomic(parent.with_name("parent.json"), {"version": info.version, "name": info.name})
+    log.info("champion v%s fetched into %s (parent checkpoint %s)", info.version, folder, parent)
     return ChampionFiles(version=info.version, weights=str(weights), onnx=str(onnx))
-
-
-def retrain_overrides(params: Params, champion: ChampionFiles | None) -> dict[str, Any]:
-    """``train`` overrides of the cycle: warm start from the champion (``cycle.warm_start``) and ``cycle.epochs``."""
-    train: dict[str, Any] = {}
-    if params.cycle.warm_start and champion is not None:
-        train["weights"] = champion.weights
-    if params.cycle.epochs is not None:
-        train["epochs"] = params.cycle.epochs
-    return {"train": train} if train else {}
 
 
 # -------------------------------------------------------------------------------------------------- report

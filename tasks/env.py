@@ -64,7 +64,26 @@ def apply_env(path: Path = ENV_FILE) -> dict[str, str]:
     config_dir = Path(os.environ["YOLO_CONFIG_DIR"])
     config_dir.mkdir(parents=True, exist_ok=True)
     _install_fonts(config_dir)
+    openvino_telemetry_opt_out()
     return {key: os.environ[key] for key in values}
+
+
+def openvino_telemetry_opt_out(home: Path | None = None) -> Path | None:
+    """Decline OpenVINO/NNCF telemetry the way its ``opt_in_out --opt_out`` does: ``~/intel/openvino_telemetry`` = 0.
+
+    OpenVINO has no environment switch: without that consent file it *sends* (from a forked process, which
+    deadlocks when the parent has threads holding OpenSSL locks and leaves ``make demo`` hanging at exit). An
+    existing file is left alone, so a user's own choice stands. Returns the file, or None when it cannot be written.
+    """
+    consent = (home or Path.home()) / "intel" / "openvino_telemetry"
+    if consent.exists():
+        return consent
+    try:
+        consent.parent.mkdir(parents=True, exist_ok=True)
+        consent.write_text("0\n")
+    except OSError:
+        return None
+    return consent
 
 
 def configure_ultralytics() -> None:

@@ -63,6 +63,31 @@ class Trainer(Protocol):
         ...
 
 
+def ultralytics_args(params: Params, *, data_yaml: Path, scratch: Path) -> dict[str, Any]:
+    """The arguments of Ultralytics' ``train()``: ``pretrained`` keeps a warm-start checkpoint's weights."""
+    cfg = params.train
+    return {
+        "data": str(data_yaml),
+        "epochs": cfg.epochs,
+        "imgsz": params.base.imgsz,
+        "batch": cfg.batch,
+        "device": params.base.device,
+        "workers": cfg.workers,
+        "seed": params.base.seed,
+        "deterministic": True,
+        "lr0": cfg.lr0,
+        "patience": cfg.patience or cfg.epochs,
+        "project": str(scratch.resolve()),
+        "name": "run",
+        "exist_ok": True,
+        "plots": False,
+        "amp": params.base.device != "cpu",
+        "verbose": False,
+        # False builds the architecture from the yaml (scratch); True keeps the loaded checkpoint (warm start)
+        "pretrained": cfg.weights is not None,
+    } | cfg.extra_args
+
+
 class YoloTrainer:
     """Ultralytics YOLO trained offline: architecture from a yaml, or warm start from a ``.pt``."""
 
@@ -108,27 +133,7 @@ class YoloTrainer:
             on_epoch(trainer.epoch + 1, metrics)
 
         model.add_callback("on_fit_epoch_end", _epoch_end)
-        scratch = out_dir / "ultralytics"
-        args = {
-            "data": str(data_yaml),
-            "epochs": cfg.epochs,
-            "imgsz": params.base.imgsz,
-            "batch": cfg.batch,
-            "device": params.base.device,
-            "workers": cfg.workers,
-            "seed": params.base.seed,
-            "deterministic": True,
-            "lr0": cfg.lr0,
-            "patience": cfg.patience or cfg.epochs,
-            "project": str(scratch.resolve()),
-            "name": "run",
-            "exist_ok": True,
-            "plots": False,
-            "amp": params.base.device != "cpu",
-            "verbose": False,
-            # False builds the architecture from the yaml (scratch); True keeps the loaded checkpoint (warm start)
-            "pretrained": cfg.weights is not None,
-        } | cfg.extra_args
+        args = ultralytics_args(params, data_yaml=data_yaml, scratch=out_dir / "ultralytics")
         model.train(**args)
         trainer: Any = model.trainer
         best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
@@ -232,8 +237,29 @@ def _metric_key(key: str) -> str:
 TRAINERS: dict[str, Trainer] = {"yolo": YoloTrainer()}
 
 
+def parent_path(params: Params) -> Path:
+    """Where the loop leaves the champion's checkpoint that the next training warm-starts from."""
+    return params.base.paths.models / "parent" / "best.pt"
+
+
+def effective_params(params: Params) -> Params:
+    """``params`` with the warm start applied: ``train.weights`` if set, else the loop's parent checkpoint.
+
+    With ``cycle.warm_start`` and a checkpoint at :func:`parent_path` (the champion a cycle fetched), training
+    starts from it for ``cycle.epochs``; the parent folder is a DVC dependency of the stage, so ``dvc repro`` after
+    a cycle retrains the same candidate. Without one (before the first cycle) training starts from the yaml.
+    """
+    cfg = params.train
+    parent = parent_path(params)
+    if cfg.weights is not None or not params.cycle.warm_start or not parent.is_file():
+        return params
+    update = {"weights": parent, "epochs": params.cycle.epochs or cfg.epochs}
+    return params.model_copy(update={"train": cfg.model_copy(update=update)})
+
+
 def run(params: Params) -> TrainResult:
     """Train the configured family and write ``best.pt`` and ``reports/train.json``."""
+    params = effective_params(params)
     trainer = TRAINERS[params.train.family]
     out_dir = params.base.paths.models / "train"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ def repo(tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
     (root / "data" / "labels").mkdir(parents=True)  # the merge stage's dep; empty before the first labeled cycle
+    (root / "models" / "parent").mkdir(parents=True)  # the train stage's dep; empty before the first cycle
     sh("git", "init", "-q", cwd=root)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root)
     return root

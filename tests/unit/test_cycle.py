@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
-from tasks import cycle
-from tasks.cycle import ChampionFiles
+from tasks import cycle, train
 
 T0 = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
 
@@ -56,19 +56,29 @@ def test_a_damaged_state_file_is_named(tiny_params):
 
 
 @pytest.mark.parametrize(
-    ("warm_start", "epochs", "champion", "expected"),
+    ("warm_start", "parent", "weights", "expected_weights", "expected_epochs"),
     [
-        (True, 5, ChampionFiles("3", "/m/best.pt", "/m/model.onnx"), {"train": {"weights": "/m/best.pt", "epochs": 5}}),
-        (False, 5, ChampionFiles("3", "/m/best.pt", "/m/model.onnx"), {"train": {"epochs": 5}}),
-        (True, None, None, {}),
-        (True, 4, None, {"train": {"epochs": 4}}),
+        (True, True, None, "parent", 5),  # a cycle fetched the champion: warm start for cycle.epochs
+        (False, True, None, None, 1),  # warm start off: the yaml, train.epochs
+        (True, False, None, None, 1),  # before the first cycle: the yaml
+        (True, True, "given.pt", "given.pt", 1),  # train.weights wins
     ],
 )
-def test_retrain_overrides(tiny_params, warm_start, epochs, champion, expected):
+def test_warm_start_from_the_parent_checkpoint(
+    tiny_params, warm_start, parent, weights, expected_weights, expected_epochs
+):
     params = tiny_params.model_copy(
-        update={"cycle": tiny_params.cycle.model_copy(update={"warm_start": warm_start, "epochs": epochs})}
+        update={
+            "cycle": tiny_params.cycle.model_copy(update={"warm_start": warm_start, "epochs": 5}),
+            "train": tiny_params.train.model_copy(update={"weights": weights and Path(weights), "epochs": 1}),
+        }
     )
-    assert cycle.retrain_overrides(params, champion) == expected
+    if parent:
+        train.parent_path(params).parent.mkdir(parents=True)
+        train.parent_path(params).write_bytes(b"checkpoint")
+    effective = train.effective_params(params).train
+    expected = {"parent": train.parent_path(params), None: None}.get(expected_weights, Path(str(expected_weights)))
+    assert (effective.weights, effective.epochs) == (expected, expected_epochs)
 
 
 GATE = {
