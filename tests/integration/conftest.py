@@ -44,7 +44,7 @@ def run_make(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real Label Studio with a fresh data dir; the client environment points at it from here on."""
+    """A real Label Studio with a fresh data dir, shared by the modules that use it (see :func:`labelstudio_env`)."""
     built = run_make("labelstudio", timeout=1800)
     if built.returncode != 0:
         pytest.skip(f"the Label Studio venv cannot be built (make labelstudio): {(built.stdout + built.stderr)[-800:]}")
@@ -61,11 +61,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         log = (data / "server.log").read_text()[-2000:] if (data / "server.log").exists() else ""
         assert up.returncode == 0, f"make labelstudio-up failed:\n{up.stdout}\n{up.stderr}\n{log}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("LABEL_STUDIO_API_KEY", TOKEN)
-            mp.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{port}")
-            mp.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(root))
-            yield Server(url=f"http://127.0.0.1:{port}", root=root, data=data)
+        yield Server(url=f"http://127.0.0.1:{port}", root=root, data=data)
     finally:
         down = run_make("labelstudio-down", f"LABEL_STUDIO_DATA={data}", timeout=60)
         assert down.returncode == 0 and "stopped pid" in down.stdout, down.stdout + down.stderr
+
+
+@pytest.fixture(scope="module")
+def labelstudio_env(server: Server) -> Iterator[Server]:
+    """The client environment pointed at :func:`server` for one module only (it must not leak into other tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+        mp.setenv("LABEL_STUDIO_URL", server.url)
+        mp.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(server.root))
+        yield server

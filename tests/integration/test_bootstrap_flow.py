@@ -60,7 +60,9 @@ def test_version_carries_artifacts_and_lineage(tiny_run, tmp_path):
     for tag in ("dataset_md5", "git_commit", "params_hash", "base_weights", "model_family", "license"):
         assert mv.tags.get(tag), f"lineage tag {tag} missing"
     assert mv.tags["dataset_md5"].endswith(".dir")
-    assert mv.tags["params_hash"] == params.digest()
+    # the effective params of bootstrap: the file, with the loop's warm start off (a first champion is from the yaml)
+    assert mv.tags["params_hash"] == load_params(params_file, overrides={"cycle": {"warm_start": False}}).digest()
+    assert mv.tags["params_hash"] != params.digest()
     assert mv.tags["model_family"] == "yolo" and mv.tags["license"] == "AGPL-3.0"
     local = Path(
         mlflow.artifacts.download_artifacts(

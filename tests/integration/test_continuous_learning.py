@@ -21,11 +21,11 @@ from tasks.config import load_params
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import Server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("labelstudio_env")]
 
 
 @pytest.fixture(scope="module")
-def loop(server: Server, prefect_harness) -> dict:
+def loop(server: Server, labelstudio_env: Server, prefect_harness) -> dict:
     from flows.bootstrap import bootstrap
     from flows.continuous_learning import continuous_learning
 

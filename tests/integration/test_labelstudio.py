@@ -25,7 +25,7 @@ from tasks.label import image_path
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import TOKEN, Server, free_port, run_make
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("labelstudio_env")]
 
 
 CYCLE = "cycle-001"
@@ -42,13 +42,14 @@ def make_params(root: Path, *, title: str, labels: str = "labels", **simulator: 
         min_labeled=5,
         retries=1,
         retry_delay_s=0.5,
-        simulator={**data["label"]["simulator"], **simulator},
+        # no annotator noise unless a test asks for it: the labels must equal the oracle
+        simulator={**data["label"]["simulator"], "small_px": 0.0, "drop_small": 0.0, "jitter": 0.0, **simulator},
     )
     return Params.model_validate(data)
 
 
 @pytest.fixture(scope="module")
-def cycle(server: Server) -> Params:
+def cycle(server: Server, labelstudio_env: Server) -> Params:
     """A tiny world, champion predictions (the oracle, shifted a little) in the log, and a sample manifest."""
     params = make_params(server.root, title="visionloop-it")
     world.run(params)

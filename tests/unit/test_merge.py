@@ -226,7 +226,7 @@ def test_golden_and_holdout_copies_never_reach_training(tmp_path, where):
 
 
 def test_shards_are_append_only(tmp_path):
-    params = make_params(tmp_path, shard_size=4)
+    params = make_params(tmp_path, shard_size=4, holdout_fraction=0.2)
     make_cycle(params, "c1", 7, tone=3)
     merge.run(params, cycle="c1")
     first = shard_bytes(params)
