@@ -17,7 +17,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 
-def _as_boxes(boxes: npt.ArrayLike) -> FloatArray:
+def as_boxes(boxes: npt.ArrayLike) -> FloatArray:
+    """``boxes`` as a float64 ``(N, 4)`` array (empty input: ``(0, 4)``); any other shape is a ValueError."""
     arr = np.asarray(boxes, dtype=np.float64)
     if arr.size == 0:
         return np.zeros((0, 4), dtype=np.float64)
@@ -28,7 +29,7 @@ def _as_boxes(boxes: npt.ArrayLike) -> FloatArray:
 
 def xywhn_to_xyxy(boxes_xywhn: npt.ArrayLike, *, width: int, height: int) -> FloatArray:
     """Convert YOLO ``(N, 4)`` normalised centre boxes to pixel corners ``xyxy``."""
-    b = _as_boxes(boxes_xywhn)
+    b = as_boxes(boxes_xywhn)
     scale = np.array([width, height, width, height], dtype=np.float64)
     half = b[:, 2:] / 2
     return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1) * scale
@@ -36,7 +37,7 @@ def xywhn_to_xyxy(boxes_xywhn: npt.ArrayLike, *, width: int, height: int) -> Flo
 
 def xyxy_to_xywhn(boxes_xyxy: npt.ArrayLike, *, width: int, height: int) -> FloatArray:
     """Convert pixel corners ``(N, 4)`` to YOLO normalised centre boxes."""
-    b = _as_boxes(boxes_xyxy)
+    b = as_boxes(boxes_xyxy)
     scale = np.array([width, height, width, height], dtype=np.float64)
     wh = b[:, 2:] - b[:, :2]
     return np.concatenate([b[:, :2] + wh / 2, wh], axis=1) / scale
@@ -44,19 +45,19 @@ def xyxy_to_xywhn(boxes_xyxy: npt.ArrayLike, *, width: int, height: int) -> Floa
 
 def xyxy_to_xyxyn(boxes_xyxy: npt.ArrayLike, *, width: int, height: int) -> FloatArray:
     """Normalise pixel corners ``(N, 4)`` by image size, clipped to [0, 1]."""
-    b = _as_boxes(boxes_xyxy)
+    b = as_boxes(boxes_xyxy)
     scale = np.array([width, height, width, height], dtype=np.float64)
     return np.clip(b / scale, 0.0, 1.0)
 
 
 def xyxy_to_xywh(boxes_xyxy: npt.ArrayLike) -> FloatArray:
     """Convert pixel corners ``(N, 4)`` to COCO ``x, y, w, h`` pixels."""
-    b = _as_boxes(boxes_xyxy)
+    b = as_boxes(boxes_xyxy)
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
 
 
 def clip_xyxy(boxes_xyxy: npt.ArrayLike, *, width: int, height: int) -> FloatArray:
     """Clip pixel corners ``(N, 4)`` to the image rectangle."""
-    b = _as_boxes(boxes_xyxy)
+    b = as_boxes(boxes_xyxy)
     upper = np.array([width, height, width, height], dtype=np.float64)
     return np.clip(b, 0.0, upper)

@@ -319,12 +319,33 @@ def render_markdown(summary: dict[str, Any], stages: dict[str, dict[str, Any]], 
     return "\n".join(lines)
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     import io
 
     buffer = io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
     return buffer.getvalue()
+
+
+def _paired_bars(ax: Any, names: list[str], pairs: dict[str, list[float | None]], colors: tuple[str, str]) -> None:
+    """Two bars per name (``pairs``: label -> values, two labels), a legend, names as ticks."""
+    x = np.arange(len(names))
+    for offset, (label, values), color in zip((-0.2, 0.2), pairs.items(), colors, strict=True):
+        ax.bar(x + offset, [np.nan if v is None else v for v in values], 0.4, label=label, color=color)
+    ax.set_xticks(x, names, rotation=30)
+    ax.legend(fontsize=8)
 
 
 def plot_per_class(gate: dict[str, Any]) -> bytes | None:
@@ -332,28 +353,15 @@ def plot_per_class(gate: dict[str, Any]) -> bytes | None:
     sets = gate.get("sets", {})
     if not sets:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 3.6), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(sets), figsize=(6 * len(sets), 3.6), squeeze=False)
     for ax, (name, s) in zip(axes[0], sets.items(), strict=True):
         classes = list(s["per_class"])
-        x = np.arange(len(classes))
-        champ = [s["per_class"][c].get("champion") for c in classes]
-        cand = [s["per_class"][c].get("candidate") for c in classes]
-        ax.bar(x - 0.2, [np.nan if v is None else v for v in champ], 0.4, label="champion", color="#8c8c8c")
-        ax.bar(x + 0.2, [np.nan if v is None else v for v in cand], 0.4, label="candidate", color="#2a7ab9")
-        ax.set_xticks(x, classes, rotation=30)
+        pairs = {who: [s["per_class"][c].get(who) for c in classes] for who in ("champion", "candidate")}
+        _paired_bars(ax, classes, pairs, ("#8c8c8c", "#2a7ab9"))
         ax.set_ylim(0, 1)
         ax.set_title(f"{name} ({s['images']} images)")
         ax.set_ylabel("AP50-95")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _png(fig)
 
 
 def plot_confidence(params: Params, cycle: str, bins: int) -> bytes | None:
@@ -375,22 +383,14 @@ def plot_confidence(params: Params, cycle: str, bins: int) -> bytes | None:
         .collect()
     )
     picked = rows["image_sha256"].is_in(chosen["image_sha256"].implode())
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = _pyplot().subplots(figsize=(6, 3.4))
     edges = np.linspace(0, 1, bins + 1).tolist()
     ax.hist(rows.filter(~picked)["confidence"].to_numpy(), bins=edges, alpha=0.6, density=True, label="not sampled")
     ax.hist(rows.filter(picked)["confidence"].to_numpy(), bins=edges, alpha=0.6, density=True, label="sampled")
     ax.set_xlabel(f"confidence (champion v{version}, logged boxes)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _png(fig)
 
 
 def plot_strategies(sample: dict[str, Any]) -> bytes | None:
@@ -398,23 +398,12 @@ def plot_strategies(sample: dict[str, Any]) -> bytes | None:
     by = sample.get("by_strategy", {})
     if not by:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(by)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.bar(x - 0.2, [by[n].get("candidates", 0) for n in names], 0.4, label="candidates", color="#c9c9c9")
-    ax.bar(x + 0.2, [by[n].get("selected", 0) for n in names], 0.4, label="selected", color="#2a7ab9")
-    ax.set_xticks(x, names, rotation=30)
+    fig, ax = _pyplot().subplots(figsize=(6, 3.4))
+    pairs = {key: [by[n].get(key, 0) for n in names] for key in ("candidates", "selected")}
+    _paired_bars(ax, names, pairs, ("#c9c9c9", "#2a7ab9"))
     ax.set_ylabel("images")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _png(fig)
 
 
 def _log_to_mlflow(params: Params, run_id: str, folder: Path, cycle: str, summary: dict[str, Any]) -> None:

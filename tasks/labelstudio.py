@@ -28,6 +28,8 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import numpy.typing as npt
 
+from tasks.boxes import as_boxes
+
 FROM_NAME = "label"
 """``name`` of the RectangleLabels control (``from_name`` of every region)."""
 TO_NAME = "image"
@@ -155,7 +157,7 @@ def xyxy_to_xywhp(boxes_xyxy: npt.ArrayLike, *, width: int, height: int) -> Floa
     Returns:
         ``(N, 4)`` ``x, y, width, height`` in percent, corners clipped to [0, 100].
     """
-    b = _as_boxes(boxes_xyxy)
+    b = as_boxes(boxes_xyxy)
     scale = np.array([width, height, width, height], dtype=np.float64)
     corners = np.clip(b / scale * 100.0, 0.0, 100.0)
     return np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
@@ -163,13 +165,13 @@ def xyxy_to_xywhp(boxes_xyxy: npt.ArrayLike, *, width: int, height: int) -> Floa
 
 def xywhp_to_xywhn(boxes_xywhp: npt.ArrayLike) -> FloatArray:
     """Convert rotation-free Label Studio percent boxes ``(N, 4)`` to YOLO ``xywhn`` (no clipping)."""
-    b = _as_boxes(boxes_xywhp) / 100.0
+    b = as_boxes(boxes_xywhp) / 100.0
     return np.concatenate([b[:, :2] + b[:, 2:] / 2, b[:, 2:]], axis=1)
 
 
 def xywhn_to_xywhp(boxes_xywhn: npt.ArrayLike) -> FloatArray:
     """Convert YOLO ``xywhn`` ``(N, 4)`` to Label Studio percent boxes (top-left ``x, y``, ``width, height``)."""
-    b = _as_boxes(boxes_xywhn)
+    b = as_boxes(boxes_xywhn)
     return np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], axis=1) * 100.0
 
 
@@ -195,7 +197,7 @@ def rectangle_regions(
     Returns:
         ``N`` region dicts.
     """
-    boxes = _as_boxes(boxes_xywhp)
+    boxes = as_boxes(boxes_xywhp)
     if len(labels) != len(boxes) or (scores is not None and len(scores) != len(boxes)):
         raise ValueError(
             f"{len(boxes)} boxes but {len(labels)} labels / {None if scores is None else len(scores)} scores"
@@ -344,12 +346,3 @@ def _rotated_bbox_pct(
         xs.append(px + dx * cos - dy * sin)
         ys.append(py + dx * sin + dy * cos)
     return (min(xs) / width * 100, min(ys) / height * 100, max(xs) / width * 100, max(ys) / height * 100)
-
-
-def _as_boxes(boxes: npt.ArrayLike) -> FloatArray:
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        return np.zeros((0, 4), dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4), got {arr.shape}")
-    return arr
