@@ -64,15 +64,17 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -136,6 +138,8 @@ _SAFE_CYCLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")  # as the label
 _MODEL_COLUMNS = ("model_alias", "model_name", "model_version")
 _ROW_COLUMNS = ["image_sha256", "batch", "date", "confidence", "class_id"]
 _BOX_COLUMNS = ["x1n", "y1n", "x2n", "y2n"]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 _FIRST = pl.col("image_sha256").ne_missing(pl.col("image_sha256").shift(1)).fill_null(True).alias("first")
 _FloatArray = npt.NDArray[np.float64]
 
@@ -354,18 +358,35 @@ def read_parts(paths: Sequence[Path], *, model: ModelKey, boxes_for: Collection[
     """Read one model's rows file by file: one :class:`ImageRows` per file (``part`` = its index in ``paths``).
 
     Only ``image_sha256, batch, date, class_id, confidence`` are read (plus the corners for the files whose index is
-    in ``boxes_for``), filtered on the model columns, so memory holds one file's hashes at most besides the result.
+    in ``boxes_for``), filtered on the model columns, so memory holds one file's hashes per reading thread at most
+    besides the result. Files are read by :func:`map_files` threads (Parquet decoding and Polars release the GIL).
     """
     keep = _model_filter(model)
-    out = []
-    for i, path in enumerate(paths):
+
+    def read(i: int) -> ImageRows:
+        path = paths[i]
         columns = _ROW_COLUMNS + (_BOX_COLUMNS if i in boxes_for else [])
         frame = pl.scan_parquet(path).filter(keep).select(*columns, _FIRST).collect()
         try:
-            out.append(_group_frame(frame, part=i, boxes=i in boxes_for))
+            return _group_frame(frame, part=i, boxes=i in boxes_for)
         except prediction_log.PredictionLogError as err:
             raise prediction_log.PredictionLogError(f"{path}: {err}") from None
-    return out
+
+    return map_files(read, range(len(paths)))
+
+
+def map_files(read: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """``[read(item) for item in items]`` on one thread per core (at most 4), in order; the first error is raised.
+
+    Per-file reads are independent and spend their time in Parquet decoding and Polars, outside the GIL, so the
+    window's files decode side by side; more than 4 threads only adds memory (each holds one file's columns).
+    """
+    items = list(items)
+    workers = max(1, min(len(items), os.cpu_count() or 1, 4))
+    if workers == 1:
+        return [read(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sample-read") as pool:
+        return list(pool.map(read, items))
 
 
 def image_rows(table: pa.Table, *, boxes: bool = False) -> ImageRows:
@@ -899,10 +920,12 @@ def image_meta(
         than once, its occurrence with the earliest (date, batch, image id).
     """
     keep = _model_filter(model)
-    found = []
-    for (part,), group in images.group_by("part", maintain_order=True):
-        read = pl.scan_parquet(paths[int(part)]).filter(keep).select("image_id", "image_uri").collect()
-        found.append(pl.concat([group, read[group["row"].to_numpy()]], how="horizontal"))
+
+    def fetch(group: pl.DataFrame) -> pl.DataFrame:
+        read = pl.scan_parquet(paths[int(group["part"][0])]).filter(keep).select("image_id", "image_uri").collect()
+        return pl.concat([group, read[group["row"].to_numpy()]], how="horizontal")
+
+    found = map_files(fetch, images.partition_by("part", maintain_order=True))
     if not found:
         return {}
     frame = (

@@ -513,6 +513,37 @@ def test_same_seed_same_manifest_other_seed_other_random_picks(world):
     assert [r["image_sha256"] for r in world.manifest().to_pylist()] != [r["image_sha256"] for r in first]
 
 
+def test_small_row_groups_and_parallel_reads_give_the_same_manifest(world, monkeypatch):
+    # Logs are written in row groups of prediction_log.ROW_GROUP_ROWS; the manifest lookup must find each image's id
+    # and URI by position whatever the grouping, and threaded per-file reads must keep the files' order.
+    for day in (DAY1, DAY2, DAY3):
+        many(world, 7, [(0, 0.3, BOX), (1, 0.2, BOX)], date=day, prefix=f"d{day.day}")
+    strategies = {**only("low_confidence", budget=12), **only("random", rate=0.5, budget=6)}
+    sample.run(world.params(strategies, phash_distance=None), cycle="c1")
+    expected = world.manifest().to_pylist()
+    assert len(expected) == 18
+    monkeypatch.setattr(plog, "ROW_GROUP_ROWS", 3)
+    small = World(world.root / "small")
+    for day in (DAY1, DAY2, DAY3):
+        many(small, 7, [(0, 0.3, BOX), (1, 0.2, BOX)], date=day, prefix=f"d{day.day}")
+    files = sorted(small.paths.predictions.rglob("*.parquet"))
+    assert all(pq.ParquetFile(f).metadata.num_row_groups == 5 for f in files)  # 14 rows in groups of 3
+    sample.run(small.params(strategies, phash_distance=None), cycle="c1")
+    assert [r["image_sha256"] for r in small.manifest().to_pylist()] == [r["image_sha256"] for r in expected]
+
+
+def test_map_files_keeps_order_and_raises_the_first_error():
+    assert sample.map_files(lambda i: i * i, range(9)) == [i * i for i in range(9)]
+
+    def read(i: int) -> int:
+        if i == 5:
+            raise ValueError("file 5 is broken")
+        return i
+
+    with pytest.raises(ValueError, match="file 5 is broken"):
+        sample.map_files(read, range(9))
+
+
 # Bad input and outputs -------------------------------------------------------------------------------------------
 
 
