@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ import numpy as np
 from tasks import export
 from tasks.config import Params, load_params
 from tasks.dataset import load_rgb, read_labeled_set
-from tasks.env import apply_env
-from tasks.evaluate import default_model_path
+from tasks.env import apply_env, configure_ultralytics
+from tasks.evaluate import default_model_path, evaluate_set, inference_settings
 from tasks.inference import PAD_VALUE, InferenceSettings
 from tasks.io import write_json_atomic
 
@@ -108,7 +108,13 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
     cfg = sized.export.speed
     torch_speed = export.measure_speed(
         local,
-        settings=InferenceSettings(imgsz=imgsz, threads=cfg.threads, device=sized.base.device, static_shapes=True),
+        settings=InferenceSettings(
+            imgsz=imgsz,
+            threads=cfg.threads,
+            device=sized.base.device,
+            static_shapes=True,
+            nms_free=sized.base.nms_free,
+        ),
         images=export.probe_images(sized),
         batch=cfg.batch,
         warmup=cfg.warmup,
@@ -117,6 +123,17 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
     )
     set_name = sized.evaluate.sets[0]
     rows = [row("pytorch", "fp32", torch_speed, reference.get(set_name), reference.get(set_name), torch_speed)]
+    if args.library_reference:
+        rows.append(
+            library_openvino_int8(
+                sized,
+                local,
+                root=root,
+                set_name=set_name,
+                reference_map=reference.get(set_name),
+                torch_speed=torch_speed,
+            )
+        )
     for check in checks:
         rows.append(
             row(
@@ -142,6 +159,77 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "rows": rows,
     }
+
+
+def library_openvino_int8(
+    sized: Params,
+    weights: Path,
+    *,
+    root: Path,
+    set_name: str,
+    reference_map: float | None,
+    torch_speed: export.SpeedResult,
+) -> dict[str, Any]:
+    """The model library's own best CPU export, for comparison: Ultralytics' ``export(format="openvino", int8=True)``.
+
+    Same checkpoint, calibrated on the same training set (Ultralytics' NNCF settings), then evaluated and timed with
+    the project's code and runtime settings. Not a deployable target: a reference row only.
+    """
+    import yaml
+
+    configure_ultralytics()
+    from ultralytics import YOLO
+
+    scratch = root / "ultralytics"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    shutil.copyfile(weights, scratch / "model.pt")
+    data = scratch / "data.yaml"
+    sets = sized.base.paths
+    data.write_text(
+        yaml.safe_dump(
+            {
+                "train": str(Path(sets.train).resolve() / "images"),
+                "val": str(Path(getattr(sets, set_name)).resolve() / "images"),
+                "names": dict(enumerate(sized.base.classes)),
+            }
+        )
+    )
+    start = time.perf_counter()
+    out = Path(
+        YOLO(str(scratch / "model.pt")).export(
+            format="openvino", int8=True, imgsz=sized.base.imgsz, data=str(data), split="train", verbose=False
+        )
+    )
+    export_s = time.perf_counter() - start
+    xml = next(out.glob("*.xml"))
+    cfg = sized.export.speed
+    speed = export.measure_speed(
+        xml,
+        settings=InferenceSettings(
+            imgsz=sized.base.imgsz, threads=cfg.threads, device=sized.base.device, static_shapes=True
+        ),
+        images=export.probe_images(sized),
+        batch=cfg.batch,
+        warmup=cfg.warmup,
+        runs=cfg.runs,
+        batch_runs=cfg.batch_runs,
+    )
+    settings = replace(inference_settings(sized), static_shapes=True)
+    evaluation = evaluate_set(
+        xml, getattr(sets, set_name), classes=sized.base.classes, settings=settings, batch=1, set_name=set_name
+    )
+    return row(
+        "ultralytics_ov_i8",
+        "int8",
+        speed,
+        evaluation.map50_95,
+        reference_map,
+        torch_speed,
+        status="reference: Ultralytics' own OpenVINO INT8 export (not a target)",
+        export_s=round(export_s, 1),
+        size_mb=round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 2),
+    )
 
 
 def _note(check: export.ArtifactCheck, selected: dict[str, str] | None) -> str:
@@ -217,6 +305,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 runs")
     parser.add_argument("--batch-runs", type=int, default=10, help="timed batch runs")
     parser.add_argument("--keep", type=Path, default=None, help="keep the exported artifacts in this folder")
+    parser.add_argument(
+        "--no-library-reference",
+        dest="library_reference",
+        action="store_false",
+        help="skip the reference row of Ultralytics' own OpenVINO INT8 export",
+    )
     args = parser.parse_args()
     apply_env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

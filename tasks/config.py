@@ -58,6 +58,9 @@ class BaseParams(Section):
     classes: list[str] = Field(min_length=1)
     imgsz: PositiveInt = 160
     device: str = "cpu"
+    # YOLO26 has two heads: one-to-one (NMS-free, top-k inside the network) and one-to-many (class-aware NMS on
+    # the host). One choice for every .pt evaluation and every export, so PyTorch and its artifacts agree.
+    nms_free: bool = False
     paths: Paths = Paths()
 
     @model_validator(mode="after")

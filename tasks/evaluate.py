@@ -213,6 +213,7 @@ def inference_settings(params: Params, *, threads: int | None = None) -> Inferen
         max_det=params.evaluate.max_det,
         threads=threads or params.predict.threads,
         device=params.base.device,
+        nms_free=params.base.nms_free,
     )
 
 

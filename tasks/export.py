@@ -315,7 +315,7 @@ def fix_spatial_size(path: Path, imgsz: int, *, simplify: bool) -> None:
 
 
 class OnnxTarget:
-    """ONNX FP32: opset from params, dynamic batch, simplified, NMS-free head kept in the graph."""
+    """ONNX FP32: opset from params, dynamic batch, simplified; the head ``base.nms_free`` chooses (no NMS inside)."""
 
     name = "onnx"
     precision: Precision = "fp32"
@@ -343,7 +343,7 @@ class OnnxTarget:
             dynamic=cfg.dynamic,
             simplify=cfg.simplify and not cfg.dynamic,  # dynamic: simplified once, after the size is pinned
             imgsz=params.base.imgsz,
-            nms=False,
+            nms=False if params.base.nms_free else None,  # False keeps the one-to-one head; None the one-to-many
             device=params.base.device,
             verbose=False,
         )
@@ -934,6 +934,7 @@ def _measure(
             threads=cfg.speed.threads,
             device=params.base.device,
             static_shapes=cfg.speed.static_shapes,
+            nms_free=params.base.nms_free,
         ),
         images=probe,
         batch=cfg.speed.batch if cfg.dynamic else 1,

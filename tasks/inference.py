@@ -4,9 +4,10 @@ All runtimes share the same pre-processing (centred letterbox to ``imgsz``, RGB,
 post-processing, so any difference between a ``.pt`` and its export is the runtime's, not ours.
 Two output layouts are decoded:
 
-- NMS-free (YOLO26 one-to-one head, ``nms=False`` exports): ``(B, K, 6)`` rows
+- NMS-free (YOLO26 one-to-one head, ``base.nms_free: true``): ``(B, K, 6)`` rows
   ``x1, y1, x2, y2, score, class`` in letterbox pixels;
-- raw (one-to-many head): ``(B, 4 + nc, A)`` with ``cx, cy, w, h`` + class scores, followed by NMS.
+- raw (one-to-many head, the default): ``(B, 4 + nc, A)`` with ``cx, cy, w, h`` + class scores, followed by
+  class-aware NMS.
 
 The runtime is chosen by the artifact's suffix through :data:`LOADERS` (no if/elif over formats in
 callers). Stage code never imports Prefect; this module never imports torch unless a ``.pt`` or an
@@ -57,6 +58,8 @@ class InferenceSettings:
 
     ``static_shapes``: OpenVINO compiles one static-shape model per batch size it meets (a few % faster on
     the CPU, at the cost of one compilation per new batch size); other runtimes ignore it.
+    ``nms_free``: which head a ``.pt`` checkpoint runs (``base.nms_free``); exported artifacts carry the head
+    they were exported with and are decoded by their output's layout.
     """
 
     imgsz: int
@@ -66,6 +69,7 @@ class InferenceSettings:
     threads: int = 2
     device: str = "cpu"
     static_shapes: bool = False
+    nms_free: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,8 @@ class TorchDetector:
             raise ValueError(f"{path}: not a loadable Ultralytics checkpoint ({exc})") from None
         net = net.float().eval().to(settings.device)
         if getattr(net.model[-1], "one2one_cv2", None) is not None:
-            net.end2end = True  # the NMS-free head, as exported with nms=False
+            # both heads are trained; fusing keeps the one chosen here, as the export stage does (nms=False or None)
+            net.end2end = settings.nms_free
         self.net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
         self._torch = torch
 

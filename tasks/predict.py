@@ -252,6 +252,7 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
         threads=params.predict.threads,
         device=params.base.device,
         static_shapes=params.export.speed.static_shapes,  # run as the export stage measured it
+        nms_free=params.base.nms_free,
     )
     detector, deployed = open_deployed(params, info, settings)
     start = time.perf_counter()

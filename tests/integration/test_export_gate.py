@@ -94,7 +94,12 @@ def halve_boxes(path: Path) -> None:
     out = graph.output[0].name
     for node in graph.node:
         node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
-    scale = numpy_helper.from_array(np.array([0.5, 0.5, 0.5, 0.5, 1, 1], np.float32), "halve_boxes")
+    dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    if dims[-1] == 6:  # NMS-free rows (B, K, 6): x1 y1 x2 y2 score class
+        factors = np.array([0.5, 0.5, 0.5, 0.5, 1, 1], np.float32)
+    else:  # one-to-many (B, 4 + nc, A): cx cy w h, then class scores
+        factors = np.array([0.5] * 4 + [1.0] * (dims[1] - 4), np.float32).reshape(1, -1, 1)
+    scale = numpy_helper.from_array(factors, "halve_boxes")
     graph.initializer.append(scale)
     graph.node.append(helper.make_node("Mul", [f"{out}_raw", "halve_boxes"], [out]))
     onnx.save(model, str(path))
@@ -133,8 +138,13 @@ def golden_batch(params: Params) -> np.ndarray:
 
 
 def assert_same_detections(actual: np.ndarray, expected: np.ndarray) -> None:
-    """Both ``(B, K, 6)`` end-to-end outputs hold the same boxes; rows with tied scores may swap places."""
+    """Both outputs hold the same boxes: one-to-many ``(B, 4 + nc, A)`` anchor by anchor; NMS-free ``(B, K, 6)``
+    row by row, where rows with tied scores may swap places."""
     assert actual.shape == expected.shape
+    if actual.shape[-1] != 6:
+        np.testing.assert_allclose(actual[:, 4:], expected[:, 4:], atol=1e-4)  # class scores
+        np.testing.assert_allclose(actual[:, :4], expected[:, :4], atol=1e-2)  # boxes, input pixels
+        return
     np.testing.assert_allclose(np.sort(actual[..., 4], axis=1), np.sort(expected[..., 4], axis=1), atol=1e-4)
     for got, want in zip(actual, expected, strict=True):
         for row in got[: len(got) // 2]:  # rows near the top-k cut-off may legitimately differ
@@ -203,6 +213,25 @@ def test_faithful_onnx_export_passes_and_matches_pytorch(trained, exported):
     onnx_out = load_detector(Path(check.path), settings).forward(batch)
     assert_same_detections(onnx_out, torch_out)
     assert load_detector(Path(check.path), settings).forward(batch[:1]).shape[0] == 1, "dynamic batch"
+
+
+@pytest.mark.parametrize("nms_free", [False, True], ids=["one-to-many", "nms-free"])
+def test_base_nms_free_chooses_the_head_of_pytorch_and_of_the_export(trained, tmp_path, nms_free):
+    params = variant(trained, tmp_path, targets=["onnx"])
+    data = params.model_dump(mode="json")
+    data["base"]["nms_free"] = nms_free
+    params = Params.model_validate(data)
+    report = export.run(params)
+    check = by_target(report)["onnx"]
+    assert check.passed and check.parity.matched == check.parity.reference
+    settings = evaluate.inference_settings(params)
+    batch = golden_batch(params)
+    torch_out = load_detector(evaluate.default_model_path(params), settings).forward(batch)
+    onnx_out = load_detector(Path(check.path), settings).forward(batch)
+    anchors = (params.base.imgsz // 8) ** 2 * 21 // 16  # strides 8, 16 and 32
+    expected = (min(300, anchors), 6) if nms_free else (4 + len(params.base.classes), anchors)
+    assert torch_out.shape[1:] == expected
+    assert_same_detections(onnx_out, torch_out)
 
 
 def test_openvino_model_scores_and_predicts_like_onnx(trained, exported):
