@@ -4,7 +4,9 @@ For each input size the checkpoint is exported with the project's own export sta
 convolutional, so the same weights export at any size): every target in ``export.targets`` is built,
 re-evaluated on the golden set letterboxed to that size, parity-checked and timed; the PyTorch model is timed
 on the same images with the same code. Latency is the network alone (pre/post-processing are shared by all
-runtimes): median and p95 at batch 1, throughput at ``--batch``, with ``--threads`` intra-op threads.
+runtimes): median and p95 at batch 1, throughput at ``--batch``, with ``--threads`` intra-op threads. PyTorch
+and every artifact are timed in turns, ``--rounds`` rounds (``tasks.export.time_artifacts``), so the ratios
+compare runs made moments apart; the verdicts are the export stage's own, from its own timing pass.
 Prints a table and writes ``<reports>/benchmarks/inference.json``.
 
     python benchmarks/inference.py [--params params.yaml] [--weights models/train/best.pt] [--sizes 640 160]
@@ -39,8 +41,10 @@ from tasks.config import Params, load_params
 from tasks.dataset import load_rgb, read_labeled_set
 from tasks.env import apply_env, configure_ultralytics
 from tasks.evaluate import default_model_path, evaluate_set, inference_settings
-from tasks.inference import PAD_VALUE, InferenceSettings
+from tasks.inference import PAD_VALUE
 from tasks.io import write_json_atomic
+
+LIBRARY_ROW = "ultralytics_ov_i8"
 
 
 def mosaic_set(source: Path, target: Path, *, imgsz: int, classes: int) -> Path:
@@ -83,7 +87,9 @@ def size_params(params: Params, *, imgsz: int, root: Path, args: argparse.Namesp
         data["base"]["paths"][name] = str(
             mosaic_set(source, root / "sets" / name, imgsz=imgsz, classes=len(params.base.classes))
         )
-    data["export"]["speed"].update(threads=args.threads, batch=args.batch, runs=args.runs, batch_runs=args.batch_runs)
+    data["export"]["speed"].update(
+        threads=args.threads, batch=args.batch, runs=args.runs, batch_runs=args.batch_runs, rounds=args.rounds
+    )
     return Params.model_validate(data)
 
 
@@ -105,33 +111,35 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
         data = json.loads((sized.base.paths.reports / "export.json").read_text())
         checks, reference, selected, verdicts = [], data["reference_map50_95"], None, data["selection"]
     export_s = time.perf_counter() - start
+    set_name = sized.evaluate.sets[0]
+    library = library_openvino_int8(sized, local, root=root, set_name=set_name) if args.library_reference else None
     cfg = sized.export.speed
-    torch_speed = export.measure_speed(
-        local,
-        settings=InferenceSettings(
-            imgsz=imgsz,
-            threads=cfg.threads,
-            device=sized.base.device,
-            static_shapes=True,
-            nms_free=sized.base.nms_free,
-        ),
+    paths = {"pytorch": local, **({LIBRARY_ROW: library["path"]} if library else {})}
+    paths |= {c.target: Path(c.path) for c in checks if c.status == "built"}
+    speeds = export.time_artifacts(
+        paths,
+        settings=export.speed_settings(sized),
         images=export.probe_images(sized),
         batch=cfg.batch,
         warmup=cfg.warmup,
         runs=cfg.runs,
         batch_runs=cfg.batch_runs,
+        rounds=cfg.rounds,
     )
-    set_name = sized.evaluate.sets[0]
+    torch_speed = speeds["pytorch"]
     rows = [row("pytorch", "fp32", torch_speed, reference.get(set_name), reference.get(set_name), torch_speed)]
-    if args.library_reference:
+    if library:
         rows.append(
-            library_openvino_int8(
-                sized,
-                local,
-                root=root,
-                set_name=set_name,
-                reference_map=reference.get(set_name),
-                torch_speed=torch_speed,
+            row(
+                LIBRARY_ROW,
+                "int8",
+                speeds[LIBRARY_ROW],
+                library["map50_95"],
+                reference.get(set_name),
+                torch_speed,
+                status="reference: Ultralytics' own OpenVINO INT8 export (not a target)",
+                export_s=library["export_s"],
+                size_mb=library["size_mb"],
             )
         )
     for check in checks:
@@ -139,7 +147,7 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
             row(
                 check.target,
                 check.precision,
-                check.speed,
+                speeds.get(check.target),
                 check.map50_95.get(set_name),
                 reference.get(set_name),
                 torch_speed,
@@ -161,19 +169,15 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
     }
 
 
-def library_openvino_int8(
-    sized: Params,
-    weights: Path,
-    *,
-    root: Path,
-    set_name: str,
-    reference_map: float | None,
-    torch_speed: export.SpeedResult,
-) -> dict[str, Any]:
+def library_openvino_int8(sized: Params, weights: Path, *, root: Path, set_name: str) -> dict[str, Any]:
     """The model library's own best CPU export, for comparison: Ultralytics' ``export(format="openvino", int8=True)``.
 
-    Same checkpoint, calibrated on the same training set (Ultralytics' NNCF settings), then evaluated and timed with
-    the project's code and runtime settings. Not a deployable target: a reference row only.
+    Same checkpoint, calibrated on the same training set (Ultralytics' NNCF settings; its default also turns
+    YOLO26's NMS-free head off), then evaluated with the project's code; timed with the others in
+    :func:`bench_size`. Not a deployable target: a reference row only.
+
+    Returns:
+        ``path`` (the ``.xml``), ``map50_95`` on ``set_name``, ``export_s`` and ``size_mb``.
     """
     import yaml
 
@@ -203,33 +207,16 @@ def library_openvino_int8(
     )
     export_s = time.perf_counter() - start
     xml = next(out.glob("*.xml"))
-    cfg = sized.export.speed
-    speed = export.measure_speed(
-        xml,
-        settings=InferenceSettings(
-            imgsz=sized.base.imgsz, threads=cfg.threads, device=sized.base.device, static_shapes=True
-        ),
-        images=export.probe_images(sized),
-        batch=cfg.batch,
-        warmup=cfg.warmup,
-        runs=cfg.runs,
-        batch_runs=cfg.batch_runs,
-    )
     settings = replace(inference_settings(sized), static_shapes=True)
     evaluation = evaluate_set(
         xml, getattr(sets, set_name), classes=sized.base.classes, settings=settings, batch=1, set_name=set_name
     )
-    return row(
-        "ultralytics_ov_i8",
-        "int8",
-        speed,
-        evaluation.map50_95,
-        reference_map,
-        torch_speed,
-        status="reference: Ultralytics' own OpenVINO INT8 export (not a target)",
-        export_s=round(export_s, 1),
-        size_mb=round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 2),
-    )
+    return {
+        "path": xml,
+        "map50_95": evaluation.map50_95,
+        "export_s": round(export_s, 1),
+        "size_mb": round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 2),
+    }
 
 
 def _note(check: export.ArtifactCheck, selected: dict[str, str] | None) -> str:
@@ -304,6 +291,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="batch of the throughput run")
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 runs")
     parser.add_argument("--batch-runs", type=int, default=10, help="timed batch runs")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds in which all runtimes take turns")
     parser.add_argument("--keep", type=Path, default=None, help="keep the exported artifacts in this folder")
     parser.add_argument(
         "--no-library-reference",

@@ -272,6 +272,7 @@ class SpeedParams(Section):
     warmup: NonNegativeInt = 3
     runs: PositiveInt = 30
     batch_runs: PositiveInt = 5
+    rounds: PositiveInt = 5  # the runs are spread over rounds in which the artifacts take turns
     static_shapes: bool = True  # OpenVINO: one static-shape compilation per batch size, as deployed
 
 

@@ -14,8 +14,9 @@ Contract:
 A target is an :class:`ExportTarget` in :data:`TARGETS`, chosen by ``export.targets``; FP32 ONNX is built
 first, every other target starts from it. A target this host cannot build (TensorRT without CUDA) is
 recorded as skipped with the reason. Every built artifact is re-evaluated with the same code as PyTorch,
-compared with PyTorch's raw outputs on a few fixed images (:func:`check_parity`) and timed
-(:func:`measure_speed`). :func:`select_artifact` (pure) then picks what to deploy.
+compared with PyTorch's raw outputs on a few fixed images (:func:`check_parity`); then all built artifacts
+are timed side by side, taking turns (:func:`time_artifacts`). :func:`select_artifact` (pure) then picks what
+to deploy.
 
 The stage fails (:class:`ExportCheckError`, naming both numbers) when FP32 ONNX loses more mAP50-95 than
 ``export.max_map_drop.fp32`` or fails parity: then nothing is deployable. A reduced-precision artifact that
@@ -32,6 +33,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
@@ -120,10 +122,12 @@ class SpeedResult:
         batch: batch size of the throughput run.
         batch_latency_ms: median latency of one batch of ``batch`` images.
         throughput_ips: images per second at ``batch``.
-        peak_rss_mb: resident-memory growth while loading and running (libraries already imported count 0).
+        peak_rss_mb: resident-memory growth while loading and warming up, a run at batch 1 and one at ``batch``
+            (libraries already imported count 0).
         load_s: time to load/compile the artifact.
         runs: timed batch-1 runs (after ``warmup`` untimed ones).
         warmup: untimed runs before timing.
+        rounds: rounds the runs were spread over, taking turns with the other artifacts (:func:`time_artifacts`).
     """
 
     threads: int
@@ -136,6 +140,7 @@ class SpeedResult:
     load_s: float
     runs: int
     warmup: int
+    rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -693,41 +698,98 @@ def measure_speed(
     runs: int,
     batch_runs: int,
 ) -> SpeedResult:
-    """Load an artifact and time its network on ``images`` (``(N, 3, S, S)``) at batch 1 and at ``batch``.
+    """Load one artifact and time its network on ``images`` (``(N, 3, S, S)``) at batch 1 and at ``batch``.
 
-    Warm-up runs are excluded; the batch of ``batch`` repeats ``images`` cyclically.
+    :func:`time_artifacts` for a single artifact (one round).
+    """
+    return time_artifacts(
+        {"artifact": path},
+        settings=settings,
+        images=images,
+        batch=batch,
+        warmup=warmup,
+        runs=runs,
+        batch_runs=batch_runs,
+        rounds=1,
+    )["artifact"]
+
+
+def _share(total: int, rounds: int, round_index: int) -> int:
+    """Runs of round ``round_index`` when ``total`` runs are spread over ``rounds`` rounds (first rounds get more)."""
+    return total // rounds + (1 if round_index < total % rounds else 0)
+
+
+def time_artifacts(
+    paths: Mapping[str, Path],
+    *,
+    settings: InferenceSettings,
+    images: npt.NDArray[np.float32],
+    batch: int,
+    warmup: int,
+    runs: int,
+    batch_runs: int,
+    rounds: int,
+) -> dict[str, SpeedResult]:
+    """Time several artifacts' networks in turns, so that a burst of load on a shared host hits them alike.
+
+    Each artifact is loaded and warmed up on its own (untimed ``warmup`` runs at batch 1 and at ``batch``), which
+    gives its load time and peak memory. Then, in each of ``rounds`` rounds, every artifact runs its share of the
+    ``runs`` batch-1 and ``batch_runs`` batch-``batch`` timed runs, in an order rotated every round. A noisy
+    moment therefore lands on all artifacts instead of on whichever was being timed alone, and the speed-up of
+    an INT8 artifact over its FP32 sibling is measured side by side. The batch of ``batch`` repeats ``images``
+    cyclically.
+
+    Returns:
+        name -> :class:`SpeedResult`, percentiles over all rounds.
     """
     one = np.ascontiguousarray(images[:1])
     many = np.ascontiguousarray(images[np.arange(batch) % len(images)])
-    with _PeakRss() as rss:
-        start = time.perf_counter()
-        detector = load_detector(path, settings)
-        load_s = time.perf_counter() - start
-        for _ in range(warmup):
-            detector.forward(one)
-        single = _timed_ms(lambda: detector.forward(one), runs)
-        for _ in range(max(1, warmup)):
-            detector.forward(many)
-        batched = _timed_ms(lambda: detector.forward(many), batch_runs)
-    p50, p95, p99 = (float(v) for v in np.percentile(single, [50, 95, 99]))
-    batch_ms = float(np.median(batched))
-    return SpeedResult(
-        threads=settings.threads,
-        static_shapes=settings.static_shapes,
-        latency_ms={
-            "p50": round(p50, 3),
-            "p95": round(p95, 3),
-            "p99": round(p99, 3),
-            "mean": round(float(np.mean(single)), 3),
-        },
-        batch=batch,
-        batch_latency_ms=round(batch_ms, 3),
-        throughput_ips=round(batch * 1000.0 / batch_ms, 2),
-        peak_rss_mb=rss.delta_mb,
-        load_s=round(load_s, 3),
-        runs=runs,
-        warmup=warmup,
-    )
+    loaded: dict[str, Any] = {}
+    memory: dict[str, tuple[float, float]] = {}
+    for name, path in paths.items():
+        with _PeakRss() as rss:
+            start = time.perf_counter()
+            detector = load_detector(path, settings)
+            load_s = time.perf_counter() - start
+            for _ in range(warmup):
+                detector.forward(one)
+            for _ in range(max(1, warmup)):
+                detector.forward(many)
+        loaded[name] = detector
+        memory[name] = (rss.delta_mb, round(load_s, 3))
+    rounds = max(1, min(rounds, runs))
+    names = list(loaded)
+    single: dict[str, list[float]] = {name: [] for name in names}
+    batched: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            detector = loaded[name]
+            single[name] += _timed_ms(partial(detector.forward, one), _share(runs, rounds, r))
+            batched[name] += _timed_ms(partial(detector.forward, many), _share(batch_runs, rounds, r))
+    out = {}
+    for name in names:
+        p50, p95, p99 = (float(v) for v in np.percentile(single[name], [50, 95, 99]))
+        batch_ms = float(np.median(batched[name]))
+        out[name] = SpeedResult(
+            threads=settings.threads,
+            static_shapes=settings.static_shapes,
+            latency_ms={
+                "p50": round(p50, 3),
+                "p95": round(p95, 3),
+                "p99": round(p99, 3),
+                "mean": round(float(np.mean(single[name])), 3),
+            },
+            batch=batch,
+            batch_latency_ms=round(batch_ms, 3),
+            throughput_ips=round(batch * 1000.0 / batch_ms, 2),
+            peak_rss_mb=memory[name][0],
+            load_s=memory[name][1],
+            runs=runs,
+            warmup=warmup,
+            rounds=rounds,
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------- selection
@@ -898,7 +960,7 @@ def _measure(
     probe: npt.NDArray[np.float32],
     export_s: float,
 ) -> ArtifactCheck:
-    """Re-evaluate, parity-check and time one built artifact."""
+    """Re-evaluate and parity-check one built artifact (:func:`time_built` times them all together)."""
     cfg = params.export
     eval_settings = inference_settings(params)
     eval_batch = params.evaluate.batch if cfg.dynamic else 1
@@ -927,21 +989,6 @@ def _measure(
         box_atol_px=cfg.parity.box_atol_px.of(target.precision),
         min_match=cfg.parity.min_match,
     )
-    speed = measure_speed(
-        built.path,
-        settings=InferenceSettings(
-            imgsz=params.base.imgsz,
-            threads=cfg.speed.threads,
-            device=params.base.device,
-            static_shapes=cfg.speed.static_shapes,
-            nms_free=params.base.nms_free,
-        ),
-        images=probe,
-        batch=cfg.speed.batch if cfg.dynamic else 1,
-        warmup=cfg.speed.warmup,
-        runs=cfg.speed.runs,
-        batch_runs=cfg.speed.batch_runs,
-    )
     return check_artifact(
         target=target.name,
         artifact=built.path,
@@ -953,9 +1000,41 @@ def _measure(
         hardware=tuple(target.hardware),
         sibling=target.sibling,
         parity=parity,
-        speed=speed,
         details=built.details,
     )
+
+
+def speed_settings(params: Params) -> InferenceSettings:
+    """The runtime settings every artifact (and PyTorch, in the benchmark) is timed with."""
+    return InferenceSettings(
+        imgsz=params.base.imgsz,
+        threads=params.export.speed.threads,
+        device=params.base.device,
+        static_shapes=params.export.speed.static_shapes,
+        nms_free=params.base.nms_free,
+    )
+
+
+def time_built(
+    checks: Sequence[ArtifactCheck], *, params: Params, probe: npt.NDArray[np.float32]
+) -> list[ArtifactCheck]:
+    """Every built artifact timed side by side (:func:`time_artifacts`); the checks with their speed filled in."""
+    cfg = params.export
+    built = {c.target: Path(c.path) for c in checks if c.status == "built"}
+    speeds = time_artifacts(
+        built,
+        settings=speed_settings(params),
+        images=probe,
+        batch=cfg.speed.batch if cfg.dynamic else 1,
+        warmup=cfg.speed.warmup,
+        runs=cfg.speed.runs,
+        batch_runs=cfg.speed.batch_runs,
+        rounds=cfg.speed.rounds,
+    )
+    for name, speed in speeds.items():
+        p50, ips = speed.latency_ms["p50"], speed.throughput_ips
+        log.info("%s: p50 %s ms at batch 1, %s img/s at batch %s", name, p50, ips, speed.batch)
+    return [replace(c, speed=speeds[c.target]) if c.target in speeds else c for c in checks]
 
 
 def _forward_one_by_one(built: Built, batch: npt.NDArray[np.float32], settings: InferenceSettings) -> Any:
@@ -1059,13 +1138,12 @@ def _export_one(
     healthy = check.passed and (check.parity is None or check.parity.passed)
     log.log(
         logging.INFO if healthy else logging.ERROR,
-        "%s: mAP50-95 %s vs PyTorch %s, parity %s/%s, p50 %s ms%s",
+        "%s: mAP50-95 %s vs PyTorch %s, parity %s/%s%s",
         target.name,
         check.map50_95,
         reference,
         check.parity.matched if check.parity else "-",
         check.parity.reference if check.parity else "-",
-        check.speed.latency_ms["p50"] if check.speed else "-",
         "" if healthy else " (fails its checks: will not ship)",
     )
     return check
@@ -1109,6 +1187,7 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
         if target.name == FALLBACK:
             inputs = replace(inputs, onnx=Path(check.path))
         checks.append(check)
+    checks = time_built(checks, params=params, probe=probe)
     selection = select_artifact(checks, reference_map=reference, policy=SelectionPolicy.from_params(cfg))
     report = ExportReport(
         weights=str(weights),
