@@ -1126,6 +1126,24 @@ def _shortfall(sample: SampleParams, selected: list[dict[str, Any]]) -> str | No
     return f"{len(selected)} of {sample.budget}: too few eligible candidates for {short}"
 
 
+def _warn_band_below_log_floor(params: Params) -> str | None:
+    """Warn (and return the message) when ``low_confidence``'s band starts below ``predict.conf``.
+
+    The predict stage logs only boxes at or above ``predict.conf``, so a lower band edge never sees a box: the
+    band in effect starts at ``predict.conf``.
+    """
+    config = params.sample.strategies.low_confidence
+    floor = params.predict.conf
+    if config is None or config.budget == 0 or config.band[0] >= floor:
+        return None
+    message = (
+        f"sample.strategies.low_confidence.band starts at {config.band[0]}, below predict.conf {floor}: the "
+        f"prediction log holds no weaker boxes, so the band in effect is [{floor}, {config.band[1]})"
+    )
+    log.warning(message)
+    return message
+
+
 def run(params: Params, *, cycle: str) -> SampleResult:
     """Select this cycle's images to label and write the manifest and ``reports/sample.json``.
 
@@ -1144,6 +1162,7 @@ def run(params: Params, *, cycle: str) -> SampleResult:
     start = time.perf_counter()
     sample = params.sample
     paths = params.base.paths
+    _warn_band_below_log_floor(params)
     parts = window_parts(paths.predictions, days=sample.window_days)
     champion = find_champion(parts, alias=sample.alias)
     reason = _why_nothing(params, parts, champion)

@@ -648,3 +648,19 @@ def test_cli_runs_the_stage(world, capsys):
     sample.main(["--params", str(path), "--cycle", "c9"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["selected"] == 2
     assert world.manifest("c9").num_rows == 2
+
+
+@pytest.mark.parametrize(("band", "conf", "warned"), [((0.1, 0.5), 0.25, True), ((0.25, 0.5), 0.25, False)])
+def test_band_below_the_logs_confidence_floor_is_named(world, caplog, band, conf, warned):
+    params = world.params(only("low_confidence", band=list(band)))
+    params = params.model_copy(update={"predict": params.predict.model_copy(update={"conf": conf})})
+    with caplog.at_level("WARNING", logger="tasks.sample"):
+        sample.run(params, cycle="c1")
+    found = [r.getMessage() for r in caplog.records if "low_confidence.band" in r.getMessage()]
+    if warned:
+        assert found == [
+            "sample.strategies.low_confidence.band starts at 0.1, below predict.conf 0.25: the prediction log "
+            "holds no weaker boxes, so the band in effect is [0.25, 0.5)"
+        ]
+    else:
+        assert not found
