@@ -688,32 +688,6 @@ def _timed_ms(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
-def measure_speed(
-    path: Path,
-    *,
-    settings: InferenceSettings,
-    images: npt.NDArray[np.float32],
-    batch: int,
-    warmup: int,
-    runs: int,
-    batch_runs: int,
-) -> SpeedResult:
-    """Load one artifact and time its network on ``images`` (``(N, 3, S, S)``) at batch 1 and at ``batch``.
-
-    :func:`time_artifacts` for a single artifact (one round).
-    """
-    return time_artifacts(
-        {"artifact": path},
-        settings=settings,
-        images=images,
-        batch=batch,
-        warmup=warmup,
-        runs=runs,
-        batch_runs=batch_runs,
-        rounds=1,
-    )["artifact"]
-
-
 def _share(total: int, rounds: int, round_index: int) -> int:
     """Runs of round ``round_index`` when ``total`` runs are spread over ``rounds`` rounds (first rounds get more)."""
     return total // rounds + (1 if round_index < total % rounds else 0)

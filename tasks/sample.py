@@ -1126,22 +1126,23 @@ def _shortfall(sample: SampleParams, selected: list[dict[str, Any]]) -> str | No
     return f"{len(selected)} of {sample.budget}: too few eligible candidates for {short}"
 
 
-def _warn_band_below_log_floor(params: Params) -> str | None:
-    """Warn (and return the message) when ``low_confidence``'s band starts below ``predict.conf``.
+def _warn_band_below_log_floor(params: Params) -> None:
+    """Warn when ``low_confidence``'s band starts below ``predict.conf``.
 
     The predict stage logs only boxes at or above ``predict.conf``, so a lower band edge never sees a box: the
     band in effect starts at ``predict.conf``.
     """
     config = params.sample.strategies.low_confidence
     floor = params.predict.conf
-    if config is None or config.budget == 0 or config.band[0] >= floor:
-        return None
-    message = (
-        f"sample.strategies.low_confidence.band starts at {config.band[0]}, below predict.conf {floor}: the "
-        f"prediction log holds no weaker boxes, so the band in effect is [{floor}, {config.band[1]})"
-    )
-    log.warning(message)
-    return message
+    if config is not None and config.budget > 0 and config.band[0] < floor:
+        log.warning(
+            "sample.strategies.low_confidence.band starts at %s, below predict.conf %s: the prediction log holds "
+            "no weaker boxes, so the band in effect is [%s, %s)",
+            config.band[0],
+            floor,
+            floor,
+            config.band[1],
+        )
 
 
 def run(params: Params, *, cycle: str) -> SampleResult:

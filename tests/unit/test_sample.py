@@ -650,10 +650,10 @@ def test_cli_runs_the_stage(world, capsys):
     assert world.manifest("c9").num_rows == 2
 
 
-@pytest.mark.parametrize(("band", "conf", "warned"), [((0.1, 0.5), 0.25, True), ((0.25, 0.5), 0.25, False)])
-def test_band_below_the_logs_confidence_floor_is_named(world, caplog, band, conf, warned):
+@pytest.mark.parametrize(("band", "warned"), [((0.1, 0.5), True), ((0.25, 0.5), False)])
+def test_band_below_the_logs_confidence_floor_is_named(world, caplog, band, warned):
     params = world.params(only("low_confidence", band=list(band)))
-    params = params.model_copy(update={"predict": params.predict.model_copy(update={"conf": conf})})
+    params = params.model_copy(update={"predict": params.predict.model_copy(update={"conf": 0.25})})
     with caplog.at_level("WARNING", logger="tasks.sample"):
         sample.run(params, cycle="c1")
     found = [r.getMessage() for r in caplog.records if "low_confidence.band" in r.getMessage()]
