@@ -10,6 +10,7 @@ and writes it to ``reports/demo.json``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any, cast
 
@@ -23,6 +24,24 @@ from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.io import write_json_atomic
 from tasks.registry import tracking_uri
+
+FINISHED = ("promote", "reject")
+"""Cycle outcomes of a demo that worked: the gate decided (labels came, a candidate was trained and judged)."""
+
+
+def incomplete_reason(unfinished: list[dict[str, Any]], answered: int, errors: list[str]) -> str | None:
+    """Why the demo did not do what it shows (None when every cycle reached the gate's decision).
+
+    A cycle that ends "waiting for labels" (or with nothing to label) is normal in production, but in the demo the
+    simulated annotators are there to answer: such an ending means the loop is broken, and the demo must say so.
+    """
+    if not unfinished:
+        return None
+    cycles = "; ".join(f"cycle {s.get('cycle')}: {s.get('outcome')}" for s in unfinished)
+    why = f"{len(unfinished)} cycle(s) did not reach the gate ({cycles}); the annotator simulator answered {answered}"
+    if errors:
+        why += f", its last error: {errors[-1].splitlines()[0]}"
+    return why
 
 
 def _fmt(value: float | None) -> str:
@@ -63,6 +82,7 @@ def demo(
             summaries.append(cast(dict[str, Any], state.result()))
     final = predict(params_path=params_path)
     paths = params.base.paths
+    unfinished = [s for s in summaries if s.get("outcome") not in FINISHED]
     rerun = ", ".join(b.batch for b in final.batches)
     result = {
         "wall_s": round(time.perf_counter() - start, 1),
@@ -70,6 +90,7 @@ def demo(
         "final_champion": f"v{final.model_version}",
         "annotated_by_simulator": annotator.answered,
         "cycles": summaries,
+        "problem": incomplete_reason(unfinished, annotator.answered, annotator.errors),
     }
     write_json_atomic(paths.reports / "demo.json", result)
     print(
@@ -98,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-wait", type=float, default=600, help="seconds a cycle waits for labels")
     args = parser.parse_args(argv)
     apply_env()
-    demo(params_path=args.params, epochs=args.epochs, cycles=args.cycles, label_wait_s=args.label_wait)
+    result = demo(params_path=args.params, epochs=args.epochs, cycles=args.cycles, label_wait_s=args.label_wait)
+    if result["problem"]:
+        print(f"demo FAILED: {result['problem']}", flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 from tasks import labelstudio as ls
 from tasks.config import AnnotatorSimParams, Params, load_params, stage_argparser
 from tasks.dataset import image_size, read_label_file
-from tasks.label import LabelStudioBackend, call_with_retries, image_path, label_studio_url
+from tasks.label import LabelStudioBackend, call_with_retries, image_path, label_studio_url, projects_path
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -131,18 +131,19 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
 
     Returns:
         A :class:`SimResult`.
+
+    Raises:
+        tasks.label.LabelProjectNotReady: the label stage has not recorded its project yet (the simulator never
+            creates one: it answers the project the label stage records in ``<base.paths.labels>/projects.json``).
     """
     settings = params.label
-    backend = LabelStudioBackend(settings, params.base.classes, client=client)
+    backend = LabelStudioBackend(
+        settings, params.base.classes, record=projects_path(params), create=False, client=client
+    )
     project_id = cast(int, backend.project_id)
     url = label_studio_url(settings)
     sdk = backend.client
-    tasks: list[Any] = call_with_retries(
-        lambda: list(sdk.tasks.list(project=project_id, fields="all", page_size=200)),
-        what="list tasks",
-        settings=settings,
-        url=url,
-    )
+    tasks = backend.list_tasks(project_id, fields="all")
     open_tasks = sorted((t for t in tasks if not t.annotations), key=lambda t: int(t.id))
     if limit is not None:
         open_tasks = open_tasks[:limit]

@@ -13,7 +13,9 @@ Contract:
         file = annotated, no objects), ``<cycle>`` being the cycle that sampled the image;
         ``<base.paths.reports>/label.json``; backend ``files``: task JSON in the outbox folder;
     side effects: backend ``labelstudio`` creates (once) the project titled ``label.project_title`` with a
-        labeling config generated from ``base.classes``, registers a Local Files import storage per image
+        labeling config generated from ``base.classes`` and records its id in ``<base.paths.labels>/projects.json``
+        (per server URL and title, under a file lock: one project per title whatever runs at once; every later
+        run and the annotator simulator read it from there), registers a Local Files import storage per image
         folder (never synced: tasks are imported by this stage) and imports tasks.
 
 Idempotent: an image (by SHA-256) already in the ledger, or already a task of the project, is never imported
@@ -30,6 +32,7 @@ a server that is down is retried ``label.retries`` times, then fails with the co
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import io
 import json
@@ -105,6 +108,7 @@ LEDGER_SCHEMA = pa.schema(
 _WATERMARK_OVERLAP = dt.timedelta(seconds=30)
 _CYCLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 _PAGE_SIZE = 200
+PROJECTS_FILE = "projects.json"
 _T = TypeVar("_T")
 
 
@@ -292,44 +296,316 @@ def _body(exc: Exception) -> str:
     return str(body if body is not None else exc)[:500]
 
 
+class LabelProjectNotReady(LabelStudioError):
+    """No project is recorded for the title yet (or the recorded one is gone): only the label stage creates it."""
+
+
+def projects_path(params: Params) -> Path:
+    """``<base.paths.labels>/projects.json``: the Label Studio project id per server and title, recorded once."""
+    return params.base.paths.labels / PROJECTS_FILE
+
+
+def read_project_record(path: Path, *, url: str, title: str) -> int | None:
+    """The project id recorded for ``title`` on the server at ``url``; None when none is recorded.
+
+    Raises:
+        LabelError: the record file is not what :func:`write_project_record` writes (names the file).
+    """
+    if not path.is_file():
+        return None
+    try:
+        entries = [(e["url"], e["title"], int(e["project_id"])) for e in json.loads(path.read_text())["projects"]]
+        ids = [i for u, t, i in entries if (u, t) == (url, title)]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LabelError(
+            f"{path}: unreadable project record ({type(exc).__name__}: {exc}); it was not written by the label "
+            "stage. Move it aside and re-run the label stage: it records the project again."
+        ) from None
+    return ids[-1] if ids else None
+
+
+def write_project_record(path: Path, *, url: str, title: str, project_id: int, how: str) -> None:
+    """Record ``project_id`` for ``title`` at ``url`` (atomically; other servers' and titles' entries are kept)."""
+    entries = json.loads(path.read_text())["projects"] if path.is_file() else []
+    entries = [e for e in entries if not (e["url"] == url and e["title"] == title)]
+    entries.append(
+        {
+            "url": url,
+            "title": title,
+            "project_id": project_id,
+            "how": how,
+            "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        }
+    )
+    write_json_atomic(path, {"projects": sorted(entries, key=lambda e: (e["url"], e["title"]))})
+
+
+def list_all(fetch_page: Callable[[int], tuple[list[_T], int]], *, key: Callable[[_T], int], what: str) -> list[_T]:
+    """Every item of a paginated Label Studio list, or an error: never a list cut short.
+
+    The SDK's own iteration asks for page N+1 after every non-empty page and takes a 404 as the end of the list,
+    so a 404 from a later page (the list shrank while it was paged, e.g. a project deleted) silently drops the rest.
+    Here each page's total is compared with what was gathered; a list that changed while it was paged is listed
+    again from the first page (up to 3 times).
+
+    Args:
+        fetch_page: ``page (1-based) -> (items, total count of the list)``; returns ``([], total)`` for a page the
+            server answers 404 (past the end).
+        key: the item's id (duplicates across pages, from a list that grew while paged, count once).
+        what: what is listed, for messages.
+
+    Raises:
+        LabelStudioError: the list kept changing while it was paged.
+    """
+    seen = 0
+    for _ in range(3):
+        items: dict[int, _T] = {}
+        page, totals, last_page = 1, set(), 1
+        while True:
+            batch, total = fetch_page(page)
+            totals.add(total)
+            items.update((key(item), item) for item in batch)
+            if page == 1:
+                last_page = -(-total // max(1, len(batch)))  # the pages the first one announces
+            if not batch or len(items) >= total or page >= last_page + 1:
+                break
+            page += 1
+        seen = len(items)
+        if len(totals) == 1 and seen == totals.pop():
+            return list(items.values())
+        log.warning("Label Studio: %s changed while it was paged (%d items seen); listing it again", what, seen)
+    raise LabelStudioError(f"Label Studio: {what} kept changing while it was paged ({seen} items seen); re-run")
+
+
+def _page(pager: Any, total_field: str) -> tuple[list[Any], int]:
+    return list(pager.items or []), int(getattr(pager.response, total_field))
+
+
 class LabelStudioBackend:
-    """The Label Studio adapter: project, storages, one import call, incremental collection."""
+    """The Label Studio adapter: project, storages, one import call, incremental collection.
+
+    The project of ``label.project_title`` is resolved once and its id recorded in ``record``
+    (``<base.paths.labels>/projects.json``). Only a backend made with ``create=True`` (the label stage) looks for
+    it on the server, adopts or creates it, and records it, all under an exclusive file lock beside the record, so
+    two processes that start at the same instant make one project. Every other user (``create=False``: the
+    annotator simulator, tools) reads the recorded id and never creates one.
+    """
 
     name = "labelstudio"
 
-    def __init__(self, settings: LabelParams, classes: Sequence[str], *, client: LabelStudio | None = None) -> None:
-        """Connect (precondition check) and create or reuse the project titled ``settings.project_title``."""
+    def __init__(
+        self,
+        settings: LabelParams,
+        classes: Sequence[str],
+        *,
+        record: Path,
+        create: bool = True,
+        ledger_project_ids: Sequence[int] = (),
+        client: LabelStudio | None = None,
+    ) -> None:
+        """Connect (precondition check) and resolve the project titled ``settings.project_title``.
+
+        Args:
+            settings: ``label`` params.
+            classes: ``base.classes`` (the labeling config).
+            record: the project record file (:func:`projects_path`).
+            create: True for the label stage (adopts or creates the project and records it); False for readers.
+            ledger_project_ids: project ids the ledger's Label Studio rows name (most rows first): among duplicate
+                projects of one title, the one the ledger names is used.
+            client: an SDK client (default: :func:`connect`).
+
+        Raises:
+            LabelProjectNotReady: ``create=False`` and no project is recorded yet (or the recorded one is gone).
+        """
         self.settings = settings
         self.classes = list(classes)
         self.url = label_studio_url(settings)
+        self.record = Path(record)
         self.client = client if client is not None else connect(settings)
-        self.project_id: int | None = self.ensure_project()
+        if create:
+            self.project_id: int | None = self.ensure_project(ledger_project_ids)
+        else:
+            self.project_id = self.recorded_project()
 
     def _call(self, fn: Callable[[], _T], what: str) -> _T:
         return call_with_retries(fn, what=what, settings=self.settings, url=self.url)
 
-    def ensure_project(self) -> int:
-        """Return the id of the project titled ``label.project_title``; create it, or update its labels."""
+    def _get_project(self, project_id: int) -> Any | None:
+        """The project with this id, None when the server has none (404)."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        def get() -> Any | None:
+            try:
+                return self.client.projects.get(id=project_id)
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+
+        return self._call(get, f"read project {project_id}")
+
+    def list_projects(self, title: str) -> list[Any]:
+        """Every project titled exactly ``title`` (the server's ``title`` filter is a case-insensitive substring)."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        def fetch(page: int) -> tuple[list[Any], int]:
+            def one() -> tuple[list[Any], int]:
+                try:
+                    return _page(self.client.projects.list(title=title, page=page, page_size=100), "count")
+                except ApiError as exc:
+                    if exc.status_code == 404 and page > 1:
+                        return [], -1  # past the end: the list shrank while paged
+                    raise
+
+            return self._call(one, f"list projects titled {title!r} (page {page})")
+
+        found = list_all(fetch, key=lambda p: int(p.id), what=f"the projects titled {title!r}")
+        return sorted((p for p in found if p.title == title), key=lambda p: int(p.id))
+
+    def list_tasks(self, project_id: int, *, fields: str, query: str | None = None) -> list[Any]:
+        """Every task of the project (``fields``: ``task_only`` or ``all``; ``query``: a Data Manager filter)."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        def fetch(page: int) -> tuple[list[Any], int]:
+            def one() -> tuple[list[Any], int]:
+                try:
+                    pager: Any = self.client.tasks.list(
+                        project=project_id, fields=cast(Any, fields), query=query, page=page, page_size=_PAGE_SIZE
+                    )
+                    return _page(pager, "total")
+                except ApiError as exc:
+                    if exc.status_code == 404 and page > 1:
+                        return [], -1
+                    raise
+
+            return self._call(one, f"list tasks of project {project_id} (page {page})")
+
+        return list_all(fetch, key=lambda t: int(t.id), what=f"the tasks of project {project_id}")
+
+    def recorded_project(self) -> int:
+        """The recorded project id, checked on the server (readers: never create).
+
+        Raises:
+            LabelProjectNotReady: nothing recorded yet, or the recorded project is gone or renamed.
+        """
         title = self.settings.project_title
-        config = ls.labeling_config(self.classes)
-        projects: list[Any] = self._call(lambda: list(self.client.projects.list(title=title)), "find project")
-        found = [p for p in projects if p.title == title]
-        if not found:
-            created = self._call(
-                lambda: self.client.projects.create(
+        project_id = read_project_record(self.record, url=self.url, title=title)
+        if project_id is None:
+            raise LabelProjectNotReady(
+                f"no Label Studio project titled {title!r} is recorded for {self.url} in {self.record} yet: "
+                "the label stage creates and records it"
+            )
+        project = self._get_project(project_id)
+        if project is None or project.title != title:
+            raise LabelProjectNotReady(
+                f"the project recorded in {self.record} for {title!r} (id {project_id}) is "
+                f"{'gone from' if project is None else 'renamed on'} {self.url}: the next label stage run resolves it"
+            )
+        return project_id
+
+    def ensure_project(self, ledger_project_ids: Sequence[int] = ()) -> int:
+        """Return the id of the project titled ``label.project_title``: recorded, adopted or created; labels updated.
+
+        Under an exclusive lock beside the record: the recorded id when the server still has it; else, among the
+        server's projects of that title, the one the ledger names, else the oldest; else a new project. The id is
+        recorded the moment it is known. Duplicates (left by older versions) are named in a warning with the id
+        used and why.
+        """
+        from filelock import FileLock
+
+        title = self.settings.project_title
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.record.with_name(f".{self.record.name}.lock")
+        wait = self.settings.timeout_s * (self.settings.retries + 2)
+        with FileLock(str(lock), timeout=wait):
+            recorded = read_project_record(self.record, url=self.url, title=title)
+            found = self.list_projects(title)
+            ids = [int(p.id) for p in found]
+            by_id = {int(p.id): p for p in found}
+            if recorded is not None and recorded not in by_id:
+                log.warning(
+                    "Label Studio at %s has no project %s titled %r any more (recorded in %s; a new server data "
+                    "dir?): resolving it again",
+                    self.url,
+                    recorded,
+                    title,
+                    self.record,
+                )
+            named = [i for i in ledger_project_ids if i in by_id]
+            if recorded in by_id:
+                project_id, why = cast(int, recorded), f"recorded in {self.record}"
+            elif named:
+                project_id, why = named[0], "the project the label ledger's tasks are in"
+            elif found:
+                project_id, why = ids[0], "the oldest"
+            else:
+                project_id, why = self._create_project(title), "created"
+                found, ids = [], [project_id]
+            if len(ids) > 1:
+                log.warning(
+                    "Label Studio: %d projects titled %r (ids %s); using id %s (%s). The others are not used by "
+                    "visionloop: delete them in the Label Studio UI once you have checked they hold nothing you need",
+                    len(ids),
+                    title,
+                    ids,
+                    project_id,
+                    why,
+                )
+            if recorded != project_id:
+                write_project_record(self.record, url=self.url, title=title, project_id=project_id, how=why)
+                log.info("Label Studio: project %r is id %s (%s), recorded in %s", title, project_id, why, self.record)
+        if project_id in by_id:
+            self._update_labels(by_id[project_id])
+        return project_id
+
+    def _create_project(self, title: str) -> int:
+        """Create the project; a failed request is not blindly repeated (it may have reached the server)."""
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        before = {int(p.id) for p in self.list_projects(title)}
+        for attempt in range(self.settings.retries + 1):
+            try:
+                created = self.client.projects.create(
                     title=title,
-                    label_config=config,
+                    label_config=ls.labeling_config(self.classes),
                     description="visionloop: production images sampled for labeling, pre-annotated by the champion",
                     show_collab_predictions=True,
-                ),
-                "create project",
-            )
+                )
+            except (httpx.TransportError, ApiError) as exc:
+                status = getattr(exc, "status_code", None)
+                if status in (401, 403):
+                    raise LabelStudioAuthError(_auth_message(self.url, exc)) from None
+                if status is not None and status < 500 and status != 429:
+                    raise LabelStudioError(
+                        f"Label Studio at {self.url}: creating project {title!r} failed with HTTP {status}: "
+                        f"{_body(exc)}"
+                    ) from None
+                new = sorted({int(p.id) for p in self.list_projects(title)} - before)
+                if new:  # the request reached the server before the answer was lost
+                    log.warning(
+                        "Label Studio: creating project %r answered %s, but it exists (id %s)",
+                        title,
+                        _body(exc),
+                        new[0],
+                    )
+                    return new[0]
+                if attempt == self.settings.retries:
+                    raise LabelStudioUnavailable(
+                        f"Label Studio at {self.url}: creating project {title!r} failed ({_body(exc)}; "
+                        f"{attempt + 1} tries). Check the server (`{START_COMMAND}`) and re-run."
+                    ) from None
+                delay = self.settings.retry_delay_s * 2**attempt
+                log.warning("Label Studio: creating project %r failed (%s); retry in %.1f s", title, _body(exc), delay)
+                time.sleep(delay)
+                continue
             log.info("Label Studio: created project %r (id %s)", title, created.id)
             return int(cast(int, created.id))
-        if len(found) > 1:
-            log.warning("Label Studio: %d projects titled %r, using the oldest (id %s)", len(found), title, found[0].id)
-        project = min(found, key=lambda p: int(cast(int, p.id)))
-        project_id = int(cast(int, project.id))
+        raise AssertionError("unreachable")  # pragma: no cover, the loop returns or raises
+
+    def _update_labels(self, project: Any) -> None:
+        """Make the project's labeling config list ``base.classes`` (the params changed since it was made)."""
+        project_id = int(project.id)
         config_xml = project.label_config or self._call(
             lambda: self.client.projects.get(id=project_id).label_config, "read labeling config"
         )
@@ -341,10 +617,10 @@ class LabelStudioBackend:
                 current,
                 self.classes,
             )
+            config = ls.labeling_config(self.classes)
             self._call(
                 lambda: self.client.projects.update(id=project_id, label_config=config), "update labeling config"
             )
-        return project_id
 
     def ensure_storages(self, folders: Iterable[Path]) -> None:
         """Register a Local Files import storage for each image folder (without syncing: we import tasks)."""
@@ -368,10 +644,7 @@ class LabelStudioBackend:
     def existing_tasks(self) -> dict[str, TaskRef]:
         """Return ``{image_sha256: TaskRef}`` of the project's tasks (ids and data only, no annotations)."""
         project_id = cast(int, self.project_id)
-        tasks: list[Any] = self._call(
-            lambda: list(self.client.tasks.list(project=project_id, fields="task_only", page_size=_PAGE_SIZE)),
-            "list tasks",
-        )
+        tasks = self.list_tasks(project_id, fields="task_only")
         refs: dict[str, TaskRef] = {}
         for task in tasks:
             sha = (task.data or {}).get("image_sha256")
@@ -438,10 +711,7 @@ class LabelStudioBackend:
             item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
             query = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
         project_id = cast(int, self.project_id)
-        tasks: list[Any] = self._call(
-            lambda: list(self.client.tasks.list(project=project_id, fields="all", query=query, page_size=_PAGE_SIZE)),
-            "list updated tasks",
-        )
+        tasks = self.list_tasks(project_id, fields="all", query=query)
         log.info("Label Studio project %s: %d task(s) updated since the last collection", project_id, len(tasks))
         return [
             {
@@ -813,7 +1083,16 @@ def make_backend(params: Params, cycle: str) -> LabelBackend:
     if settings.backend == "files":
         labels = params.base.paths.labels
         return FilesBackend(settings.outbox or labels / "outbox", settings.inbox or labels / "inbox", cycle)
-    return LabelStudioBackend(settings, params.base.classes)
+    ledger = read_ledger(ledger_path(params))
+    counts = collections.Counter(
+        int(r["project_id"]) for r in ledger.values() if r["backend"] == "labelstudio" and r["project_id"] is not None
+    )
+    return LabelStudioBackend(
+        settings,
+        params.base.classes,
+        record=projects_path(params),
+        ledger_project_ids=[i for i, _ in counts.most_common()],
+    )
 
 
 def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> LabelResult:

@@ -7,103 +7,27 @@ with a fresh data dir (a copy of the migrated empty database: ~10 s) and stopped
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import annotator_sim, label, prediction_log, world
+from tasks import annotator_sim, label
 from tasks import labelstudio as ls
-from tasks.boxes import xywhn_to_xyxy
 from tasks.config import Params
-from tasks.dataset import image_size, list_images, read_label_file
+from tasks.dataset import read_label_file
 from tasks.label import image_path
-from tests.conftest import tiny_params_dict
-from tests.integration.conftest import TOKEN, Server, free_port, run_make
+from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, free_port, make_params, run_make
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("labelstudio_env")]
-
-
-CYCLE = "cycle-001"
-MODEL = ("visionloop-detector", "1")
-
-
-def make_params(root: Path, *, title: str, labels: str = "labels", **simulator: float) -> Params:
-    data = tiny_params_dict(root / "work")
-    data["base"]["paths"]["labels"] = str(root / "work" / labels)
-    data["label"].update(
-        backend="labelstudio",
-        project_title=title,
-        document_root=str(root),
-        min_labeled=5,
-        retries=1,
-        retry_delay_s=0.5,
-        # no annotator noise unless a test asks for it: the labels must equal the oracle
-        simulator={**data["label"]["simulator"], "small_px": 0.0, "drop_small": 0.0, "jitter": 0.0, **simulator},
-    )
-    return Params.model_validate(data)
 
 
 @pytest.fixture(scope="module")
 def cycle(server: Server, labelstudio_env: Server) -> Params:
     """A tiny world, champion predictions (the oracle, shifted a little) in the log, and a sample manifest."""
-    params = make_params(server.root, title="visionloop-it")
-    world.run(params)
-    paths, records_by_batch, rows = params.base.paths, {}, []
-    rng = np.random.default_rng(0)
-    for batch_dir in sorted(p for p in paths.production.iterdir() if p.is_dir()):
-        batch = batch_dir.name
-        for path in list_images(batch_dir / "images"):
-            width, height = image_size(path)
-            cls, boxes = read_label_file(paths.oracle / batch / "labels" / f"{path.stem}.txt", num_classes=6)
-            xyxy = xywhn_to_xyxy(boxes, width=width, height=height) + rng.uniform(-1, 1, (len(boxes), 4))
-            sha = prediction_log.sha256_file(path)
-            records_by_batch.setdefault(batch, []).append(
-                prediction_log.ImageDetections(
-                    image_id=path.stem,
-                    image_uri=path.resolve().as_uri(),
-                    image_sha256=sha,
-                    width=width,
-                    height=height,
-                    latency_ms=1.0,
-                    boxes_xyxy=xyxy,
-                    confidence=np.full(len(cls), 0.7),
-                    class_id=cls,
-                )
-            )
-            rows.append(
-                {
-                    "image_sha256": sha,
-                    "image_id": path.stem,
-                    "image_uri": path.resolve().as_uri(),
-                    "batch": batch,
-                    "date": dt.date.fromisoformat(batch),
-                    "strategy": "uncertainty",
-                    "score": 0.5,
-                    "rank": len(rows),
-                    "model_name": MODEL[0],
-                    "model_version": MODEL[1],
-                }
-            )
-    for batch, records in records_by_batch.items():
-        table = prediction_log.rows_to_table(
-            records,
-            batch=batch,
-            date=dt.date.fromisoformat(batch),
-            model_name=MODEL[0],
-            model_version=MODEL[1],
-            model_alias="champion",
-            class_names=params.base.classes,
-        )
-        prediction_log.append(paths.predictions, table, part=f"batch={batch}")
-    manifest = label.manifest_path(params, CYCLE)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), manifest)
-    return params
+    return build_cycle(make_params(server.root, title="visionloop-it"))
 
 
 @pytest.fixture(scope="module")
