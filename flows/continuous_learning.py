@@ -127,8 +127,14 @@ def continuous_learning(
     stages.train(params)
     stages.evaluate(params)
     exported = stages.export(params)
-    candidate = Path(exported.artifacts[0].path)  # FP32 ONNX: both models judged on the same runtime
-    gate = stages.gate(params, candidate, Path(champion.onnx) if champion else None)
+    candidate = Path(exported.artifacts[0].path)  # FP32 ONNX: both models scored on the same runtime ...
+    gate = stages.gate(  # ... and timed on what each deploys
+        params,
+        candidate,
+        Path(champion.onnx) if champion else None,
+        candidate_deployed=exported.deployed(),
+        champion_deployed=champion.deployed if champion else None,
+    )
 
     reports = params.base.paths.reports
     lineage = {

@@ -27,6 +27,7 @@ import tasks.train
 import tasks.validate
 import tasks.world
 from tasks.config import Params
+from tasks.inference import Deployed
 
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
 
@@ -76,8 +77,20 @@ def predict(params: Params, batches: list[str] | None = None, alias: str | None 
 
 
 @task(name="gate", **_COMMON)
-def gate(params: Params, candidate: Path, champion: Path | None) -> tasks.gate.GateReport:
-    return tasks.gate.run(params, candidate=candidate, champion=champion)
+def gate(
+    params: Params,
+    candidate: Path,
+    champion: Path | None,
+    candidate_deployed: Deployed | None = None,
+    champion_deployed: Deployed | None = None,
+) -> tasks.gate.GateReport:
+    return tasks.gate.run(
+        params,
+        candidate=candidate,
+        champion=champion,
+        candidate_deployed=candidate_deployed,
+        champion_deployed=champion_deployed,
+    )
 
 
 @task(name="label", retries=2, retry_delay_seconds=10, **_COMMON)

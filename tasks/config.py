@@ -351,6 +351,21 @@ class PromoteParams(Section):
     lock_timeout_s: PositiveInt = 60
 
 
+class GateSpeedParams(Section):
+    """The gate's paired latency pass: both models' timed artifacts take turns, round by round, on the same images.
+
+    ``threads`` is 1 by default on purpose: with one intra-op thread both models run on the calling thread, so a
+    noisy neighbour slows both alike; with more, each session's own worker threads land on a busy or an idle core
+    for the whole pass, a bias that no pairing removes.
+    """
+
+    threads: PositiveInt = 1
+    rounds: PositiveInt = 10
+    runs: PositiveInt = 5  # timed batch-1 runs per model and round; their median is the round's reading
+    warmup: NonNegativeInt = 3
+    images: PositiveInt = 4  # the first golden images, letterboxed; each round cycles through them
+
+
 class GateParams(Section):
     """Candidate vs champion on the same sets (golden + production holdouts); ``null`` switches a rule off.
 
@@ -368,6 +383,7 @@ class GateParams(Section):
     resamples: PositiveInt = 1000
     level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     seed: int | None = None  # None: base.seed
+    speed: GateSpeedParams = GateSpeedParams()
 
 
 class ValidateParams(Section):
@@ -425,7 +441,7 @@ class LabelParams(Section):
 
     backend: Literal["labelstudio", "files"] = "labelstudio"
     url: str = "http://127.0.0.1:8080"
-    project_title: str = Field(default="visionloop", min_length=1, max_length=50)
+    project_title: str = Field(default="visionloop", min_length=3, max_length=50)  # Label Studio: 3+
     document_root: Path = Path(".")
     min_labeled: NonNegativeInt = 50
     timeout_s: Annotated[float, Field(gt=0)] = 30.0

@@ -13,7 +13,8 @@ Contract:
         ``<base.paths.reports>/cycle.json`` (the latest report); the report folder and the gate figures logged to
         the candidate's MLflow run (``cycles/<cycle>/``);
     side effects: :func:`fetch_champion` downloads the champion into ``<base.paths.models>/champion/v<version>/``
-        and copies its checkpoint to ``<base.paths.models>/parent/best.pt``, the warm start of the train stage.
+        (its deployed artifact into the predict stage's cache, ``<base.paths.models>/registry/``) and copies its
+        checkpoint to ``<base.paths.models>/parent/best.pt``, the warm start of the train stage.
 
 A cycle is named by its UTC start time (``20261123T101500Z``), so names sort chronologically as the merge stage
 needs. A run of the loop continues the newest cycle that is not closed (it is waiting for labels, or it failed
@@ -37,7 +38,9 @@ import numpy as np
 
 from tasks import registry
 from tasks.config import Params, load_params, stage_argparser
+from tasks.inference import Deployed
 from tasks.io import write_bytes_atomic, write_json_atomic
+from tasks.predict import find_deployed
 from tasks.train import parent_path
 
 log = logging.getLogger(__name__)
@@ -76,11 +79,20 @@ class CycleState:
 
 @dataclass(frozen=True)
 class ChampionFiles:
-    """The champion of the registry at the start of a cycle, downloaded."""
+    """The champion of the registry at the start of a cycle, downloaded.
+
+    Attributes:
+        version: its model version.
+        weights: its PyTorch checkpoint (the warm start).
+        onnx: its FP32 ONNX file (the gate scores it).
+        deployed: the artifact it runs in production (:func:`tasks.predict.find_deployed`: its selected export
+            artifact, or its ONNX file with the reason); the gate times it against the candidate's.
+    """
 
     version: str
     weights: str
     onnx: str
+    deployed: Deployed | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +212,7 @@ def finish(params: Params, state: CycleState, *, status: Status, outcome: str) -
 
 
 def fetch_champion(params: Params) -> ChampionFiles | None:
-    """Download the current champion's checkpoint and ONNX file; ``None`` when there is no champion yet."""
+    """Download the current champion's checkpoint, ONNX file and deployed artifact; ``None`` without a champion."""
     info = registry.find_alias(params, registry.CHAMPION)
     if info is None:
         log.info("no champion in the registry: the candidate is judged on its own")
@@ -208,12 +220,13 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
     folder = params.base.paths.models / "champion" / f"v{info.version}"
     weights = registry.download_weights(params, info, folder)
     onnx = registry.download_onnx(params, info, folder)
+    deployed = find_deployed(params, info)  # the same lookup (and ONNX fallback) the predict stage runs
     parent = parent_path(params)  # what train warm-starts from (cycle.warm_start); a DVC dependency of train
     parent.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(parent, weights.read_bytes())
     write_json_atomic(parent.with_name("parent.json"), {"version": info.version, "name": info.name})
     log.info("champion v%s fetched into %s (parent checkpoint %s)", info.version, folder, parent)
-    return ChampionFiles(version=info.version, weights=str(weights), onnx=str(onnx))
+    return ChampionFiles(version=info.version, weights=str(weights), onnx=str(onnx), deployed=deployed)
 
 
 # -------------------------------------------------------------------------------------------------- report

@@ -25,8 +25,10 @@ fails is refused, logged and reported, and the stage ships the next best.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -46,6 +48,7 @@ from tasks.config import ExportParams, Hardware, Params, Precision, load_params,
 from tasks.dataset import list_images, load_rgb
 from tasks.evaluate import default_model_path, evaluate_set, inference_settings
 from tasks.inference import (
+    Deployed,
     Detections,
     InferenceSettings,
     Letterbox,
@@ -257,6 +260,14 @@ class ExportReport:
     selection: dict[str, str]
     lineage: dict[str, Any]
     host: dict[str, Any]
+
+    def deployed(self) -> Deployed | None:
+        """The selected artifact as the version will run it (``None`` when nothing was selected)."""
+        if not self.selected:
+            return None
+        target = self.selected["target"]
+        precision = next((c.precision for c in self.artifacts if c.target == target), "")
+        return Deployed(target=target, precision=precision, path=Path(self.selected["path"]))
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -688,9 +699,120 @@ def _timed_ms(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
+def _cycling(forward: Callable[[Any], object], inputs: Sequence[Any]) -> Callable[[], object]:
+    """A call that feeds ``forward`` the next of ``inputs`` each time, starting from the first."""
+    feed = itertools.cycle(inputs)
+    return lambda: forward(next(feed))
+
+
 def _share(total: int, rounds: int, round_index: int) -> int:
     """Runs of round ``round_index`` when ``total`` runs are spread over ``rounds`` rounds (first rounds get more)."""
     return total // rounds + (1 if round_index < total % rounds else 0)
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """One artifact's share of a pass of :func:`time_rounds`: the summary export reports, and every round.
+
+    Attributes:
+        speed: the summary over all rounds, exactly what :func:`time_artifacts` returns.
+        round_ms: ``(rounds,)`` median batch-1 latency (ms) of the artifact's runs in each round, in round order;
+            a round in which it had no run is left out. Two artifacts of one pass line up round by round: their
+            ratio per round compares runs made moments apart.
+        runs_per_round: ``(rounds,)`` batch-1 runs behind each value of ``round_ms``.
+    """
+
+    speed: SpeedResult
+    round_ms: tuple[float, ...]
+    runs_per_round: tuple[int, ...]
+
+
+def time_rounds(
+    paths: Mapping[str, Path],
+    *,
+    settings: InferenceSettings,
+    images: npt.NDArray[np.float32],
+    batch: int,
+    warmup: int,
+    runs: int,
+    batch_runs: int,
+    rounds: int,
+) -> dict[str, RoundTiming]:
+    """Time several artifacts' networks in turns, so that a burst of load on a shared host hits them alike.
+
+    Each artifact is loaded and warmed up on its own (untimed ``warmup`` runs at batch 1 and at ``batch``), which
+    gives its load time and peak memory. Then, in each of ``rounds`` rounds, every artifact runs its share of the
+    ``runs`` batch-1 and ``batch_runs`` batch-``batch`` timed runs, in an order rotated every round. A noisy
+    moment therefore lands on all artifacts instead of on whichever was being timed alone, and the speed-up of
+    an INT8 artifact over its FP32 sibling is measured side by side. The batch of ``batch`` repeats ``images``
+    cyclically; batch-1 run ``k`` of a round feeds image ``k mod len(images)``, the same images for every
+    artifact. ``batch_runs == 0`` times batch 1 only (the batch figures are then NaN and 0 img/s).
+
+    Args:
+        paths: name -> artifact (any format :func:`tasks.inference.load_detector` opens).
+        settings: runtime settings every artifact is loaded with.
+        images: ``(N, 3, S, S)`` float32 in [0, 1], letterboxed network inputs, ``N >= 1``.
+        batch, warmup, runs, batch_runs, rounds: as described; ``runs`` and ``batch_runs`` are totals over
+            all rounds, spread by :func:`_share`, and there are never more rounds than ``runs``.
+
+    Returns:
+        name -> :class:`RoundTiming`, in the order of ``paths``.
+    """
+    singles = [np.ascontiguousarray(images[i : i + 1]) for i in range(len(images))]
+    many = np.ascontiguousarray(images[np.arange(batch) % len(images)])
+    loaded: dict[str, Any] = {}
+    memory: dict[str, tuple[float, float]] = {}
+    for name, path in paths.items():
+        with _PeakRss() as rss:
+            start = time.perf_counter()
+            detector = load_detector(path, settings)
+            load_s = time.perf_counter() - start
+            for _ in range(warmup):
+                detector.forward(singles[0])
+            for _ in range(max(1, warmup)):
+                detector.forward(many)
+        loaded[name] = detector
+        memory[name] = (rss.delta_mb, round(load_s, 3))
+    rounds = max(1, min(rounds, runs))
+    names = list(loaded)
+    single: dict[str, list[list[float]]] = {name: [] for name in names}
+    batched: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            detector = loaded[name]
+            single[name].append(_timed_ms(_cycling(detector.forward, singles), _share(runs, rounds, r)))
+            batched[name] += _timed_ms(partial(detector.forward, many), _share(batch_runs, rounds, r))
+    out = {}
+    for name in names:
+        every = [ms for per_round in single[name] for ms in per_round]
+        p50, p95, p99 = (float(v) for v in np.percentile(every, [50, 95, 99]))
+        batch_ms = float(np.median(batched[name])) if batched[name] else math.nan
+        speed = SpeedResult(
+            threads=settings.threads,
+            static_shapes=settings.static_shapes,
+            latency_ms={
+                "p50": round(p50, 3),
+                "p95": round(p95, 3),
+                "p99": round(p99, 3),
+                "mean": round(float(np.mean(every)), 3),
+            },
+            batch=batch,
+            batch_latency_ms=round(batch_ms, 3),
+            throughput_ips=round(batch * 1000.0 / batch_ms, 2) if batched[name] else 0.0,
+            peak_rss_mb=memory[name][0],
+            load_s=memory[name][1],
+            runs=runs,
+            warmup=warmup,
+            rounds=rounds,
+        )
+        kept = [per_round for per_round in single[name] if per_round]
+        out[name] = RoundTiming(
+            speed=speed,
+            round_ms=tuple(float(np.median(per_round)) for per_round in kept),
+            runs_per_round=tuple(len(per_round) for per_round in kept),
+        )
+    return out
 
 
 def time_artifacts(
@@ -704,66 +826,22 @@ def time_artifacts(
     batch_runs: int,
     rounds: int,
 ) -> dict[str, SpeedResult]:
-    """Time several artifacts' networks in turns, so that a burst of load on a shared host hits them alike.
-
-    Each artifact is loaded and warmed up on its own (untimed ``warmup`` runs at batch 1 and at ``batch``), which
-    gives its load time and peak memory. Then, in each of ``rounds`` rounds, every artifact runs its share of the
-    ``runs`` batch-1 and ``batch_runs`` batch-``batch`` timed runs, in an order rotated every round. A noisy
-    moment therefore lands on all artifacts instead of on whichever was being timed alone, and the speed-up of
-    an INT8 artifact over its FP32 sibling is measured side by side. The batch of ``batch`` repeats ``images``
-    cyclically.
+    """Time several artifacts' networks in turns (:func:`time_rounds`); the summary of each over all rounds.
 
     Returns:
         name -> :class:`SpeedResult`, percentiles over all rounds.
     """
-    one = np.ascontiguousarray(images[:1])
-    many = np.ascontiguousarray(images[np.arange(batch) % len(images)])
-    loaded: dict[str, Any] = {}
-    memory: dict[str, tuple[float, float]] = {}
-    for name, path in paths.items():
-        with _PeakRss() as rss:
-            start = time.perf_counter()
-            detector = load_detector(path, settings)
-            load_s = time.perf_counter() - start
-            for _ in range(warmup):
-                detector.forward(one)
-            for _ in range(max(1, warmup)):
-                detector.forward(many)
-        loaded[name] = detector
-        memory[name] = (rss.delta_mb, round(load_s, 3))
-    rounds = max(1, min(rounds, runs))
-    names = list(loaded)
-    single: dict[str, list[float]] = {name: [] for name in names}
-    batched: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:
-            detector = loaded[name]
-            single[name] += _timed_ms(partial(detector.forward, one), _share(runs, rounds, r))
-            batched[name] += _timed_ms(partial(detector.forward, many), _share(batch_runs, rounds, r))
-    out = {}
-    for name in names:
-        p50, p95, p99 = (float(v) for v in np.percentile(single[name], [50, 95, 99]))
-        batch_ms = float(np.median(batched[name]))
-        out[name] = SpeedResult(
-            threads=settings.threads,
-            static_shapes=settings.static_shapes,
-            latency_ms={
-                "p50": round(p50, 3),
-                "p95": round(p95, 3),
-                "p99": round(p99, 3),
-                "mean": round(float(np.mean(single[name])), 3),
-            },
-            batch=batch,
-            batch_latency_ms=round(batch_ms, 3),
-            throughput_ips=round(batch * 1000.0 / batch_ms, 2),
-            peak_rss_mb=memory[name][0],
-            load_s=memory[name][1],
-            runs=runs,
-            warmup=warmup,
-            rounds=rounds,
-        )
-    return out
+    timings = time_rounds(
+        paths,
+        settings=settings,
+        images=images,
+        batch=batch,
+        warmup=warmup,
+        runs=runs,
+        batch_runs=batch_runs,
+        rounds=rounds,
+    )
+    return {name: timing.speed for name, timing in timings.items()}
 
 
 # --------------------------------------------------------------------------------------------- selection

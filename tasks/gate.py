@@ -4,11 +4,13 @@ Contract:
     inputs: a candidate model artifact and, unless this is the first cycle, the champion's (``.pt``, ``.onnx``
         or OpenVINO); the golden set ``base.paths.golden`` (forgetting check) and the union of every production
         holdout ``base.paths.holdouts/<cycle>/`` that has ``images/`` + ``labels/`` (none yet: that comparison
-        is skipped with a reason);
+        is skipped with a reason); for the latency rules, the artifact each model deploys (the candidate's export
+        selection, the champion's ``deploy.artifact``; without both, the scored files of both are timed);
     params: ``base`` (classes, imgsz, device, seed, paths), ``evaluate`` (inference thresholds, batch),
-        ``predict.threads``, ``gate`` (the policy and the bootstrap);
+        ``predict.threads``, ``export.speed.static_shapes``, ``gate`` (the policy, the bootstrap, ``gate.speed``);
     outputs: ``<reports>/gate.json``: the decision (``promote`` / ``reject``) and its reasons, per-set mAP50-95
-        of both models, the paired-bootstrap confidence interval of the difference, per-class AP and latency;
+        of both models, the paired-bootstrap confidence interval of the difference, per-class AP, and the paired
+        latency pass (both per-round series, the per-round ratios, the estimates and bounds, what was timed);
     side effects: none besides the report (promotion itself belongs to the registry).
 
 How: each model's detections are matched to the ground truth once, image by image, with COCO's rules (greedy
@@ -16,6 +18,10 @@ by score, crowd ground truth ignored, 100 detections per image and class, area r
 A paired bootstrap over images then re-accumulates COCO's 101-point interpolated precision from those stored
 matches for every resample (no COCO re-evaluation per resample); on the full set this reproduces
 faster-coco-eval's ``AP`` to 1e-6, which :func:`score_model` checks on every run.
+
+Latency is not taken from the scoring pass (each model alone, one after the other): :func:`time_latency` times
+both deployed artifacts in one pass, taking turns round by round on the same images, and :func:`compare` judges
+the per-round candidate/champion ratio with a bootstrap interval over rounds (see there why).
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ import numpy as np
 import numpy.typing as npt
 
 from tasks.config import GateParams, Params, load_params, stage_argparser
-from tasks.dataset import LabeledImage, list_images, read_labeled_set
+from tasks.dataset import LabeledImage, list_images, load_rgb, read_labeled_set
 from tasks.evaluate import coco_detections, coco_ground_truth, coco_metrics, detect_set, inference_settings
-from tasks.inference import Detections
+from tasks.export import TARGETS, time_rounds
+from tasks.inference import Deployed, Detections, InferenceSettings, letterbox
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -112,10 +119,10 @@ class SetMatches:
 
 @dataclass(frozen=True)
 class Interval:
-    """A paired-bootstrap confidence interval of a difference (candidate − champion).
+    """A bootstrap confidence interval: of an mAP difference (candidate − champion), or of a latency statistic.
 
     Attributes:
-        estimate: the difference on the full set.
+        estimate: the statistic on the full sample (the difference on the full set; the median over rounds).
         low, high: percentile bounds at ``level`` (two-sided).
         level: confidence level, e.g. 0.95.
         resamples: bootstrap resamples the bounds come from.
@@ -157,19 +164,45 @@ class SetScore:
 
 
 @dataclass(frozen=True)
+class LatencySeries:
+    """One model's share of the paired latency pass (:func:`time_latency`), round by round.
+
+    Attributes:
+        artifact: the file timed.
+        runtime: its export target (``onnx``, ``openvino_int8``, ...).
+        round_ms: ``(R,)`` per round, the median batch-1 network ms of the model's runs in that round. The
+            candidate's and the champion's series of one pass line up: round ``r`` of both was timed moments apart,
+            taking turns, on the same images.
+        runs_per_round: timed runs behind each round's median.
+        threads: intra-op threads the runtime was given.
+        fallback: why the FP32 ONNX files were timed instead of the deployed artifacts (``None``: deployed ones).
+    """
+
+    artifact: str
+    runtime: str
+    round_ms: tuple[float, ...]
+    runs_per_round: int
+    threads: int
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelScores:
     """One model scored on every gate set.
 
     Attributes:
         model: artifact path.
         sets: by set name.
-        ms_per_image: mean wall time per image over all sets (pre-processing + network + decoding, in batches of
-            ``evaluate.batch``, after one untimed warm-up batch).
+        ms_per_image: mean wall time per image over all sets in the scoring pass (pre-processing + network +
+            decoding, in batches of ``evaluate.batch``, after one untimed warm-up batch); informational only: the
+            models are scored one after the other, so a noisy moment lands on one of them.
+        latency: the model's series from the paired latency pass the latency rules judge (``None``: not timed).
     """
 
     model: str
     sets: dict[str, SetScore]
     ms_per_image: float
+    latency: LatencySeries | None = None
 
 
 @dataclass(frozen=True)
@@ -182,9 +215,10 @@ class GatePolicy:
         max_golden_loss_ci: the lower CI bound of the golden difference may fall at most this far below 0.
         max_class_drop: AP50-95 any class may lose on any set (point estimate).
         min_class_boxes: classes with fewer ground-truth boxes in a set are not held to ``max_class_drop`` there.
-        max_latency_ms: the candidate's ms per image budget.
-        max_latency_factor: the candidate may be at most this many times slower per image than the champion.
-        resamples, level, seed: the paired bootstrap.
+        max_latency_ms: the candidate's ms per image budget (fails when clearly over it, see :func:`compare`).
+        max_latency_factor: the candidate may be at most this many times slower per image than the champion (fails
+            when clearly slower, see :func:`compare`).
+        resamples, level, seed: the paired bootstrap (over images for mAP, over rounds for latency).
     """
 
     min_production_gain: float
@@ -201,7 +235,7 @@ class GatePolicy:
     @classmethod
     def from_config(cls, gate: GateParams, *, seed: int) -> GatePolicy:
         """Build the policy from the ``gate`` section; ``seed`` is used when ``gate.seed`` is null."""
-        values = gate.model_dump()
+        values = gate.model_dump(exclude={"speed"})  # how to time is the stage's business, not the rule's
         values["seed"] = seed if gate.seed is None else gate.seed
         return cls(**values)
 
@@ -224,12 +258,30 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class LatencyComparison:
+    """The paired latency pass as :func:`compare` judged it.
+
+    Attributes:
+        ratios: ``(R,)`` candidate / champion ms per usable round (both readings finite and > 0).
+        ratio: median of ``ratios`` with its bootstrap interval over rounds.
+        candidate_ms: median of the candidate's per-round ms with its bootstrap interval over rounds.
+        champion_ms: median of the champion's per-round ms over the same rounds.
+    """
+
+    ratios: tuple[float, ...]
+    ratio: Interval
+    candidate_ms: Interval
+    champion_ms: float
+
+
+@dataclass(frozen=True)
 class Decision:
     """What :func:`compare` returns: the verdict, every checked rule, and the intervals it used."""
 
     decision: Verdict
     reasons: list[Reason]
     intervals: dict[str, Interval] = field(default_factory=dict)
+    latency: LatencyComparison | None = None
 
     @property
     def failed(self) -> list[Reason]:
@@ -263,6 +315,7 @@ class GateReport:
     latency_ms_per_image: dict[str, float | None]
     policy: dict[str, Any]
     params_digest: str = ""
+    latency: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------------- matching
@@ -619,6 +672,54 @@ def paired_bootstrap(
     return Interval(estimate, float(low), float(high), level, resamples)
 
 
+def bootstrap_median(values: Sequence[float], *, resamples: int, seed: int, level: float) -> Interval:
+    """The median of ``values`` and its percentile-bootstrap interval (resampling the values with replacement).
+
+    Args:
+        values: ``(R,)`` finite readings, e.g. one per timing round.
+        resamples, seed, level: as :func:`paired_bootstrap`.
+
+    Returns:
+        The median and its two-sided interval at ``level``; all NaN for no values. One value gives ``[v, v]``.
+    """
+    data = np.asarray(values, np.float64)
+    if data.size == 0:
+        return Interval(math.nan, math.nan, math.nan, level, resamples)
+    rng = np.random.default_rng(seed)
+    medians = np.median(data[rng.integers(0, data.size, size=(resamples, data.size))], axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(medians, [alpha, 1.0 - alpha])
+    return Interval(float(np.median(data)), float(low), float(high), level, resamples)
+
+
+def compare_latency(
+    candidate: LatencySeries, champion: LatencySeries, *, resamples: int, seed: int, level: float
+) -> LatencyComparison:
+    """Pair two series of one latency pass round by round: the ratio per round and the intervals of both medians.
+
+    Rounds in which either reading is not a finite positive number are left out (a timer that read 0).
+
+    Raises:
+        ValueError: the series have different lengths (they were not timed in one paired pass).
+    """
+    if len(candidate.round_ms) != len(champion.round_ms):
+        raise ValueError(
+            f"latency series of {len(candidate.round_ms)} and {len(champion.round_ms)} rounds: candidate and "
+            "champion must be timed in one paired pass (time_latency)"
+        )
+    cand = np.asarray(candidate.round_ms, np.float64)
+    champ = np.asarray(champion.round_ms, np.float64)
+    usable = np.isfinite(cand) & np.isfinite(champ) & (cand > 0) & (champ > 0)
+    cand, champ = cand[usable], champ[usable]
+    ratios = cand / champ
+    return LatencyComparison(
+        ratios=tuple(float(r) for r in ratios),
+        ratio=bootstrap_median(ratios, resamples=resamples, seed=seed, level=level),
+        candidate_ms=bootstrap_median(cand, resamples=resamples, seed=seed, level=level),
+        champion_ms=float(np.median(champ)) if champ.size else math.nan,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- scoring
 
 
@@ -768,6 +869,150 @@ def score_model(model_path: Path, sets: Mapping[str, Path | Sequence[Path]], *, 
     return ModelScores(model=str(model_path), sets=scores, ms_per_image=ms)
 
 
+# ------------------------------------------------------------------------------------------------------ latency
+
+# what an artifact runs on, by its suffix, when nobody named its export target (``python -m tasks.gate`` paths)
+_RUNTIME_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt", ".pt": "pytorch"}
+
+
+def runtime_of(path: Path) -> str:
+    """The export target an artifact file looks like.
+
+    Its folder's name when that names a target (the export stage and the registry lay them out so:
+    ``openvino_int8/model.xml``), else the runtime its suffix loads (an OpenVINO folder is ``openvino``).
+    """
+    if path.parent.name in TARGETS:
+        return path.parent.name
+    return _RUNTIME_BY_SUFFIX.get(path.suffix, "openvino" if path.is_dir() else path.suffix.lstrip(".") or "unknown")
+
+
+def timed_pair(
+    candidate: Path, champion: Path, *, candidate_deployed: Deployed | None, champion_deployed: Deployed | None
+) -> tuple[Deployed, Deployed]:
+    """What the latency pass times: both deployed artifacts, or else the scored FP32 ONNX files of both.
+
+    Deployed artifacts are compared only with each other: when one side has none (an old champion registered
+    before export selection, a champion whose artifact cannot be fetched, ``python -m tasks.gate`` given paths
+    only), both sides fall back to the files they were scored with, and ``fallback`` says why.
+    """
+    missing = []
+    for who, deployed in (("candidate", candidate_deployed), ("champion", champion_deployed)):
+        if deployed is None:
+            missing.append(f"the {who} has no selected artifact given")
+        elif deployed.fallback is not None:
+            missing.append(f"{who}: {deployed.fallback}")
+    if candidate_deployed is not None and champion_deployed is not None and not missing:
+        return candidate_deployed, champion_deployed
+    why = "; ".join(missing)
+    return (
+        Deployed(runtime_of(candidate), "fp32", candidate, fallback=why),
+        Deployed(runtime_of(champion), "fp32", champion, fallback=why),
+    )
+
+
+def latency_images(params: Params) -> npt.NDArray[np.float32]:
+    """``(N, 3, S, S)`` float32: the first ``gate.speed.images`` golden images, letterboxed to ``base.imgsz``."""
+    root = params.base.paths.golden / "images"
+    paths = list_images(root)[: params.gate.speed.images]
+    if not paths:
+        raise FileNotFoundError(f"{root}: no images to time the models on")
+    return np.stack([letterbox(load_rgb(p), params.base.imgsz)[0] for p in paths])
+
+
+def latency_settings(params: Params) -> InferenceSettings:
+    """The runtime settings of the latency pass: ``gate.speed.threads``, OpenVINO shapes as export timed them."""
+    return InferenceSettings(
+        imgsz=params.base.imgsz,
+        threads=params.gate.speed.threads,
+        device=params.base.device,
+        static_shapes=params.export.speed.static_shapes,
+        nms_free=params.base.nms_free,
+    )
+
+
+def time_latency(
+    candidate: Deployed,
+    champion: Deployed,
+    *,
+    settings: InferenceSettings,
+    images: npt.NDArray[np.float32],
+    rounds: int,
+    runs: int,
+    warmup: int,
+) -> tuple[LatencySeries, LatencySeries]:
+    """Time both models' networks in one pass, taking turns round by round (:func:`tasks.export.time_rounds`).
+
+    Each model is loaded and warmed up (``warmup`` untimed runs); then in each of ``rounds`` rounds each runs
+    ``runs`` timed batch-1 forwards over ``images`` (cycled, the same for both), who goes first alternating
+    between rounds. Network only: pre- and post-processing are the same code for every runtime.
+
+    Args:
+        candidate, champion: the artifacts to time and the runtime each is named by (``fallback`` is carried over).
+        settings: runtime settings (threads, OpenVINO static shapes).
+        images: ``(N, 3, S, S)`` float32 letterboxed network inputs.
+        rounds, runs, warmup: the pass (``runs`` per model and round).
+
+    Returns:
+        The candidate's and the champion's series, round ``r`` of one paired with round ``r`` of the other.
+    """
+    timings = time_rounds(
+        {"candidate": candidate.path, "champion": champion.path},
+        settings=settings,
+        images=images,
+        batch=1,
+        warmup=warmup,
+        runs=rounds * runs,
+        batch_runs=0,
+        rounds=rounds,
+    )
+    series = []
+    for deployed, timing in ((candidate, timings["candidate"]), (champion, timings["champion"])):
+        series.append(
+            LatencySeries(
+                artifact=str(deployed.path),
+                runtime=deployed.target,
+                round_ms=timing.round_ms,
+                runs_per_round=runs,
+                threads=settings.threads,
+                fallback=deployed.fallback,
+            )
+        )
+    return series[0], series[1]
+
+
+def measure_latency(
+    params: Params,
+    candidate: Path,
+    champion: Path,
+    *,
+    candidate_deployed: Deployed | None = None,
+    champion_deployed: Deployed | None = None,
+) -> tuple[LatencySeries, LatencySeries]:
+    """The paired latency pass of the stage: deployed artifacts when both are given and load, else both FP32 ONNX.
+
+    Args:
+        params: ``gate.speed``, ``base`` (image size, device, golden set), ``export.speed.static_shapes``.
+        candidate, champion: the files both models were scored with (the fallback).
+        candidate_deployed, champion_deployed: what each will run in production (``None``: not known).
+    """
+    cfg = params.gate.speed
+    settings, images = latency_settings(params), latency_images(params)
+    timed = timed_pair(candidate, champion, candidate_deployed=candidate_deployed, champion_deployed=champion_deployed)
+    try:
+        return time_latency(
+            *timed, settings=settings, images=images, rounds=cfg.rounds, runs=cfg.runs, warmup=cfg.warmup
+        )
+    except Exception as exc:  # a deployed artifact this host cannot open (TensorRT without CUDA): time what can
+        if timed[0].fallback is not None:
+            raise
+        why = f"{timed[0].target} vs {timed[1].target} cannot be timed here ({type(exc).__name__}: {exc})"
+        log.warning("%s; timing the FP32 ONNX of both", why)
+        fallback = (Deployed(runtime_of(p), "fp32", p, fallback=why) for p in (candidate, champion))
+        return time_latency(
+            *fallback, settings=settings, images=images, rounds=cfg.rounds, runs=cfg.runs, warmup=cfg.warmup
+        )
+
+
 # ----------------------------------------------------------------------------------------------------- decision
 
 
@@ -811,6 +1056,57 @@ def _class_reasons(name: str, cand: SetScore, champ: SetScore, policy: GatePolic
     ]
 
 
+def _latency_reasons(
+    cand: LatencySeries | None, champ: LatencySeries | None, latency: LatencyComparison | None, policy: GatePolicy
+) -> list[Reason]:
+    """The ``latency_budget`` and ``latency_factor`` reasons (each only when its limit is set)."""
+    limits: list[tuple[ReasonCode, float]] = []
+    if policy.max_latency_ms is not None:
+        limits.append(("latency_budget", policy.max_latency_ms))
+    if policy.max_latency_factor is not None:
+        limits.append(("latency_factor", policy.max_latency_factor))
+    if cand is None or champ is None or latency is None or not latency.ratios:
+        why = (
+            "no paired latency pass of both models"
+            if latency is None
+            else f"no usable round among {len(cand.round_ms) if cand else 0}"
+        )
+        return [
+            Reason(code, False, f"not measured ({why}): cannot show the candidate is within {limit}", {"limit": limit})
+            for code, limit in limits
+        ]
+    pct = f"{policy.level:.0%}"
+    rounds = f"{len(latency.ratios)} rounds of {cand.runs_per_round} runs, {cand.threads} thread(s)"
+    note = f"; FP32 ONNX of both timed: {cand.fallback}" if cand.fallback else ""
+    reasons = []
+    for code, limit in limits:
+        if code == "latency_budget":
+            iv = latency.candidate_ms
+            ok = iv.low <= limit
+            message = (
+                f"candidate {iv.estimate:.2f} ms/image, {pct} CI [{iv.low:.2f}, {iv.high:.2f}] ({cand.runtime}, "
+                f"{rounds}{note}): lower bound {'<=' if ok else '>'} budget {limit} ms"
+            )
+            numbers = {"estimate_ms": iv.estimate, "low_ms": iv.low, "high_ms": iv.high, "max_latency_ms": limit}
+        else:
+            iv = latency.ratio
+            ok = iv.low <= limit
+            message = (
+                f"candidate/champion {iv.estimate:.2f}x, {pct} CI [{iv.low:.2f}, {iv.high:.2f}] ({cand.runtime} vs "
+                f"{champ.runtime}, {rounds}{note}): lower bound {'<=' if ok else '>'} {limit}"
+            )
+            numbers = {
+                "ratio": iv.estimate,
+                "low": iv.low,
+                "high": iv.high,
+                "candidate_ms": latency.candidate_ms.estimate,
+                "champion_ms": latency.champion_ms,
+                "max_latency_factor": limit,
+            }
+        reasons.append(Reason(code, ok, message, numbers | {"rounds": float(len(latency.ratios))}))
+    return reasons
+
+
 def compare(candidate: ModelScores, champion: ModelScores | None, policy: GatePolicy) -> Decision:
     """Decide whether the candidate replaces the champion. Pure: the same inputs give the same decision.
 
@@ -820,8 +1116,21 @@ def compare(candidate: ModelScores, champion: ModelScores | None, policy: GatePo
         golden_loss_ci: lower CI bound of the golden difference >= −``max_golden_loss_ci``;
         class_drop: on every set, no class (with ground truth and >= ``min_class_boxes`` boxes) loses more than
             ``max_class_drop`` AP50-95;
-        latency_budget / latency_factor: candidate ms per image <= ``max_latency_ms`` / <= champion's x factor.
+        latency_factor: fails only when the candidate is *clearly* more than ``max_latency_factor`` times slower:
+            the lower bound of the interval of the median per-round ratio (candidate / champion) is above it;
+        latency_budget: fails only when the candidate is clearly over ``max_latency_ms``: the lower bound of the
+            interval of its median per-round ms is above it.
     No champion: promote ("no_champion"). No production set: decided on golden only ("no_holdouts").
+
+    Why the latency rules look like this: a single ms/image per model, each measured alone, swings by 2x and more
+    on a shared host (another process, another thread), and one unlucky reading rejected a better model. The paired
+    pass (:func:`time_latency`) times both models in rounds, taking turns on the same images, so a noisy moment
+    hits both within a round; the per-round *ratio* cancels what the round shared. The median over rounds shrugs
+    off the rounds a burst hit only one side of, and the bootstrap over rounds (``resamples``, ``seed``,
+    ``level``, as for mAP) says how far that median may be off. The burden of proof is on "slower": a noisy pass
+    gives a wide interval whose lower bound stays low, so it passes; a genuine slowdown moves every round and
+    the whole interval. A latency rule that is on but has nothing to judge (no pass, no usable round) fails:
+    a switched-on rule is never silently skipped.
 
     Args:
         candidate: the candidate scored on ``golden`` and, when holdouts exist, ``production``.
@@ -829,7 +1138,8 @@ def compare(candidate: ModelScores, champion: ModelScores | None, policy: GatePo
         policy: the rules and the bootstrap settings.
 
     Raises:
-        ValueError: golden missing, or the two models were not scored on the same sets and ground truth.
+        ValueError: golden missing, the two models were not scored on the same sets and ground truth, or their
+            latency series were not timed in one pass.
     """
     if GOLDEN not in candidate.sets:
         raise ValueError(f"candidate was not scored on {GOLDEN!r} (sets: {sorted(candidate.sets)})")
@@ -926,31 +1236,18 @@ def compare(candidate: ModelScores, champion: ModelScores | None, policy: GatePo
     for name in sorted(candidate.sets):
         reasons.extend(_class_reasons(name, candidate.sets[name], champion.sets[name], policy))
 
-    cand_ms, champ_ms = candidate.ms_per_image, champion.ms_per_image
-    if policy.max_latency_ms is not None:
-        ok = cand_ms <= policy.max_latency_ms
-        reasons.append(
-            Reason(
-                "latency_budget",
-                ok,
-                f"candidate {cand_ms:.2f} ms/image {'<=' if ok else '>'} budget {policy.max_latency_ms} ms",
-                {"candidate_ms": cand_ms, "max_latency_ms": policy.max_latency_ms},
+    latency = None
+    if policy.max_latency_ms is not None or policy.max_latency_factor is not None:
+        latency = (
+            compare_latency(
+                candidate.latency, champion.latency, resamples=policy.resamples, seed=policy.seed, level=policy.level
             )
+            if candidate.latency is not None and champion.latency is not None
+            else None
         )
-    if policy.max_latency_factor is not None:
-        limit = champ_ms * policy.max_latency_factor
-        ok = cand_ms <= limit
-        reasons.append(
-            Reason(
-                "latency_factor",
-                ok,
-                f"candidate {cand_ms:.2f} ms/image {'<=' if ok else '>'} champion {champ_ms:.2f} x "
-                f"{policy.max_latency_factor} = {limit:.2f}",
-                {"candidate_ms": cand_ms, "champion_ms": champ_ms, "max_latency_factor": policy.max_latency_factor},
-            )
-        )
+        reasons.extend(_latency_reasons(candidate.latency, champion.latency, latency, policy))
     verdict: Verdict = "promote" if all(r.passed for r in reasons) else "reject"
-    return Decision(verdict, reasons, intervals)
+    return Decision(verdict, reasons, intervals, latency)
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -996,7 +1293,31 @@ def build_report(
         },
         policy=asdict(policy),
         params_digest=digest,
+        latency=_latency_report(candidate, champion, decision),
     )
+
+
+def _latency_report(candidate: ModelScores, champion: ModelScores | None, decision: Decision) -> dict[str, Any] | None:
+    """The paired latency pass for the report: both series, the per-round ratios, the estimates and bounds."""
+    if champion is None or candidate.latency is None or champion.latency is None:
+        return None
+    out: dict[str, Any] = {
+        "candidate": asdict(candidate.latency),
+        "champion": asdict(champion.latency),
+        "rounds": len(candidate.latency.round_ms),
+        "runs_per_round": candidate.latency.runs_per_round,
+        "threads": candidate.latency.threads,
+        "timed": f"{candidate.latency.runtime} vs {champion.latency.runtime}",
+        "fallback": candidate.latency.fallback,
+    }
+    if decision.latency is not None:
+        out |= {
+            "ratios": list(decision.latency.ratios),
+            "ratio": asdict(decision.latency.ratio),
+            "candidate_ms": asdict(decision.latency.candidate_ms),
+            "champion_ms": decision.latency.champion_ms,
+        }
+    return out
 
 
 def _json_safe(value: Any) -> Any:
@@ -1010,13 +1331,24 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def run(params: Params, *, candidate: Path, champion: Path | None, report_path: Path | None = None) -> GateReport:
-    """Score both models on the same sets, decide, and write ``<reports>/gate.json``.
+def run(
+    params: Params,
+    *,
+    candidate: Path,
+    champion: Path | None,
+    candidate_deployed: Deployed | None = None,
+    champion_deployed: Deployed | None = None,
+    report_path: Path | None = None,
+) -> GateReport:
+    """Score both models on the same sets, time them in one paired pass, decide, and write ``<reports>/gate.json``.
 
     Args:
         params: validated config.
-        candidate: the candidate's artifact.
-        champion: the champion's artifact, ``None`` on the first cycle.
+        candidate: the candidate's artifact to score (FP32 ONNX in the loop: both models scored on one runtime).
+        champion: the champion's artifact to score, ``None`` on the first cycle.
+        candidate_deployed: the artifact the candidate would ship (the export stage's selection), for the latency
+            pass; ``None``: not known, both models are timed on the files they were scored with.
+        champion_deployed: the artifact the champion runs (:func:`tasks.predict.find_deployed`), likewise.
         report_path: where to write the JSON (default ``<reports>/gate.json``).
     """
     start = time.perf_counter()
@@ -1026,6 +1358,16 @@ def run(params: Params, *, candidate: Path, champion: Path | None, report_path: 
         log.info("no production holdouts under %s: the gate decides on golden only", params.base.paths.holdouts)
     cand = score_model(candidate, sets, params=params)
     champ = score_model(champion, sets, params=params) if champion is not None else None
+    if (
+        champ is not None
+        and champion is not None
+        and (policy.max_latency_ms is not None or policy.max_latency_factor is not None)
+    ):
+        cand_latency, champ_latency = measure_latency(
+            params, candidate, champion, candidate_deployed=candidate_deployed, champion_deployed=champion_deployed
+        )
+        cand = dataclasses.replace(cand, latency=cand_latency)
+        champ = dataclasses.replace(champ, latency=champ_latency)
     decision = compare(cand, champ, policy)
     report = build_report(cand, champ, decision, policy=policy, digest=params.digest())
     for reason in decision.reasons:
@@ -1037,16 +1379,34 @@ def run(params: Params, *, candidate: Path, champion: Path | None, report_path: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.gate [--params P] --candidate PATH [--champion PATH]``."""
+    """``python -m tasks.gate [--params P] --candidate PATH [--champion PATH] [--candidate-deployed PATH ...]``."""
     from tasks.env import apply_env
 
     parser = stage_argparser("gate", __doc__)
     parser.add_argument("--candidate", type=Path, required=True, help="candidate model artifact")
     parser.add_argument("--champion", type=Path, default=None, help="champion model artifact (none: first cycle)")
+    for who in ("candidate", "champion"):
+        parser.add_argument(
+            f"--{who}-deployed",
+            type=Path,
+            default=None,
+            help=f"the artifact the {who} deploys, timed for the latency rules (both or neither: else both "
+            "scored files are timed)",
+        )
     args = parser.parse_args(argv)
     apply_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(load_params(args.params), candidate=args.candidate, champion=args.champion)
+
+    def deployed(path: Path | None) -> Deployed | None:
+        return None if path is None else Deployed(runtime_of(path), "", path)
+
+    report = run(
+        load_params(args.params),
+        candidate=args.candidate,
+        champion=args.champion,
+        candidate_deployed=deployed(args.candidate_deployed),
+        champion_deployed=deployed(args.champion_deployed),
+    )
     print(json.dumps({"decision": report.decision, "failed": [r.code for r in report.reasons if not r.passed]}))
 
 

@@ -73,6 +73,23 @@ class InferenceSettings:
 
 
 @dataclass(frozen=True)
+class Deployed:
+    """The artifact a model version runs with here (the prediction stage opens it, the gate times it).
+
+    Attributes:
+        target: export target that ran (``openvino_int8``, ...; ``onnx`` on the fallback).
+        precision: its precision as built.
+        path: local file opened.
+        fallback: why the version's ONNX file runs instead of its ``deploy.artifact`` (``None``: no fallback).
+    """
+
+    target: str
+    precision: str
+    path: Path
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
 class Letterbox:
     """How an image was fitted into the square input: ``input = original * scale + (pad_x, pad_y)``."""
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from tasks import prediction_log, registry
 from tasks.config import Params, load_params, stage_argparser
 from tasks.dataset import DatasetError, list_images, load_rgb
-from tasks.inference import Detector, InferenceSettings, load_detector, predict_images
+from tasks.inference import Deployed, Detector, InferenceSettings, load_detector, predict_images
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -54,23 +54,6 @@ class BatchResult:
     skipped: dict[str, str]
     files: list[str]
     ms_per_image: float
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """The artifact a model version runs with here.
-
-    Attributes:
-        target: export target that ran (``openvino_int8``, ...; ``onnx`` on the fallback).
-        precision: its precision as built.
-        path: local file opened.
-        fallback: why the version's ONNX file runs instead of its ``deploy.artifact`` (``None``: no fallback).
-    """
-
-    target: str
-    precision: str
-    path: Path
-    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +128,11 @@ def cached_deploy_artifact(params: Params, info: registry.ModelVersionInfo) -> P
     return local if local.is_file() else registry.download_deploy_artifact(params, info, cache)
 
 
-def open_deployed(
-    params: Params, info: registry.ModelVersionInfo, settings: InferenceSettings
-) -> tuple[Detector, Deployed]:
-    """Open the version's deployable artifact, or its ONNX file when it has none or it cannot run here."""
+def find_deployed(params: Params, info: registry.ModelVersionInfo) -> Deployed:
+    """The version's deployable artifact, fetched (cached), or its ONNX file when it has none or fetching fails.
+
+    Nothing is opened: :func:`open_deployed` runs what this finds; the gate times it against a candidate.
+    """
     target = info.tags.get(registry.DEPLOY_TARGET)
     if registry.deploy_artifact(info) is None or target is None:
         reason = (
@@ -158,17 +142,41 @@ def open_deployed(
     else:
         try:
             path = cached_deploy_artifact(params, info)
-            detector = load_detector(path, settings)
-        except Exception as exc:  # fetching or opening: any failure must leave production on the re-checked ONNX
+        except Exception as exc:  # any failure must leave the caller on the re-checked ONNX
             reason = f"{info.name} v{info.version}: its {target} artifact cannot run here ({type(exc).__name__}: {exc})"
             log.warning("%s", reason)
         else:
-            precision = info.tags.get(registry.DEPLOY_PRECISION, "")
-            log.info("%s v%s runs its selected artifact: %s (%s) %s", info.name, info.version, target, precision, path)
-            return detector, Deployed(target=target, precision=precision, path=path)
+            return Deployed(target=target, precision=info.tags.get(registry.DEPLOY_PRECISION, ""), path=path)
     log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
-    path = cached_onnx(params, info)
-    return load_detector(path, settings), Deployed(FALLBACK_TARGET, "fp32", path, fallback=reason)
+    return Deployed(FALLBACK_TARGET, "fp32", cached_onnx(params, info), fallback=reason)
+
+
+def open_deployed(
+    params: Params, info: registry.ModelVersionInfo, settings: InferenceSettings
+) -> tuple[Detector, Deployed]:
+    """Open the version's deployable artifact, or its ONNX file when it has none or it cannot run here."""
+    deployed = find_deployed(params, info)
+    if deployed.fallback is not None:
+        return load_detector(deployed.path, settings), deployed
+    try:
+        detector = load_detector(deployed.path, settings)
+    except Exception as exc:  # opening: any failure must leave production on the re-checked ONNX
+        reason = (
+            f"{info.name} v{info.version}: its {deployed.target} artifact cannot run here ({type(exc).__name__}: {exc})"
+        )
+        log.warning("%s", reason)
+        log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
+        path = cached_onnx(params, info)
+        return load_detector(path, settings), Deployed(FALLBACK_TARGET, "fp32", path, fallback=reason)
+    log.info(
+        "%s v%s runs its selected artifact: %s (%s) %s",
+        info.name,
+        info.version,
+        deployed.target,
+        deployed.precision,
+        deployed.path,
+    )
+    return detector, deployed
 
 
 def predict_batch(

@@ -43,8 +43,8 @@ def write_pseudo_holdout(weights: Path, source: Path, target: Path, *, imgsz: in
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Params, Path]:
     root = tmp_path_factory.mktemp("gate-models")
-    # one batch of a few images per model: too noisy to hold a latency ratio to, so that rule is off here
-    params = Params.model_validate(tiny_params_dict(root, gate={"resamples": 200, "max_latency_factor": None}))
+    # the latency rules judge the paired pass (both models in turns, round by round), not the scoring pass
+    params = Params.model_validate(tiny_params_dict(root, gate={"resamples": 200, "max_latency_ms": 10_000.0}))
     world.run(params)
     train.run(params)
     model = evaluate.default_model_path(params)
@@ -71,3 +71,12 @@ def test_same_model_twice_is_a_tie(trained):
     assert report.decision == "promote", [r.message for r in report.reasons if not r.passed]
     saved = json.loads((params.base.paths.reports / "gate.json").read_text())
     assert saved["sets"]["production"]["candidate_map50_95"] == saved["sets"]["production"]["champion_map50_95"]
+    latency = saved["latency"]
+    rounds = params.gate.speed.rounds
+    assert len(latency["candidate"]["round_ms"]) == len(latency["champion"]["round_ms"]) == len(latency["ratios"])
+    assert len(latency["ratios"]) == rounds and latency["timed"] == "pytorch vs pytorch"
+    assert latency["ratio"]["low"] <= latency["ratio"]["estimate"] <= latency["ratio"]["high"]
+    assert {r["code"] for r in saved["reasons"] if r["code"].startswith("latency")} == {
+        "latency_budget",
+        "latency_factor",
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ from PIL import Image
 from tasks import gate
 from tasks.config import GateParams, Params
 from tasks.evaluate import coco_metrics
+from tasks.export import RoundTiming, SpeedResult
 from tasks.gate import (
     GOLDEN,
     PRODUCTION,
     RECALL_THRESHOLDS,
     GatePolicy,
+    LatencySeries,
     ModelScores,
     average_precision,
     compare,
@@ -27,7 +30,7 @@ from tasks.gate import (
     paired_bootstrap,
     score_matches,
 )
-from tasks.inference import Detections
+from tasks.inference import Deployed, Detections
 from tests.conftest import tiny_params_dict
 from tests.unit.test_coco_oracle import OFFICIAL, ORACLE
 
@@ -324,21 +327,39 @@ def hits_matches(rates: tuple[float, ...], offsets: tuple[int, ...] | None = Non
     return match_coco({"images": images, "annotations": anns, "categories": categories}, dets)
 
 
+ROUNDS = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """A model for the compare table: per-class hit rates on golden / production and ms per image."""
+    """A model for the compare table: per-class hit rates on golden / production and its latency.
+
+    ``ms`` is every round's reading of the paired latency pass unless ``rounds_ms`` gives the rounds one by one;
+    ``timed=False``: no latency series at all.
+    """
 
     golden: tuple[float, float] = (0.7, 0.7)
     production: tuple[float, float] | None = (0.7, 0.7)
     ms: float = 10.0
     golden_offsets: tuple[int, int] = (0, 0)
     production_offsets: tuple[int, int] = (0, 0)
+    rounds_ms: tuple[float, ...] | None = None
+    timed: bool = True
 
     def scores(self, name: str) -> ModelScores:
         sets = {GOLDEN: score_matches(GOLDEN, hits_matches(self.golden, self.golden_offsets))}
         if self.production is not None:
             sets[PRODUCTION] = score_matches(PRODUCTION, hits_matches(self.production, self.production_offsets))
-        return ModelScores(model=name, sets=sets, ms_per_image=self.ms)
+        rounds = self.rounds_ms if self.rounds_ms is not None else (self.ms,) * ROUNDS
+        latency = LatencySeries(f"{name}.xml", "openvino_int8", rounds, runs_per_round=5, threads=1)
+        return ModelScores(model=name, sets=sets, ms_per_image=self.ms, latency=latency if self.timed else None)
+
+
+# the same speed read on a noisy host: bursts hit either side in some rounds (ratios 0.33 .. 3.1)
+NOISY_CAND = (10.0, 31.0, 9.5, 10.2, 28.0, 10.0, 9.8, 10.1)
+NOISY_CHAMP = (10.0, 10.0, 25.0, 10.0, 10.3, 30.0, 9.9, 10.0)
+# 2x slower in every round, with the same bursts on top
+SLOW_CAND = (20.0, 62.0, 19.0, 20.4, 56.0, 20.0, 19.6, 20.2)
 
 
 POLICY = GatePolicy.from_config(GateParams(resamples=400), seed=0)
@@ -360,6 +381,30 @@ CASES = [
         Spec(production=(0.68, 0.7)), BASE, policy(min_production_gain=-0.05), [], id="promote-allowed-small-loss"
     ),
     pytest.param(Spec(production=(0.8, 0.8), ms=15.0), BASE, POLICY, [], id="promote-latency-at-factor-limit"),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=NOISY_CAND),
+        Spec(rounds_ms=NOISY_CHAMP),
+        policy(max_latency_ms=12.0),
+        [],
+        id="promote-latency-noisy-but-equal",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=(14.0, 15.0, 16.0, 14.5, 15.5, 14.0, 16.0, 15.0)),
+        BASE,
+        POLICY,
+        [],
+        id="promote-latency-around-factor-not-clearly-above",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=(12.0,)), Spec(rounds_ms=(10.0,)), POLICY, [], id="promote-one-round"
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=(0.0, 10.0, math.nan, 10.0)),
+        Spec(rounds_ms=(10.0, 0.0, 10.0, 10.0)),
+        POLICY,
+        [],
+        id="promote-zero-and-nan-rounds-left-out",
+    ),
     pytest.param(
         Spec(production=(0.8, 0.8), ms=100.0),
         BASE,
@@ -419,6 +464,48 @@ CASES = [
         id="reject-class-drop-production-despite-gain",
     ),
     pytest.param(Spec(production=(0.8, 0.8), ms=15.1), BASE, POLICY, ["latency_factor"], id="reject-latency-factor"),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=SLOW_CAND),
+        Spec(rounds_ms=NOISY_CAND),
+        POLICY,
+        ["latency_factor"],
+        id="reject-latency-factor-clearly-slower-despite-noise",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=SLOW_CAND),
+        Spec(rounds_ms=NOISY_CAND),
+        policy(max_latency_factor=None, max_latency_ms=15.0),
+        ["latency_budget"],
+        id="reject-latency-budget-clearly-over-despite-noise",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), timed=False),
+        BASE,
+        policy(max_latency_ms=100.0),
+        ["latency_budget", "latency_factor"],
+        id="reject-latency-not-measured",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=()),
+        Spec(rounds_ms=()),
+        POLICY,
+        ["latency_factor"],
+        id="reject-latency-no-rounds",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), rounds_ms=(0.0, math.nan)),
+        Spec(rounds_ms=(10.0, 10.0)),
+        POLICY,
+        ["latency_factor"],
+        id="reject-latency-no-usable-round",
+    ),
+    pytest.param(
+        Spec(production=(0.8, 0.8), timed=False),
+        Spec(timed=False),
+        policy(max_latency_factor=None),
+        [],
+        id="promote-latency-rules-off-need-no-pass",
+    ),
     pytest.param(
         Spec(production=(0.8, 0.8), ms=8.0),
         BASE,
@@ -519,7 +606,7 @@ def test_class_with_no_ground_truth_is_skipped():
     cand = ModelScores("c", {GOLDEN: score_matches(GOLDEN, base)}, 10.0)
     champ = ModelScores("h", {GOLDEN: score_matches(GOLDEN, hits_matches((0.7, 0.7), classes=classes))}, 10.0)
     assert cand.sets[GOLDEN].per_class_ap["c"] == -1.0
-    decision = compare(cand, champ, POLICY)
+    decision = compare(cand, champ, policy(max_latency_factor=None))  # not timed: latency is not this test's
     assert decision.decision == "promote"
     assert any("not compared: ['c']" in r.message for r in decision.reasons)
 
@@ -562,6 +649,52 @@ def test_compare_is_pure():
     assert compare(cand, champ, POLICY) == compare(cand, champ, POLICY)
 
 
+def test_latency_series_of_different_passes_are_refused():
+    cand = Spec(production=(0.8, 0.8), rounds_ms=(10.0,) * 8).scores("c")
+    with pytest.raises(ValueError, match="one paired pass"):
+        compare(cand, Spec(rounds_ms=(10.0,) * 7).scores("h"), POLICY)
+
+
+def test_latency_reason_names_ratio_bounds_runtimes_and_rounds():
+    decision = compare(Spec(production=(0.8, 0.8), rounds_ms=NOISY_CAND).scores("c"), Spec().scores("h"), POLICY)
+    reason = next(r for r in decision.reasons if r.code == "latency_factor")
+    assert reason.passed
+    assert reason.message.startswith("candidate/champion 1.00x, 95% CI [")
+    assert "(openvino_int8 vs openvino_int8, 8 rounds of 5 runs, 1 thread(s)): lower bound <= 1.5" in reason.message
+    assert decision.latency is not None and len(decision.latency.ratios) == 8
+    iv = decision.latency.ratio
+    assert iv.low <= iv.estimate <= iv.high and iv.level == POLICY.level
+
+
+def test_latency_fallback_is_named_in_the_reason():
+    cand, champ = Spec(production=(0.8, 0.8)).scores("c"), Spec().scores("h")
+    why = "champion: visionloop v1 has no deploy.artifact tag"
+    cand = dataclasses.replace(cand, latency=dataclasses.replace(cand.latency, runtime="onnx", fallback=why))
+    champ = dataclasses.replace(champ, latency=dataclasses.replace(champ.latency, runtime="onnx", fallback=why))
+    reason = next(r for r in compare(cand, champ, POLICY).reasons if r.code == "latency_factor")
+    assert "(onnx vs onnx, 8 rounds" in reason.message and f"FP32 ONNX of both timed: {why}" in reason.message
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param([], (math.nan, math.nan, math.nan), id="empty"),
+        pytest.param([2.0], (2.0, 2.0, 2.0), id="one"),
+        pytest.param([1.0, 1.0, 1.0], (1.0, 1.0, 1.0), id="constant"),
+    ],
+)
+def test_bootstrap_median_degenerate_cases(values, expected):
+    iv = gate.bootstrap_median(values, resamples=50, seed=0, level=0.9)
+    assert (iv.estimate, iv.low, iv.high) == pytest.approx(expected, nan_ok=True)
+
+
+def test_bootstrap_median_brackets_and_is_seeded():
+    values = [1.0, 1.1, 0.9, 3.0, 1.05, 0.95, 0.3, 1.0]
+    iv = gate.bootstrap_median(values, resamples=400, seed=1, level=0.95)
+    assert iv.low <= iv.estimate == 1.0 <= iv.high and iv.low > 0.3 and iv.high < 3.0
+    assert gate.bootstrap_median(values, resamples=400, seed=1, level=0.95) == iv
+
+
 def test_policy_seed_defaults_to_base_seed():
     assert GatePolicy.from_config(GateParams(), seed=7).seed == 7
     assert GatePolicy.from_config(GateParams(seed=3), seed=7).seed == 3
@@ -598,6 +731,24 @@ def fake_detect_set(model_path: Path, images, settings, *, batch: int, desc: str
     return dets, 4.0
 
 
+TIMED: list[dict[str, Path]] = []  # what each latency pass of the stage tests timed
+
+
+def fake_time_rounds(paths, *, settings, images, batch, warmup, runs, batch_runs, rounds):
+    """Stands in for the paired timing pass (its own tests use real models): ``good*`` 4 ms, others 5 ms a round."""
+    TIMED.append(dict(paths))
+    for path in paths.values():
+        if path.suffix == ".engine":
+            raise ValueError(f"{path}: TensorRT needs CUDA")
+    assert batch == 1 and batch_runs == 0 and images.ndim == 4 and runs % rounds == 0
+    speed = SpeedResult(1, False, {}, 1, math.nan, 0.0, 0.0, 0.0, runs, warmup, rounds)
+    per_round = runs // rounds
+    return {
+        name: RoundTiming(speed, (4.0 if path.name.startswith("good") else 5.0,) * rounds, (per_round,) * rounds)
+        for name, path in paths.items()
+    }
+
+
 @pytest.fixture
 def stage_params(tmp_path, monkeypatch) -> Params:
     data = tiny_params_dict(tmp_path)
@@ -605,6 +756,8 @@ def stage_params(tmp_path, monkeypatch) -> Params:
     params = Params.model_validate(data)
     write_yolo_set(params.base.paths.golden, 20, prefix="g")
     monkeypatch.setattr(gate, "detect_set", fake_detect_set)
+    monkeypatch.setattr(gate, "time_rounds", fake_time_rounds)
+    TIMED.clear()
     return params
 
 
@@ -647,6 +800,79 @@ def test_holdouts_are_united_and_compared(stage_params, tmp_path):
     assert saved["sets"]["production"]["per_class"]["circle"]["champion"] == pytest.approx(1.0)
     assert saved["latency_ms_per_image"] == {"candidate": 4.0, "champion": 4.0}
     assert saved["policy"]["resamples"] == 100
+    latency = saved["latency"]
+    rounds = stage_params.gate.speed.rounds
+    assert latency["candidate"]["round_ms"] == [5.0] * rounds and latency["champion"]["round_ms"] == [4.0] * rounds
+    assert latency["ratios"] == [1.25] * rounds and latency["ratio"]["estimate"] == 1.25
+    assert latency["rounds"] == rounds and latency["runs_per_round"] == stage_params.gate.speed.runs
+    assert latency["timed"] == "onnx vs onnx" and "no selected artifact" in latency["fallback"]
+    assert latency["candidate"]["artifact"].endswith("poor.onnx")
+
+
+def test_first_cycle_times_nothing(stage_params, tmp_path):
+    report = gate.run(stage_params, candidate=tmp_path / "good.onnx", champion=None)
+    assert TIMED == [] and report.latency is None
+
+
+def deployed(path: Path, target: str, fallback: str | None = None) -> Deployed:
+    return Deployed(target=target, precision="int8", path=path, fallback=fallback)
+
+
+def test_deployed_artifacts_of_both_are_timed(stage_params, tmp_path):
+    cand_xml, champ_xml = tmp_path / "openvino_int8" / "good.xml", tmp_path / "champ" / "openvino_int8" / "good.xml"
+    report = gate.run(
+        stage_params,
+        candidate=tmp_path / "good.onnx",
+        champion=tmp_path / "poor.onnx",
+        candidate_deployed=deployed(cand_xml, "openvino_int8"),
+        champion_deployed=deployed(champ_xml, "onnx_int8"),
+    )
+    assert [{"candidate": cand_xml, "champion": champ_xml}] == TIMED  # scored on ONNX, timed as deployed
+    reason = next(r for r in report.reasons if r.code == "latency_factor")
+    assert reason.passed and "(openvino_int8 vs onnx_int8, " in reason.message and "FP32 ONNX" not in reason.message
+    assert report.latency is not None and report.latency["fallback"] is None
+
+
+@pytest.mark.parametrize(
+    ("champion_deployed", "why"),
+    [
+        pytest.param(None, "the champion has no selected artifact given", id="champion-unknown"),
+        pytest.param(
+            deployed(Path("v1/model.onnx"), "onnx", fallback="visionloop v1 has no deploy.artifact tag"),
+            "champion: visionloop v1 has no deploy.artifact tag",
+            id="old-champion-without-selection",
+        ),
+        pytest.param(deployed(Path("trt/model_int8.engine"), "tensorrt_int8"), "cannot be timed here", id="cannot-run"),
+    ],
+)
+def test_without_both_deployed_artifacts_the_onnx_of_both_is_timed(stage_params, tmp_path, champion_deployed, why):
+    cand_xml = tmp_path / "openvino_int8" / "good.xml"
+    report = gate.run(
+        stage_params,
+        candidate=tmp_path / "good.onnx",
+        champion=tmp_path / "poor.onnx",
+        candidate_deployed=deployed(cand_xml, "openvino_int8"),
+        champion_deployed=champion_deployed,
+    )
+    assert TIMED[-1] == {"candidate": tmp_path / "good.onnx", "champion": tmp_path / "poor.onnx"}
+    reason = next(r for r in report.reasons if r.code == "latency_factor")
+    assert "(onnx vs onnx, " in reason.message and "FP32 ONNX of both timed: " in reason.message
+    assert why in reason.message
+
+
+@pytest.mark.parametrize(
+    ("path", "runtime"),
+    [
+        ("models/export/model.onnx", "onnx"),
+        ("models/export/model_int8.onnx", "onnx"),
+        ("models/export/openvino_int8/model.xml", "openvino_int8"),
+        ("cache/export/onnx_int8/model_int8.onnx", "onnx_int8"),
+        ("somewhere/model.xml", "openvino"),
+        ("models/train/best.pt", "pytorch"),
+    ],
+)
+def test_runtime_of(path, runtime):
+    assert gate.runtime_of(Path(path)) == runtime
 
 
 def test_cli(stage_params, tmp_path, capsys):
@@ -656,6 +882,13 @@ def test_cli(stage_params, tmp_path, capsys):
     params_file.write_text(yaml.safe_dump(stage_params.model_dump(mode="json")))
     gate.main(["--params", str(params_file), "--candidate", str(tmp_path / "good.pt")])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"decision": "promote", "failed": []}
+    cand_xml, champ_xml = tmp_path / "a" / "openvino_int8" / "good.xml", tmp_path / "b" / "openvino" / "good.xml"
+    args = ["--params", str(params_file), "--candidate", str(tmp_path / "good.onnx")]
+    args += ["--champion", str(tmp_path / "good.onnx")]
+    gate.main([*args, "--candidate-deployed", str(cand_xml), "--champion-deployed", str(champ_xml)])
+    assert TIMED[-1] == {"candidate": cand_xml, "champion": champ_xml}
+    saved = read_strict_json(stage_params.base.paths.reports / "gate.json")
+    assert saved["latency"]["timed"] == "openvino_int8 vs openvino"
 
 
 def test_disagreement_with_coco_stops_the_gate(stage_params, tmp_path, monkeypatch):
