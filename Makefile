@@ -56,8 +56,10 @@ demo: setup labelstudio  ## the whole loop: world → champion → predict → l
 	@started=0; \
 	if ! curl -sf -o /dev/null "http://127.0.0.1:$(LABEL_STUDIO_PORT)/health"; then \
 	  $(MAKE) --no-print-directory labelstudio-up || exit 1; started=1; fi; \
-	$(RUN) $(PY) -m flows.demo --params $(PARAMS); rc=$$?; \
+	failure=.cache/demo-failure.txt; rm -f $$failure; \
+	$(RUN) $(PY) -m flows.demo --params $(PARAMS) --failure-file $$failure; rc=$$?; \
 	if [ $$started = 1 ]; then $(MAKE) --no-print-directory labelstudio-down; fi; \
+	if [ $$rc != 0 ]; then echo "make demo: FAILED (exit $$rc): $$(cat $$failure 2>/dev/null || echo 'see the error above')" >&2; fi; \
 	exit $$rc
 
 test: setup  ## the default test suite (≤ 15 min on 2 cores)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow
@@ -22,7 +23,7 @@ from flows.predict import predict
 from tasks.annotator_sim import BackgroundAnnotator
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
-from tasks.io import write_json_atomic
+from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.registry import tracking_uri
 
 FINISHED = ("promote", "reject")
@@ -117,12 +118,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="bootstrap training epochs (default: train.epochs)")
     parser.add_argument("--cycles", type=int, default=1, help="continuous-learning cycles (default 1)")
     parser.add_argument("--label-wait", type=float, default=600, help="seconds a cycle waits for labels")
+    parser.add_argument(
+        "--failure-file",
+        type=Path,
+        default=None,
+        help="on failure, also write the reason here (make demo prints it last, after the servers have stopped)",
+    )
     args = parser.parse_args(argv)
     apply_env()
-    result = demo(params_path=args.params, epochs=args.epochs, cycles=args.cycles, label_wait_s=args.label_wait)
+    try:
+        result = demo(params_path=args.params, epochs=args.epochs, cycles=args.cycles, label_wait_s=args.label_wait)
+    except Exception as exc:
+        _fail(args.failure_file, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        raise
     if result["problem"]:
-        print(f"demo FAILED: {result['problem']}", flush=True)
+        _fail(args.failure_file, result["problem"])
         sys.exit(1)
+
+
+def _fail(path: Path | None, reason: str) -> None:
+    print(f"demo FAILED: {reason}", flush=True)
+    if path is not None:
+        write_bytes_atomic(path, (reason + "\n").encode())
 
 
 if __name__ == "__main__":
