@@ -40,7 +40,7 @@ def incomplete_reason(unfinished: list[dict[str, Any]], answered: int, errors: l
         return None
     cycles = "; ".join(f"cycle {s.get('cycle')}: {s.get('outcome')}" for s in unfinished)
     why = f"{len(unfinished)} cycle(s) did not reach the gate ({cycles}); the annotator simulator answered {answered}"
-    if errors:
+    if errors and not answered:  # it never got to answer: what stopped it is the likely cause
         why += f", its last error: {errors[-1].splitlines()[0]}"
     return why
 
