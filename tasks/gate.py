@@ -43,7 +43,7 @@ import numpy.typing as npt
 from tasks.config import GateParams, Params, load_params, stage_argparser
 from tasks.dataset import LabeledImage, list_images, load_rgb, read_labeled_set
 from tasks.evaluate import coco_detections, coco_ground_truth, coco_metrics, detect_set, inference_settings
-from tasks.export import TARGETS, time_rounds
+from tasks.export import TARGETS, speed_settings, time_rounds
 from tasks.inference import Deployed, Detections, InferenceSettings, letterbox
 from tasks.io import write_json_atomic
 
@@ -921,13 +921,7 @@ def latency_images(params: Params) -> npt.NDArray[np.float32]:
 
 def latency_settings(params: Params) -> InferenceSettings:
     """The runtime settings of the latency pass: ``gate.speed.threads``, OpenVINO shapes as export timed them."""
-    return InferenceSettings(
-        imgsz=params.base.imgsz,
-        threads=params.gate.speed.threads,
-        device=params.base.device,
-        static_shapes=params.export.speed.static_shapes,
-        nms_free=params.base.nms_free,
-    )
+    return dataclasses.replace(speed_settings(params), threads=params.gate.speed.threads)
 
 
 def time_latency(

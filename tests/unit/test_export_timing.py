@@ -6,12 +6,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from tasks.export import _PeakRss, _share, time_artifacts
 from tasks.inference import InferenceSettings
+from tests.onnx_models import write_conv_stack
 
 
 def test_peak_memory_sees_a_freed_allocation_without_a_thread():
@@ -31,25 +30,7 @@ def test_peak_memory_of_nothing_is_small():
 
 def write_model(path: Path, convs: int) -> Path:
     """An ONNX model ``images (B, 3, 32, 32)`` -> ``convs`` 3x3 convolutions of 32 channels (0 = identity)."""
-    rng = np.random.default_rng(0)
-    nodes, inits, current, channels = [], [], "images", 3
-    for i in range(convs):
-        weight = numpy_helper.from_array(rng.normal(0, 0.1, (32, channels, 3, 3)).astype(np.float32), f"w{i}")
-        inits.append(weight)
-        nodes.append(helper.make_node("Conv", [current, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
-        current, channels = f"c{i}", 32
-    nodes.append(helper.make_node("Identity", [current], ["output"]))
-    graph = helper.make_graph(
-        nodes,
-        "timing",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return write_conv_stack(path, convs, imgsz=32, channels=32)
 
 
 @pytest.mark.parametrize(("total", "rounds", "shares"), [(7, 3, [3, 2, 2]), (5, 5, [1] * 5), (2, 4, [1, 1, 0, 0])])

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import psutil
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from tasks.config import GateParams
 from tasks.gate import GOLDEN, GatePolicy, ModelScores, compare, match_coco, score_matches, time_latency
 from tasks.inference import Deployed, InferenceSettings
+from tests.onnx_models import write_conv_stack
 
 IMGSZ = 160
 SPIN_S = 60.0  # the neighbour stops by itself after this, whatever happens to the test
@@ -30,25 +29,7 @@ SPIN_S = 60.0  # the neighbour stops by itself after this, whatever happens to t
 
 def write_convs(path: Path, convs: int, channels: int = 16) -> Path:
     """An ONNX model ``images (B, 3, 160, 160)`` -> ``convs`` 3x3 convolutions + ReLU of ``channels`` channels."""
-    rng = np.random.default_rng(0)
-    nodes, inits, current, width = [], [], "images", 3
-    for i in range(convs):
-        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (channels, width, 3, 3)).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("Conv", [current, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
-        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
-        current, width = f"r{i}", channels
-    nodes.append(helper.make_node("Identity", [current], ["output"]))
-    graph = helper.make_graph(
-        nodes,
-        "gate_latency",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, IMGSZ, IMGSZ])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return write_conv_stack(path, convs, imgsz=IMGSZ, channels=channels, relu=True)
 
 
 def spin(seconds: float, spinning: Any) -> None:
