@@ -217,14 +217,27 @@ def document_root(settings: LabelParams) -> Path:
     return Path(os.environ.get(DOCUMENT_ROOT_ENV) or settings.document_root).resolve()
 
 
-def call_with_retries(fn: Callable[[], _T], *, what: str, settings: LabelParams, url: str) -> _T:
+def call_with_retries(
+    fn: Callable[[], _T],
+    *,
+    what: str,
+    settings: LabelParams,
+    url: str,
+    landed: Callable[[], _T | None] | None = None,
+) -> _T:
     """Call ``fn`` (one Label Studio request), retrying connection failures, timeouts and 5xx/429 answers.
+
+    A request that is not idempotent (a create) passes ``landed``: after a failure it looks on the server for what
+    the request would have made, and returns that instead of sending the request again. Label Studio on SQLite
+    answers 500 ("database is locked") to a project create it has already committed; a blind retry made a second
+    project.
 
     Args:
         fn: the request.
         what: what is asked, for messages (``"list projects"``).
         settings: ``label`` params (``retries``, ``retry_delay_s``; the delay doubles each try).
         url: the server, for messages.
+        landed: for a non-idempotent ``fn``: what it made if it reached the server after all, else None.
 
     Raises:
         LabelStudioUnavailable: still failing after ``settings.retries`` retries (message: how to start it).
@@ -248,6 +261,10 @@ def call_with_retries(fn: Callable[[], _T], *, what: str, settings: LabelParams,
                     f"Label Studio at {url}: {what} failed with HTTP {exc.status_code}: {_body(exc)}"
                 ) from None
             last = f"HTTP {exc.status_code}: {_body(exc)}"
+        made = landed() if landed is not None else None
+        if made is not None:
+            log.warning("Label Studio at %s: %s answered %s, but it was done: %s", url, what, last, made)
+            return made
         if attempt < settings.retries:
             delay = settings.retry_delay_s * 2**attempt
             log.warning("Label Studio at %s: %s failed (%s); retry %d in %.1f s", url, what, last, attempt + 1, delay)
@@ -427,8 +444,8 @@ class LabelStudioBackend:
         else:
             self.project_id = self.recorded_project()
 
-    def _call(self, fn: Callable[[], _T], what: str) -> _T:
-        return call_with_retries(fn, what=what, settings=self.settings, url=self.url)
+    def _call(self, fn: Callable[[], _T], what: str, landed: Callable[[], _T | None] | None = None) -> _T:
+        return call_with_retries(fn, what=what, settings=self.settings, url=self.url, landed=landed)
 
     def _get_project(self, project_id: int) -> Any | None:
         """The project with this id, None when the server has none (404)."""
@@ -560,48 +577,24 @@ class LabelStudioBackend:
 
     def _create_project(self, title: str) -> int:
         """Create the project; a failed request is not blindly repeated (it may have reached the server)."""
-        import httpx
-        from label_studio_sdk.core.api_error import ApiError
-
         before = {int(p.id) for p in self.list_projects(title)}
-        for attempt in range(self.settings.retries + 1):
-            try:
-                created = self.client.projects.create(
-                    title=title,
-                    label_config=ls.labeling_config(self.classes),
-                    description="visionloop: production images sampled for labeling, pre-annotated by the champion",
-                    show_collab_predictions=True,
-                )
-            except (httpx.TransportError, ApiError) as exc:
-                status = getattr(exc, "status_code", None)
-                if status in (401, 403):
-                    raise LabelStudioAuthError(_auth_message(self.url, exc)) from None
-                if status is not None and status < 500 and status != 429:
-                    raise LabelStudioError(
-                        f"Label Studio at {self.url}: creating project {title!r} failed with HTTP {status}: "
-                        f"{_body(exc)}"
-                    ) from None
-                new = sorted({int(p.id) for p in self.list_projects(title)} - before)
-                if new:  # the request reached the server before the answer was lost
-                    log.warning(
-                        "Label Studio: creating project %r answered %s, but it exists (id %s)",
-                        title,
-                        _body(exc),
-                        new[0],
-                    )
-                    return new[0]
-                if attempt == self.settings.retries:
-                    raise LabelStudioUnavailable(
-                        f"Label Studio at {self.url}: creating project {title!r} failed ({_body(exc)}; "
-                        f"{attempt + 1} tries). Check the server (`{START_COMMAND}`) and re-run."
-                    ) from None
-                delay = self.settings.retry_delay_s * 2**attempt
-                log.warning("Label Studio: creating project %r failed (%s); retry in %.1f s", title, _body(exc), delay)
-                time.sleep(delay)
-                continue
-            log.info("Label Studio: created project %r (id %s)", title, created.id)
+
+        def create() -> int:
+            created = self.client.projects.create(
+                title=title,
+                label_config=ls.labeling_config(self.classes),
+                description="visionloop: production images sampled for labeling, pre-annotated by the champion",
+                show_collab_predictions=True,
+            )
             return int(cast(int, created.id))
-        raise AssertionError("unreachable")  # pragma: no cover, the loop returns or raises
+
+        def landed() -> int | None:
+            new = sorted({int(p.id) for p in self.list_projects(title)} - before)
+            return new[0] if new else None
+
+        project_id = self._call(create, f"creating project {title!r}", landed=landed)
+        log.info("Label Studio: created project %r (id %s)", title, project_id)
+        return project_id
 
     def _update_labels(self, project: Any) -> None:
         """Make the project's labeling config list ``base.classes`` (the params changed since it was made)."""
@@ -1077,13 +1070,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
 # The stage.
 
 
-def make_backend(params: Params, cycle: str) -> LabelBackend:
-    """The backend ``label.backend`` names (``labelstudio`` connects and checks the server now)."""
+def make_backend(params: Params, cycle: str, ledger: Mapping[str, dict[str, Any]]) -> LabelBackend:
+    """The backend ``label.backend`` names (``labelstudio`` connects and checks the server now).
+
+    ``ledger`` (:func:`read_ledger`) names the Label Studio projects its tasks are in: among duplicate projects
+    of one title, the one most of them are in is used.
+    """
     settings = params.label
     if settings.backend == "files":
         labels = params.base.paths.labels
         return FilesBackend(settings.outbox or labels / "outbox", settings.inbox or labels / "inbox", cycle)
-    ledger = read_ledger(ledger_path(params))
     counts = collections.Counter(
         int(r["project_id"]) for r in ledger.values() if r["backend"] == "labelstudio" and r["project_id"] is not None
     )
@@ -1118,7 +1114,7 @@ def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> L
     rows = read_manifest(manifest_path(params, cycle))
     ledger_file = ledger_path(params)
     ledger = read_ledger(ledger_file)
-    backend = backend if backend is not None else make_backend(params, cycle)
+    backend = backend if backend is not None else make_backend(params, cycle, ledger)
 
     new = [r for r in rows if r.image_sha256 not in ledger]
     imported, without_predictions, missing = 0, [], []
