@@ -232,6 +232,11 @@ class GatePolicy:
     level: float
     seed: int
 
+    @property
+    def judges_latency(self) -> bool:
+        """Whether a latency rule is on (then both models are timed in one paired pass)."""
+        return self.max_latency_ms is not None or self.max_latency_factor is not None
+
     @classmethod
     def from_config(cls, gate: GateParams, *, seed: int) -> GatePolicy:
         """Build the policy from the ``gate`` section; ``seed`` is used when ``gate.seed`` is null."""
@@ -903,7 +908,11 @@ def timed_pair(
             missing.append(f"{who}: {deployed.fallback}")
     if candidate_deployed is not None and champion_deployed is not None and not missing:
         return candidate_deployed, champion_deployed
-    why = "; ".join(missing)
+    return _scored_files(candidate, champion, "; ".join(missing))
+
+
+def _scored_files(candidate: Path, champion: Path, why: str) -> tuple[Deployed, Deployed]:
+    """The files both models were scored with (FP32 ONNX in the loop), to be timed instead, and why."""
     return (
         Deployed(runtime_of(candidate), "fp32", candidate, fallback=why),
         Deployed(runtime_of(champion), "fp32", champion, fallback=why),
@@ -959,19 +968,18 @@ def time_latency(
         batch_runs=0,
         rounds=rounds,
     )
-    series = []
-    for deployed, timing in ((candidate, timings["candidate"]), (champion, timings["champion"])):
-        series.append(
-            LatencySeries(
-                artifact=str(deployed.path),
-                runtime=deployed.target,
-                round_ms=timing.round_ms,
-                runs_per_round=runs,
-                threads=settings.threads,
-                fallback=deployed.fallback,
-            )
+    cand, champ = (
+        LatencySeries(
+            artifact=str(deployed.path),
+            runtime=deployed.target,
+            round_ms=timings[who].round_ms,
+            runs_per_round=runs,
+            threads=settings.threads,
+            fallback=deployed.fallback,
         )
-    return series[0], series[1]
+        for who, deployed in (("candidate", candidate), ("champion", champion))
+    )
+    return cand, champ
 
 
 def measure_latency(
@@ -1001,9 +1009,13 @@ def measure_latency(
             raise
         why = f"{timed[0].target} vs {timed[1].target} cannot be timed here ({type(exc).__name__}: {exc})"
         log.warning("%s; timing the FP32 ONNX of both", why)
-        fallback = (Deployed(runtime_of(p), "fp32", p, fallback=why) for p in (candidate, champion))
         return time_latency(
-            *fallback, settings=settings, images=images, rounds=cfg.rounds, runs=cfg.runs, warmup=cfg.warmup
+            *_scored_files(candidate, champion, why),
+            settings=settings,
+            images=images,
+            rounds=cfg.rounds,
+            runs=cfg.runs,
+            warmup=cfg.warmup,
         )
 
 
@@ -1231,7 +1243,7 @@ def compare(candidate: ModelScores, champion: ModelScores | None, policy: GatePo
         reasons.extend(_class_reasons(name, candidate.sets[name], champion.sets[name], policy))
 
     latency = None
-    if policy.max_latency_ms is not None or policy.max_latency_factor is not None:
+    if policy.judges_latency:
         latency = (
             compare_latency(
                 candidate.latency, champion.latency, resamples=policy.resamples, seed=policy.seed, level=policy.level
@@ -1352,11 +1364,7 @@ def run(
         log.info("no production holdouts under %s: the gate decides on golden only", params.base.paths.holdouts)
     cand = score_model(candidate, sets, params=params)
     champ = score_model(champion, sets, params=params) if champion is not None else None
-    if (
-        champ is not None
-        and champion is not None
-        and (policy.max_latency_ms is not None or policy.max_latency_factor is not None)
-    ):
+    if champ is not None and champion is not None and policy.judges_latency:
         cand_latency, champ_latency = measure_latency(
             params, candidate, champion, candidate_deployed=candidate_deployed, champion_deployed=champion_deployed
         )

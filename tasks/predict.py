@@ -147,6 +147,11 @@ def find_deployed(params: Params, info: registry.ModelVersionInfo) -> Deployed:
             log.warning("%s", reason)
         else:
             return Deployed(target=target, precision=info.tags.get(registry.DEPLOY_PRECISION, ""), path=path)
+    return onnx_fallback(params, info, reason)
+
+
+def onnx_fallback(params: Params, info: registry.ModelVersionInfo, reason: str) -> Deployed:
+    """The version's re-checked ONNX file (fetched, cached), what runs when its selected artifact cannot."""
     log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
     return Deployed(FALLBACK_TARGET, "fp32", cached_onnx(params, info), fallback=reason)
 
@@ -165,9 +170,8 @@ def open_deployed(
             f"{info.name} v{info.version}: its {deployed.target} artifact cannot run here ({type(exc).__name__}: {exc})"
         )
         log.warning("%s", reason)
-        log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
-        path = cached_onnx(params, info)
-        return load_detector(path, settings), Deployed(FALLBACK_TARGET, "fp32", path, fallback=reason)
+        fallback = onnx_fallback(params, info, reason)
+        return load_detector(fallback.path, settings), fallback
     log.info(
         "%s v%s runs its selected artifact: %s (%s) %s",
         info.name,
