@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks import prediction_log
+from tasks.contracts import prediction_log
 from tasks.config import load_params
 from tasks.io import write_json_atomic
 
@@ -66,7 +66,7 @@ def batch_table(
         classes: class names; the last one is rare, so class_balanced has something to find.
 
     Returns:
-        A table with :data:`tasks.prediction_log.SCHEMA`.
+        A table with :data:`tasks.contracts.prediction_log.SCHEMA`.
     """
     n_images = len(n_det)
     rows_per_image = np.maximum(n_det, 1)
@@ -122,7 +122,7 @@ def challenger_of(rng: np.random.Generator, champion: pa.Table, *, flip: float, 
     """The champion's rows as a challenger (version 4) saw them: corners jittered, a share ``flip`` of classes redrawn.
 
     Returns:
-        A table with :data:`tasks.prediction_log.SCHEMA` and the champion's row layout.
+        A table with :data:`tasks.contracts.prediction_log.SCHEMA` and the champion's row layout.
     """
     n_rows = champion.num_rows
     null = champion["class_id"].is_null().to_numpy(zero_copy_only=False)

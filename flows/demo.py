@@ -20,7 +20,7 @@ from prefect import flow
 from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
 from flows.predict import predict
-from tasks.annotator_sim import BackgroundAnnotator
+from tasks.sim.annotator import BackgroundAnnotator
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic

@@ -27,7 +27,7 @@ import tasks.train
 import tasks.validate
 import tasks.world
 from tasks.config import Params
-from tasks.inference import Deployed
+from tasks.runtimes.detectors import Deployed
 
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
 

@@ -417,7 +417,7 @@ class ValidateParams(Section):
 
 
 class AnnotatorSimParams(Section):
-    """The annotator simulator (``tasks/annotator_sim.py``; demo, tests, benchmarks only): oracle boxes plus noise.
+    """The annotator simulator (``tasks/sim/annotator.py``; demo, tests, benchmarks only): oracle boxes plus noise.
 
     A box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``; every
     corner moves by up to ± ``jitter`` of the box's width/height; a ``skip`` share of tasks is skipped.

@@ -7,7 +7,7 @@ Contract:
     outputs: ``<reports>/evaluate.json`` with mAP50-95, mAP50, the 12 COCO stats and per-class AP per set;
     side effects: none besides the report.
 
-Metrics come from faster-coco-eval (identical to pycocotools); detections from :mod:`tasks.inference`,
+Metrics come from faster-coco-eval (identical to pycocotools); detections from :mod:`tasks.runtimes.detectors`,
 so every artifact format is scored by the same code.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tasks.boxes import xywhn_to_xyxy, xyxy_to_xywh
+from tasks.core.boxes import xywhn_to_xyxy, xyxy_to_xywh
 from tasks.config import Params, load_params, stage_argparser
-from tasks.dataset import LabeledImage, load_rgb, read_labeled_set
-from tasks.inference import Detections, InferenceSettings, load_detector, predict_images
+from tasks.contracts.yolo_labels import LabeledImage, load_rgb, read_labeled_set
+from tasks.runtimes.detectors import Detections, InferenceSettings, load_detector, predict_images
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)

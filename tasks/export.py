@@ -45,9 +45,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tasks.config import ExportParams, Hardware, Params, Precision, load_params, stage_argparser
-from tasks.dataset import list_images, load_rgb
+from tasks.contracts.yolo_labels import list_images, load_rgb
 from tasks.evaluate import default_model_path, evaluate_set, inference_settings
-from tasks.inference import (
+from tasks.runtimes.detectors import (
     Deployed,
     Detections,
     InferenceSettings,
@@ -384,7 +384,7 @@ class OnnxInt8Target:
         return _missing_module("onnxruntime")
 
     def build(self, inputs: ExportInputs, *, out_dir: Path, params: Params) -> Built:
-        from tasks.quantize import quantize_onnx_int8
+        from tasks.targets.quantize import quantize_onnx_int8
 
         target = out_dir / "model_int8.onnx"
         details = quantize_onnx_int8(
@@ -433,7 +433,7 @@ class OpenVinoInt8Target:
         return _missing_module("openvino") or _missing_module("nncf")
 
     def build(self, inputs: ExportInputs, *, out_dir: Path, params: Params) -> Built:
-        from tasks.quantize import quantize_openvino_int8
+        from tasks.targets.quantize import quantize_openvino_int8
 
         folder = out_dir / "openvino_int8"
         shutil.rmtree(folder, ignore_errors=True)
@@ -462,12 +462,12 @@ class TensorRtTarget:
         self.sibling: str | None = "tensorrt_fp16" if precision == "int8" else "onnx"
 
     def unavailable(self, params: Params) -> str | None:
-        from tasks.quantize import tensorrt_unavailable
+        from tasks.targets.quantize import tensorrt_unavailable
 
         return tensorrt_unavailable()
 
     def build(self, inputs: ExportInputs, *, out_dir: Path, params: Params) -> Built:
-        from tasks.quantize import build_tensorrt_engine
+        from tasks.targets.quantize import build_tensorrt_engine
 
         target = out_dir / f"model_{self.precision}.engine"
         calibration = _require_calibration(inputs) if self.needs_calibration else None
@@ -749,7 +749,7 @@ def time_rounds(
     artifact. ``batch_runs == 0`` times batch 1 only (the batch figures are then NaN and 0 img/s).
 
     Args:
-        paths: name -> artifact (any format :func:`tasks.inference.load_detector` opens).
+        paths: name -> artifact (any format :func:`tasks.runtimes.detectors.load_detector` opens).
         settings: runtime settings every artifact is loaded with.
         images: ``(N, 3, S, S)`` float32 in [0, 1], letterboxed network inputs, ``N >= 1``.
         batch, warmup, runs, batch_runs, rounds: as described; ``runs`` and ``batch_runs`` are totals over

@@ -41,10 +41,10 @@ import numpy as np
 import numpy.typing as npt
 
 from tasks.config import GateParams, Params, load_params, stage_argparser
-from tasks.dataset import LabeledImage, list_images, load_rgb, read_labeled_set
+from tasks.contracts.yolo_labels import LabeledImage, list_images, load_rgb, read_labeled_set
 from tasks.evaluate import coco_detections, coco_ground_truth, coco_metrics, detect_set, inference_settings
 from tasks.export import TARGETS, speed_settings, time_rounds
-from tasks.inference import Deployed, Detections, InferenceSettings, letterbox
+from tasks.runtimes.detectors import Deployed, Detections, InferenceSettings, letterbox
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -796,7 +796,7 @@ def score_detections(
     Args:
         name: set name.
         images: the set's labeled images.
-        detections: one :class:`~tasks.inference.Detections` per image, same order.
+        detections: one :class:`~tasks.runtimes.detectors.Detections` per image, same order.
         classes: class names (index = YOLO class id).
         paths: the set folders, for the report.
         model: artifact name, for messages.
@@ -837,7 +837,7 @@ def score_model(model_path: Path, sets: Mapping[str, Path | Sequence[Path]], *, 
     """Run a model once over every gate set and keep its per-image COCO matches.
 
     Args:
-        model_path: the artifact (any format :mod:`tasks.inference` loads).
+        model_path: the artifact (any format :mod:`tasks.runtimes.detectors` loads).
         sets: set name -> a YOLO set folder, or several whose union is the set.
         params: inference thresholds (``evaluate``), classes, image size, device.
 

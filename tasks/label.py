@@ -52,8 +52,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import labelstudio as ls
-from tasks import prediction_log
+from tasks.contracts import annotations as ls
+from tasks.contracts import prediction_log
 from tasks.config import LabelParams, Params, load_params, stage_argparser
 from tasks.io import write_bytes_atomic, write_json_atomic
 

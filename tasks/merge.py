@@ -66,7 +66,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import Params, load_params, stage_argparser
-from tasks.dataset import DatasetError, label_path_for, list_images, read_label_file
+from tasks.contracts.yolo_labels import DatasetError, label_path_for, list_images, read_label_file
 from tasks.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ Contract:
     params: ``base`` (incl. ``device``), ``registry`` (store, model name), ``predict``,
         ``export.speed.static_shapes`` (OpenVINO runs as the export stage timed it);
     outputs: rows appended to the prediction log ``<base.paths.predictions>/date=YYYY-MM-DD/*.parquet``
-        (schema in :mod:`tasks.prediction_log`), one file per (batch, model version), replaced atomically
+        (schema in :mod:`tasks.contracts.prediction_log`), one file per (batch, model version), replaced atomically
         on a re-run; ``<reports>/predict.json``;
     side effects: the version's deployable artifact (or its ONNX file) is cached under
         ``<models>/registry/<name>/<version>/``.
 
 The version runs its deployable artifact: the one the export stage selected and the registry tagged
-(``deploy.target`` / ``deploy.artifact``), opened by :func:`tasks.inference.load_detector` (ONNX Runtime, OpenVINO,
+(``deploy.target`` / ``deploy.artifact``), opened by :func:`tasks.runtimes.detectors.load_detector` (ONNX Runtime, OpenVINO,
 TensorRT on CUDA hosts; no torch in the serving path). A version without that tag, or whose artifact cannot be
 fetched or opened here, runs its FP32 ONNX file instead; the log and the report say which target ran and why.
 Unreadable images are skipped, named in the log and in the report; they never stop the rest of the batch.
@@ -31,10 +31,11 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from tasks import prediction_log, registry
+from tasks import registry
+from tasks.contracts import prediction_log
 from tasks.config import Params, load_params, stage_argparser
-from tasks.dataset import DatasetError, list_images, load_rgb
-from tasks.inference import Deployed, Detector, InferenceSettings, load_detector, predict_images
+from tasks.contracts.yolo_labels import DatasetError, list_images, load_rgb
+from tasks.runtimes.detectors import Deployed, Detector, InferenceSettings, load_detector, predict_images
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)

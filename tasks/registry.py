@@ -239,7 +239,7 @@ def export_attachments(report: Mapping[str, Any]) -> list[ExportAttachment]:
     Raises:
         FileNotFoundError: a file of such an artifact is missing (the export folder changed after the report).
     """
-    from tasks.inference import artifact_files
+    from tasks.runtimes.detectors import artifact_files
 
     found = []
     for check in report.get("artifacts", []):
@@ -437,7 +437,7 @@ def register_model(
     import mlflow
     import mlflow.pyfunc
 
-    from tasks.serving import DetectorModel
+    from tasks.runtimes.pyfunc import DetectorModel
 
     attachments = export_attachments(export_report) if export_report is not None else []
     tags = export_tags(export_report, attachments) if export_report is not None else {}

@@ -2,7 +2,7 @@
 
 Contract:
     inputs: the prediction log ``<base.paths.predictions>/date=YYYY-MM-DD/*.parquet`` (schema in
-        :mod:`tasks.prediction_log`; every file of the window is schema-checked first and a bad one is named);
+        :mod:`tasks.contracts.prediction_log`; every file of the window is schema-checked first and a bad one is named);
         the label ledger ``<base.paths.labels>/ledger.parquet`` (columns ``image_sha256``, ``status``, optional
         ``phash``; missing = nothing labeled yet); the drift monitor's ``<base.paths.reports>/monitor.json``
         (``{"flagged_batches": [...]}``, optional) plus ``sample.drift_batches``; the image files of the candidates
@@ -82,7 +82,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import prediction_log
+from tasks.contracts import prediction_log
 from tasks.config import (
     ClassBalancedStrategy,
     DisagreementStrategy,
@@ -262,7 +262,7 @@ def window_parts(root: Path, *, days: int) -> list[LogPart]:
 
     Raises:
         PredictionLogError: a ``*.parquet`` file outside a ``date=YYYY-MM-DD`` folder, hidden, unreadable or with a
-            schema other than :data:`tasks.prediction_log.SCHEMA` (the message names the file).
+            schema other than :data:`tasks.contracts.prediction_log.SCHEMA` (the message names the file).
     """
     # prediction_log owns the layout rules (date folders, hidden names, schema): reuse them, never restate them.
     files = prediction_log._part_files(Path(root), None)
@@ -390,7 +390,7 @@ def map_files(read: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 
 
 def image_rows(table: pa.Table, *, boxes: bool = False) -> ImageRows:
-    """Group a prediction log table (e.g. from :func:`tasks.prediction_log.read`) by image, as the stage does.
+    """Group a prediction log table (e.g. from :func:`tasks.contracts.prediction_log.read`) by image, as the stage does.
 
     Args:
         table: rows with at least ``image_sha256, batch, date, confidence, class_id`` (and ``x1n, y1n, x2n, y2n``

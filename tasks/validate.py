@@ -22,7 +22,7 @@ Contract:
 
 Failure: the stage raises, *moving nothing*, when the quarantined share of the checked images exceeds
 ``validate.max_quarantine_share`` (:class:`QuarantineShareError`, naming the share and the top reasons) or when
-the prediction log does not match :data:`tasks.prediction_log.SCHEMA` (:class:`PredictionLogSchemaError`, naming
+the prediction log does not match :data:`tasks.contracts.prediction_log.SCHEMA` (:class:`PredictionLogSchemaError`, naming
 each file). Reports are written in both cases. Re-running a cycle checks only what is still there.
 
 Suites (each expectation carries ``meta.check``, the name used in reasons and reports):
@@ -61,9 +61,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from tasks import prediction_log
+from tasks.contracts import prediction_log
 from tasks.config import ConfigError, Params, load_params, stage_argparser
-from tasks.dataset import label_path_for, list_images
+from tasks.contracts.yolo_labels import label_path_for, list_images
 from tasks.io import write_json_atomic
 
 if TYPE_CHECKING:  # GX costs 3-4 s to import: only inside the functions that run it
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 STAGE = "validate"
 LABELS, IMAGES, LOG_SCHEMA, LOG_ROWS = "labels", "images", "prediction_log_schema", "prediction_log_rows"
 QUARANTINE_REPORT = "quarantine.json"
-# Normalised corners may miss 0 or 1 by float rounding (cx - w/2 with cx = w/2); tasks.dataset uses the same.
+# Normalised corners may miss 0 or 1 by float rounding (cx - w/2 with cx = w/2); tasks.contracts.yolo_labels uses the same.
 COORD_TOL = 1e-6
 ABSENT = "<absent>"
 INDEX_COLUMNS = {LABELS: ["image", "line"], IMAGES: ["image"], LOG_SCHEMA: ["file", "column"], LOG_ROWS: ["file"]}
@@ -93,7 +93,7 @@ class QuarantineShareError(ValidateError):
 
 
 class PredictionLogSchemaError(ValidateError):
-    """A prediction log file does not match :data:`tasks.prediction_log.SCHEMA` (the message names each file)."""
+    """A prediction log file does not match :data:`tasks.contracts.prediction_log.SCHEMA` (the message names each file)."""
 
 
 @dataclass(frozen=True)
@@ -896,7 +896,7 @@ def log_problems(results: dict[str, ExpectationSuiteValidationResult], frames: d
 def reader_problems(root: Path) -> list[str]:
     """What the prediction log's own reader refuses beyond the suites (e.g. hidden ``.``/``_`` names), as problems.
 
-    :func:`tasks.prediction_log.logged_batches` lists the files as every reader does and checks each schema while
+    :func:`tasks.contracts.prediction_log.logged_batches` lists the files as every reader does and checks each schema while
     reading three columns, so it is cheap; a file it refuses would stop the sample stage later.
     """
     try:
@@ -1147,7 +1147,7 @@ def run(params: Params, *, cycle: str) -> ValidateResult:
     if problems:
         raise fail(
             PredictionLogSchemaError(
-                f"prediction log {paths.predictions} does not match tasks.prediction_log.SCHEMA "
+                f"prediction log {paths.predictions} does not match tasks.contracts.prediction_log.SCHEMA "
                 f"({len(problems)} problem(s)); nothing was moved:\n  " + "\n  ".join(problems)
             )
         )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.dataset import DatasetError, read_label_file, read_labeled_set
+from tasks.contracts.yolo_labels import DatasetError, read_label_file, read_labeled_set
 
 
 def make_set(root: Path, labels: dict[str, str | None], *, size=(32, 24)) -> Path:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks import prediction_log
+from tasks.contracts import prediction_log
 from tasks.config import Params
 from tasks.validate import (
     PredictionLogSchemaError,

@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import label, prediction_log, world
-from tasks.boxes import xywhn_to_xyxy
+from tasks import label, world
+from tasks.contracts import prediction_log
+from tasks.core.boxes import xywhn_to_xyxy
 from tasks.config import Params
-from tasks.dataset import image_size, list_images, read_label_file
+from tasks.contracts.yolo_labels import image_size, list_images, read_label_file
 from tasks.env import PROJECT_ROOT
 from tests.conftest import tiny_params_dict
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks import prediction_log
+from tasks.contracts import prediction_log
 from tasks.config import load_params
 from tasks.registry import AliasNotFoundError
 

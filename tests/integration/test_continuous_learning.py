@@ -16,7 +16,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks import annotator_sim, cycle, label, promote
+from tasks import cycle, label, promote
+from tasks.sim import annotator
 from tasks.config import load_params
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import Server
@@ -46,7 +47,7 @@ def loop(server: Server, labelstudio_env: Server, prefect_harness) -> dict:
     (opened,) = [p.name for p in params.base.paths.samples.iterdir() if p.is_dir()]
     ledger_after_first = label.read_ledger(label.ledger_path(params))
     state_after_first = cycle.read_state(params, opened)
-    answered = annotator_sim.run(params)
+    answered = annotator.run(params)
     second = continuous_learning(params_path=str(params_file))
     label_report = json.loads((params.base.paths.reports / "label.json").read_text())
     third = continuous_learning(params_path=str(params_file), return_state=True)
@@ -179,7 +180,7 @@ def test_promotion_waits_for_approval_and_a_refusal_keeps_the_champion(loop):
     relaxed = params_file.with_name("params-relaxed.yaml")
     relaxed.write_text(yaml.safe_dump(data, sort_keys=False))
     params = load_params(relaxed)
-    annotator_sim.run(params)  # the open cycle's tasks (the third run queued them)
+    annotator.run(params)  # the open cycle's tasks (the third run queued them)
     client = MlflowClient(params.registry.tracking_uri)
     name = params.registry.model_name
     before = str(client.get_model_version_by_alias(name, "champion").version)

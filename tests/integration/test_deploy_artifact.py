@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks import evaluate, export, predict, prediction_log, promote, registry, train, world
+from tasks import evaluate, export, predict, promote, registry, train, world
+from tasks.contracts import prediction_log
 from tasks.config import Params
 from tests.conftest import tiny_params_dict
 

@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import annotator_sim, label
-from tasks import labelstudio as ls
+from tasks import label
+from tasks.sim import annotator
+from tasks.contracts import annotations as ls
 from tasks.config import Params
-from tasks.dataset import read_label_file
+from tasks.contracts.yolo_labels import read_label_file
 from tasks.label import image_path
 from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, free_port, make_params, run_make
 
@@ -77,13 +78,13 @@ def test_rerun_imports_nothing_twice(cycle, first_run, monkeypatch):
 
 
 def test_simulated_annotations_are_collected_incrementally_and_equal_the_oracle(cycle, first_run):
-    answered = annotator_sim.run(cycle, limit=5)
+    answered = annotator.run(cycle, limit=5)
     assert answered.answered == 5 and answered.skipped == 0
     partial = label.run(cycle, cycle=CYCLE)
     assert (partial.collected, partial.labeled, partial.pending) == (5, 5, first_run.imported - 5)
     assert not partial.waiting  # min_labeled 5 reached
 
-    rest = annotator_sim.run(cycle)
+    rest = annotator.run(cycle)
     assert rest.answered == first_run.imported - 5
     final = label.run(cycle, cycle=CYCLE)
     assert final.collected == first_run.imported - 5  # only the new ones
@@ -106,7 +107,7 @@ def test_simulated_annotations_are_collected_incrementally_and_equal_the_oracle(
 def test_skipped_tasks_and_a_changed_annotation(server, cycle):
     params = make_params(server.root, title="visionloop-it-skips", labels="labels-skips", skip=1.0)
     first = label.run(params, cycle=CYCLE)
-    assert annotator_sim.run(params, limit=2).skipped == 2
+    assert annotator.run(params, limit=2).skipped == 2
     collected = label.run(params, cycle=CYCLE)
     assert (collected.skipped, collected.collected, collected.labeled) == (2, 0, 0)
 

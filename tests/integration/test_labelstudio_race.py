@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import annotator_sim, label
+from tasks import label
+from tasks.sim import annotator
 from tasks.config import Params
 from tasks.env import PROJECT_ROOT
 from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, label_studio_server, make_params
@@ -83,7 +84,7 @@ def _annotator_process(params: Params, n_tasks: int, start: Any, barrier: Any, o
     answered, errors, project = 0, [], None
     while answered < n_tasks and time.monotonic() < deadline:
         try:
-            done = annotator_sim.run(params)
+            done = annotator.run(params)
             answered += done.answered
             project = done.project_id
         except label.LabelProjectNotReady as exc:
@@ -156,7 +157,7 @@ def test_duplicates_from_older_runs_use_the_project_the_ledger_names(fresh_serve
     params = make_params(fresh_server.root, title="visionloop-dups", labels="labels-dups")
     params = build_cycle(params)
     sdk = label.connect(label.LabelParams())
-    from tasks import labelstudio as ls
+    from tasks.contracts import annotations as ls
 
     config = ls.labeling_config(params.base.classes)
     empty = sdk.projects.create(title="visionloop-dups", label_config=config)
@@ -177,6 +178,6 @@ def test_duplicates_from_older_runs_use_the_project_the_ledger_names(fresh_serve
 def test_annotator_never_creates_a_project(fresh_server: Server, tmp_path: Path) -> None:
     params = make_params(fresh_server.root, title="visionloop-nobody", labels="labels-nobody")
     with pytest.raises(label.LabelProjectNotReady, match=r"no Label Studio project titled 'visionloop-nobody'"):
-        annotator_sim.run(params)
+        annotator.run(params)
     sdk = label.connect(label.LabelParams())
     assert [p for p in sdk.projects.list(title="visionloop-nobody") if p.title == "visionloop-nobody"] == []

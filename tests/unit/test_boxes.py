@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.boxes import clip_xyxy, xywhn_to_xyxy, xyxy_to_xywh, xyxy_to_xywhn, xyxy_to_xyxyn
+from tasks.core.boxes import clip_xyxy, xywhn_to_xyxy, xyxy_to_xywh, xyxy_to_xywhn, xyxy_to_xyxyn
 
 W, H = 200, 100
 

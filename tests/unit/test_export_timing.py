@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.export import _PeakRss, _share, time_artifacts
-from tasks.inference import InferenceSettings
+from tasks.runtimes.detectors import InferenceSettings
 from tests.onnx_models import write_conv_stack
 
 

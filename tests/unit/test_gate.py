@@ -30,7 +30,7 @@ from tasks.gate import (
     paired_bootstrap,
     score_matches,
 )
-from tasks.inference import Deployed, Detections
+from tasks.runtimes.detectors import Deployed, Detections
 from tests.conftest import tiny_params_dict
 from tests.unit.test_coco_oracle import OFFICIAL, ORACLE
 

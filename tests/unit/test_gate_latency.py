@@ -20,7 +20,7 @@ import pytest
 
 from tasks.config import GateParams
 from tasks.gate import GOLDEN, GatePolicy, ModelScores, compare, match_coco, score_matches, time_latency
-from tasks.inference import Deployed, InferenceSettings
+from tasks.runtimes.detectors import Deployed, InferenceSettings
 from tests.onnx_models import write_conv_stack
 
 IMGSZ = 160

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.inference import InferenceSettings, Letterbox, decode_output, letterbox, load_detector
+from tasks.runtimes.detectors import InferenceSettings, Letterbox, decode_output, letterbox, load_detector
 
 S = InferenceSettings(imgsz=64, conf=0.25, iou=0.5, max_det=10)
 IDENTITY = Letterbox(scale=1.0, pad_x=0, pad_y=0, width=64, height=64)

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks import label, prediction_log
-from tasks import labelstudio as ls
-from tasks.annotator_sim import noisy_boxes
+from tasks import label
+from tasks.contracts import prediction_log
+from tasks.contracts import annotations as ls
+from tasks.sim.annotator import noisy_boxes
 from tasks.config import AnnotatorSimParams, Params
 from tests.conftest import tiny_params_dict
 

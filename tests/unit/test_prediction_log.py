@@ -1,4 +1,4 @@
-"""Unit tests for tasks.prediction_log: table building, atomic partitioned writes, validated reads."""
+"""Unit tests for tasks.contracts.prediction_log: table building, atomic partitioned writes, validated reads."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import prediction_log as plog
-from tasks.prediction_log import ImageDetections, LoggedBatch, PredictionLogError
+from tasks.contracts import prediction_log as plog
+from tasks.contracts.prediction_log import ImageDetections, LoggedBatch, PredictionLogError
 
 CLASSES = ["circle", "square", "triangle"]
 DAY1 = dt.date(2026, 11, 2)

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks import prediction_log as plog
+from tasks.contracts import prediction_log as plog
 from tasks import sample
 from tasks.config import ConfigError, Params, load_params
-from tasks.prediction_log import ImageDetections, PredictionLogError
+from tasks.contracts.prediction_log import ImageDetections, PredictionLogError
 from tests.conftest import tiny_params_dict
 
 CLASSES = ["circle", "square", "triangle"]

@@ -1,7 +1,7 @@
 """Label Studio ↔ YOLO conversion helpers: pure functions, no SDK, no I/O.
 
 Used by the ``label`` stage (:mod:`tasks.label`, both backends) and the annotator simulator
-(:mod:`tasks.annotator_sim`). Names shared with the labeling config live here, once.
+(:mod:`tasks.sim.annotator`). Names shared with the labeling config live here, once.
 
 Formats (names carry them):
 - ``xyxy``: ``(N, 4)`` pixel corners ``x1, y1, x2, y2`` (the prediction log's format).
@@ -28,7 +28,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import numpy.typing as npt
 
-from tasks.boxes import as_boxes
+from tasks.core.boxes import as_boxes
 
 FROM_NAME = "label"
 """``name`` of the RectangleLabels control (``from_name`` of every region)."""

@@ -12,7 +12,7 @@ noise from ``label.simulator`` (params):
 Randomness is seeded per task from ``simulator.seed`` (``base.seed`` when null) and the image's SHA-256,
 so a task gets the same answer whatever order or batch it is answered in.
 
-``python -m tasks.annotator_sim --params P [--limit N]`` answers up to N open tasks (all by default).
+``python -m tasks.sim.annotator --params P [--limit N]`` answers up to N open tasks (all by default).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from tasks import labelstudio as ls
+from tasks.contracts import annotations as ls
 from tasks.config import AnnotatorSimParams, Params, load_params, stage_argparser
-from tasks.dataset import image_size, read_label_file
+from tasks.contracts.yolo_labels import image_size, read_label_file
 from tasks.label import LabelStudioBackend, call_with_retries, image_path, label_studio_url, projects_path
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def answer_task(
         ``(result regions, cancelled, dropped boxes)``.
 
     Raises:
-        tasks.dataset.DatasetError: the oracle label file is missing or malformed (names it).
+        tasks.contracts.yolo_labels.DatasetError: the oracle label file is missing or malformed (names it).
     """
     data = task["data"]
     seed = params.base.seed if noise.seed is None else noise.seed
@@ -210,7 +210,7 @@ class BackgroundAnnotator:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.annotator_sim --params P [--limit N]`` (demo/tests/benchmarks only)."""
+    """``python -m tasks.sim.annotator --params P [--limit N]`` (demo/tests/benchmarks only)."""
     from tasks.env import apply_env
 
     parser = stage_argparser("annotator_sim", __doc__)

@@ -1,0 +1,1 @@
+"""Model families: the only importers of a model library (Ultralytics), behind one ``ModelFamily`` protocol."""

@@ -1,0 +1,1 @@
+"""Export targets: builders, quantization and calibration, parity and the timing harness."""
