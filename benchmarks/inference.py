@@ -41,8 +41,8 @@ from tasks.config import Params, load_params
 from tasks.contracts.yolo_labels import load_rgb, read_labeled_set
 from tasks.env import apply_env, configure_ultralytics
 from tasks.evaluate import default_model_path, evaluate_set, inference_settings
-from tasks.runtimes.detectors import PAD_VALUE
 from tasks.io import write_json_atomic
+from tasks.runtimes.detectors import PAD_VALUE
 
 LIBRARY_ROW = "ultralytics_ov_i8"
 

@@ -37,8 +37,8 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.contracts import prediction_log
 from tasks.config import load_params
+from tasks.contracts import prediction_log
 from tasks.io import write_json_atomic
 
 START = dt.date(2026, 11, 2)

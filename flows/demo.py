@@ -20,11 +20,11 @@ from prefect import flow
 from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
 from flows.predict import predict
-from tasks.sim.annotator import BackgroundAnnotator
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.registry import tracking_uri
+from tasks.sim.annotator import BackgroundAnnotator
 
 FINISHED = ("promote", "reject")
 """Cycle outcomes of a demo that worked: the gate decided (labels came, a candidate was trained and judged)."""

@@ -13,11 +13,12 @@ import datetime as dt
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -591,7 +592,9 @@ class CycleParams(Section):
 
 
 class Params(Section):
-    """The whole ``params.yaml``."""
+    """The whole ``params.yaml`` (plus any overlays layered over it, see :func:`load_params`)."""
+
+    _sources: tuple[str, ...] = PrivateAttr(default=())
 
     base: BaseParams
     world: WorldParams = WorldParams()
@@ -631,8 +634,21 @@ class Params(Section):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The files these params were read from, base first, then each overlay (empty: built in code)."""
+        return self._sources
 
-class ConfigError(ValueError):
+    def stamp(self) -> dict[str, Any]:
+        """The effective-params record every report carries: the files layered, and the digest of the result."""
+        return {"sources": list(self.sources), "digest": self.digest()}
+
+
+class VisionloopError(Exception):
+    """Base of the errors a stage reports as a clean one-line failure (``stage_main`` exits 1 with the message)."""
+
+
+class ConfigError(VisionloopError, ValueError):
     """``params.yaml`` is missing, unreadable or does not match the schema."""
 
 
@@ -655,39 +671,80 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate a params file.
+EXTENDS_KEY = "extends"
 
-    Args:
-        path: YAML file with a ``base:`` section and one section per stage.
-        overrides: nested dict merged over the file (flow parameters use this), e.g.
-            ``{"train": {"epochs": 2}}``.
 
-    Returns:
-        The validated, immutable :class:`Params`.
-
-    Raises:
-        ConfigError: file missing, not YAML, or a key unknown / mistyped (message lists key paths).
-    """
-    path = Path(path)
+def _read_layer(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+    """One params file as a dict, with the files it ``extends:`` merged under it (base first)."""
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (pass --params PATH)")
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{path}: 'extends' chain loops: {cycle}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    parent = raw.pop(EXTENDS_KEY, None)
+    if parent is None:
+        return raw, [path]
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: '{EXTENDS_KEY}' must be a path (relative to this file), got {parent!r}")
+    base, files = _read_layer(path.parent / parent, (*chain, path.resolve()))
+    return deep_merge(base, raw), [*files, path]
+
+
+def load_params(
+    path: str | Path | Sequence[str | Path] | None = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read and validate a params file, or several layered ones.
+
+    Layering: each file may name its base with ``extends: <path relative to it>``; several paths are
+    merged left to right (``load_params(["params.yaml", "site.yaml"])``: the later file's keys win, nested
+    sections key by key). Only the merged result is validated, so an overlay holds just the keys it changes.
+
+    Args:
+        path: YAML file (or files) with a ``base:`` section and one section per stage.
+        overrides: nested dict merged over the files (flow parameters use this), e.g.
+            ``{"train": {"epochs": 2}}``.
+
+    Returns:
+        The validated, immutable :class:`Params`; ``params.sources`` names the files, base first.
+
+    Raises:
+        ConfigError: file missing, not YAML, an ``extends`` loop, or a key unknown / mistyped (message lists
+            key paths and the files read).
+    """
+    path = DEFAULT_PARAMS if path is None else path
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        raise ConfigError("no params file given (pass --params PATH)")
+    raw: dict[str, Any] = {}
+    files: list[Path] = []
+    for layer in paths:
+        data, read = _read_layer(layer)
+        raw = deep_merge(raw, data)
+        files += [f for f in read if f not in files]
     if overrides:
         raw = deep_merge(raw, overrides)
+    where = Path(" + ".join(str(f) for f in files))
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(path, exc)) from None
+        raise ConfigError(_format_errors(where, exc)) from None
+    params._sources = tuple(str(f) for f in files)
+    return params
 
 
 def stage_argparser(stage: str, doc: str | None = None) -> argparse.ArgumentParser:
     """Return the common CLI of ``python -m tasks.<stage>``: ``--params PATH``."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=doc)
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--params",
+        action="append",
+        default=None,
+        help="params file; repeat to layer overlays over it, later wins (default: params.yaml)",
+    )
     return parser

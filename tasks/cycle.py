@@ -38,9 +38,9 @@ import numpy as np
 
 from tasks import registry
 from tasks.config import Params, load_params, stage_argparser
-from tasks.runtimes.detectors import Deployed
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.predict import find_deployed
+from tasks.runtimes.detectors import Deployed
 from tasks.train import parent_path
 
 log = logging.getLogger(__name__)

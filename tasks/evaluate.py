@@ -23,11 +23,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tasks.core.boxes import xywhn_to_xyxy, xyxy_to_xywh
 from tasks.config import Params, load_params, stage_argparser
 from tasks.contracts.yolo_labels import LabeledImage, load_rgb, read_labeled_set
-from tasks.runtimes.detectors import Detections, InferenceSettings, load_detector, predict_images
+from tasks.core.boxes import xywhn_to_xyxy, xyxy_to_xywh
 from tasks.io import write_json_atomic
+from tasks.runtimes.detectors import Detections, InferenceSettings, load_detector, predict_images
 
 log = logging.getLogger(__name__)
 

@@ -47,6 +47,7 @@ import numpy.typing as npt
 from tasks.config import ExportParams, Hardware, Params, Precision, load_params, stage_argparser
 from tasks.contracts.yolo_labels import list_images, load_rgb
 from tasks.evaluate import default_model_path, evaluate_set, inference_settings
+from tasks.io import write_json_atomic
 from tasks.runtimes.detectors import (
     Deployed,
     Detections,
@@ -57,7 +58,6 @@ from tasks.runtimes.detectors import (
     letterbox,
     load_detector,
 )
-from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from tasks.config import GateParams, Params, load_params, stage_argparser
 from tasks.contracts.yolo_labels import LabeledImage, list_images, load_rgb, read_labeled_set
 from tasks.evaluate import coco_detections, coco_ground_truth, coco_metrics, detect_set, inference_settings
 from tasks.export import TARGETS, speed_settings, time_rounds
-from tasks.runtimes.detectors import Deployed, Detections, InferenceSettings, letterbox
 from tasks.io import write_json_atomic
+from tasks.runtimes.detectors import Deployed, Detections, InferenceSettings, letterbox
 
 log = logging.getLogger(__name__)
 

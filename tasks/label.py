@@ -52,9 +52,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.config import LabelParams, Params, load_params, stage_argparser
 from tasks.contracts import annotations as ls
 from tasks.contracts import prediction_log
-from tasks.config import LabelParams, Params, load_params, stage_argparser
 from tasks.io import write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:

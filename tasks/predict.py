@@ -13,9 +13,10 @@ Contract:
         ``<models>/registry/<name>/<version>/``.
 
 The version runs its deployable artifact: the one the export stage selected and the registry tagged
-(``deploy.target`` / ``deploy.artifact``), opened by :func:`tasks.runtimes.detectors.load_detector` (ONNX Runtime, OpenVINO,
-TensorRT on CUDA hosts; no torch in the serving path). A version without that tag, or whose artifact cannot be
-fetched or opened here, runs its FP32 ONNX file instead; the log and the report say which target ran and why.
+(``deploy.target`` / ``deploy.artifact``), opened by :func:`tasks.runtimes.detectors.load_detector`
+(ONNX Runtime, OpenVINO, TensorRT on CUDA hosts; no torch in the serving path). A version without that tag,
+or whose artifact cannot be fetched or opened here, runs its FP32 ONNX file instead; the log and the report
+say which target ran and why.
 Unreadable images are skipped, named in the log and in the report; they never stop the rest of the batch.
 """
 
@@ -32,11 +33,11 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from tasks import registry
-from tasks.contracts import prediction_log
 from tasks.config import Params, load_params, stage_argparser
+from tasks.contracts import prediction_log
 from tasks.contracts.yolo_labels import DatasetError, list_images, load_rgb
-from tasks.runtimes.detectors import Deployed, Detector, InferenceSettings, load_detector, predict_images
 from tasks.io import write_json_atomic
+from tasks.runtimes.detectors import Deployed, Detector, InferenceSettings, load_detector, predict_images
 
 log = logging.getLogger(__name__)
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")

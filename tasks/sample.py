@@ -82,7 +82,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.contracts import prediction_log
 from tasks.config import (
     ClassBalancedStrategy,
     DisagreementStrategy,
@@ -97,6 +96,7 @@ from tasks.config import (
     load_params,
     stage_argparser,
 )
+from tasks.contracts import prediction_log
 from tasks.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ Contract:
 
 Failure: the stage raises, *moving nothing*, when the quarantined share of the checked images exceeds
 ``validate.max_quarantine_share`` (:class:`QuarantineShareError`, naming the share and the top reasons) or when
-the prediction log does not match :data:`tasks.contracts.prediction_log.SCHEMA` (:class:`PredictionLogSchemaError`, naming
-each file). Reports are written in both cases. Re-running a cycle checks only what is still there.
+the prediction log does not match :data:`tasks.contracts.prediction_log.SCHEMA`
+(:class:`PredictionLogSchemaError`, naming each file). Reports are written in both cases. Re-running a cycle
+checks only what is still there.
 
 Suites (each expectation carries ``meta.check``, the name used in reasons and reports):
     ``labels`` (one row per box, plus one row for an image whose label file has no boxes): the line parses, no
@@ -61,8 +62,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from tasks.contracts import prediction_log
 from tasks.config import ConfigError, Params, load_params, stage_argparser
+from tasks.contracts import prediction_log
 from tasks.contracts.yolo_labels import label_path_for, list_images
 from tasks.io import write_json_atomic
 
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 STAGE = "validate"
 LABELS, IMAGES, LOG_SCHEMA, LOG_ROWS = "labels", "images", "prediction_log_schema", "prediction_log_rows"
 QUARANTINE_REPORT = "quarantine.json"
-# Normalised corners may miss 0 or 1 by float rounding (cx - w/2 with cx = w/2); tasks.contracts.yolo_labels uses the same.
+# Normalised corners may miss 0 or 1 by float rounding (cx - w/2 with cx = w/2); contracts.yolo_labels uses the same.
 COORD_TOL = 1e-6
 ABSENT = "<absent>"
 INDEX_COLUMNS = {LABELS: ["image", "line"], IMAGES: ["image"], LOG_SCHEMA: ["file", "column"], LOG_ROWS: ["file"]}
@@ -93,7 +94,7 @@ class QuarantineShareError(ValidateError):
 
 
 class PredictionLogSchemaError(ValidateError):
-    """A prediction log file does not match :data:`tasks.contracts.prediction_log.SCHEMA` (the message names each file)."""
+    """A prediction log file does not match :data:`tasks.contracts.prediction_log.SCHEMA` (names each file)."""
 
 
 @dataclass(frozen=True)
@@ -896,8 +897,8 @@ def log_problems(results: dict[str, ExpectationSuiteValidationResult], frames: d
 def reader_problems(root: Path) -> list[str]:
     """What the prediction log's own reader refuses beyond the suites (e.g. hidden ``.``/``_`` names), as problems.
 
-    :func:`tasks.contracts.prediction_log.logged_batches` lists the files as every reader does and checks each schema while
-    reading three columns, so it is cheap; a file it refuses would stop the sample stage later.
+    :func:`tasks.contracts.prediction_log.logged_batches` lists the files as every reader does and checks each
+    schema while reading three columns, so it is cheap; a file it refuses would stop the sample stage later.
     """
     try:
         prediction_log.logged_batches(root)

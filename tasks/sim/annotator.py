@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from tasks.contracts import annotations as ls
 from tasks.config import AnnotatorSimParams, Params, load_params, stage_argparser
+from tasks.contracts import annotations as ls
 from tasks.contracts.yolo_labels import image_size, read_label_file
 from tasks.label import LabelStudioBackend, call_with_retries, image_path, label_studio_url, projects_path
 

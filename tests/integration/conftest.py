@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import label, world
-from tasks.contracts import prediction_log
-from tasks.core.boxes import xywhn_to_xyxy
 from tasks.config import Params
+from tasks.contracts import prediction_log
 from tasks.contracts.yolo_labels import image_size, list_images, read_label_file
+from tasks.core.boxes import xywhn_to_xyxy
 from tasks.env import PROJECT_ROOT
 from tests.conftest import tiny_params_dict
 

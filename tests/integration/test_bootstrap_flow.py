@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks.contracts import prediction_log
 from tasks.config import load_params
+from tasks.contracts import prediction_log
 from tasks.registry import AliasNotFoundError
 
 pytestmark = pytest.mark.integration

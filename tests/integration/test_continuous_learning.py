@@ -17,8 +17,8 @@ import yaml
 from mlflow import MlflowClient
 
 from tasks import cycle, label, promote
-from tasks.sim import annotator
 from tasks.config import load_params
+from tasks.sim import annotator
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import Server
 

@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks import evaluate, export, predict, promote, registry, train, world
-from tasks.contracts import prediction_log
 from tasks.config import Params
+from tasks.contracts import prediction_log
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 from tasks import evaluate, export, train, world
-from tasks.targets import quantize
-from tasks.core.boxes import xyxy_to_xywhn
 from tasks.config import Params
 from tasks.contracts.yolo_labels import list_images, load_rgb
+from tasks.core.boxes import xyxy_to_xywhn
 from tasks.runtimes.detectors import InferenceSettings, letterbox, load_detector, predict_images
+from tasks.targets import quantize
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tasks import evaluate, gate, train, world
-from tasks.core.boxes import xyxy_to_xywhn
 from tasks.config import Params
 from tasks.contracts.yolo_labels import list_images, load_rgb
+from tasks.core.boxes import xyxy_to_xywhn
 from tasks.runtimes.detectors import InferenceSettings, load_detector, predict_images
 from tests.conftest import tiny_params_dict
 

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import label
-from tasks.sim import annotator
-from tasks.contracts import annotations as ls
 from tasks.config import Params
+from tasks.contracts import annotations as ls
 from tasks.contracts.yolo_labels import read_label_file
 from tasks.label import image_path
+from tasks.sim import annotator
 from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, free_port, make_params, run_make
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("labelstudio_env")]

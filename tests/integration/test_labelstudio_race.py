@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import label
-from tasks.sim import annotator
 from tasks.config import Params
 from tasks.env import PROJECT_ROOT
+from tasks.sim import annotator
 from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, label_studio_server, make_params
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from tasks import label
-from tasks.contracts import prediction_log
-from tasks.contracts import annotations as ls
-from tasks.sim.annotator import noisy_boxes
 from tasks.config import AnnotatorSimParams, Params
+from tasks.contracts import annotations as ls
+from tasks.contracts import prediction_log
+from tasks.sim.annotator import noisy_boxes
 from tests.conftest import tiny_params_dict
 
 CLASSES = ["circle", "triangle", "square"]

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.contracts import prediction_log as plog
 from tasks import sample
 from tasks.config import ConfigError, Params, load_params
+from tasks.contracts import prediction_log as plog
 from tasks.contracts.prediction_log import ImageDetections, PredictionLogError
 from tests.conftest import tiny_params_dict
 
