@@ -169,6 +169,20 @@ class ProductionStream(Section):
     severity_end: Fraction = 1.0
 
 
+class AnnotatorSimParams(Section):
+    """The annotator simulator (``tasks/sim/annotator.py``; demo, tests, benchmarks only): oracle boxes plus noise.
+
+    A box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``; every
+    corner moves by up to ± ``jitter`` of the box's width/height; a ``skip`` share of tasks is skipped.
+    """
+
+    small_px: NonNegativeFloat = 0.0
+    drop_small: Fraction = 0.0
+    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    skip: Fraction = 0.0
+    seed: int | None = None  # None: base.seed
+
+
 class WorldParams(Section):
     """Synthetic world: historical + golden sets from the source domain, drifting production batches."""
 
@@ -180,6 +194,7 @@ class WorldParams(Section):
     source: RenderSettings = RenderSettings()
     scenarios: dict[str, ScenarioOverride] = Field(default_factory=dict)
     production: ProductionStream = ProductionStream()
+    annotator: AnnotatorSimParams = AnnotatorSimParams()  # demo/tests only: the annotator simulator
 
     @model_validator(mode="after")
     def _known_scenarios(self) -> WorldParams:
@@ -417,20 +432,6 @@ class ValidateParams(Section):
         return self
 
 
-class AnnotatorSimParams(Section):
-    """The annotator simulator (``tasks/sim/annotator.py``; demo, tests, benchmarks only): oracle boxes plus noise.
-
-    A box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``; every
-    corner moves by up to ± ``jitter`` of the box's width/height; a ``skip`` share of tasks is skipped.
-    """
-
-    small_px: NonNegativeFloat = 0.0
-    drop_small: Fraction = 0.0
-    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
-    skip: Fraction = 0.0
-    seed: int | None = None  # None: base.seed
-
-
 class LabelParams(Section):
     """Labeling: Label Studio (or a folder exchange) fed with sampled images pre-annotated by the champion.
 
@@ -452,7 +453,6 @@ class LabelParams(Section):
     inbox: Path | None = None
     wait_timeout_s: NonNegativeFloat = 0.0  # the loop re-collects until min_labeled or this long, then waits for labels
     poll_s: Annotated[float, Field(gt=0)] = 10.0  # between collections while waiting
-    simulator: AnnotatorSimParams = AnnotatorSimParams()
 
 
 # The stage is called ``validate``, which shadows pydantic's deprecated ``BaseModel.validate`` classmethod (unused
@@ -603,12 +603,12 @@ class Params(Section):
     export: ExportParams = ExportParams()
     registry: RegistryParams = RegistryParams()
     predict: PredictParams = PredictParams()
-    promote: PromoteParams = PromoteParams()
-    gate: GateParams = GateParams()
-    validate: ValidateParams = ValidateParams()  # type: ignore[assignment]  # shadows BaseModel.validate (deprecated)
-    label: LabelParams = LabelParams()
-    merge: MergeParams = MergeParams()
     sample: SampleParams = SampleParams()
+    label: LabelParams = LabelParams()
+    validate: ValidateParams = ValidateParams()  # type: ignore[assignment]  # shadows BaseModel.validate (deprecated)
+    merge: MergeParams = MergeParams()
+    gate: GateParams = GateParams()
+    promote: PromoteParams = PromoteParams()
     cycle: CycleParams = CycleParams()
 
     @model_validator(mode="after")

@@ -3,7 +3,7 @@
 It answers the open tasks of the label stage's Label Studio project *through the Label Studio API*, as a
 person would in the UI: one annotation per task, with ``rectanglelabels`` regions taken from the world's
 oracle ground truth ``<base.paths.oracle>/<batch>/labels/<image_id>.txt`` (YOLO), plus optional realistic
-noise from ``label.simulator`` (params):
+noise from ``world.annotator`` (params):
 
 - a box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``;
 - each box corner moves by a uniform ± ``jitter`` fraction of the box's width/height (then clipped);
@@ -125,7 +125,7 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
     """Answer up to ``limit`` open tasks (no annotation yet) of the label stage's project, in task id order.
 
     Args:
-        params: ``base`` and ``label`` (connection, project title, ``label.simulator`` noise).
+        params: ``base`` and ``label`` (connection, project title, ``world.annotator`` noise).
         limit: most tasks to answer; None answers all open ones.
         client: an SDK client (default: :func:`tasks.label.connect`).
 
@@ -150,7 +150,7 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
     answered = skipped = boxes = dropped = 0
     ids = []
     for task in open_tasks:
-        regions, cancelled, lost = answer_task({"data": dict(task.data or {})}, params, settings.simulator)
+        regions, cancelled, lost = answer_task({"data": dict(task.data or {})}, params, params.world.annotator)
         call_with_retries(
             lambda task=task, regions=regions, cancelled=cancelled: sdk.annotations.create(  # type: ignore[misc]
                 id=int(task.id), result=regions, was_cancelled=cancelled, ground_truth=False

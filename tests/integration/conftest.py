@@ -118,9 +118,10 @@ def make_params(root: Path, *, title: str, labels: str = "labels", **simulator: 
         min_labeled=5,
         retries=1,
         retry_delay_s=0.5,
-        # no annotator noise unless a test asks for it: the labels must equal the oracle
-        simulator={**data["label"]["simulator"], "small_px": 0.0, "drop_small": 0.0, "jitter": 0.0, **simulator},
     )
+    # no annotator noise unless a test asks for it: the labels must equal the oracle
+    annotator = data["world"].get("annotator", {})
+    data["world"]["annotator"] = {**annotator, "small_px": 0.0, "drop_small": 0.0, "jitter": 0.0, **simulator}
     return Params.model_validate(data)
 
 
