@@ -4,6 +4,9 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 PARAMS ?= params.yaml
+# PARAMS may name several files: the base first, then overlays layered over it (later wins), e.g.
+# `make demo PARAMS="params.yaml site.yaml"`; every command gets one --params per file.
+PARAMS_ARGS := $(foreach p,$(PARAMS),--params $(p))
 # The venv lives outside the clone, keyed by the lock file's hash: clones share it, a lock change
 # builds a new one. .venv is a link to it.
 LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-12)
@@ -57,7 +60,7 @@ demo: setup labelstudio  ## the whole loop: world → champion → predict → l
 	if ! curl -sf -o /dev/null "http://127.0.0.1:$(LABEL_STUDIO_PORT)/health"; then \
 	  $(MAKE) --no-print-directory labelstudio-up || exit 1; started=1; fi; \
 	failure=.cache/demo-failure.txt; rm -f $$failure; \
-	$(RUN) $(PY) -m flows.demo --params $(PARAMS) --failure-file $$failure; rc=$$?; \
+	$(RUN) $(PY) -m flows.demo $(PARAMS_ARGS) --failure-file $$failure; rc=$$?; \
 	if [ $$started = 1 ]; then $(MAKE) --no-print-directory labelstudio-down; fi; \
 	if [ $$rc != 0 ]; then echo "make demo: FAILED (exit $$rc): $$(cat $$failure 2>/dev/null || echo 'see the error above')" >&2; fi; \
 	exit $$rc
@@ -73,15 +76,17 @@ lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks
 	$(RUN) $(PY) -m mypy tasks flows
 
-repro: setup  ## dvc repro (world, merge, train, evaluate, export)
+repro: setup  ## dvc repro (world, merge, train, evaluate, export); with overlays in PARAMS: dvc exp run -S ...
 	mkdir -p data/labels models/parent  # deps of merge and train: empty before the first loop cycle
-	$(RUN) dvc repro
+	@set -e; args="$$($(PY) -m tasks.cli dvc-set $(PARAMS_ARGS))"; \
+	if [ -z "$$args" ]; then echo "+ dvc repro"; $(RUN) dvc repro; \
+	else echo "+ dvc exp run $$args"; eval $(RUN) dvc exp run $$args; fi
 
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
-	$(RUN) $(PY) -m flows.rollback --params $(PARAMS) $(if $(VERSION),--to $(VERSION))
+	$(RUN) $(PY) -m flows.rollback $(PARAMS_ARGS) $(if $(VERSION),--to $(VERSION))
 
 audit: setup  ## print the audit trail of alias moves
-	$(RUN) $(PY) -m tasks.promote --params $(PARAMS) --audit
+	$(RUN) $(PY) -m tasks.promote $(PARAMS_ARGS) --audit
 
 lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf /tmp/visionloop-lock && $(PYTHON) -m venv /tmp/visionloop-lock

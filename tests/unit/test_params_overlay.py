@@ -1,0 +1,119 @@
+"""Params overlays: repeated --params and ``extends:``, the stamp every report carries, and the DVC bridge."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.cli import dvc_set_args, stage_main
+from tasks.config import ConfigError, VisionloopError, deep_merge, load_params
+from tasks.env import PROJECT_ROOT
+
+BASE = PROJECT_ROOT / "params.yaml"
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_later_file_wins_key_by_key(tmp_path):
+    site = write(tmp_path / "site.yaml", {"train": {"epochs": 3}, "gate": {"min_class_boxes": 7}})
+    params = load_params([BASE, site])
+    base = load_params(BASE)
+    assert params.train.epochs == 3 and params.gate.min_class_boxes == 7
+    # untouched keys of a touched section keep the base's value
+    assert params.train.model_dump(exclude={"epochs"}) == base.train.model_dump(exclude={"epochs"})
+    assert params.sources == (str(BASE), str(site))
+    assert params.stamp()["digest"] != base.stamp()["digest"]
+    assert base.stamp() == {"sources": [str(BASE)], "digest": base.digest()}
+
+
+def test_extends_names_the_base_relative_to_the_overlay(tmp_path):
+    (tmp_path / "conf").mkdir()
+    base = tmp_path / "params.yaml"
+    base.write_text(BASE.read_text())
+    mid = write(tmp_path / "conf" / "mid.yaml", {"extends": "../params.yaml", "train": {"epochs": 5}})
+    top = write(tmp_path / "conf" / "top.yaml", {"extends": "mid.yaml", "train": {"batch": 4}})
+    params = load_params(top)
+    assert (params.train.epochs, params.train.batch) == (5, 4)
+    assert params.sources == (str(base), str(mid), str(top))
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": {"extends": "b.yaml"}, "b.yaml": {"extends": "a.yaml"}}, "'extends' chain loops"),
+        ({"a.yaml": {"extends": "missing.yaml"}}, "missing.yaml: params file not found"),
+        ({"a.yaml": {"extends": 3}}, "'extends' must be a path"),
+        ({"a.yaml": {"extends": "params.yaml", "train": {"epoch": 3}}}, "train.epoch"),
+    ],
+    ids=["loop", "missing-base", "not-a-path", "typo-in-overlay"],
+)
+def test_bad_overlays_fail_naming_the_file_and_key(tmp_path, files, message):
+    (tmp_path / "params.yaml").write_text(BASE.read_text())
+    for name, data in files.items():
+        write(tmp_path / name, data)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_params(tmp_path / "a.yaml")
+
+
+def test_the_stage_command_line_layers_repeated_params(tmp_path, capsys):
+    site = write(tmp_path / "site.yaml", {"train": {"epochs": 2}})
+    seen = stage_main(
+        "train",
+        "doc",
+        run=lambda params, args: params,
+        summary=lambda params: f"epochs={params.train.epochs}",
+        argv=["--params", str(BASE), "--params", str(site)],
+    )
+    assert seen.train.epochs == 2 and capsys.readouterr().out.strip() == "epochs=2"
+    assert stage_main("train", "doc", run=lambda params, args: params, argv=[]).sources == ("params.yaml",)
+
+
+def test_a_stage_error_is_a_clean_exit_with_the_stage_name(capsys):
+    def fail(params, args):
+        raise VisionloopError("bad input at data/x.txt line 3")
+
+    with pytest.raises(SystemExit) as exit_info:
+        stage_main("merge", "doc", run=fail, argv=["--params", str(BASE)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "merge: bad input at data/x.txt line 3"
+
+
+def apply_dvc_set(args: list[str]) -> dict:
+    """What ``dvc exp run -S key=value ...`` does to params.yaml: each value parsed as YAML, set at its path."""
+    data = yaml.safe_load(BASE.read_text())
+    for flag, assignment in zip(args[::2], args[1::2], strict=True):
+        assert flag == "-S"
+        key, _, text = assignment.partition("=")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    return data
+
+
+def test_dvc_set_args_reproduce_the_layered_params(tmp_path, monkeypatch):
+    monkeypatch.chdir(PROJECT_ROOT)
+    site = write(
+        tmp_path / "site.yaml",
+        {"train": {"epochs": 3}, "base": {"classes": ["a", "b", "c", "d", "e", "f"]}, "gate": {"min_class_boxes": 7}},
+    )
+    args = dvc_set_args([str(BASE), str(site)])
+    assert "-S" in args and "train.epochs=3" in args
+    applied = load_params(BASE).model_validate(apply_dvc_set(args))
+    assert applied.digest() == load_params([BASE, site]).digest()
+    assert dvc_set_args([str(BASE)]) == []  # nothing differs: plain dvc repro
+    assert shlex.split(shlex.join(args)) == args
+
+
+def test_dvc_set_args_refuse_params_that_do_not_start_from_params_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(PROJECT_ROOT)
+    alone = write(tmp_path / "alone.yaml", deep_merge(yaml.safe_load(BASE.read_text()), {"train": {"epochs": 2}}))
+    with pytest.raises(VisionloopError, match="layer your overlay over it"):
+        dvc_set_args([str(alone)])
