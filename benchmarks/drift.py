@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import load_params
 from tasks.env import apply_env
-from tasks.evaluate import evaluate_set, inference_settings
 from tasks.io import write_json_atomic
-from tasks.world import effective_settings, render_set, set_seed
+from tasks.sim.drift import effective_settings
+from tasks.sim.sets import render_set, set_seed
+from tasks.targets.scoring import evaluate_set, inference_settings
 
 
 def main() -> None:

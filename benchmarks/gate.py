@@ -24,22 +24,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import load_params
+from tasks.core.coco import SetScore, match_coco, score_matches
+from tasks.core.cocoeval import coco_metrics
+from tasks.decisions.gate import GOLDEN, PRODUCTION, GatePolicy, ModelScores, compare
 from tasks.env import apply_env
-from tasks.evaluate import coco_metrics, detect_set, inference_settings
-from tasks.gate import (
-    GOLDEN,
-    PRODUCTION,
-    GatePolicy,
-    ModelScores,
-    SetScore,
-    compare,
-    gate_sets,
-    match_coco,
-    read_set_union,
-    score_detections,
-    score_matches,
-)
+from tasks.gate import gate_sets
 from tasks.io import write_json_atomic
+from tasks.targets.gate_scoring import read_set_union, score_detections
+from tasks.targets.scoring import detect_set, inference_settings
 
 
 def synthetic_set(

@@ -5,7 +5,7 @@ convolutional, so the same weights export at any size): every target in ``export
 re-evaluated on the golden set letterboxed to that size, parity-checked and timed; the PyTorch model is timed
 on the same images with the same code. Latency is the network alone (pre/post-processing are shared by all
 runtimes): median and p95 at batch 1, throughput at ``--batch``, with ``--threads`` intra-op threads. PyTorch
-and every artifact are timed in turns, ``--rounds`` rounds (``tasks.export.time_artifacts``), so the ratios
+and every artifact are timed in turns, ``--rounds`` rounds (``tasks.targets.timing.time_artifacts``), so the ratios
 compare runs made moments apart; the verdicts are the export stage's own, from its own timing pass.
 Prints a table and writes ``<reports>/benchmarks/inference.json``.
 
@@ -20,7 +20,6 @@ set becomes the evaluation set and the training set the INT8 calibration pool, b
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -38,11 +37,15 @@ import numpy as np
 
 from tasks import export
 from tasks.config import Params, load_params
+from tasks.contracts.reports import load_report
+from tasks.contracts.reports.export import ArtifactCheck, SpeedResult
 from tasks.contracts.yolo_labels import load_rgb, read_labeled_set
-from tasks.env import apply_env, configure_ultralytics
-from tasks.evaluate import default_model_path, evaluate_set, inference_settings
+from tasks.env import apply_env
 from tasks.io import write_json_atomic
+from tasks.models.yolo import configure_ultralytics
 from tasks.runtimes.detectors import PAD_VALUE
+from tasks.targets.scoring import default_model_path, evaluate_set, inference_settings
+from tasks.targets.timing import probe_images, speed_settings, time_artifacts
 
 LIBRARY_ROW = "ultralytics_ov_i8"
 
@@ -108,18 +111,18 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
         verdicts = report.selection
     except export.ExportCheckError as exc:  # the FP32 export collapsed: report it beside PyTorch
         error = str(exc)
-        data = json.loads((sized.base.paths.reports / "export.json").read_text())
-        checks, reference, selected, verdicts = [], data["reference_map50_95"], None, data["selection"]
+        failed = load_report(sized.base.paths.reports, "export")
+        checks, reference, selected, verdicts = [], failed.reference_map50_95, None, failed.selection
     export_s = time.perf_counter() - start
     set_name = sized.evaluate.sets[0]
     library = library_openvino_int8(sized, local, root=root, set_name=set_name) if args.library_reference else None
     cfg = sized.export.speed
     paths = {"pytorch": local, **({LIBRARY_ROW: library["path"]} if library else {})}
     paths |= {c.target: Path(c.path) for c in checks if c.status == "built"}
-    speeds = export.time_artifacts(
+    speeds = time_artifacts(
         paths,
-        settings=export.speed_settings(sized),
-        images=export.probe_images(sized),
+        settings=speed_settings(sized),
+        images=probe_images(sized),
         batch=cfg.batch,
         warmup=cfg.warmup,
         runs=cfg.runs,
@@ -219,7 +222,7 @@ def library_openvino_int8(sized: Params, weights: Path, *, root: Path, set_name:
     }
 
 
-def _note(check: export.ArtifactCheck, selected: dict[str, str] | None) -> str:
+def _note(check: ArtifactCheck, selected: dict[str, str] | None) -> str:
     if check.status != "built":
         return check.status
     return "SELECTED" if selected and selected["target"] == check.target else ""
@@ -228,10 +231,10 @@ def _note(check: export.ArtifactCheck, selected: dict[str, str] | None) -> str:
 def row(
     name: str,
     precision: str,
-    speed: export.SpeedResult | None,
+    speed: SpeedResult | None,
     map50_95: float | None,
     reference: float | None,
-    torch_speed: export.SpeedResult,
+    torch_speed: SpeedResult,
     **extra: Any,
 ) -> dict[str, Any]:
     """One table row: latency, throughput, mAP and ratios to PyTorch."""

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import load_params
 from tasks.contracts import prediction_log
+from tasks.contracts.reports import load_report
 from tasks.io import write_json_atomic
 
 START = dt.date(2026, 11, 2)
@@ -211,14 +212,14 @@ def child_sql(params_path: Path) -> dict[str, Any]:
     cpu, start = time.process_time(), time.perf_counter()
     result = sample.run(params, cycle="bench")
     wall = time.perf_counter() - start
-    report = json.loads((params.base.paths.reports / "sample.json").read_text())
+    report = load_report(params.base.paths.reports, "sample")
     return {
         "wall_s": wall,
         "cpu_s": time.process_time() - cpu,
         "peak_mb": peak_mb(),
         "import_peak_mb": before,
         "selected": result.selected,
-        "phases": report["timings_s"],
+        "phases": report.timings_s,
     }
 
 
@@ -227,9 +228,9 @@ def child_phash(images: Path) -> dict[str, Any]:
     from tasks import sample
 
     paths = sorted(images.glob("*.png"))
-    sample.phash_image(paths[0].as_uri())  # the first call imports imagehash/scipy: not the per-image cost
+    sample.phash_uri(paths[0].as_uri())  # the first call imports imagehash/scipy: not the per-image cost
     cpu, start = time.process_time(), time.perf_counter()
-    hashes = [sample.phash_image(p.as_uri()) for p in paths]
+    hashes = [sample.phash_uri(p.as_uri()) for p in paths]
     wall = time.perf_counter() - start
     assert all(h is not None for h in hashes)
     return {"wall_s": wall, "cpu_s": time.process_time() - cpu, "peak_mb": peak_mb(), "images": len(paths)}

@@ -1,6 +1,6 @@
 """Flow ``bootstrap``: world → train → evaluate → export → registry → champion.
 
-Run: ``python -m flows.bootstrap [--params params.yaml] [--epochs N]`` or the ``bootstrap`` deployment.
+Run: ``python -m flows.bootstrap [--params P ...] [--epochs N]`` or the ``bootstrap`` deployment.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from tasks.env import apply_env
 
 
 @flow(name="bootstrap", log_prints=True)
-def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> dict[str, list[str | None]]:
+def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None = None) -> dict[str, list[str | None]]:
     """Build the first champion from the source domain.
 
     Args:
-        params_path: params file of the whole run.
+        params_path: params file of the whole run, or several layered ones (overlays, later wins).
         epochs: override of ``train.epochs``.
     """
     overrides: dict[str, Any] = {"cycle": {"warm_start": False}}  # the first champion: from the yaml
@@ -58,11 +58,11 @@ def bootstrap(params_path: str = DEFAULT_PARAMS, epochs: int | None = None) -> d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.bootstrap", description=__doc__)
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--params", action="append", default=None, help="params file; repeat to layer overlays")
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args(argv)
     apply_env()
-    bootstrap(params_path=args.params, epochs=args.epochs)
+    bootstrap(params_path=args.params or DEFAULT_PARAMS, epochs=args.epochs)
 
 
 if __name__ == "__main__":

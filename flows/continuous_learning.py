@@ -6,7 +6,7 @@ Labeling can wait: when fewer than ``label.min_labeled`` images of the cycle are
 (the label ledger makes sure nothing is imported twice and no annotation is lost). With
 ``promote.require_approval`` the run pauses before a promotion until someone approves it in the Prefect UI.
 
-Run: ``python -m flows.continuous_learning [--params params.yaml] [--cycle NAME] [--epochs N]`` or the
+Run: ``python -m flows.continuous_learning [--params P ...] [--cycle NAME] [--epochs N]`` or the
 ``retrain-nightly`` / ``retrain`` deployments.
 """
 
@@ -27,7 +27,13 @@ from prefect.states import Completed, State
 
 from flows import stages
 from tasks.config import DEFAULT_PARAMS, Params, load_params
-from tasks.cycle import CycleReport, CycleState, Status, read_report
+from tasks.contracts.reports.cycle import CycleReport
+from tasks.contracts.reports.export import FALLBACK_TARGET
+from tasks.contracts.reports.gate import GateReport
+from tasks.contracts.reports.label import LabelResult
+from tasks.contracts.sample_manifest import manifest_path
+from tasks.cycle import CycleState, Status, candidate_lineage, read_report
+from tasks.decisions import approval
 from tasks.env import apply_env
 
 WAITING = "waiting for labels"
@@ -65,7 +71,7 @@ def _close(params: Params, state: CycleState, outcome: str, *, status: Status = 
 
 @flow(name="continuous_learning", log_prints=True)
 def continuous_learning(
-    params_path: str = DEFAULT_PARAMS,
+    params_path: str | list[str] = DEFAULT_PARAMS,
     cycle: str | None = None,
     epochs: int | None = None,
     wait_timeout_s: float | None = None,
@@ -74,20 +80,18 @@ def continuous_learning(
     """One cycle of the loop (or the continuation of a cycle that waits for labels).
 
     Args:
-        params_path: params file of the whole run.
+        params_path: params file of the whole run, or several layered ones (overlays, later wins).
         cycle: cycle to continue or open (default: the newest unclosed cycle, else a new one).
         epochs: override of ``cycle.epochs`` (retraining epochs).
         wait_timeout_s: override of ``label.wait_timeout_s``.
         require_approval: override of ``promote.require_approval``.
     """
-    overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides["cycle"] = {"epochs": epochs}
-    if wait_timeout_s is not None:
-        overrides["label"] = {"wait_timeout_s": wait_timeout_s}
-    if require_approval is not None:
-        overrides["promote"] = {"require_approval": require_approval}
-    params = load_params(params_path, overrides=overrides)
+    overrides: dict[str, dict[str, Any]] = {
+        "cycle": {"epochs": epochs},
+        "label": {"wait_timeout_s": wait_timeout_s},
+        "promote": {"require_approval": require_approval},
+    }
+    params = load_params(params_path, overrides=_given(overrides))
     who = f"flow continuous_learning/{flow_run.name}"
     state = stages.cycle_start(params, cycle)
     name = state.cycle
@@ -97,19 +101,13 @@ def continuous_learning(
 
     if params.cycle.predict_first:
         stages.predict(params)
-    manifest = params.base.paths.samples / name / "manifest.parquet"
-    if not manifest.is_file():
+    if not manifest_path(params.base.paths.samples, name).is_file():
         sampled = stages.sample(params, name)
         if sampled.selected == 0:
             report = _close(params, state, f"nothing to label ({sampled.reason})")
             return report.summary
 
-    labeled = stages.label(params, name)
-    deadline = time.monotonic() + params.label.wait_timeout_s
-    while labeled.waiting and time.monotonic() < deadline:
-        print(f"{labeled.labeled}/{params.label.min_labeled} labeled, {labeled.pending} pending: waiting")
-        time.sleep(params.label.poll_s)
-        labeled = stages.label(params, name)
+    labeled = _label_until_enough(params, name)
     if labeled.waiting:
         report = _close(params, state, WAITING, status="waiting")
         message = (
@@ -127,53 +125,77 @@ def continuous_learning(
     stages.train(params)
     stages.evaluate(params)
     exported = stages.export(params)
-    candidate = Path(exported.artifacts[0].path)  # FP32 ONNX: both models scored on the same runtime ...
+    candidate = exported.check(FALLBACK_TARGET)  # FP32 ONNX: both models scored on the same runtime ...
+    if candidate is None:
+        raise RuntimeError(f"the export report lists no {FALLBACK_TARGET!r} artifact to score the candidate with")
     gate = stages.gate(  # ... and timed on what each deploys
         params,
-        candidate,
+        Path(candidate.path),
         Path(champion.onnx) if champion else None,
         candidate_deployed=exported.deployed(),
         champion_deployed=champion.deployed if champion else None,
     )
 
-    reports = params.base.paths.reports
-    lineage = {
-        "cycle": name,
-        "parent_version": champion.version if champion else "none",
-        "warm_start": str(bool(params.cycle.warm_start and champion)),
-        "sample_manifest": str(manifest),
-        "merge_manifest_md5": merged.manifest_md5 or "none",
-        "gx_report": str(validated.report),
-        "gate_decision": gate.decision,
-    }
-    extra = {"sample": reports / "sample.json", "validate": validated.report, "merge": reports / "merge.json"}
-    extra |= {"gate": reports / "gate.json", "sample_manifest": manifest}
+    lineage, extra = candidate_lineage(
+        params,
+        cycle=name,
+        champion=champion,
+        merge_manifest_md5=merged.manifest_md5,
+        gx_report=Path(validated.report),
+        gate_decision=gate.decision,
+    )
     version = stages.registry(params, extra_lineage=lineage, extra_reports=extra)
     stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
 
-    decision = gate.decision
-    reasons = [r.message for r in gate.reasons if r.passed == (decision == "promote")]
-    if decision == "promote" and params.promote.require_approval:
-        print(f"v{version.version} passed the gate; waiting for approval in the Prefect UI (Resume)")
-        try:
-            approval = pause_flow_run(
-                wait_for_input=Approval, timeout=params.promote.approval_timeout_s, poll_interval=5
-            )
-        except Exception as exc:
-            approval = Approval(approve=False, reviewer="nobody", note=f"no approval ({type(exc).__name__})")
-        if not approval.approve:
-            decision = "reject"
-            reasons = [f"not approved by {approval.reviewer or 'a reviewer'}: {approval.note or 'no note'}"]
-        else:
-            reasons.append(f"approved by {approval.reviewer or 'a reviewer'}: {approval.note or 'no note'}")
-    stages.promote(params, version.version, decision, reasons, who=who)
-    report = _close(params, state, decision)
+    outcome = _decide(params, gate, version.version)
+    stages.promote(params, version.version, outcome.decision, outcome.reasons, who=who)
+    report = _close(params, state, outcome.decision)
     return report.summary
+
+
+def _given(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The flow parameters that were given (``None``: keep the params file's value), as load_params overrides."""
+    given = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in overrides.items()}
+    return {section: keys for section, keys in given.items() if keys}
+
+
+def _label_until_enough(params: Params, cycle: str) -> LabelResult:
+    """Run the label stage until enough images are labeled or ``label.wait_timeout_s`` passes."""
+    labeled = stages.label(params, cycle)
+    deadline = time.monotonic() + params.label.wait_timeout_s
+    while labeled.waiting and time.monotonic() < deadline:
+        print(f"{labeled.labeled}/{params.label.min_labeled} labeled, {labeled.pending} pending: waiting")
+        time.sleep(params.label.poll_s)
+        labeled = stages.label(params, cycle)
+    return labeled
+
+
+def _decide(params: Params, gate: GateReport, version: str) -> approval.Outcome:
+    """The gate's decision, after a reviewer's answer when ``promote.require_approval`` asks for one."""
+    answer = None
+    if approval.needs_approval(gate.decision, require_approval=params.promote.require_approval):
+        answer = _ask_approval(params, version)
+    return approval.decide(
+        gate.decision,
+        [(r.passed, r.message) for r in gate.reasons],
+        require_approval=params.promote.require_approval,
+        answer=answer,
+    )
+
+
+def _ask_approval(params: Params, version: str) -> approval.Answer:
+    """Pause the flow run until someone answers in the Prefect UI (or ``promote.approval_timeout_s`` passes)."""
+    print(f"v{version} passed the gate; waiting for approval in the Prefect UI (Resume)")
+    try:
+        given = pause_flow_run(wait_for_input=Approval, timeout=params.promote.approval_timeout_s, poll_interval=5)
+    except Exception as exc:  # a timeout or an aborted pause: nobody approved
+        return approval.Answer(approve=False, reviewer="nobody", note=f"no approval ({type(exc).__name__})")
+    return approval.Answer(approve=given.approve, reviewer=given.reviewer, note=given.note)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.continuous_learning", description=__doc__)
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--params", action="append", default=None, help="params file; repeat to layer overlays")
     parser.add_argument("--cycle", default=None, help="cycle to continue or open (default: newest unclosed / new)")
     parser.add_argument("--epochs", type=int, default=None, help="retraining epochs (default: cycle.epochs)")
     parser.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for labels")
@@ -181,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     apply_env()
     continuous_learning(
-        params_path=args.params,
+        params_path=args.params or DEFAULT_PARAMS,
         cycle=args.cycle,
         epochs=args.epochs,
         wait_timeout_s=args.wait_timeout,

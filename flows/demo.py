@@ -20,10 +20,10 @@ from prefect import flow
 from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
 from flows.predict import predict
+from tasks.adapters.mlflow import tracking_uri
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic
-from tasks.registry import tracking_uri
 from tasks.sim.annotator import BackgroundAnnotator
 
 FINISHED = ("promote", "reject")
@@ -69,7 +69,7 @@ def summary_table(cycles: list[dict[str, Any]]) -> str:
 
 @flow(name="demo", log_prints=True)
 def demo(
-    params_path: str = DEFAULT_PARAMS, epochs: int | None = None, cycles: int = 1, label_wait_s: float = 600
+    params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None = None, cycles: int = 1, label_wait_s: float = 600
 ) -> dict[str, Any]:
     """world → bootstrap → predict → ``cycles`` loop cycles (simulated annotators) → predict with the champion."""
     start = time.perf_counter()
@@ -114,7 +114,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--params", action="append", default=None, help="params file; repeat to layer overlays")
     parser.add_argument("--epochs", type=int, default=None, help="bootstrap training epochs (default: train.epochs)")
     parser.add_argument("--cycles", type=int, default=1, help="continuous-learning cycles (default 1)")
     parser.add_argument("--label-wait", type=float, default=600, help="seconds a cycle waits for labels")
@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     apply_env()
     try:
-        result = demo(params_path=args.params, epochs=args.epochs, cycles=args.cycles, label_wait_s=args.label_wait)
+        result = demo(
+            params_path=args.params or DEFAULT_PARAMS,
+            epochs=args.epochs,
+            cycles=args.cycles,
+            label_wait_s=args.label_wait,
+        )
     except Exception as exc:
         _fail(args.failure_file, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise

@@ -1,6 +1,6 @@
 """Flow ``predict``: the champion (resolved at run time) over production batches → prediction log.
 
-Run: ``python -m flows.predict [--params params.yaml] [--batch 2026-11-02]`` or the scheduled deployment.
+Run: ``python -m flows.predict [--params P ...] [--batch 2026-11-02]`` or the scheduled deployment.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from prefect.artifacts import create_table_artifact
 
 from flows import stages
 from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.contracts.reports.predict import PredictResult
 from tasks.env import apply_env
-from tasks.predict import PredictResult
 
 
 @flow(name="predict", log_prints=True)
 def predict(
-    params_path: str = DEFAULT_PARAMS, batches: list[str] | None = None, alias: str = "champion"
+    params_path: str | list[str] = DEFAULT_PARAMS, batches: list[str] | None = None, alias: str = "champion"
 ) -> PredictResult:
     """Predict the given production batches (default: all not yet logged by the aliased version)."""
     params = load_params(params_path)
@@ -47,12 +47,12 @@ def predict(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.predict", description=__doc__)
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--params", action="append", default=None, help="params file; repeat to layer overlays")
     parser.add_argument("--batch", action="append", default=None, help="batch folder name (repeatable)")
     parser.add_argument("--alias", default="champion")
     args = parser.parse_args(argv)
     apply_env()
-    predict(params_path=args.params, batches=args.batch, alias=args.alias)
+    predict(params_path=args.params or DEFAULT_PARAMS, batches=args.batch, alias=args.alias)
 
 
 if __name__ == "__main__":

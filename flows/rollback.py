@@ -1,6 +1,6 @@
 """Flow ``rollback``: champion back to ``previous`` (or a named version) after checking it loads and predicts.
 
-Run: ``python -m flows.rollback [--params params.yaml] [--to VERSION] [--why TEXT]``, ``make rollback``, or the
+Run: ``python -m flows.rollback [--params P ...] [--to VERSION] [--why TEXT]``, ``make rollback``, or the
 ``rollback`` deployment. Every move lands in the audit trail (``python -m tasks.promote --audit``).
 """
 
@@ -19,7 +19,7 @@ from tasks.promote import format_audit
 
 @flow(name="rollback", log_prints=True)
 def rollback(
-    params_path: str = DEFAULT_PARAMS, to_version: str | None = None, why: str = "manual rollback"
+    params_path: str | list[str] = DEFAULT_PARAMS, to_version: str | None = None, why: str = "manual rollback"
 ) -> dict[str, list[str | None]]:
     """Move ``champion`` to ``previous`` (default) or ``to_version``; the replaced champion becomes ``previous``."""
     params = load_params(params_path)
@@ -30,12 +30,12 @@ def rollback(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.rollback", description=__doc__)
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    parser.add_argument("--params", action="append", default=None, help="params file; repeat to layer overlays")
     parser.add_argument("--to", default=None, help="version to make champion (default: the 'previous' alias)")
     parser.add_argument("--why", default="manual rollback")
     args = parser.parse_args(argv)
     apply_env()
-    rollback(params_path=args.params, to_version=args.to, why=args.why)
+    rollback(params_path=args.params or DEFAULT_PARAMS, to_version=args.to, why=args.why)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,14 @@
 
 One task per stage, named like the stage, calling the very function ``python -m tasks.<stage>`` (and so
 ``dvc repro``) calls. Stage code never imports Prefect; this is the only module that wraps it.
+
+Retries only where running the stage again after a failure half-way is safe and gives the same result (idempotent):
+``registry`` (a re-run finds the version its training run already has instead of registering a second one) and
+``champion`` (downloads land complete or not at all; the parent checkpoint is written atomically). Nothing else
+retries here: ``label`` talks to Label Studio through ``tasks.adapters.labelstudio``, which already retries each
+request (a second loop around it would multiply the attempts and the waiting); ``promote`` and ``rollback`` append
+to the audit trail, so a retry after the append would record the moves twice; ``train`` would start a second MLflow
+run; the other stages are long computations where a retry repeats the same failure.
 """
 
 from __future__ import annotations
@@ -27,7 +35,11 @@ import tasks.train
 import tasks.validate
 import tasks.world
 from tasks.config import Params
-from tasks.runtimes.detectors import Deployed
+from tasks.contracts.deployed import Deployed
+from tasks.contracts.reports.cycle import CycleReport
+from tasks.contracts.reports.predict import PredictResult
+from tasks.contracts.reports.promote import PromoteResult
+from tasks.contracts.reports.registry import RegistryResult
 
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
 
@@ -52,27 +64,27 @@ def export(params: Params) -> tasks.export.ExportReport:
     return tasks.export.run(params)
 
 
-@task(name="registry", retries=2, retry_delay_seconds=5, **_COMMON)
+@task(name="registry", retries=2, retry_delay_seconds=5, **_COMMON)  # idempotent: one version per training run
 def registry(
     params: Params, extra_lineage: dict[str, str] | None = None, extra_reports: dict[str, Path] | None = None
-) -> tasks.registry.ModelVersionInfo:
+) -> RegistryResult:
     return tasks.registry.run(params, extra_lineage=extra_lineage, extra_reports=extra_reports)
 
 
-@task(name="promote", retries=2, retry_delay_seconds=5, **_COMMON)
+@task(name="promote", **_COMMON)  # no retries: the audit trail is appended once per call
 def promote(
     params: Params, version: str, decision: tasks.promote.Action, reasons: list[str], who: str | None = None
-) -> tasks.promote.PromoteResult:
+) -> PromoteResult:
     return tasks.promote.run(params, version=version, decision=decision, reasons=reasons, who=who)
 
 
-@task(name="rollback", retries=1, retry_delay_seconds=5, **_COMMON)
-def rollback(params: Params, to_version: str | None, why: str, who: str | None = None) -> tasks.promote.PromoteResult:
+@task(name="rollback", **_COMMON)  # no retries: a second try finds the target already champion
+def rollback(params: Params, to_version: str | None, why: str, who: str | None = None) -> PromoteResult:
     return tasks.promote.rollback(params, to_version=to_version, why=why, who=who)
 
 
 @task(name="predict", **_COMMON)
-def predict(params: Params, batches: list[str] | None = None, alias: str | None = None) -> tasks.predict.PredictResult:
+def predict(params: Params, batches: list[str] | None = None, alias: str | None = None) -> PredictResult:
     return tasks.predict.run(params, batches=batches, alias=alias)
 
 
@@ -93,7 +105,7 @@ def gate(
     )
 
 
-@task(name="label", retries=2, retry_delay_seconds=10, **_COMMON)
+@task(name="label", **_COMMON)  # no retries: the Label Studio adapter retries each request
 def label(params: Params, cycle: str) -> tasks.label.LabelResult:
     return tasks.label.run(params, cycle=cycle)
 
@@ -125,11 +137,11 @@ def cycle_finish(
     return tasks.cycle.finish(params, state, status=status, outcome=outcome)
 
 
-@task(name="champion", retries=2, retry_delay_seconds=5, **_COMMON)
+@task(name="champion", retries=2, retry_delay_seconds=5, **_COMMON)  # idempotent: atomic downloads and writes
 def champion(params: Params) -> tasks.cycle.ChampionFiles | None:
     return tasks.cycle.fetch_champion(params)
 
 
 @task(name="cycle", **_COMMON)
-def cycle(params: Params, cycle: str, outcome: str, since: dt.datetime | None = None) -> tasks.cycle.CycleReport:
+def cycle(params: Params, cycle: str, outcome: str, since: dt.datetime | None = None) -> CycleReport:
     return tasks.cycle.run(params, cycle=cycle, outcome=outcome, since=since)

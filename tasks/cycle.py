@@ -13,7 +13,8 @@ Contract:
         ``<base.paths.reports>/cycle.json`` (the latest report); the report folder and the gate figures logged to
         the candidate's MLflow run (``cycles/<cycle>/``);
     side effects: :func:`fetch_champion` downloads the champion into ``<base.paths.models>/champion/v<version>/``
-        (its deployed artifact into the predict stage's cache, ``<base.paths.models>/registry/``) and copies its
+        (its deployed artifact into the version cache of :mod:`tasks.adapters.model_cache`,
+        ``<base.paths.models>/registry/``) and copies its
         checkpoint to ``<base.paths.models>/parent/best.pt``, the warm start of the train stage.
 
 A cycle is named by its UTC start time (``20261123T101500Z``), so names sort chronologically as the merge stage
@@ -21,38 +22,48 @@ needs. A run of the loop continues the newest cycle that is not closed (it is wa
 half-way), so the next run picks up where the last one stopped; a closed cycle is never reopened (naming it again
 does nothing: no task, no model version, no dataset row).
 
+The stage reports are read back through their typed records (``load_report``), so a report that does not match
+its stage's record fails here naming the field; the figures are drawn by :mod:`tasks.core.plots`.
+:func:`candidate_lineage` is what a cycle adds to its candidate's model version (the loop flow hands it to the
+registry stage).
+
 ``python -m tasks.cycle --params P --cycle C [--outcome O]`` rebuilds a cycle's report from the stage reports.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
-from tasks import registry
-from tasks.config import Params, load_params, stage_argparser
+from tasks.adapters import mlflow as mlflow_adapter
+from tasks.adapters.model_cache import find_deployed
+from tasks.cli import stage_main
+from tasks.config import Params, VisionloopError
+from tasks.contracts.cycle_history import HISTORY, record_cycle
+from tasks.contracts.deployed import Deployed
+from tasks.contracts.model_version import CHAMPION
+from tasks.contracts.names import check_cycle_name
+from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
+from tasks.contracts.reports.cycle import CycleReport
+from tasks.contracts.sample_manifest import manifest_path
+from tasks.contracts.train_files import parent_path, parent_record_path
+from tasks.core import plots
 from tasks.io import write_bytes_atomic, write_json_atomic
-from tasks.predict import find_deployed
-from tasks.runtimes.detectors import Deployed
-from tasks.train import parent_path
 
 log = logging.getLogger(__name__)
 
 Status = Literal["open", "waiting", "closed"]
 STATE_FILE = "cycle.json"
-_CYCLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")  # as the label and sample stages
 STAGE_REPORTS = ("sample", "label", "validate", "merge", "train", "export", "gate", "registry", "promote")
 
 
-class CycleError(ValueError):
-    """A cycle that cannot be opened or continued (bad name, closed already)."""
+class CycleError(VisionloopError, ValueError):
+    """A cycle that cannot be opened or continued (bad name, a damaged state file)."""
 
 
 @dataclass(frozen=True)
@@ -85,27 +96,14 @@ class ChampionFiles:
         version: its model version.
         weights: its PyTorch checkpoint (the warm start).
         onnx: its FP32 ONNX file (the gate scores it).
-        deployed: the artifact it runs in production (:func:`tasks.predict.find_deployed`: its selected export
-            artifact, or its ONNX file with the reason); the gate times it against the candidate's.
+        deployed: the artifact it runs in production (:func:`tasks.adapters.model_cache.find_deployed`: its
+            selected export artifact, or its ONNX file with the reason); the gate times it against the candidate's.
     """
 
     version: str
     weights: str
     onnx: str
     deployed: Deployed | None = None
-
-
-@dataclass(frozen=True)
-class CycleReport:
-    """What ``reports/cycles/<cycle>/report.json`` holds (besides the stage reports it summarises)."""
-
-    cycle: str
-    outcome: str
-    summary: dict[str, Any]
-    markdown: str
-    folder: str
-    plots: list[str] = field(default_factory=list)
-    mlflow_run_id: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------- cycle state
@@ -121,6 +119,7 @@ def new_cycle_name(now: dt.datetime | None = None) -> str:
 
 
 def state_path(params: Params, cycle: str) -> Path:
+    """``<samples>/<cycle>/cycle.json``."""
     return params.base.paths.samples / cycle / STATE_FILE
 
 
@@ -137,6 +136,7 @@ def read_state(params: Params, cycle: str) -> CycleState | None:
 
 
 def write_state(params: Params, state: CycleState) -> CycleState:
+    """Write the cycle's state atomically and return it."""
     write_json_atomic(state_path(params, state.cycle), asdict(state))
     return state
 
@@ -160,8 +160,8 @@ def start(params: Params, *, cycle: str | None = None, now: dt.datetime | None =
     Raises:
         CycleError: ``cycle`` is not a safe folder name.
     """
-    if cycle is not None and not _CYCLE.match(cycle):
-        raise CycleError(f"cycle {cycle!r}: use letters, digits and . _ = - (it names folders)")
+    if cycle is not None:
+        check_cycle_name(cycle, error=CycleError)
     stamp = (now or _now()).isoformat(timespec="seconds")
     if cycle is None:
         unclosed = open_cycles(params)
@@ -213,20 +213,59 @@ def finish(params: Params, state: CycleState, *, status: Status, outcome: str) -
 
 def fetch_champion(params: Params) -> ChampionFiles | None:
     """Download the current champion's checkpoint, ONNX file and deployed artifact; ``None`` without a champion."""
-    info = registry.find_alias(params, registry.CHAMPION)
+    info = mlflow_adapter.find_alias(params, CHAMPION)
     if info is None:
         log.info("no champion in the registry: the candidate is judged on its own")
         return None
     folder = params.base.paths.models / "champion" / f"v{info.version}"
-    weights = registry.download_weights(params, info, folder)
-    onnx = registry.download_onnx(params, info, folder)
+    weights = mlflow_adapter.download_weights(params, info, folder)
+    onnx = mlflow_adapter.download_onnx(params, info, folder)
     deployed = find_deployed(params, info)  # the same lookup (and ONNX fallback) the predict stage runs
     parent = parent_path(params)  # what train warm-starts from (cycle.warm_start); a DVC dependency of train
     parent.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(parent, weights.read_bytes())
-    write_json_atomic(parent.with_name("parent.json"), {"version": info.version, "name": info.name})
+    write_json_atomic(parent_record_path(params), {"version": info.version, "name": info.name})
     log.info("champion v%s fetched into %s (parent checkpoint %s)", info.version, folder, parent)
     return ChampionFiles(version=info.version, weights=str(weights), onnx=str(onnx), deployed=deployed)
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+
+
+def candidate_lineage(
+    params: Params,
+    *,
+    cycle: str,
+    champion: ChampionFiles | None,
+    merge_manifest_md5: str | None,
+    gx_report: Path,
+    gate_decision: str,
+) -> tuple[dict[str, str], dict[str, Path]]:
+    """What the cycle adds to the candidate's version: lineage tags, and the reports it carries as files.
+
+    Returns:
+        ``(lineage, reports)``: tags (cycle, parent version, warm start, sample manifest, merged manifest MD5, GX
+        report, gate decision) and name -> file (the sample, validate, merge and gate reports, the manifest).
+    """
+    reports = params.base.paths.reports
+    manifest = manifest_path(params.base.paths.samples, cycle)
+    lineage = {
+        "cycle": cycle,
+        "parent_version": champion.version if champion else "none",
+        "warm_start": str(bool(params.cycle.warm_start and champion)),
+        "sample_manifest": str(manifest),
+        "merge_manifest_md5": merge_manifest_md5 or "none",
+        "gx_report": str(gx_report),
+        "gate_decision": gate_decision,
+    }
+    files = {
+        "sample": report_path(reports, "sample"),
+        "validate": gx_report,
+        "merge": report_path(reports, "merge"),
+        "gate": report_path(reports, "gate"),
+        "sample_manifest": manifest,
+    }
+    return lineage, files
 
 
 # -------------------------------------------------------------------------------------------------- report
@@ -235,22 +274,23 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
 def read_report(params: Params, cycle: str) -> dict[str, Any] | None:
     """The summary of a reported cycle, ``None`` before its report exists."""
     path = params.base.paths.reports / "cycles" / cycle / "report.json"
-    return json.loads(path.read_text())["summary"] if path.is_file() else None
+    return load_report(params.base.paths.reports, "cycle", path=path).summary if path.is_file() else None
 
 
 def read_reports(reports: Path, since: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
-    """The stage reports present under ``reports`` (written at or after ``since`` when given)."""
+    """The stage reports present under ``reports`` (written at or after ``since`` when given), as their JSON.
+
+    Each is read back through its stage's typed record (:func:`tasks.contracts.reports.load_report`), so a report
+    that does not match its record fails here, naming the field.
+    """
     found = {}
     for name in STAGE_REPORTS:
-        path = reports / f"{name}.json"
+        path = report_path(reports, name)
         if not path.is_file():
             continue
         if since is not None and dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC) < since:
             continue
-        try:
-            found[name] = json.loads(path.read_text())
-        except ValueError as exc:
-            raise CycleError(f"{path}: not JSON ({exc})") from exc
+        found[name] = load_report_json(reports, name)
     return found
 
 
@@ -332,56 +372,11 @@ def render_markdown(summary: dict[str, Any], stages: dict[str, dict[str, Any]], 
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    import io
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
-def _paired_bars(ax: Any, names: list[str], pairs: dict[str, list[float | None]], colors: tuple[str, str]) -> None:
-    """Two bars per name (``pairs``: label -> values, two labels), a legend, names as ticks."""
-    x = np.arange(len(names))
-    for offset, (label, values), color in zip((-0.2, 0.2), pairs.items(), colors, strict=True):
-        ax.bar(x + offset, [np.nan if v is None else v for v in values], 0.4, label=label, color=color)
-    ax.set_xticks(x, names, rotation=30)
-    ax.legend(fontsize=8)
-
-
-def plot_per_class(gate: dict[str, Any]) -> bytes | None:
-    """Grouped bars: per-class AP50-95 of champion and candidate, one panel per gate set."""
-    sets = gate.get("sets", {})
-    if not sets:
-        return None
-    fig, axes = _pyplot().subplots(1, len(sets), figsize=(6 * len(sets), 3.6), squeeze=False)
-    for ax, (name, s) in zip(axes[0], sets.items(), strict=True):
-        classes = list(s["per_class"])
-        pairs = {who: [s["per_class"][c].get(who) for c in classes] for who in ("champion", "candidate")}
-        _paired_bars(ax, classes, pairs, ("#8c8c8c", "#2a7ab9"))
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{name} ({s['images']} images)")
-        ax.set_ylabel("AP50-95")
-    return _png(fig)
-
-
-def plot_confidence(params: Params, cycle: str, bins: int) -> bytes | None:
+def confidence_plot(params: Params, cycle: str, bins: int) -> bytes | None:
     """Histograms of the champion's logged box confidences: images the cycle sampled vs the other images."""
     import polars as pl
 
-    manifest = params.base.paths.samples / cycle / "manifest.parquet"
+    manifest = manifest_path(params.base.paths.samples, cycle)
     logs = sorted(params.base.paths.predictions.rglob("*.parquet"))
     if not manifest.is_file() or not logs:
         return None
@@ -396,42 +391,38 @@ def plot_confidence(params: Params, cycle: str, bins: int) -> bytes | None:
         .collect()
     )
     picked = rows["image_sha256"].is_in(chosen["image_sha256"].implode())
-    fig, ax = _pyplot().subplots(figsize=(6, 3.4))
-    edges = np.linspace(0, 1, bins + 1).tolist()
-    ax.hist(rows.filter(~picked)["confidence"].to_numpy(), bins=edges, alpha=0.6, density=True, label="not sampled")
-    ax.hist(rows.filter(picked)["confidence"].to_numpy(), bins=edges, alpha=0.6, density=True, label="sampled")
-    ax.set_xlabel(f"confidence (champion v{version}, logged boxes)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return plots.plot_confidence(
+        rows.filter(picked)["confidence"].to_numpy(),
+        rows.filter(~picked)["confidence"].to_numpy(),
+        label=f"confidence (champion v{version}, logged boxes)",
+        bins=bins,
+    )
 
 
-def plot_strategies(sample: dict[str, Any]) -> bytes | None:
-    """Bars: candidates and selected images per sampling strategy."""
-    by = sample.get("by_strategy", {})
-    if not by:
-        return None
-    names = list(by)
-    fig, ax = _pyplot().subplots(figsize=(6, 3.4))
-    pairs = {key: [by[n].get(key, 0) for n in names] for key in ("candidates", "selected")}
-    _paired_bars(ax, names, pairs, ("#c9c9c9", "#2a7ab9"))
-    ax.set_ylabel("images")
-    return _png(fig)
+def write_plots(params: Params, cycle: str, stages: dict[str, dict[str, Any]], folder: Path) -> list[str]:
+    """Write the report's figures into ``folder``; return the files written (figures with no data are left out)."""
+    written = []
+    for name, data in (
+        ("per_class_ap.png", plots.plot_per_class(stages.get("gate", {}).get("sets", {}))),
+        ("confidence.png", confidence_plot(params, cycle, params.cycle.histogram_bins)),
+        ("strategies.png", plots.plot_strategies(stages.get("sample", {}).get("by_strategy", {}))),
+    ):
+        if data is not None:
+            write_bytes_atomic(folder / name, data)
+            written.append(str(folder / name))
+    return written
 
 
 def _log_to_mlflow(params: Params, run_id: str, folder: Path, cycle: str, summary: dict[str, Any]) -> None:
-    import mlflow
-
     metrics = {}
     for who in ("champion", "candidate"):
         for name, value in summary[f"{who}_map50_95"].items():
             if value is not None:
                 metrics[f"cycle.{who}.{name}.map50_95"] = float(value)
-    with registry.mlflow_run(params, run_name="", run_id=run_id):
-        mlflow.log_artifacts(str(folder), artifact_path=f"cycles/{cycle}")
-        if metrics:
-            mlflow.log_metrics(metrics)
-        mlflow.set_tag("cycle", cycle)
+    with mlflow_adapter.mlflow_run(params, run_name="", run_id=run_id):
+        mlflow_adapter.log_folder(folder, f"cycles/{cycle}")
+        mlflow_adapter.log_metrics(metrics)
+        mlflow_adapter.set_run_tag("cycle", cycle)
 
 
 def run(params: Params, *, cycle: str, outcome: str, since: dt.datetime | None = None) -> CycleReport:
@@ -444,23 +435,14 @@ def run(params: Params, *, cycle: str, outcome: str, since: dt.datetime | None =
         since: only stage reports written at or after this time belong to the cycle (the loop passes the start of
             its run; ``None`` takes whatever is there).
     """
-    if not _CYCLE.match(cycle):
-        raise CycleError(f"cycle {cycle!r}: use letters, digits and . _ = - (it names folders)")
+    check_cycle_name(cycle, error=CycleError)
     reports = params.base.paths.reports
     stages = read_reports(reports, since)
     folder = reports / "cycles" / cycle
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(cycle, outcome, stages)
-    plots = []
-    for name, data in (
-        ("per_class_ap.png", plot_per_class(stages.get("gate", {}))),
-        ("confidence.png", plot_confidence(params, cycle, params.cycle.histogram_bins)),
-        ("strategies.png", plot_strategies(stages.get("sample", {}))),
-    ):
-        if data is not None:
-            write_bytes_atomic(folder / name, data)
-            plots.append(str(folder / name))
-    markdown = render_markdown(summary, stages, plots)
+    figures = write_plots(params, cycle, stages, folder)
+    markdown = render_markdown(summary, stages, figures)
     write_bytes_atomic(folder / "report.md", markdown.encode())
     run_id = stages.get("train", {}).get("mlflow_run_id") if "registry" in stages else None
     report = CycleReport(
@@ -469,33 +451,35 @@ def run(params: Params, *, cycle: str, outcome: str, since: dt.datetime | None =
         summary=summary,
         markdown=markdown,
         folder=str(folder),
-        plots=plots,
+        plots=figures,
         mlflow_run_id=run_id,
+        stages=stages,
     )
-    payload = asdict(report) | {"stages": stages}
-    write_json_atomic(folder / "report.json", payload)
-    write_json_atomic(reports / "cycle.json", payload)
+    write_report(reports, "cycle", report, params, path=folder / "report.json")
+    write_report(reports, "cycle", report, params)
+    record_cycle(reports / HISTORY, summary)
     if run_id:
         _log_to_mlflow(params, run_id, folder, cycle, summary)
     log.info("cycle %s report: %s", cycle, folder / "report.md")
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.cycle [--params P] --cycle C [--outcome O]``: (re)build a cycle's report."""
-    from tasks.env import apply_env
-
-    parser = stage_argparser("cycle", __doc__)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycle", required=True)
     parser.add_argument("--outcome", default=None, help="default: the outcome in the cycle's state")
-    args = parser.parse_args(argv)
-    apply_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+
+
+def _rebuild(params: Params, args: argparse.Namespace) -> CycleReport:
     state = read_state(params, args.cycle)
     outcome = args.outcome or (state.outcome if state and state.outcome else "unknown")
-    report = run(params, cycle=args.cycle, outcome=outcome)
-    print(report.markdown)
+    return run(params, cycle=args.cycle, outcome=outcome)
+
+
+def main(argv: list[str] | None = None) -> CycleReport:
+    """``python -m tasks.cycle [--params P ...] --cycle C [--outcome O]``: (re)build a cycle's report."""
+    return stage_main(
+        "cycle", __doc__, run=_rebuild, arguments=_arguments, summary=lambda report: report.markdown, argv=argv
+    )
 
 
 if __name__ == "__main__":

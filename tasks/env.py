@@ -2,12 +2,13 @@
 
 ``visionloop.env`` (project root) is the single list; the Makefile exports it and every entry point
 (stage ``main()``, flows, tests) calls :func:`apply_env` before importing Ultralytics, MLflow, Prefect
-or GX. Values already set in the environment win, so a user can still override them.
+or GX. Values already set in the environment win, so a user can still override them. This module imports
+none of those libraries: a model family turns off its library's own integrations when it is first used
+(``tasks.models.yolo.configure_ultralytics``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,8 +17,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILE = PROJECT_ROOT / "visionloop.env"
 _PATH_SUFFIXES = ("_DIR", "_HOME")
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
-
-log = logging.getLogger(__name__)
 
 
 def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
@@ -86,28 +85,6 @@ def openvino_telemetry_opt_out(home: Path | None = None) -> Path | None:
     return consent
 
 
-def configure_ultralytics() -> None:
-    """Turn off Ultralytics' own integrations (we log to MLflow ourselves) after :func:`apply_env`."""
-    from ultralytics.utils import SETTINGS
-
-    wanted = {
-        "mlflow": False,
-        "wandb": False,
-        "tensorboard": False,
-        "clearml": False,
-        "comet": False,
-        "dvc": False,
-        "hub": False,
-        "neptune": False,
-        "raytune": False,
-        "sync": False,
-    }
-    changes = {key: value for key, value in wanted.items() if key in SETTINGS and SETTINGS[key] != value}
-    if changes:
-        SETTINGS.update(changes)
-        log.debug("ultralytics settings updated: %s", changes)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m tasks.env check`` prepares the offline settings; ``exec -- CMD`` runs CMD under them."""
     import argparse
@@ -115,13 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tasks.env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("check", help="apply the settings, prepare Ultralytics' config dir, print them")
+    sub.add_parser("check", help="apply the settings, prepare Ultralytics' config dir and fonts, print them")
     run = sub.add_parser("exec", help="run a command with the settings in its environment")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     values = apply_env()
     if args.command == "check":
-        configure_ultralytics()
         print(
             f"offline settings applied ({len(values)} variables from {ENV_FILE.name}); "
             f"Ultralytics config in {os.environ['YOLO_CONFIG_DIR']}"

@@ -8,9 +8,11 @@ Contract:
         label stage's ``<base.paths.labels>/ledger.parquet`` when present (the production batch of each image);
     params: ``base`` (seed, classes, paths), ``merge``;
     outputs: ``<base.paths.merged>/shards/*.tar`` (append-only packs of images + labels) and
-        ``<base.paths.merged>/manifest.parquet`` (one row per image, :data:`SCHEMA`); the frozen production holdout
-        of each newly merged cycle, ``<base.paths.holdouts>/<cycle>/{images,labels}/``; ``<reports>/merge.json``
-        (manifest hash, counts per source/cycle/split, repeat factors, notes, effective params);
+        ``<base.paths.merged>/manifest.parquet`` (one row per image); both owned by
+        :mod:`tasks.contracts.merged_manifest`; the frozen production holdout of each newly merged cycle,
+        ``<base.paths.holdouts>/<cycle>/{images,labels}/``; ``<reports>/merge.json``
+        (:class:`~tasks.contracts.reports.merge.MergeReport`: manifest hash, counts per source/cycle/split, repeat
+        factors, notes, and the params stamp);
     side effects: none beyond the outputs (the label folders are only read).
 
 Which cycles: ``run(params, cycle="C")`` (flows, ``--cycle C``) merges one cycle and fails naming the folder when
@@ -36,92 +38,68 @@ Rules:
         trained on or validated on); re-checked on every merge, and sticky (a row once excluded stays excluded).
     recency: production rows of the cycle of age ``a`` (0 = newest) appear ``repeat = clamp(round(max_repeat *
         decay ** a), 1, max_repeat)`` times in the trainer's image list; historical rows ``historical_repeat`` times;
-        validation rows once. :func:`materialize_view` writes that list for Ultralytics (a ``.txt`` with repeated
-        paths; its label cache keeps duplicates, see ``tests/unit/test_merge.py``).
+        validation rows once. ``merged_manifest.materialize_view`` writes that list for Ultralytics (a ``.txt`` with
+        repeated paths; its label cache keeps duplicates, see ``tests/unit/test_merge.py``).
     bootstrap: with no production image merged yet the stage writes an empty manifest and no shards; ``train`` then
-        keeps reading ``base.paths.train``/``val`` directly (:func:`use_merged`). An empty cycle changes nothing and
-        says so in the report.
+        keeps reading ``base.paths.train``/``val`` directly (``merged_manifest.use_merged``). An empty cycle changes
+        nothing and says so in the report.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from tasks.config import Params, load_params, stage_argparser
+from tasks.cli import stage_main
+from tasks.config import Params
+from tasks.contracts.ledger import read_ledger_batches
+from tasks.contracts.merged_manifest import (
+    EXCLUDED,
+    HISTORICAL,
+    HOLDOUT,
+    MANIFEST,
+    PRODUCTION,
+    SHARDS,
+    TRAIN,
+    VAL,
+    ManifestError,
+    Row,
+    manifest_bytes,
+    read_manifest,
+    write_shard,
+)
+from tasks.contracts.names import CYCLE_NAME_RULE, check_cycle_name, is_cycle_name
+from tasks.contracts.reports import write_report
+from tasks.contracts.reports.merge import CycleRepeat, MergeMode, MergeReport, MergeResult, SplitCount
 from tasks.contracts.yolo_labels import DatasetError, label_path_for, list_images, read_label_file
-from tasks.io import write_bytes_atomic, write_json_atomic
+from tasks.core.hashing import file_md5, file_sha256
+from tasks.decisions.recency import repeat_factors, split_counts
+from tasks.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 STAGE = "merge"
-MANIFEST = "manifest.parquet"
-LEDGER = "ledger.parquet"  # the label stage's, in base.paths.labels
-SHARDS = "shards"
-HISTORICAL, PRODUCTION = "historical", "production"
-TRAIN, VAL, HOLDOUT, EXCLUDED = "train", "val", "holdout", "excluded"
-Split = Literal["train", "val", "holdout", "excluded"]
-_CYCLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")  # as tasks.label accepts
 _DATED_STEM = re.compile(r"^(\d{4}-\d{2}-\d{2}.*)_\d+$")  # the world's production file names: <batch>_<index>
-_READ_CHUNK = 1 << 20
-
-SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),  # file stem (the id every stage uses)
-        pa.field("file", pa.string(), nullable=False),  # image file name, member images/<file> of the shard
-        pa.field("sha256", pa.string(), nullable=False),  # of the image bytes
-        pa.field("label_sha256", pa.string(), nullable=False),  # of the YOLO label file bytes
-        pa.field("n_boxes", pa.int32(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),  # historical | production
-        pa.field("batch", pa.string(), nullable=False),  # production batch (<batch>_<index> stems), else cycle/set
-        pa.field("cycle", pa.string(), nullable=True),  # null for historical rows
-        pa.field("split", pa.string(), nullable=False),  # train | val | holdout | excluded
-        pa.field("shard", pa.string(), nullable=True),  # shards/<name>.tar; null for holdout rows
-        pa.field("shard_md5", pa.string(), nullable=True),  # DVC's md5 of the shard file (the view's cache key)
-        pa.field("holdout_path", pa.string(), nullable=True),  # <holdouts>/<cycle>/images/<file> for holdout rows
-        pa.field("repeat", pa.int16(), nullable=False),  # times the trainer sees the image per epoch
-    ]
-)
 
 
-class MergeError(ValueError):
+class MergeError(ManifestError):
     """The inputs cannot be merged; the message names the folder or file and the fix."""
 
 
-@dataclass(frozen=True)
-class Row:
-    """One manifest row (see :data:`SCHEMA`)."""
-
-    image_id: str
-    file: str
-    sha256: str
-    label_sha256: str
-    n_boxes: int
-    source: str
-    batch: str
-    cycle: str | None
-    split: str
-    shard: str | None = None
-    shard_md5: str | None = None
-    holdout_path: str | None = None
-    repeat: int = 1
+class CycleNotFoundError(MergeError, FileNotFoundError):
+    """``--cycle C`` names a cycle without a folder under ``base.paths.labels``."""
 
 
 @dataclass(frozen=True)
@@ -135,50 +113,6 @@ class _Candidate:
     n_boxes: int
 
 
-@dataclass(frozen=True)
-class CycleRepeat:
-    """The recency weight of one production cycle."""
-
-    cycle: str
-    age: int
-    weight: float
-    repeat: int
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    """What the merge hands on: where the manifest is, what it holds, and what changed."""
-
-    mode: Literal["merged", "bootstrap", "disabled"]
-    cycles: tuple[str, ...]
-    manifest: str
-    manifest_md5: str | None
-    images: int
-    new_images: int
-    new_shards: tuple[str, ...]
-    train_images: int
-    train_samples: int
-    holdout_images: int
-    excluded_images: int
-    repeats: dict[str, int]
-    notes: tuple[str, ...]
-    wall_s: float
-
-
-@dataclass(frozen=True)
-class DatasetView:
-    """An Ultralytics-ready view of the merged data (see :func:`materialize_view`)."""
-
-    train: Path
-    val: Path
-    manifest_md5: str
-    train_images: int
-    train_samples: int
-    val_images: int
-    shards_extracted: int
-    shards_reused: int
-
-
 @dataclass
 class _Plan:
     """What one merge will write: new rows per shard group, holdouts per cycle, notes."""
@@ -188,160 +122,8 @@ class _Plan:
     notes: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------------------------ hashing
-
-
-def file_sha256(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_md5(path: Path) -> str:
-    """Lowercase hex MD5 of a file's bytes (what DVC records per file)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _rank_key(seed: int, sha256: str) -> str:
     return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------ policy
-
-
-def repeat_factors(cycles: Iterable[str], *, decay: float, max_repeat: int) -> dict[str, CycleRepeat]:
-    """Integer repeat factor per production cycle from its age (0 = the newest by name).
-
-    Args:
-        cycles: names of the merged production cycles (any order; they sort chronologically).
-        decay: weight per cycle of age, ``weight = decay ** age`` (1 = no recency preference).
-        max_repeat: repeats of the newest cycle; older cycles get ``round(max_repeat * weight)``, at least 1.
-
-    Returns:
-        ``{cycle: CycleRepeat}``, empty when there is no cycle.
-    """
-    ordered = sorted(set(cycles))
-    out = {}
-    for index, cycle in enumerate(ordered):
-        age = len(ordered) - 1 - index
-        weight = decay**age
-        repeat = min(max_repeat, max(1, math.floor(max_repeat * weight + 0.5)))
-        out[cycle] = CycleRepeat(cycle=cycle, age=age, weight=round(weight, 6), repeat=repeat)
-    return out
-
-
-def split_counts(n: int, *, holdout_fraction: float, val_fraction: float) -> tuple[int, int]:
-    """How many of ``n`` new images of a cycle go to the holdout and to validation.
-
-    At least one holdout image when the fraction is positive and ``n >= 2``, so a small cycle still has one.
-    """
-    holdout = math.floor(n * holdout_fraction + 0.5)
-    if holdout_fraction > 0 and n >= 2:
-        holdout = max(holdout, 1)
-    holdout = min(holdout, n)
-    val = min(math.floor(n * val_fraction + 0.5), n - holdout)
-    return holdout, val
-
-
-def use_merged(params: Params) -> bool:
-    """Whether ``train`` should read the merged data: merge enabled and at least one row merged."""
-    manifest = params.base.paths.merged / MANIFEST
-    return params.merge.enabled and manifest.is_file() and pq.read_metadata(manifest).num_rows > 0
-
-
-# ------------------------------------------------------------------------------------------------ manifest
-
-
-def read_manifest(path: Path) -> list[Row]:
-    """Read a manifest written by this stage; an absent file is an empty manifest.
-
-    Raises:
-        MergeError: the file's columns are not :data:`SCHEMA`'s.
-    """
-    if not path.is_file():
-        return []
-    table = pq.read_table(path)
-    if table.schema.names != SCHEMA.names:
-        raise MergeError(f"{path}: columns {table.schema.names} differ from the merge manifest's {SCHEMA.names}")
-    return [Row(**record) for record in table.to_pylist()]
-
-
-def manifest_bytes(rows: Sequence[Row]) -> bytes:
-    """Serialise rows as Parquet, byte-identical for the same rows (no timestamps, fixed order)."""
-    ordered = sorted(rows, key=_row_order)
-    # column by column: dataclasses.asdict deep-copies and costs ~10 s per 100 k rows
-    table = pa.table({name: [getattr(row, name) for row in ordered] for name in SCHEMA.names}, schema=SCHEMA)
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def _row_order(row: Row) -> tuple[int, str, str, str, str]:
-    return (row.source != HISTORICAL, row.cycle or "", row.shard or "~", row.split, row.image_id)
-
-
-# ------------------------------------------------------------------------------------------------ shards
-
-
-def write_shard(path: Path, members: Sequence[tuple[Path, Path]]) -> str:
-    """Pack ``(image, label)`` pairs into an uncompressed, byte-reproducible tar atomically.
-
-    Members are ``images/<image name>`` and ``labels/<image stem>.txt`` in the given order, with zero mtime,
-    owner and group, mode 0644.
-
-    Returns:
-        The MD5 of the written file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for image, label in members:
-                    _add_member(tar, image, f"images/{image.name}")
-                    _add_member(tar, label, f"labels/{image.stem}.txt")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return file_md5(path)
-
-
-def _add_member(tar: tarfile.TarFile, source: Path, name: str) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = source.stat().st_size
-    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
-    with open(source, "rb") as handle:
-        tar.addfile(info, handle)
-
-
-def extract_shard(shard: Path, target: Path, *, md5: str) -> None:
-    """Unpack a shard into ``target`` once, after checking its MD5 (a half-extracted folder never appears).
-
-    Raises:
-        MergeError: the shard's bytes do not match the manifest's MD5.
-    """
-    actual = file_md5(shard)
-    if actual != md5:
-        raise MergeError(f"{shard}: md5 {actual} differs from the manifest's {md5} (corrupt shard; `dvc checkout`)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        with tarfile.open(shard) as tar:
-            tar.extractall(staging, filter="data")
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ reading inputs
@@ -360,19 +142,6 @@ def list_cycles(root: Path) -> list[str]:
         for p in root.iterdir()
         if p.is_dir() and not p.name.startswith(".") and ((p / "images").is_dir() or (p / "labels").is_dir())
     )
-
-
-def read_ledger_batches(labels_root: Path) -> dict[str, str]:
-    """``{image sha256: production batch}`` from the label stage's ``ledger.parquet`` (empty when absent)."""
-    path = labels_root / LEDGER
-    if not path.is_file():
-        return {}
-    try:
-        table = pq.read_table(path, columns=["image_sha256", "batch"])
-    except (KeyError, ValueError, pa.ArrowException) as exc:
-        log.warning("%s: no image_sha256/batch columns (%s); batches come from file names", path, exc)
-        return {}
-    return dict(zip(table["image_sha256"].to_pylist(), table["batch"].to_pylist(), strict=True))
 
 
 def _folder_hashes(images_dir: Path) -> dict[str, str]:
@@ -586,42 +355,50 @@ def _finalise(rows: list[Row], forbidden: dict[str, str], params: Params) -> tup
 # ------------------------------------------------------------------------------------------------ the stage
 
 
-def merge(params: Params, *, cycle: str | None = None) -> tuple[MergeResult, dict[str, Any]]:
+def select_cycles(labels: Path, cycle: str | None) -> list[str]:
+    """``[cycle]`` after checking its name and folder, or (``None``) every cycle folder under ``labels``.
+
+    Raises:
+        CycleNotFoundError: ``cycle`` has no folder under ``labels`` (names the cycles that do).
+        MergeError: a name that is not a cycle name.
+    """
+    if cycle is None:
+        cycles = list_cycles(labels)
+        bad = [c for c in cycles if not is_cycle_name(c)]
+        if bad:
+            raise MergeError(f"{labels}: cycle folder names {bad} are not cycle names ({CYCLE_NAME_RULE})")
+        return cycles
+    check_cycle_name(cycle, error=MergeError)
+    if not (labels / cycle).is_dir():
+        found = list_cycles(labels)
+        raise CycleNotFoundError(
+            f"{labels / cycle}: cycle folder not found (cycles under {labels}: {found or 'none'}); "
+            "run the label and validate stages for it first"
+        )
+    return [cycle]
+
+
+def merge(params: Params, *, cycle: str | None = None) -> MergeReport:
     """Merge one cycle (or every cycle folder) into the shards + manifest; see the module contract.
 
     Returns:
-        The result record and the report payload (counts per origin, repeat factors, notes).
+        The result with the manifest's breakdown (counts per origin, repeat factors, notes).
 
     Raises:
-        FileNotFoundError: ``cycle`` given and ``<labels>/<cycle>`` does not exist (names the folder and the cycles
-            that do).
+        CycleNotFoundError: ``cycle`` given and ``<labels>/<cycle>`` does not exist (names the folder and the
+            cycles that do).
         MergeError: a bad cycle name, a missing historical or golden set, or an image without a valid label.
     """
     start = time.perf_counter()
     paths, cfg = params.base.paths, params.merge
     merged, manifest_path = paths.merged, paths.merged / MANIFEST
-    if cycle is not None:
-        if not _CYCLE_NAME.match(cycle):
-            raise MergeError(f"cycle {cycle!r}: names are letters, digits, '.', '_' and '-' (they name files)")
-        if not (paths.labels / cycle).is_dir():
-            found = list_cycles(paths.labels)
-            raise FileNotFoundError(
-                f"{paths.labels / cycle}: cycle folder not found (cycles under {paths.labels}: {found or 'none'}); "
-                "run the label and validate stages for it first"
-            )
-        cycles = [cycle]
-    else:
-        cycles = list_cycles(paths.labels)
-        bad = [c for c in cycles if not _CYCLE_NAME.match(c)]
-        if bad:
-            raise MergeError(f"{paths.labels}: cycle folder names {bad} are not file-safe (letters, digits, . _ -)")
-
+    cycles = select_cycles(paths.labels, cycle)
     rows = read_manifest(manifest_path)
     merged.mkdir(parents=True, exist_ok=True)  # both are DVC outputs of this stage: they exist after every run
     paths.holdouts.mkdir(parents=True, exist_ok=True)
     if not cfg.enabled:
         note = "merge.enabled is false: nothing merged, train reads base.paths.train/val"
-        return _result("disabled", cycles, manifest_path, rows, [], [], {}, [note], start, params)
+        return _result("disabled", cycles, manifest_path, rows, [], [], {}, [note], start)
 
     golden = paths.golden / "images"
     if not golden.is_dir():
@@ -643,7 +420,7 @@ def merge(params: Params, *, cycle: str | None = None) -> tuple[MergeResult, dic
             write_bytes_atomic(manifest_path, manifest_bytes([]))
         (merged / SHARDS).mkdir(parents=True, exist_ok=True)
         plan.notes.append("no production labels merged yet: train reads base.paths.train/val (bootstrap)")
-        return _result("bootstrap", cycles, manifest_path, rows, [], [], {}, plan.notes, start, params)
+        return _result("bootstrap", cycles, manifest_path, rows, [], [], {}, plan.notes, start)
 
     new_rows, new_shards = _write_shards(merged, rows, plan, cfg.shard_size)
     for name, items in sorted(plan.holdouts.items()):
@@ -656,11 +433,11 @@ def merge(params: Params, *, cycle: str | None = None) -> tuple[MergeResult, dic
         write_bytes_atomic(manifest_path, data)
     if not new_rows:
         plan.notes.append("nothing new to merge: shards and manifest unchanged")
-    return _result("merged", cycles, manifest_path, final, new_rows, new_shards, factors, plan.notes, start, params)
+    return _result("merged", cycles, manifest_path, final, new_rows, new_shards, factors, plan.notes, start)
 
 
 def _result(
-    mode: Literal["merged", "bootstrap", "disabled"],
+    mode: MergeMode,
     cycles: Sequence[str],
     manifest_path: Path,
     rows: Sequence[Row],
@@ -669,11 +446,11 @@ def _result(
     factors: dict[str, CycleRepeat],
     notes: Sequence[str],
     start: float,
-    params: Params,
-) -> tuple[MergeResult, dict[str, Any]]:
+) -> MergeReport:
     for note in notes:
         log.info("%s", note)
-    result = MergeResult(
+    counts = Counter((r.source, r.cycle or r.batch, r.split) for r in rows)
+    return MergeReport(
         mode=mode,
         cycles=tuple(cycles),
         manifest=str(manifest_path),
@@ -688,21 +465,20 @@ def _result(
         repeats={name: f.repeat for name, f in factors.items()},
         notes=tuple(notes),
         wall_s=round(time.perf_counter() - start, 3),
+        counts=tuple(SplitCount(s, c, sp, n) for (s, c, sp), n in sorted(counts.items())),
+        recency=tuple(factors.values()),
+        shards=len({r.shard for r in rows if r.shard}),
     )
-    counts = Counter((r.source, r.cycle or r.batch, r.split) for r in rows)
-    report = asdict(result) | {
-        "counts": [{"source": s, "cycle": c, "split": sp, "images": n} for (s, c, sp), n in sorted(counts.items())],
-        "recency": [asdict(f) for f in factors.values()],
-        "shards": len({r.shard for r in rows if r.shard}),
-        "params": {"base": params.base.model_dump(mode="json"), STAGE: params.merge.model_dump(mode="json")},
-    }
-    return result, report
 
 
 def run(params: Params, *, cycle: str | None = None) -> MergeResult:
-    """Merge ``cycle`` (``None``: every cycle folder under ``base.paths.labels``) and write ``reports/merge.json``."""
-    result, report = merge(params, cycle=cycle)
-    write_json_atomic(params.base.paths.reports / f"{STAGE}.json", report)
+    """Merge ``cycle`` (``None``: every cycle folder under ``base.paths.labels``) and write ``reports/merge.json``.
+
+    Returns:
+        The :class:`~tasks.contracts.reports.merge.MergeReport` written (a ``MergeResult``).
+    """
+    result = merge(params, cycle=cycle)
+    write_report(params.base.paths.reports, STAGE, result, params)
     log.info(
         "merge %s: %d images (%d new, %d new shards), %d train samples, %d holdout, repeats %s",
         result.mode,
@@ -716,74 +492,25 @@ def run(params: Params, *, cycle: str | None = None) -> MergeResult:
     return result
 
 
-# ------------------------------------------------------------------------------------------------ the train view
+def main(argv: list[str] | None = None) -> MergeResult:
+    """``python -m tasks.merge [--params P ...] [--cycle C]`` (no ``--cycle``: every cycle under base.paths.labels)."""
 
+    def _arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--cycle", default=None, help="merge this cycle only (default: every cycle folder)")
 
-def materialize_view(merged: Path, view: Path) -> DatasetView:
-    """Build the trainer's view of the merged data: extracted shards + image lists with repeats.
+    def _summary(result: MergeResult) -> str:
+        return json.dumps({"mode": result.mode, "images": result.images, "manifest_md5": result.manifest_md5})
 
-    Each shard is extracted once into ``<view>/shards/<shard md5>/{images,labels}/`` and reused by later runs
-    (folders of shards no longer listed are removed). ``<view>/train.txt`` lists every ``train`` row's image path
-    ``repeat`` times, ``<view>/val.txt`` every ``val`` row once; Ultralytics reads both as its ``train``/``val``
-    entries and writes its ``labels.cache`` inside the view, never into the versioned data.
-
-    Raises:
-        MergeError: the manifest is empty or missing, a shard file is missing, or its MD5 differs.
-    """
-    manifest_path = merged / MANIFEST
-    rows = read_manifest(manifest_path)
-    if not rows:
-        raise MergeError(f"{manifest_path}: no merged data (run `python -m tasks.merge` after labeling a cycle)")
-    cache = view / SHARDS
-    wanted = {r.shard_md5: r.shard for r in rows if r.split in (TRAIN, VAL) and r.shard and r.shard_md5}
-    extracted = reused = 0
-    for md5, shard in sorted(wanted.items()):
-        if (cache / md5).is_dir():
-            reused += 1
-            continue
-        source = merged / shard
-        if not source.is_file():
-            raise MergeError(f"{source}: shard listed in {manifest_path} is missing (`dvc pull` / `dvc checkout`)")
-        extract_shard(source, cache / md5, md5=md5)
-        extracted += 1
-    if cache.is_dir():
-        for stale in cache.iterdir():
-            if stale.name in wanted:
-                continue
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink()
-    lines: dict[str, list[str]] = {TRAIN: [], VAL: []}
-    for row in rows:
-        if row.split in lines and row.shard_md5:
-            path = str((cache / row.shard_md5 / "images" / row.file).absolute())
-            lines[row.split] += [path] * (row.repeat if row.split == TRAIN else 1)
-    if not lines[TRAIN]:
-        raise MergeError(f"{manifest_path}: no training rows (every row is holdout or excluded)")
-    train_txt = write_bytes_atomic(view / "train.txt", ("\n".join(lines[TRAIN]) + "\n").encode())
-    val_txt = write_bytes_atomic(view / "val.txt", ("\n".join(lines[VAL]) + "\n").encode())
-    return DatasetView(
-        train=train_txt.absolute(),
-        val=val_txt.absolute(),
-        manifest_md5=file_md5(manifest_path),
-        train_images=sum(r.split == TRAIN for r in rows),
-        train_samples=len(lines[TRAIN]),
-        val_images=len(lines[VAL]),
-        shards_extracted=extracted,
-        shards_reused=reused,
+    merged: MergeResult = stage_main(
+        STAGE,
+        __doc__,
+        lambda params, args: run(params, cycle=args.cycle),
+        arguments=_arguments,
+        summary=_summary,
+        argv=argv,
     )
+    return merged
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.merge [--params P] [--cycle C]`` (no ``--cycle``: every cycle under base.paths.labels)."""
-    parser = stage_argparser(STAGE, __doc__)
-    parser.add_argument("--cycle", default=None, help="merge this cycle only (default: every cycle folder)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run(load_params(args.params), cycle=args.cycle)
-    print(json.dumps({"mode": result.mode, "images": result.images, "manifest_md5": result.manifest_md5}))
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover, CLI entry point
     main()

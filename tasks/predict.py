@@ -13,7 +13,8 @@ Contract:
         ``<models>/registry/<name>/<version>/``.
 
 The version runs its deployable artifact: the one the export stage selected and the registry tagged
-(``deploy.target`` / ``deploy.artifact``), opened by :func:`tasks.runtimes.detectors.load_detector`
+(``deploy.target`` / ``deploy.artifact``), found and fetched by :func:`tasks.adapters.model_cache.find_deployed`
+(the lookup the cycle stage runs for the champion too), opened by :func:`tasks.runtimes.detectors.load_detector`
 (ONNX Runtime, OpenVINO, TensorRT on CUDA hosts; no torch in the serving path). A version without that tag,
 or whose artifact cannot be fetched or opened here, runs its FP32 ONNX file instead; the log and the report
 say which target ran and why.
@@ -22,54 +23,35 @@ Unreadable images are skipped, named in the log and in the report; they never st
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tqdm import tqdm
 
-from tasks import registry
-from tasks.config import Params, load_params, stage_argparser
+from tasks.adapters import mlflow as mlflow_adapter
+from tasks.adapters.model_cache import find_deployed, onnx_fallback
+from tasks.cli import stage_main
+from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
+from tasks.contracts.deployed import Deployed
+from tasks.contracts.model_version import ModelVersionInfo
+from tasks.contracts.reports import write_report
+from tasks.contracts.reports.predict import BatchResult, PredictResult
 from tasks.contracts.yolo_labels import DatasetError, list_images, load_rgb
-from tasks.io import write_json_atomic
-from tasks.runtimes.detectors import Deployed, Detector, InferenceSettings, load_detector, predict_images
+from tasks.models import family
+from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector, predict_images
 
 log = logging.getLogger(__name__)
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
-FALLBACK_TARGET = "onnx"
-_DEPLOY_CACHE = "deploy"  # sub-folder of a version's cache holding its deployable artifact
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    """Outcome of predicting one batch."""
-
-    batch: str
-    date: str
-    images: int
-    detections: int
-    skipped: dict[str, str]
-    files: list[str]
-    ms_per_image: float
-
-
-@dataclass(frozen=True)
-class PredictResult:
-    """What ``reports/predict.json`` holds."""
-
-    model_name: str
-    model_version: str
-    alias: str
-    batches: list[BatchResult] = field(default_factory=list)
-    target: str = FALLBACK_TARGET
-    precision: str = "fp32"
-    artifact: str = ""
-    fallback: str | None = None
+class PredictError(VisionloopError, FileNotFoundError):
+    """The production folder or a named batch does not exist."""
 
 
 def batch_date(batch: str) -> dt.date:
@@ -86,11 +68,11 @@ def batch_date(batch: str) -> dt.date:
 def list_batches(production: Path) -> list[str]:
     """Batch folders (those with an ``images/`` sub-folder), sorted by name."""
     if not production.is_dir():
-        raise FileNotFoundError(f"{production}: production folder not found (base.paths.production)")
+        raise PredictError(f"{production}: production folder not found (base.paths.production)")
     return sorted(p.name for p in production.iterdir() if (p / "images").is_dir())
 
 
-def pending_batches(params: Params, info: registry.ModelVersionInfo) -> list[str]:
+def pending_batches(params: Params, info: ModelVersionInfo) -> list[str]:
     """Batches this model version has not logged yet."""
     done = {
         b.batch
@@ -100,67 +82,7 @@ def pending_batches(params: Params, info: registry.ModelVersionInfo) -> list[str
     return [b for b in list_batches(params.base.paths.production) if b not in done]
 
 
-def _version_cache(params: Params, info: registry.ModelVersionInfo) -> Path:
-    return params.base.paths.models / "registry" / info.name / info.version
-
-
-def cached_onnx(params: Params, info: registry.ModelVersionInfo) -> Path:
-    """The version's ONNX file, downloaded once into ``<models>/registry/<name>/<version>/``."""
-    cache = _version_cache(params, info)
-    found = (
-        sorted(p for p in cache.rglob("*.onnx") if p.relative_to(cache).parts[0] != _DEPLOY_CACHE)
-        if cache.is_dir()
-        else []
-    )
-    return found[0] if found else registry.download_onnx(params, info, cache)
-
-
-def cached_deploy_artifact(params: Params, info: registry.ModelVersionInfo) -> Path:
-    """The version's ``deploy.artifact``, downloaded once into ``<models>/registry/<name>/<version>/deploy/``.
-
-    Raises:
-        LookupError: the version has no ``deploy.artifact`` tag.
-    """
-    artifact = registry.deploy_artifact(info)
-    if artifact is None:
-        raise LookupError(f"{info.name} v{info.version} has no {registry.DEPLOY_ARTIFACT} tag")
-    cache = _version_cache(params, info) / _DEPLOY_CACHE
-    local = cache.joinpath(*PurePosixPath(artifact).parts)
-    # a download lands complete or not at all, so the file standing for the artifact means all of it is there
-    return local if local.is_file() else registry.download_deploy_artifact(params, info, cache)
-
-
-def find_deployed(params: Params, info: registry.ModelVersionInfo) -> Deployed:
-    """The version's deployable artifact, fetched (cached), or its ONNX file when it has none or fetching fails.
-
-    Nothing is opened: :func:`open_deployed` runs what this finds; the gate times it against a candidate.
-    """
-    target = info.tags.get(registry.DEPLOY_TARGET)
-    if registry.deploy_artifact(info) is None or target is None:
-        reason = (
-            f"{info.name} v{info.version} has no {registry.DEPLOY_ARTIFACT} tag (registered before export "
-            "selection, or nothing was selected)"
-        )
-    else:
-        try:
-            path = cached_deploy_artifact(params, info)
-        except Exception as exc:  # any failure must leave the caller on the re-checked ONNX
-            reason = f"{info.name} v{info.version}: its {target} artifact cannot run here ({type(exc).__name__}: {exc})"
-            log.warning("%s", reason)
-        else:
-            return Deployed(target=target, precision=info.tags.get(registry.DEPLOY_PRECISION, ""), path=path)
-    return onnx_fallback(params, info, reason)
-
-
-def onnx_fallback(params: Params, info: registry.ModelVersionInfo, reason: str) -> Deployed:
-    """The version's re-checked ONNX file (fetched, cached), what runs when its selected artifact cannot."""
-    log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
-    return Deployed(FALLBACK_TARGET, "fp32", cached_onnx(params, info), fallback=reason)
-
-
-def open_deployed(
-    params: Params, info: registry.ModelVersionInfo, settings: InferenceSettings
-) -> tuple[Detector, Deployed]:
+def open_deployed(params: Params, info: ModelVersionInfo, settings: InferenceSettings) -> tuple[Detector, Deployed]:
     """Open the version's deployable artifact, or its ONNX file when it has none or it cannot run here."""
     deployed = find_deployed(params, info)
     if deployed.fallback is not None:
@@ -185,9 +107,7 @@ def open_deployed(
     return detector, deployed
 
 
-def predict_batch(
-    detector: Detector, *, params: Params, info: registry.ModelVersionInfo, alias: str, batch: str
-) -> BatchResult:
+def predict_batch(detector: Detector, *, params: Params, info: ModelVersionInfo, alias: str, batch: str) -> BatchResult:
     """Run the detector over one batch and append its rows to the prediction log."""
     images = list_images(params.base.paths.production / batch / "images")
     records: list[prediction_log.ImageDetections] = []
@@ -246,27 +166,25 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
     """Predict the given batches (default: every batch this model version has not logged yet).
 
     Raises:
-        registry.AliasNotFoundError: no model under the alias (message names the flow that creates it).
-        FileNotFoundError: a named batch does not exist.
+        mlflow_adapter.AliasNotFoundError: no model under the alias (message names the flow that creates it).
+        PredictError: a named batch does not exist.
     """
     alias = alias or params.predict.alias
-    info = registry.get_alias(params, alias)
+    info = mlflow_adapter.get_alias(params, alias)
     available = list_batches(params.base.paths.production)
     missing = [b for b in batches or [] if b not in available]
     if missing:
-        raise FileNotFoundError(
-            f"batches {missing} not found under {params.base.paths.production} (available: {available})"
-        )
+        raise PredictError(f"batches {missing} not found under {params.base.paths.production} (available: {available})")
     todo = batches if batches is not None else pending_batches(params, info)
     settings = InferenceSettings(
         imgsz=params.base.imgsz,
         conf=params.predict.conf,
         iou=params.predict.iou,
         max_det=params.predict.max_det,
-        threads=params.predict.threads,
+        threads=params.base.threads,
         device=params.base.device,
         static_shapes=params.export.speed.static_shapes,  # run as the export stage measured it
-        nms_free=params.base.nms_free,
+        nms_free=family(params).inference_hints(params).nms_free,
     )
     detector, deployed = open_deployed(params, info, settings)
     start = time.perf_counter()
@@ -293,25 +211,27 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
         precision=deployed.precision,
         artifact=str(deployed.path),
         fallback=deployed.fallback,
+        wall_s=round(time.perf_counter() - start, 2),
     )
-    write_json_atomic(
-        params.base.paths.reports / "predict.json", asdict(report) | {"wall_s": round(time.perf_counter() - start, 2)}
-    )
+    write_report(params.base.paths.reports, "predict", report, params)
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.predict [--params P] [--batch B ...] [--alias A]``."""
-    from tasks.env import apply_env
-
-    parser = stage_argparser("predict", __doc__)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", action="append", default=None, help="batch folder name (repeatable)")
     parser.add_argument("--alias", default=None, help="registry alias (default: predict.alias)")
-    args = parser.parse_args(argv)
-    apply_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(load_params(args.params), batches=args.batch, alias=args.alias)
-    print(json.dumps({b.batch: b.images for b in report.batches}))
+
+
+def main(argv: list[str] | None = None) -> PredictResult:
+    """``python -m tasks.predict [--params P ...] [--batch B ...] [--alias A]``."""
+    return stage_main(
+        "predict",
+        __doc__,
+        run=lambda params, args: run(params, batches=args.batch, alias=args.alias),
+        arguments=_arguments,
+        summary=lambda report: json.dumps({b.batch: b.images for b in report.batches}),
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

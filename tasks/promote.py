@@ -16,51 +16,35 @@ the target version loads and predicts.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import getpass
 import json
 import logging
+import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Literal
 
-from tasks import registry
-from tasks.config import Params, load_params, stage_argparser
-from tasks.io import write_json_atomic
+from tasks.adapters import mlflow as mlflow_adapter
+from tasks.adapters.mlflow import registry_lock
+from tasks.cli import stage_main
+from tasks.config import Params, VisionloopError
+from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
+from tasks.contracts.reports import write_report
+from tasks.contracts.reports.promote import AuditRecord, PromoteResult
 
 log = logging.getLogger(__name__)
 
 Action = Literal["challenge", "promote", "reject", "rollback"]
 
 
-class RollbackError(RuntimeError):
+class PromoteError(VisionloopError, ValueError):
+    """The command line names no action."""
+
+
+class RollbackError(VisionloopError, RuntimeError):
     """No rollback target, or the target does not load and predict."""
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One line of the audit trail."""
-
-    ts: str
-    who: str
-    action: str
-    model: str
-    alias: str | None
-    from_version: str | None
-    to_version: str | None
-    why: str
-
-
-@dataclass(frozen=True)
-class PromoteResult:
-    """What a promotion, rejection or rollback did."""
-
-    action: str
-    version: str
-    moves: dict[str, list[str | None]] = field(default_factory=dict)
-    records: list[AuditRecord] = field(default_factory=list)
 
 
 def default_who() -> str:
@@ -72,21 +56,8 @@ def default_who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-@contextmanager
-def registry_lock(params: Params) -> Iterator[None]:
-    """Exclusive lock over alias moves of this model (a file lock beside the audit log)."""
-    from filelock import FileLock
-
-    path = params.promote.audit_log.with_name(f".{params.registry.model_name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path), timeout=params.promote.lock_timeout_s):
-        yield
-
-
 def append_audit(params: Params, records: list[AuditRecord]) -> None:
     """Append records to the JSON-lines trail (one write + fsync per call, under the registry lock)."""
-    import os
-
     path = params.promote.audit_log
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records)
@@ -117,8 +88,8 @@ def _now() -> str:
 
 
 def _move(params: Params, alias: str, version: str, *, who: str, action: str, why: str) -> AuditRecord:
-    old = registry.find_alias(params, alias)
-    registry.set_alias(params, alias, version)
+    old = mlflow_adapter.find_alias(params, alias)
+    mlflow_adapter.set_alias(params, alias, version)
     return AuditRecord(
         ts=_now(),
         who=who,
@@ -135,7 +106,7 @@ def challenge(params: Params, *, version: str, why: str, who: str | None = None)
     """``challenger ← version``: a candidate the loop registered, before its decision."""
     who = who or default_who()
     with registry_lock(params):
-        records = [_move(params, registry.CHALLENGER, str(version), who=who, action="challenge", why=why)]
+        records = [_move(params, CHALLENGER, str(version), who=who, action="challenge", why=why)]
         append_audit(params, records)
     return PromoteResult("challenge", str(version), _moves(records), records)
 
@@ -145,7 +116,7 @@ def promote(params: Params, *, version: str, why: str, who: str | None = None) -
     who = who or default_who()
     records: list[AuditRecord] = []
     with registry_lock(params):
-        champion = registry.find_alias(params, registry.CHAMPION)
+        champion = mlflow_adapter.find_alias(params, CHAMPION)
         if champion is not None and champion.version == str(version):
             log.info("version %s is already the champion; nothing to move", version)
         else:
@@ -153,17 +124,17 @@ def promote(params: Params, *, version: str, why: str, who: str | None = None) -
                 records.append(
                     _move(
                         params,
-                        registry.PREVIOUS,
+                        PREVIOUS,
                         champion.version,
                         who=who,
                         action="promote",
                         why=f"replaced by v{version}",
                     )
                 )
-            records.append(_move(params, registry.CHAMPION, str(version), who=who, action="promote", why=why))
-            challenger = registry.find_alias(params, registry.CHALLENGER)
+            records.append(_move(params, CHAMPION, str(version), who=who, action="promote", why=why))
+            challenger = mlflow_adapter.find_alias(params, CHALLENGER)
             if challenger is not None and challenger.version == str(version):
-                registry.delete_alias(params, registry.CHALLENGER)
+                mlflow_adapter.delete_alias(params, CHALLENGER)
         append_audit(params, records)
     return PromoteResult("promote", str(version), _moves(records), records)
 
@@ -173,7 +144,7 @@ def reject(params: Params, *, version: str, reasons: list[str], who: str | None 
     who = who or default_who()
     why = "; ".join(reasons) or "rejected"
     with registry_lock(params):
-        registry.set_version_tags(params, str(version), {"rejected": "true", "reject_reasons": why[:4500]})
+        mlflow_adapter.set_version_tags(params, str(version), {"rejected": "true", "reject_reasons": why[:4500]})
         record = AuditRecord(
             ts=_now(),
             who=who,
@@ -201,7 +172,7 @@ def check_loads_and_predicts(params: Params, version: str) -> int:
     from PIL import Image
 
     try:
-        model = registry.load_pyfunc(params, version)
+        model = mlflow_adapter.load_pyfunc(params, version)
         buffer = io.BytesIO()
         Image.fromarray(np.full((params.base.imgsz, params.base.imgsz, 3), 127, np.uint8)).save(buffer, "PNG")
         out = model.predict(pd.DataFrame({"image": [buffer.getvalue()]}))
@@ -224,7 +195,7 @@ def rollback(
     """
     who = who or default_who()
     if to_version is None:
-        previous = registry.find_alias(params, registry.PREVIOUS)
+        previous = mlflow_adapter.find_alias(params, PREVIOUS)
         if previous is None:
             raise RollbackError(
                 f"model {params.registry.model_name!r} has no 'previous' alias to roll back to; "
@@ -234,15 +205,15 @@ def rollback(
     check_loads_and_predicts(params, to_version)
     records: list[AuditRecord] = []
     with registry_lock(params):
-        champion = registry.find_alias(params, registry.CHAMPION)
+        champion = mlflow_adapter.find_alias(params, CHAMPION)
         if champion is not None and champion.version == str(to_version):
             raise RollbackError(f"version {to_version} is already the champion")
-        records.append(_move(params, registry.CHAMPION, str(to_version), who=who, action="rollback", why=why))
+        records.append(_move(params, CHAMPION, str(to_version), who=who, action="rollback", why=why))
         if champion is not None:
             records.append(
                 _move(
                     params,
-                    registry.PREVIOUS,
+                    PREVIOUS,
                     champion.version,
                     who=who,
                     action="rollback",
@@ -281,35 +252,32 @@ def run(
         result = reject(params, version=version, reasons=reasons, who=who)
     else:
         result = rollback(params, to_version=version, why="; ".join(reasons) or "rollback", who=who)
-    write_json_atomic(params.base.paths.reports / "promote.json", asdict(result))
+    write_report(params.base.paths.reports, "promote", result, params)
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.promote [--params P] (--audit | --version V --decision D [--reason R] | --rollback)``."""
-    from tasks.env import apply_env
-
-    parser = stage_argparser("promote", __doc__)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audit", action="store_true", help="print the audit trail and exit")
     parser.add_argument("--rollback", action="store_true", help="champion back to previous (or --to)")
     parser.add_argument("--to", default=None, help="rollback target version")
     parser.add_argument("--version", default=None)
     parser.add_argument("--decision", choices=["promote", "reject"], default=None)
     parser.add_argument("--reason", action="append", default=[])
-    args = parser.parse_args(argv)
-    apply_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+
+
+def _run_cli(params: Params, args: argparse.Namespace) -> list[AuditRecord]:
     if args.audit:
-        print(format_audit(read_audit(params)))
-        return
+        return read_audit(params)
     if args.rollback:
-        result = rollback(params, to_version=args.to, why="; ".join(args.reason) or "manual rollback")
-    elif args.version and args.decision:
-        result = run(params, version=args.version, decision=args.decision, reasons=args.reason)
-    else:
-        parser.error("give --audit, --rollback, or --version with --decision")
-    print(format_audit(result.records))
+        return rollback(params, to_version=args.to, why="; ".join(args.reason) or "manual rollback").records
+    if args.version and args.decision:
+        return run(params, version=args.version, decision=args.decision, reasons=args.reason).records
+    raise PromoteError("give --audit, --rollback, or --version with --decision")
+
+
+def main(argv: list[str] | None = None) -> list[AuditRecord]:
+    """``python -m tasks.promote [--params P ...] (--audit | --version V --decision D [--reason R] | --rollback)``."""
+    return stage_main("promote", __doc__, run=_run_cli, arguments=_arguments, summary=format_audit, argv=argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def tiny_params_dict(root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     data["base"].update(imgsz=64, paths=paths)
     data["world"].update(image_size=[64, 64], train_images=24, val_images=8, golden_images=8)
     data["world"]["production"].update(batches=2, images_per_batch=6)
-    data["train"].update(epochs=1, batch=8, workers=0)
+    data["train"].update(epochs=1, batch=8)
     data["registry"].update(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "mlartifacts"))
     data["promote"].update(audit_log=str(root / "data" / "audit" / "aliases.jsonl"))
     data["export"].update(max_map_drop=1.0)  # a 1-epoch model's mAP is noise; the gate is tested on its own

@@ -28,6 +28,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import numpy.typing as npt
 
+from tasks.contracts.yolo_labels import format_label_text
 from tasks.core.boxes import as_boxes
 
 FROM_NAME = "label"
@@ -93,10 +94,7 @@ class YoloLabel:
 
     def to_text(self) -> str:
         """Render the label file: one ``class cx cy w h`` line per box; ``""`` for an image with no objects."""
-        return "".join(
-            f"{int(c)} {b[0]:.6f} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f}\n"
-            for c, b in zip(self.class_id, self.boxes_xywhn, strict=True)
-        )
+        return format_label_text(self.class_id, self.boxes_xywhn)
 
 
 def labeling_config(classes: Sequence[str]) -> str:

@@ -50,10 +50,11 @@ Schema (:data:`SCHEMA`):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import re
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from tasks.core.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -180,21 +183,14 @@ class ImageDetections:
         return int(np.shape(self.boxes_xyxy)[0])
 
 
-def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
-    """Return the lowercase hex SHA-256 of a file's bytes (the ``image_sha256`` column).
+sha256_file = file_sha256
+"""The ``image_sha256`` column: hex SHA-256 of the image file's bytes (:func:`tasks.core.hashing.file_sha256`)."""
 
-    Args:
-        path: file to hash.
-        chunk_bytes: read size; the file is streamed, never loaded whole.
 
-    Returns:
-        64 lowercase hex characters.
-    """
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+def image_file(uri: str) -> Path:
+    """The local path of an ``image_uri`` value: a ``file://`` URI or a plain path (any other text is kept as is)."""
+    parsed = urllib.parse.urlparse(uri)
+    return Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(uri)
 
 
 def empty_table() -> pa.Table:
@@ -202,6 +198,8 @@ def empty_table() -> pa.Table:
     return SCHEMA.empty_table()
 
 
+# long: one vectorised pass over every box; the small column builders inside share its row layout (a third of
+# the length is the docstring of the log's one writer)
 def rows_to_table(
     records: Sequence[ImageDetections],
     *,
@@ -396,6 +394,36 @@ def logged_batches(root: Path) -> set[LoggedBatch]:
         columns = pq.ParquetFile(path).read(columns=keys).group_by(keys).aggregate([])
         found.update(LoggedBatch(*row) for row in zip(*(columns[k].to_pylist() for k in keys), strict=True))
     return found
+
+
+def window_files(root: Path, *, days: int) -> list[tuple[Path, dt.date]]:
+    """List and schema-check the log files of the newest ``days`` dates (counted back from the log's newest date).
+
+    Args:
+        root: log root folder; a missing root gives no files.
+        days: how many dates, from the newest date in the log (not from today).
+
+    Returns:
+        ``(file, partition date)`` in path order (date, then part name); empty for an empty log.
+
+    Raises:
+        PredictionLogError: a ``*.parquet`` file outside a ``date=YYYY-MM-DD`` folder, hidden, unreadable or with a
+            schema other than :data:`SCHEMA` (the message names the file).
+    """
+    files = _part_files(Path(root), None)
+    for path, date in files:
+        if date is None:
+            raise PredictionLogError(
+                f"{path}: not inside a {PARTITION_KEY}=YYYY-MM-DD folder directly under the log root; move or delete it"
+            )
+    dates = sorted({date for _, date in files if date is not None})
+    if not dates:
+        return []
+    first = dates[-1] - dt.timedelta(days=days - 1)
+    window = [(path, date) for path, date in files if date is not None and date >= first]
+    for path, _ in window:
+        _check_file_schema(path)
+    return window
 
 
 def open_dataset(root: Path) -> ds.Dataset:

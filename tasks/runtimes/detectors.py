@@ -1,16 +1,18 @@
-"""One detector interface over every artifact format: PyTorch ``.pt``, ONNX, OpenVINO, TensorRT ``.engine``.
+"""One detector interface over every artifact format: ONNX, OpenVINO, TensorRT ``.engine``, and a family's checkpoints.
 
 All runtimes share the same pre-processing (centred letterbox to ``imgsz``, RGB, /255) and the same
 post-processing, so any difference between a ``.pt`` and its export is the runtime's, not ours.
 Two output layouts are decoded:
 
-- NMS-free (YOLO26 one-to-one head, ``base.nms_free: true``): ``(B, K, 6)`` rows
+- NMS-free (YOLO26 one-to-one head, ``train.yolo.nms_free: true``): ``(B, K, 6)`` rows
   ``x1, y1, x2, y2, score, class`` in letterbox pixels;
 - raw (one-to-many head, the default): ``(B, 4 + nc, A)`` with ``cx, cy, w, h`` + class scores, followed by
   class-aware NMS.
 
 The runtime is chosen by the artifact's suffix through :data:`LOADERS` (no if/elif over formats in
-callers). Stage code never imports Prefect; this module never imports torch unless a ``.pt`` or an
+callers). A model family's training checkpoints (Ultralytics ``.pt``) are opened by the family itself: it adds
+its loader with :func:`register_loader` when it is looked up (``tasks.models.family``), so this module never
+imports a model library. Stage code never imports Prefect; this module never imports torch unless an
 ``.engine`` (TensorRT, CUDA hosts only) is loaded.
 """
 
@@ -58,8 +60,8 @@ class InferenceSettings:
 
     ``static_shapes``: OpenVINO compiles one static-shape model per batch size it meets (a few % faster on
     the CPU, at the cost of one compilation per new batch size); other runtimes ignore it.
-    ``nms_free``: which head a ``.pt`` checkpoint runs (``base.nms_free``); exported artifacts carry the head
-    they were exported with and are decoded by their output's layout.
+    ``nms_free``: which head a training checkpoint runs (the family's inference hint, ``train.yolo.nms_free``);
+    exported artifacts carry the head they were exported with and are decoded by their output's layout.
     """
 
     imgsz: int
@@ -70,23 +72,6 @@ class InferenceSettings:
     device: str = "cpu"
     static_shapes: bool = False
     nms_free: bool = False
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """The artifact a model version runs with here (the prediction stage opens it, the gate times it).
-
-    Attributes:
-        target: export target that ran (``openvino_int8``, ...; ``onnx`` on the fallback).
-        precision: its precision as built.
-        path: local file opened.
-        fallback: why the version's ONNX file runs instead of its ``deploy.artifact`` (``None``: no fallback).
-    """
-
-    target: str
-    precision: str
-    path: Path
-    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -272,33 +257,6 @@ class OpenVinoDetector:
         return np.asarray(result[compiled.output(0)])
 
 
-class TorchDetector:
-    """An Ultralytics ``.pt`` checkpoint run as a plain ``nn.Module`` (no Ultralytics predictor)."""
-
-    def __init__(self, path: Path, settings: InferenceSettings) -> None:
-        import torch
-        from ultralytics import YOLO
-
-        self.path, self.settings = path, settings
-        torch.set_num_threads(settings.threads)
-        try:
-            net: Any = YOLO(str(path)).model
-        except Exception as exc:  # Ultralytics raises many types for a bad checkpoint
-            raise ValueError(f"{path}: not a loadable Ultralytics checkpoint ({exc})") from None
-        net = net.float().eval().to(settings.device)
-        if getattr(net.model[-1], "one2one_cv2", None) is not None:
-            # both heads are trained; fusing keeps the one chosen here, as the export stage does (nms=False or None)
-            net.end2end = settings.nms_free
-        self.net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
-        self._torch = torch
-
-    def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        with self._torch.inference_mode():
-            out = self.net(self._torch.from_numpy(batch).to(self.settings.device))
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out.float().cpu().numpy()
-
-
 class TensorRtDetector:
     """A serialized TensorRT engine on a CUDA GPU; torch owns the device buffers (no pycuda needed)."""
 
@@ -350,26 +308,20 @@ def _is_openvino(path: Path) -> bool:
     return path.suffix == ".xml" or (path.is_dir() and any(path.glob("*.xml")))
 
 
-LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path, InferenceSettings], Detector]]] = [
-    (lambda p: p.suffix == ".pt", TorchDetector),
+Loader = tuple[Callable[[Path], bool], Callable[[Path, InferenceSettings], Detector]]
+"""``(matches(path), open(path, settings))``: one artifact format and the detector that runs it."""
+
+LOADERS: list[Loader] = [
     (lambda p: p.suffix == ".onnx", OnnxDetector),
     (_is_openvino, OpenVinoDetector),
     (lambda p: p.suffix == ".engine", TensorRtDetector),
 ]
 
 
-def artifact_files(path: Path) -> list[Path]:
-    """The files an artifact consists of, whether or not they exist yet.
-
-    An OpenVINO ``.xml`` comes with its ``.bin`` weights beside it; a folder is every file below it; any other
-    artifact is the file itself. Whoever copies, sizes or uploads an artifact copies these.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
-    if path.suffix == ".xml":
-        return [path, path.with_suffix(".bin")]
-    return [path]
+def register_loader(loader: Loader) -> None:
+    """Add a model family's checkpoint format (tried before the export formats); registering twice is a no-op."""
+    if loader not in LOADERS:
+        LOADERS.insert(0, loader)
 
 
 def load_detector(path: Path, settings: InferenceSettings) -> Detector:
@@ -385,4 +337,7 @@ def load_detector(path: Path, settings: InferenceSettings) -> Detector:
     for matches, loader in LOADERS:
         if matches(path):
             return loader(path, settings)
-    raise ValueError(f"{path}: unknown model format (expected .pt, .onnx, .engine or an OpenVINO .xml/folder)")
+    raise ValueError(
+        f"{path}: unknown model format (expected .onnx, .engine, an OpenVINO .xml/folder, or a checkpoint of the "
+        "model family, which tasks.models.family(params) makes loadable)"
+    )

@@ -17,6 +17,7 @@ so a task gets the same answer whatever order or batch it is answered in.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import threading
@@ -25,13 +26,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from tasks.config import AnnotatorSimParams, Params, load_params, stage_argparser
+from tasks.adapters.labelstudio import LabelStudioBackend, projects_path
+from tasks.cli import stage_main
+from tasks.config import AnnotatorSimParams, Params
 from tasks.contracts import annotations as ls
+from tasks.contracts.label_tasks import image_path
 from tasks.contracts.yolo_labels import image_size, read_label_file
-from tasks.label import LabelStudioBackend, call_with_retries, image_path, label_studio_url, projects_path
 
 if TYPE_CHECKING:
-    from label_studio_sdk import LabelStudio
+    from tasks.adapters.labelstudio import LabelStudio  # the SDK client type (only adapters import the SDK)
 
 log = logging.getLogger(__name__)
 
@@ -127,22 +130,20 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
     Args:
         params: ``base`` and ``label`` (connection, project title, ``world.annotator`` noise).
         limit: most tasks to answer; None answers all open ones.
-        client: an SDK client (default: :func:`tasks.label.connect`).
+        client: an SDK client (default: :func:`tasks.adapters.labelstudio.connect`).
 
     Returns:
         A :class:`SimResult`.
 
     Raises:
-        tasks.label.LabelProjectNotReady: the label stage has not recorded its project yet (the simulator never
-            creates one: it answers the project the label stage records in ``<base.paths.labels>/projects.json``).
+        tasks.adapters.labelstudio.LabelProjectNotReady: the label stage has not recorded its project yet (the
+            simulator never creates one: it answers the project the label stage records in
+            ``<base.paths.labels>/projects.json``).
     """
-    settings = params.label
     backend = LabelStudioBackend(
-        settings, params.base.classes, record=projects_path(params), create=False, client=client
+        params.label, params.base.classes, record=projects_path(params), create=False, client=client
     )
     project_id = cast(int, backend.project_id)
-    url = label_studio_url(settings)
-    sdk = backend.client
     tasks = backend.list_tasks(project_id, fields="all")
     open_tasks = sorted((t for t in tasks if not t.annotations), key=lambda t: int(t.id))
     if limit is not None:
@@ -151,14 +152,7 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
     ids = []
     for task in open_tasks:
         regions, cancelled, lost = answer_task({"data": dict(task.data or {})}, params, params.world.annotator)
-        call_with_retries(
-            lambda task=task, regions=regions, cancelled=cancelled: sdk.annotations.create(  # type: ignore[misc]
-                id=int(task.id), result=regions, was_cancelled=cancelled, ground_truth=False
-            ),
-            what=f"annotate task {task.id}",
-            settings=settings,
-            url=url,
-        )
+        backend.annotate(int(task.id), result=regions, cancelled=cancelled)
         ids.append(int(task.id))
         answered += 1
         skipped += int(cancelled)
@@ -209,17 +203,20 @@ class BackgroundAnnotator:
         self._thread.join(timeout=60)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.sim.annotator --params P [--limit N]`` (demo/tests/benchmarks only)."""
-    from tasks.env import apply_env
-
-    parser = stage_argparser("annotator_sim", __doc__)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="answer at most N open tasks (default: all)")
-    args = parser.parse_args(argv)
-    apply_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run(load_params(args.params), limit=args.limit)
-    print(json.dumps({k: v for k, v in asdict(result).items() if k != "task_ids"}))
+
+
+def main(argv: list[str] | None = None) -> SimResult:
+    """``python -m tasks.sim.annotator --params P [--limit N]`` (demo/tests/benchmarks only)."""
+    return stage_main(
+        "sim.annotator",
+        __doc__,
+        run=lambda params, args: run(params, limit=args.limit),
+        arguments=_arguments,
+        summary=lambda result: json.dumps({k: v for k, v in asdict(result).items() if k != "task_ids"}),
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

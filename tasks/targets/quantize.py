@@ -3,10 +3,10 @@
 Every builder starts from the FP32 ONNX file, writes one artifact and returns a small JSON-able record of
 what it did (settings, nodes kept in FP32, the precision actually built) for the report's lineage.
 
-The detection head is found from the graph, not from a list of names of one model size: Ultralytics names
-every node after the module that produced it (``/model.<N>/...``) and the head is the last module, so its
-nodes are the ones under the highest ``N``. Of those, only convolutions are quantized; the decoding maths
-(sigmoids, anchor offsets, top-k) stays FP32 because an INT8 head loses most of the box precision.
+The model family finds the detection head in the graph (``head_nodes``: for YOLO, every node of the last
+Ultralytics module, see :meth:`tasks.models.yolo.YoloFamily.head_nodes`). Of those, only convolutions are
+quantized; the decoding maths (sigmoids, anchor offsets, top-k) stays FP32 because an INT8 head loses most of
+the box precision.
 
 Heavy libraries (onnxruntime.quantization, nncf, openvino, tensorrt, torch) are imported inside functions.
 """
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,50 +28,37 @@ from tasks.config import Precision, QuantizationParams
 
 log = logging.getLogger(__name__)
 
-_MODULE_PREFIX = re.compile(r"^/?model\.(\d+)/")
+HeadNodes = Callable[[Sequence[str]], frozenset[str]]
+"""A model family's ``head_nodes``: of a graph's node names, those of the detection head."""
+
 ONNX_CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 OPENVINO_KEPT_OPS = frozenset({"Convolution", "GroupConvolution", "Constant", "Parameter", "Result"})
 
 
-def head_prefix(node_names: Iterable[str]) -> str:
-    """The name prefix of the detection head: ``/model.<N>/`` with the highest module index ``N``.
-
-    Raises:
-        ValueError: no node carries an Ultralytics module prefix (the head cannot be located).
-    """
-    indices = [int(m.group(1)) for name in node_names if (m := _MODULE_PREFIX.match(name))]
-    if not indices:
-        raise ValueError(
-            "no node name starts with '/model.<N>/': cannot locate the detection head "
-            "(set export.quantization.keep_head_fp32: false to quantize every node)"
-        )
-    return f"/model.{max(indices)}/"
-
-
-def onnx_fp32_head_nodes(model: Any) -> list[str]:
-    """Names of the ONNX head nodes to keep in FP32: every node of the last module except convolutions.
+def onnx_fp32_head_nodes(model: Any, head_nodes: HeadNodes) -> list[str]:
+    """Names of the ONNX head nodes to keep in FP32: every node of the head except convolutions.
 
     Args:
         model: an ``onnx.ModelProto``.
+        head_nodes: the model family's head finder.
     """
     nodes = list(model.graph.node)
-    prefix = head_prefix(node.name for node in nodes)
-    return [
-        n.name for n in nodes if n.name.lstrip("/").startswith(prefix.lstrip("/")) and n.op_type not in ONNX_CONV_OPS
-    ]
+    head = head_nodes([node.name for node in nodes])
+    return [n.name for n in nodes if n.name in head and n.op_type not in ONNX_CONV_OPS]
 
 
-def openvino_fp32_head_ops(model: Any) -> list[str]:
+def openvino_fp32_head_ops(model: Any, head_nodes: HeadNodes) -> list[str]:
     """Friendly names of the OpenVINO head ops to keep in FP32 (a convolution's bias ``Add`` counts as conv).
 
     Args:
-        model: an ``openvino.Model`` converted from an Ultralytics ONNX export.
+        model: an ``openvino.Model`` converted from the family's ONNX export.
+        head_nodes: the model family's head finder.
     """
     ops = model.get_ordered_ops()
-    prefix = head_prefix(op.get_friendly_name() for op in ops).lstrip("/")
+    head = head_nodes([op.get_friendly_name() for op in ops])
     kept = []
     for op in ops:
-        if not op.get_friendly_name().lstrip("/").startswith(prefix) or op.get_type_name() in OPENVINO_KEPT_OPS:
+        if op.get_friendly_name() not in head or op.get_type_name() in OPENVINO_KEPT_OPS:
             continue
         if op.get_type_name() == "Add" and op.input_value(0).get_node().get_type_name() in OPENVINO_KEPT_OPS:
             continue  # the bias of a convolution: quantized with it
@@ -119,6 +105,7 @@ def quantize_onnx_int8(
     images: npt.NDArray[np.float32],
     config: QuantizationParams,
     method: str,
+    head_nodes: HeadNodes,
 ) -> dict[str, Any]:
     """ONNX Runtime static INT8 (QDQ) calibrated on ``images``; head non-Conv nodes stay FP32 if configured.
 
@@ -128,6 +115,7 @@ def quantize_onnx_int8(
         images: calibration inputs, ``(N, 3, S, S)`` float32 in [0, 1], letterboxed like inference.
         config: ``export.quantization``.
         method: ``minmax``, ``entropy`` or ``percentile`` (ONNX Runtime calibrators).
+        head_nodes: the model family's head finder (used with ``config.keep_head_fp32``).
 
     Returns:
         The settings used and the names of the nodes kept in FP32.
@@ -144,7 +132,7 @@ def quantize_onnx_int8(
         # symbolic shape inference fails on the dynamic batch dimension; ONNX shape inference is enough
         quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
-        keep = onnx_fp32_head_nodes(model) if config.keep_head_fp32 else []
+        keep = onnx_fp32_head_nodes(model, head_nodes) if config.keep_head_fp32 else []
         calibrators = {
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
@@ -179,7 +167,12 @@ def quantize_onnx_int8(
 
 
 def quantize_openvino_int8(
-    fp32_onnx: Path, out_xml: Path, *, images: npt.NDArray[np.float32], config: QuantizationParams
+    fp32_onnx: Path,
+    out_xml: Path,
+    *,
+    images: npt.NDArray[np.float32],
+    config: QuantizationParams,
+    head_nodes: HeadNodes,
 ) -> dict[str, Any]:
     """NNCF post-training INT8 of the OpenVINO model converted from ``fp32_onnx``; writes ``.xml``/``.bin``.
 
@@ -188,6 +181,7 @@ def quantize_openvino_int8(
         out_xml: where to write the quantized OpenVINO IR.
         images: calibration inputs, ``(N, 3, S, S)`` float32 in [0, 1].
         config: ``export.quantization`` (preset, head handling, bias correction).
+        head_nodes: the model family's head finder (used with ``config.keep_head_fp32``).
 
     Returns:
         The settings used and the names of the ops kept in FP32.
@@ -196,7 +190,7 @@ def quantize_openvino_int8(
     import openvino as ov
 
     model = ov.convert_model(str(fp32_onnx))
-    keep = openvino_fp32_head_ops(model) if config.keep_head_fp32 else []
+    keep = openvino_fp32_head_ops(model, head_nodes) if config.keep_head_fp32 else []
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     quantized = nncf.quantize(
         model,
@@ -307,13 +301,14 @@ def build_tensorrt_engine(
     imgsz: int,
     max_batch: int,
     images: npt.NDArray[np.float32] | None,
-    keep_head_fp32: bool,
+    head_nodes: HeadNodes | None,
     workspace_gib: float = 2.0,
 ) -> dict[str, Any]:
     """Build a serialized TensorRT engine (FP16, or INT8 with entropy calibration) from the ONNX file.
 
     The engine has one optimisation profile for batch 1..``max_batch`` at ``imgsz``. For INT8 the head's
-    non-Conv layers are constrained to FP32 (preferred, TensorRT may override) and FP16 is allowed elsewhere.
+    non-Conv layers (``head_nodes``: the model family's head finder; ``None`` quantizes every layer) are
+    constrained to FP32 (preferred, TensorRT may override) and FP16 is allowed elsewhere.
 
     Raises:
         RuntimeError: TensorRT cannot parse the ONNX file or build the engine (its messages are included).
@@ -353,8 +348,8 @@ def build_tensorrt_engine(
         shape = (calibration_batch, 3, imgsz, imgsz)
         calib_profile.set_shape(source.name, shape, shape, shape)
         config.set_calibration_profile(calib_profile)
-        if keep_head_fp32:
-            names = set(onnx_fp32_head_nodes(onnx.load(str(fp32_onnx))))
+        if head_nodes is not None:
+            names = set(onnx_fp32_head_nodes(onnx.load(str(fp32_onnx)), head_nodes))
             config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
             for i in range(network.num_layers):
                 layer = network.get_layer(i)

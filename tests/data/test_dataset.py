@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.contracts.yolo_labels import DatasetError, read_label_file, read_labeled_set
+from tasks.contracts.yolo_labels import (
+    DatasetError,
+    format_label_text,
+    read_label_file,
+    read_label_lines,
+    read_labeled_set,
+)
 
 
 def make_set(root: Path, labels: dict[str, str | None], *, size=(32, 24)) -> Path:
@@ -33,7 +39,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
         pytest.param("0 0.5 0.5 0.0 0.2\n", "line 1: zero-area box", id="zero-width"),
         pytest.param("0 0.5 0.5 0.2 -0.1\n", "line 1: zero-area box", id="negative-height"),
         pytest.param("0 0.5 0.5 0.2\n", "line 1: expected 'class cx cy w h'", id="missing-field"),
-        pytest.param("0 a b c d\n", "line 1: not numbers", id="not-numbers"),
+        pytest.param("0 a b c d\n", "line 1: box 'a b c d' is not four numbers", id="not-numbers"),
+        pytest.param("0.5 0.5 0.5 0.2 0.2\n", "line 1: class '0.5' is not an integer", id="float-class"),
+        pytest.param("0 0.5 nan 0.2 0.2\n", "line 1: box [0.5, nan, 0.2, 0.2] is not finite", id="nan"),
     ],
 )
 def test_bad_label_names_file_and_line(tmp_path, text, message):
@@ -91,3 +99,36 @@ def test_label_file_alone(tmp_path):
     cls, boxes = read_label_file(path, num_classes=2)
     np.testing.assert_array_equal(cls, [1, 0])
     assert boxes.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("class_id", "boxes", "text"),
+    [
+        pytest.param([], np.zeros((0, 4)), "", id="no-objects"),
+        pytest.param([2], [[0.5, 0.5, 0.25, 0.125]], "2 0.500000 0.500000 0.250000 0.125000\n", id="one-box"),
+        pytest.param(
+            np.array([0, 1]), [[0.1, 0.2, 0.1, 0.2], [1 / 3, 0.5, 0.2, 0.2]],
+            "0 0.100000 0.200000 0.100000 0.200000\n1 0.333333 0.500000 0.200000 0.200000\n",
+            id="two-boxes-6-decimals",
+        ),
+    ],
+)  # fmt: skip
+def test_the_one_writer_round_trips_through_the_strict_reader(tmp_path, class_id, boxes, text):
+    path = tmp_path / "x.txt"
+    path.write_text(format_label_text(class_id, boxes))
+    assert path.read_text() == text
+    cls, read = read_label_file(path, num_classes=3)
+    np.testing.assert_array_equal(cls, class_id)
+    np.testing.assert_allclose(read, np.asarray(boxes, dtype=float).reshape(-1, 4), atol=5e-7)
+
+
+def test_lenient_parser_reports_every_bad_line(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("0 0.5 0.5 0.2 0.2\n0 0.5\n\nx 0.5 0.5 0.2 0.2\n")
+    lines = read_label_lines(path)
+    assert [(item.line, item.error is None) for item in lines] == [(1, True), (2, False), (4, False)]
+    path.write_bytes(b"\xff\xfe0 0.5")
+    (only,) = read_label_lines(path)
+    assert only.line == 1 and "not UTF-8" in str(only.error)
+    with pytest.raises(DatasetError, match=r"x\.txt line 1: not UTF-8"):
+        read_label_file(path, num_classes=3)

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.contracts import prediction_log
 from tasks.config import Params
+from tasks.contracts import prediction_log
+from tasks.contracts.reports import load_report
 from tasks.validate import (
     PredictionLogSchemaError,
     QuarantineShareError,
@@ -279,6 +281,8 @@ def test_reports_keep_the_gx_results(zoo: Zoo) -> None:
     assert summary["quarantined"] == zoo.result.quarantined
     assert summary["reasons"]["leak_exact"] == 2
     assert summary["reasons"]["leak_near"] == 4, "a byte copy is also at perceptual distance 0"
+    typed = load_report(zoo.result.report.parent, "validate")
+    assert typed.quarantined == zoo.result.quarantined and typed.reasons == summary["reasons"]
     assert set(zoo.result.gx_results) == {"labels", "images", "prediction_log_schema", "prediction_log_rows"}
     labels = json.loads(zoo.result.gx_results["labels"].read_text())
     failed = [r for r in labels["results"] if not r["success"]]
@@ -482,5 +486,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["--params", str(params_file), "--cycle", CYCLE])
     assert json.loads(capsys.readouterr().out) == {"cycle": CYCLE, "checked": 3, "quarantined": 0}
     make_cycle(params, good=0, bad=1, cycle="c2")
-    with pytest.raises(SystemExit, match=r"validate: cycle c2: 1 of 1 images \(100\.0%\)"):
+    with pytest.raises(SystemExit) as exited:
         main(["--params", str(params_file), "--cycle", "c2"])
+    assert exited.value.code == 1
+    assert re.search(r"validate: cycle c2: 1 of 1 images \(100\.0%\)", capsys.readouterr().err)

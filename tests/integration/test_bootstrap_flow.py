@@ -13,9 +13,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tasks.adapters.mlflow import AliasNotFoundError
 from tasks.config import load_params
 from tasks.contracts import prediction_log
-from tasks.registry import AliasNotFoundError
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +130,22 @@ def test_skips_unreadable_production_image_and_names_it(tiny_run, prefect_harnes
 
 def test_rollback_flow_restores_a_version_that_loads_and_predicts(tiny_run, prefect_harness):
     from flows.rollback import rollback
-    from tasks import promote, registry
+    from tasks import promote
+    from tasks.adapters import mlflow as mlflow_adapter
 
     params_file, _, _ = tiny_run
     params = load_params(params_file)
-    second = registry.run(params)  # the same artifacts registered again: version 2
+    champion = mlflow_adapter.get_alias(params, "champion")
+    second = mlflow_adapter.register_model(  # the same files once more as version 2 (the stage would find v1)
+        params,
+        run_id=champion.run_id,
+        weights=params.base.paths.models / "train" / "best.pt",
+        onnx=params.base.paths.models / "export" / "model.onnx",
+        reports={},
+    )
     promote.promote(params, version=second.version, why="test: newer version")
     moves = rollback(params_path=str(params_file), why="test: v2 misbehaves")
     assert moves == {"champion": ["2", "1"], "previous": ["1", "2"]}
-    assert registry.get_alias(params, "champion").version == "1"
+    assert mlflow_adapter.get_alias(params, "champion").version == "1"
     trail = promote.read_audit(params)
     assert trail[-2].action == "rollback" and trail[-2].why == "test: v2 misbehaves"

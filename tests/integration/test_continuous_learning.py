@@ -16,8 +16,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks import cycle, label, promote
+from tasks import cycle, promote
+from tasks.adapters import labelstudio
 from tasks.config import load_params
+from tasks.contracts.ledger import ledger_path, read_ledger
 from tasks.sim import annotator
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import Server
@@ -45,7 +47,7 @@ def loop(server: Server, labelstudio_env: Server, prefect_harness) -> dict:
     first = continuous_learning(params_path=str(params_file), return_state=True)
     params = load_params(params_file)
     (opened,) = [p.name for p in params.base.paths.samples.iterdir() if p.is_dir()]
-    ledger_after_first = label.read_ledger(label.ledger_path(params))
+    ledger_after_first = read_ledger(ledger_path(params))
     state_after_first = cycle.read_state(params, opened)
     answered = annotator.run(params)
     second = continuous_learning(params_path=str(params_file))
@@ -80,7 +82,7 @@ def test_second_run_continues_the_cycle_without_importing_twice(loop):
     report = loop["label_report"]
     assert report["cycle"] == loop["cycle"]
     assert (report["imported"], report["already_imported"], report["labeled"]) == (0, 8, 8)
-    ledger = {k: r for k, r in label.read_ledger(label.ledger_path(params)).items() if r["cycle"] == loop["cycle"]}
+    ledger = {k: r for k, r in read_ledger(ledger_path(params)).items() if r["cycle"] == loop["cycle"]}
     assert len(ledger) == 8 and {r["task_id"] for r in ledger.values()} == {
         r["task_id"] for r in loop["ledger_after_first"].values()
     }
@@ -135,8 +137,8 @@ def test_rerunning_a_finished_cycle_changes_nothing(loop):
     assert len(cycles) == 2 and cycles[0] == loop["cycle"]  # the third run opened a new cycle
     client = MlflowClient(params.registry.tracking_uri)
     name = params.registry.model_name
-    sdk = label.connect(params.label)
-    ledger = label.read_ledger(label.ledger_path(params))
+    sdk = labelstudio.connect(params.label)
+    ledger = read_ledger(ledger_path(params))
     project_id = next(iter(ledger.values()))["project_id"]
 
     def snapshot() -> tuple:

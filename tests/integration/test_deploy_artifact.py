@@ -15,8 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks import evaluate, export, predict, promote, registry, train, world
+from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import Params
 from tasks.contracts import prediction_log
+from tasks.contracts.reports.registry import RegistryResult
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -55,7 +57,7 @@ def exported(params) -> dict:
 
 
 @pytest.fixture(scope="module")
-def version(params, exported) -> registry.ModelVersionInfo:
+def version(params, exported) -> RegistryResult:
     """Registered the way the loop flow calls the stage: extra lineage and an extra report."""
     note = params.base.paths.reports / "note.json"
     note.write_text('{"why": "test"}')
@@ -119,7 +121,7 @@ def test_export_numbers_are_run_metrics_and_a_table(params, exported, version):
 def test_predict_runs_the_champions_selected_artifact(params, version, caplog):
     promote.promote(params, version=version.version, why="test")
     batch = predict.list_batches(params.base.paths.production)[0]
-    with caplog.at_level(logging.INFO, logger="tasks.predict"):
+    with caplog.at_level(logging.INFO):  # predict and tasks.adapters.model_cache log what ran
         result = predict.run(params, batches=[batch])
     assert (result.target, result.precision, result.fallback) == (PINNED, "fp32", None)
     cache = params.base.paths.models / "registry" / version.name / version.version / "deploy"
@@ -148,19 +150,18 @@ def test_predict_runs_the_champions_selected_artifact(params, version, caplog):
 )
 def test_version_without_a_usable_deploy_artifact_falls_back_to_onnx(params, version, caplog, deploy_tags, why):
     train_report = json.loads((params.base.paths.reports / "train.json").read_text())
-    older = registry.register_model(  # the caller signature from before export selection: no export report
+    older = mlflow_adapter.register_model(  # a version as registered before export selection: no export artifacts
         params,
         run_id=train_report["mlflow_run_id"],
         weights=Path(train_report["weights"]),
         onnx=params.base.paths.models / "export" / "model.onnx",
         reports={},
-        lineage={"dataset_md5": "test"},
     )
     assert not {k for k in older.tags if k.startswith(("deploy.", "export."))}
-    registry.set_version_tags(params, older.version, deploy_tags)
+    mlflow_adapter.set_version_tags(params, older.version, {"dataset_md5": "test"} | deploy_tags)
     promote.promote(params, version=older.version, why="test: an older version")
     batch = predict.list_batches(params.base.paths.production)[1]
-    with caplog.at_level(logging.INFO, logger="tasks.predict"):
+    with caplog.at_level(logging.INFO):  # predict and tasks.adapters.model_cache log what ran
         result = predict.run(params, batches=[batch])
     assert result.target == "onnx" and result.model_version == older.version
     assert why in result.fallback and Path(result.artifact).suffix == ".onnx"

@@ -19,10 +19,13 @@ from onnx import helper, numpy_helper
 
 from tasks import evaluate, export, train, world
 from tasks.config import Params
+from tasks.contracts.reports import load_report
+from tasks.contracts.reports.export import ArtifactCheck, ExportReport
 from tasks.contracts.yolo_labels import list_images, load_rgb
 from tasks.core.boxes import xyxy_to_xywhn
+from tasks.models import yolo
 from tasks.runtimes.detectors import InferenceSettings, letterbox, load_detector, predict_images
-from tasks.targets import quantize
+from tasks.targets import builders, calibration, parity, quantize
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -71,7 +74,7 @@ def trained(tmp_path_factory) -> Params:
 
 
 @pytest.fixture(scope="module")
-def exported(trained) -> export.ExportReport:
+def exported(trained) -> ExportReport:
     """Every target of the tiny model, exported once for the module (TensorRT is skipped without CUDA)."""
     return export.run(trained)
 
@@ -106,31 +109,31 @@ def halve_boxes(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-class HalvedBoxesOnnx(export.OnnxTarget):
+class HalvedBoxesOnnx(builders.OnnxTarget):
     """A collapsed FP32 export."""
 
-    def build(self, inputs: export.ExportInputs, *, out_dir: Path, params: Params) -> export.Built:
+    def build(self, inputs: builders.ExportInputs, *, out_dir: Path, params: Params) -> builders.Built:
         built = super().build(inputs, out_dir=out_dir, params=params)
         halve_boxes(built.path)
         return built
 
 
-class HalvedBoxesInt8(export.OnnxInt8Target):
+class HalvedBoxesInt8(builders.OnnxInt8Target):
     """A deliberately broken quantization: the real INT8 model with its boxes halved."""
 
-    def build(self, inputs: export.ExportInputs, *, out_dir: Path, params: Params) -> export.Built:
+    def build(self, inputs: builders.ExportInputs, *, out_dir: Path, params: Params) -> builders.Built:
         built = super().build(inputs, out_dir=out_dir, params=params)
         halve_boxes(built.path)
         return built
 
 
-class UnloadableInt8(export.OnnxInt8Target):
+class UnloadableInt8(builders.OnnxInt8Target):
     """An INT8 build that writes a file ONNX Runtime cannot read."""
 
-    def build(self, inputs: export.ExportInputs, *, out_dir: Path, params: Params) -> export.Built:
+    def build(self, inputs: builders.ExportInputs, *, out_dir: Path, params: Params) -> builders.Built:
         path = out_dir / "model_int8.onnx"
         path.write_bytes(b"definitely not protobuf")
-        return export.Built(path)
+        return builders.Built(path)
 
 
 def golden_batch(params: Params) -> np.ndarray:
@@ -154,7 +157,7 @@ def assert_same_detections(actual: np.ndarray, expected: np.ndarray) -> None:
             assert close.any(), f"no matching detection for {row}"
 
 
-def by_target(report: export.ExportReport) -> dict[str, export.ArtifactCheck]:
+def by_target(report: ExportReport) -> dict[str, ArtifactCheck]:
     return {c.target: c for c in report.artifacts}
 
 
@@ -182,16 +185,18 @@ def test_every_target_is_built_and_rechecked_or_skipped_with_a_reason(trained, e
     report = json.loads((trained.base.paths.reports / "export.json").read_text())
     assert report["selected"] == exported.selected and set(report["selected"]) == {"target", "path", "reason"}
     assert set(report["selection"]) == set(ALL_TARGETS)
+    assert report["params"]["digest"] == exported.params_digest
+    assert load_report(trained.base.paths.reports, "export") == exported  # typed round trip
     chosen = checks[exported.selected["target"]]
     assert chosen.passed and chosen.parity.passed and "cpu" in chosen.hardware
 
 
 def test_int8_lineage_is_recorded(trained, exported):
     lineage = exported.lineage
-    calibration = lineage["calibration"]
+    sample = lineage["calibration"]
     train_images = [p.name for p in list_images(trained.base.paths.train / "images")]
-    assert calibration["seed"] == trained.base.seed and calibration["count"] == len(train_images)  # 24 < 64
-    assert sorted(calibration["image_ids"]) == train_images
+    assert sample["seed"] == trained.base.seed and sample["count"] == len(train_images)  # 24 < 64
+    assert sorted(sample["image_ids"]) == train_images
     assert lineage["quantization"]["keep_head_fp32"] is True
     assert lineage["versions"]["onnxruntime"] and lineage["versions"]["nncf"] and lineage["versions"]["openvino"]
     checks = by_target(exported)
@@ -199,7 +204,7 @@ def test_int8_lineage_is_recorded(trained, exported):
     ov_kept = checks["openvino_int8"].details["fp32_ops"]
     assert ort_kept and ov_kept
     model = onnx.load(checks["onnx"].path)
-    prefix = quantize.head_prefix(n.name for n in model.graph.node)
+    prefix = yolo.head_prefix(n.name for n in model.graph.node)
     assert all(name.startswith(prefix) for name in ort_kept + ov_kept)
     quantized = onnx.load(checks["onnx_int8"].path)
     assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
@@ -217,10 +222,10 @@ def test_faithful_onnx_export_passes_and_matches_pytorch(trained, exported):
 
 
 @pytest.mark.parametrize("nms_free", [False, True], ids=["one-to-many", "nms-free"])
-def test_base_nms_free_chooses_the_head_of_pytorch_and_of_the_export(trained, tmp_path, nms_free):
+def test_yolo_nms_free_chooses_the_head_of_pytorch_and_of_the_export(trained, tmp_path, nms_free):
     params = variant(trained, tmp_path, targets=["onnx"])
     data = params.model_dump(mode="json")
-    data["base"]["nms_free"] = nms_free
+    data["train"]["yolo"]["nms_free"] = nms_free
     params = Params.model_validate(data)
     report = export.run(params)
     check = by_target(report)["onnx"]
@@ -251,7 +256,7 @@ def test_openvino_model_scores_and_predicts_like_onnx(trained, exported):
 
 def test_collapsed_export_fails_with_both_numbers(pseudo_params, monkeypatch):
     reference = evaluate.run(pseudo_params).map50_95("golden")
-    monkeypatch.setitem(export.TARGETS, "onnx", HalvedBoxesOnnx())
+    monkeypatch.setitem(builders.TARGETS, "onnx", HalvedBoxesOnnx())
     with pytest.raises(export.ExportCheckError) as err:
         export.run(pseudo_params)
     message = str(err.value)
@@ -264,7 +269,7 @@ def test_collapsed_export_fails_with_both_numbers(pseudo_params, monkeypatch):
 
 def test_broken_quantization_is_refused_and_fp32_ships(pseudo_params, tmp_path, monkeypatch):
     params = variant(pseudo_params, tmp_path, targets=["onnx", "onnx_int8"])
-    monkeypatch.setitem(export.TARGETS, "onnx_int8", HalvedBoxesInt8())
+    monkeypatch.setitem(builders.TARGETS, "onnx_int8", HalvedBoxesInt8())
     report = export.run(params)
     int8 = by_target(report)["onnx_int8"]
     assert int8.status == "built" and not int8.passed and not int8.parity.passed
@@ -284,7 +289,7 @@ def test_int8_head_is_what_breaks_quantization(pseudo_params, tmp_path):
 
 def test_unloadable_int8_artifact_is_recorded_not_fatal(trained, tmp_path, monkeypatch):
     params = variant(trained, tmp_path, targets=["onnx", "onnx_int8"])
-    monkeypatch.setitem(export.TARGETS, "onnx_int8", UnloadableInt8())
+    monkeypatch.setitem(builders.TARGETS, "onnx_int8", UnloadableInt8())
     report = export.run(params)
     int8 = by_target(report)["onnx_int8"]
     assert int8.status == "failed" and "ONNX Runtime cannot load" in int8.reason and "model_int8.onnx" in int8.reason
@@ -293,12 +298,12 @@ def test_unloadable_int8_artifact_is_recorded_not_fatal(trained, tmp_path, monke
 
 
 def test_unloadable_fp32_onnx_fails_the_stage(trained, tmp_path, monkeypatch):
-    class UnloadableOnnx(export.OnnxTarget):
+    class UnloadableOnnx(builders.OnnxTarget):
         def build(self, inputs, *, out_dir, params):
             (out_dir / "model.onnx").write_bytes(b"not an onnx model")
-            return export.Built(out_dir / "model.onnx")
+            return builders.Built(out_dir / "model.onnx")
 
-    monkeypatch.setitem(export.TARGETS, "onnx", UnloadableOnnx())
+    monkeypatch.setitem(builders.TARGETS, "onnx", UnloadableOnnx())
     with pytest.raises(ValueError, match=r"model\.onnx: ONNX Runtime cannot load"):
         export.run(variant(trained, tmp_path, targets=["onnx"]))
 
@@ -320,18 +325,18 @@ def test_calibration_set_too_small_is_a_clear_error(trained, tmp_path, images, m
         (tmp_path / "train" / "images").mkdir(parents=True)
         for path in list_images(trained.base.paths.train / "images")[:images]:
             shutil.copy(path, tmp_path / "train" / "images" / path.name)
-    with pytest.raises(export.CalibrationError, match=match) as err:
+    with pytest.raises(calibration.CalibrationError, match=match) as err:
         export.run(params)
     assert str(tmp_path / "train" / "images") in str(err.value) and "min_images is 4" in str(err.value)
     assert not (params.base.paths.models / "export" / "model.onnx").exists(), "fails before building anything"
 
 
 def test_calibration_sample_is_seeded_and_sized(trained):
-    first, again = export.load_calibration(trained), export.load_calibration(trained)
+    first, again = calibration.load_calibration(trained), calibration.load_calibration(trained)
     assert first.image_ids == again.image_ids and np.array_equal(first.images, again.images)
     data = trained.model_dump(mode="json")
     data["export"]["calibration"] = {"images": 16, "min_images": 4, "seed": 1}
-    sixteen = export.load_calibration(Params.model_validate(data))
+    sixteen = calibration.load_calibration(Params.model_validate(data))
     assert len(sixteen.image_ids) == 16 and sixteen.images.shape == (16, 3, 64, 64) and sixteen.seed == 1
     assert set(sixteen.image_ids) <= set(first.image_ids)
 
@@ -352,26 +357,6 @@ def test_tensorrt_engines_build_on_a_cuda_host(trained, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- pure checks
-
-
-def test_head_prefix_is_the_last_ultralytics_module():
-    assert quantize.head_prefix(["/model.0/conv/Conv", "/model.12/Add", "/model.3/Mul", "other"]) == "/model.12/"
-    with pytest.raises(ValueError, match="cannot locate the detection head"):
-        quantize.head_prefix(["Conv_0", "Add_1"])
-    with pytest.raises(ValueError, match="cannot locate the detection head"):
-        quantize.head_prefix([])
-
-
-def test_head_fp32_nodes_of_a_synthetic_graph():
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["a"], name="/model.0/conv/Conv"),
-        helper.make_node("Sigmoid", ["a"], ["b"], name="/model.0/act/Sigmoid"),
-        helper.make_node("Conv", ["b", "w"], ["c"], name="/model.7/cv2/Conv"),
-        helper.make_node("Sigmoid", ["c"], ["d"], name="/model.7/Sigmoid"),
-        helper.make_node("Mul", ["d", "d"], ["y"], name="/model.7/Mul"),
-    ]
-    graph = helper.make_graph(nodes, "g", [], [])
-    assert quantize.onnx_fp32_head_nodes(helper.make_model(graph)) == ["/model.7/Sigmoid", "/model.7/Mul"]
 
 
 def end2end(rows: list[list[float]]) -> np.ndarray:
@@ -395,7 +380,7 @@ REF = [[10, 10, 30, 30, 0.9, 1], [40, 40, 60, 60, 0.8, 2], [5, 5, 15, 15, 0.1, 0
     ],
 )
 def test_parity_table(candidate, matched, passed):
-    result = export.check_parity(
+    result = parity.check_parity(
         end2end(REF), end2end(candidate), imgsz=64, top_k=3, score_atol=0.01, box_atol_px=0.5, min_match=0.6
     )
     assert (result.reference, result.matched, result.passed) == (3, matched, passed)
@@ -403,7 +388,7 @@ def test_parity_table(candidate, matched, passed):
 
 def test_parity_with_nothing_to_compare_passes():
     empty = np.zeros((1, 0, 6), np.float32)
-    result = export.check_parity(empty, empty, imgsz=64, top_k=3, score_atol=0.01, box_atol_px=0.5, min_match=0.8)
+    result = parity.check_parity(empty, empty, imgsz=64, top_k=3, score_atol=0.01, box_atol_px=0.5, min_match=0.8)
     assert result.reference == 0 and result.passed and result.worst_box_diff_px is None
 
 
@@ -422,7 +407,7 @@ def test_parity_with_nothing_to_compare_passes():
 def test_check_artifact_table(tmp_path, reference, measured, max_drop, passed):
     artifact = tmp_path / "m.onnx"
     artifact.write_bytes(b"x" * 1024)
-    check = export.check_artifact(
+    check = parity.check_artifact(
         target="onnx", artifact=artifact, reference=reference, measured=measured, max_drop=max_drop
     )
     assert check.passed is passed and check.size_mb == pytest.approx(1024 / 2**20, abs=1e-3)
@@ -431,7 +416,7 @@ def test_check_artifact_table(tmp_path, reference, measured, max_drop, passed):
 def test_openvino_size_counts_the_weights(tmp_path):
     (tmp_path / "model.xml").write_bytes(b"x" * 1000)
     (tmp_path / "model.bin").write_bytes(b"x" * 3000)
-    check = export.check_artifact(
+    check = parity.check_artifact(
         target="openvino", artifact=tmp_path / "model.xml", reference={}, measured={}, max_drop=0
     )
     assert check.size_mb == pytest.approx(4000 / 2**20, abs=1e-3)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import evaluate, gate, train, world
+from tasks import gate, train, world
 from tasks.config import Params
 from tasks.contracts.yolo_labels import list_images, load_rgb
 from tasks.core.boxes import xyxy_to_xywhn
 from tasks.runtimes.detectors import InferenceSettings, load_detector, predict_images
+from tasks.targets.scoring import default_model_path
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def trained(tmp_path_factory) -> tuple[Params, Path]:
     params = Params.model_validate(tiny_params_dict(root, gate={"resamples": 200, "max_latency_ms": 10_000.0}))
     world.run(params)
     train.run(params)
-    model = evaluate.default_model_path(params)
+    model = default_model_path(params)
     write_pseudo_holdout(
         model, params.base.paths.golden, params.base.paths.holdouts / "cycle-001", imgsz=params.base.imgsz
     )

@@ -15,10 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import label
-from tasks.config import Params
+from tasks.adapters import labelstudio
+from tasks.config import LabelParams, Params
 from tasks.contracts import annotations as ls
+from tasks.contracts.label_tasks import image_path
+from tasks.contracts.ledger import ledger_path, read_ledger
+from tasks.contracts.reports.label import LabelResult
 from tasks.contracts.yolo_labels import read_label_file
-from tasks.label import image_path
 from tasks.sim import annotator
 from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, free_port, make_params, run_make
 
@@ -32,12 +35,12 @@ def cycle(server: Server, labelstudio_env: Server) -> Params:
 
 
 @pytest.fixture(scope="module")
-def first_run(cycle: Params) -> label.LabelResult:
+def first_run(cycle: Params) -> LabelResult:
     return label.run(cycle, cycle=CYCLE)
 
 
 def client():
-    return label.connect(label.LabelParams())  # URL and token from the environment the server fixture set
+    return labelstudio.connect(LabelParams())  # URL and token from the environment the server fixture set
 
 
 def test_project_is_created_and_tasks_carry_the_predictions(server, cycle, first_run):
@@ -49,14 +52,12 @@ def test_project_is_created_and_tasks_carry_the_predictions(server, cycle, first
     project = sdk.projects.get(id=first_run.project_id)
     assert project.title == "visionloop-it"
     assert ls.config_classes(project.label_config) == cycle.base.classes
-    folders = {
-        image_path(r["image_uri"]).parent.resolve() for r in label.read_ledger(label.ledger_path(cycle)).values()
-    }
+    folders = {image_path(r["image_uri"]).parent.resolve() for r in read_ledger(ledger_path(cycle)).values()}
     assert {Path(s.path) for s in sdk.import_storage.local.list(project=first_run.project_id)} == folders
 
     tasks = list(sdk.tasks.list(project=first_run.project_id, fields="all"))
     assert len(tasks) == n_images
-    ledger = label.read_ledger(label.ledger_path(cycle))
+    ledger = read_ledger(ledger_path(cycle))
     assert {t.id for t in tasks} == {r["task_id"] for r in ledger.values()}
     for task in tasks:
         oracle = cycle.base.paths.oracle / task.data["batch"] / "labels" / f"{task.data['image_id']}.txt"
@@ -71,7 +72,8 @@ def test_project_is_created_and_tasks_carry_the_predictions(server, cycle, first
 
 
 def test_rerun_imports_nothing_twice(cycle, first_run, monkeypatch):
-    monkeypatch.setattr(label, "_PAGE_SIZE", 5)  # the re-listing that guards against duplicates must read every page
+    # the re-listing that guards against duplicates must read every page
+    monkeypatch.setattr(labelstudio, "_PAGE_SIZE", 5)
     again = label.run(cycle, cycle=CYCLE)
     assert (again.imported, again.already_imported) == (0, first_run.imported)
     assert len(list(client().tasks.list(project=first_run.project_id, fields="task_only"))) == first_run.imported
@@ -92,7 +94,7 @@ def test_simulated_annotations_are_collected_incrementally_and_equal_the_oracle(
     assert label.run(cycle, cycle=CYCLE).collected == 0
 
     labels_dir = cycle.base.paths.labels / CYCLE
-    ledger = label.read_ledger(label.ledger_path(cycle))
+    ledger = read_ledger(ledger_path(cycle))
     for row in ledger.values():
         assert row["status"] == "labeled"
         ours = read_label_file(labels_dir / "labels" / f"{row['image_id']}.txt", num_classes=6)
@@ -112,13 +114,11 @@ def test_skipped_tasks_and_a_changed_annotation(server, cycle):
     assert (collected.skipped, collected.collected, collected.labeled) == (2, 0, 0)
 
     sdk = client()
-    task_id = next(
-        r["task_id"] for r in label.read_ledger(label.ledger_path(params)).values() if r["status"] == "skipped"
-    )
+    task_id = next(r["task_id"] for r in read_ledger(ledger_path(params)).values() if r["status"] == "skipped")
     sdk.annotations.create(id=task_id, result=[], was_cancelled=False)  # a person comes back: no objects after all
     again = label.run(params, cycle=CYCLE)
     assert (again.collected, again.skipped, again.labeled) == (1, 0, 1)
-    row = next(r for r in label.read_ledger(label.ledger_path(params)).values() if r["task_id"] == task_id)
+    row = next(r for r in read_ledger(ledger_path(params)).values() if r["task_id"] == task_id)
     assert row["status"] == "labeled" and row["n_boxes"] == 0
     assert (params.base.paths.labels / CYCLE / "labels" / f"{row['image_id']}.txt").read_text() == ""
     assert first.imported == len(pq.read_table(label.manifest_path(params, CYCLE)))
@@ -126,13 +126,13 @@ def test_skipped_tasks_and_a_changed_annotation(server, cycle):
 
 def test_wrong_token_is_a_clear_error(server, cycle, monkeypatch):
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token")
-    with pytest.raises(label.LabelStudioAuthError, match=r"refused the token in LABEL_STUDIO_API_KEY"):
+    with pytest.raises(labelstudio.LabelStudioAuthError, match=r"refused the token in LABEL_STUDIO_API_KEY"):
         label.run(cycle, cycle=CYCLE)
 
 
 def test_server_down_is_a_clear_error(server, cycle, monkeypatch):
     monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(label.LabelStudioUnavailable, match=r"not reachable .*make labelstudio-up"):
+    with pytest.raises(labelstudio.LabelStudioUnavailable, match=r"not reachable .*make labelstudio-up"):
         label.run(cycle, cycle=CYCLE)
 
 

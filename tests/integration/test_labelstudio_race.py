@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import label
-from tasks.config import Params
+from tasks.adapters import labelstudio
+from tasks.config import LabelParams, Params
 from tasks.env import PROJECT_ROOT
 from tasks.sim import annotator
 from tests.integration.conftest import CYCLE, TOKEN, Server, build_cycle, label_studio_server, make_params
@@ -87,7 +88,7 @@ def _annotator_process(params: Params, n_tasks: int, start: Any, barrier: Any, o
             done = annotator.run(params)
             answered += done.answered
             project = done.project_id
-        except label.LabelProjectNotReady as exc:
+        except labelstudio.LabelProjectNotReady as exc:
             errors.append(str(exc))
         time.sleep(0.5)
     out.put(("annotator", project, answered, len(errors)))
@@ -139,7 +140,7 @@ def test_label_stage_and_annotator_racing_in_two_processes_make_one_project(fres
                 worker.kill()
     assert [w.exitcode for w in workers] == [0, 0]
 
-    sdk = label.connect(label.LabelParams())
+    sdk = labelstudio.connect(LabelParams())
     titled = [p.id for p in sdk.projects.list(title=TITLE, page_size=100) if p.title == TITLE]
     assert len(titled) == 1, f"projects titled {TITLE!r}: {titled} (the race made duplicates)"
     (project_id,) = titled
@@ -148,7 +149,7 @@ def test_label_stage_and_annotator_racing_in_two_processes_make_one_project(fres
     sim_project, answered, _not_ready = results["annotator"]
     assert label_project == sim_project == project_id
     assert (answered, labeled, pending) == (n_tasks, n_tasks, 0)
-    recorded = label.read_project_record(label.projects_path(params), url=fresh_server.url, title=TITLE)
+    recorded = labelstudio.read_project_record(labelstudio.projects_path(params), url=fresh_server.url, title=TITLE)
     assert recorded == project_id
 
 
@@ -156,7 +157,7 @@ def test_duplicates_from_older_runs_use_the_project_the_ledger_names(fresh_serve
     """Two projects of one title (an older version's race): the stage keeps the one its ledger's tasks are in."""
     params = make_params(fresh_server.root, title="visionloop-dups", labels="labels-dups")
     params = build_cycle(params)
-    sdk = label.connect(label.LabelParams())
+    sdk = labelstudio.connect(LabelParams())
     from tasks.contracts import annotations as ls
 
     config = ls.labeling_config(params.base.classes)
@@ -165,19 +166,19 @@ def test_duplicates_from_older_runs_use_the_project_the_ledger_names(fresh_serve
     assert first.project_id == empty.id  # adopted: the only one
     used = sdk.projects.create(title="visionloop-dups", label_config=config)  # a second one appears later
     assert used.id != empty.id
-    record = label.projects_path(params)
+    record = labelstudio.projects_path(params)
     record.unlink()  # as before the record existed: the ledger decides
-    caplog.set_level("WARNING", logger="tasks.label")
+    caplog.set_level("WARNING", logger="tasks.adapters.labelstudio")
     again = label.run(params, cycle=CYCLE)
     assert again.project_id == empty.id and again.imported == 0
     warning = next(r.getMessage() for r in caplog.records if "projects titled" in r.getMessage())
     assert f"using id {empty.id} (the project the label ledger's tasks are in)" in warning
-    assert label.read_project_record(record, url=fresh_server.url, title="visionloop-dups") == empty.id
+    assert labelstudio.read_project_record(record, url=fresh_server.url, title="visionloop-dups") == empty.id
 
 
 def test_annotator_never_creates_a_project(fresh_server: Server, tmp_path: Path) -> None:
     params = make_params(fresh_server.root, title="visionloop-nobody", labels="labels-nobody")
-    with pytest.raises(label.LabelProjectNotReady, match=r"no Label Studio project titled 'visionloop-nobody'"):
+    with pytest.raises(labelstudio.LabelProjectNotReady, match=r"no Label Studio project titled 'visionloop-nobody'"):
         annotator.run(params)
-    sdk = label.connect(label.LabelParams())
+    sdk = labelstudio.connect(LabelParams())
     assert [p for p in sdk.projects.list(title="visionloop-nobody") if p.title == "visionloop-nobody"] == []

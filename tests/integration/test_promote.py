@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks import promote, registry
+from tasks import promote
+from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import Params
+from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -26,7 +28,7 @@ def store(shared_root, tmp_path, request) -> tuple[Params, MlflowClient]:
     data = tiny_params_dict(shared_root, promote={"audit_log": str(tmp_path / "audit.jsonl")})
     data["registry"]["model_name"] = f"m-{request.node.name}"[:60]  # one registered model per test
     params = Params.model_validate(data)
-    client = registry._client(params)
+    client = mlflow_adapter.client(params)
     client.create_registered_model(params.registry.model_name)
     for _ in range(4):  # versions whose source holds no model: fine for alias moves, not for rollback checks
         empty = tmp_path / "empty-model"
@@ -36,19 +38,19 @@ def store(shared_root, tmp_path, request) -> tuple[Params, MlflowClient]:
 
 
 def champion(params: Params) -> str | None:
-    found = registry.find_alias(params, registry.CHAMPION)
+    found = mlflow_adapter.find_alias(params, CHAMPION)
     return found.version if found else None
 
 
 def test_promote_moves_previous_and_champion_and_clears_challenger(store):
     params, _ = store
     promote.promote(params, version="1", why="first")
-    registry.set_alias(params, registry.CHALLENGER, "2")
+    mlflow_adapter.set_alias(params, CHALLENGER, "2")
     result = promote.promote(params, version="2", why="gate: +0.05 mAP")
     assert result.moves == {"previous": [None, "1"], "champion": ["1", "2"]}
     assert champion(params) == "2"
-    assert registry.find_alias(params, registry.PREVIOUS).version == "1"
-    assert registry.find_alias(params, registry.CHALLENGER) is None
+    assert mlflow_adapter.find_alias(params, PREVIOUS).version == "1"
+    assert mlflow_adapter.find_alias(params, CHALLENGER) is None
 
 
 def test_reject_keeps_champion_and_tags_version(store):
@@ -123,4 +125,4 @@ def test_racing_promotions_leave_one_champion_and_a_consistent_trail(store):
     for before, after in itertools.pairwise(moves):
         assert after.from_version == before.to_version, "each champion move starts where the last ended"
     assert champion(params) == moves[-1].to_version
-    assert registry.find_alias(params, registry.PREVIOUS).version == moves[-2].to_version
+    assert mlflow_adapter.find_alias(params, PREVIOUS).version == moves[-2].to_version

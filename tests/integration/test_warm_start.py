@@ -12,7 +12,7 @@ import torch
 
 from tasks import train, world
 from tasks.config import Params
-from tasks.env import configure_ultralytics
+from tasks.models.yolo import configure_ultralytics, ultralytics_args
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def _start_weights(params: Params, scratch) -> dict[str, torch.Tensor]:
     model.add_callback("on_train_start", grab)
     data_yaml = params.base.paths.models / "train" / "data.yaml"
     with pytest.raises(_Started):
-        model.train(**train.ultralytics_args(params, data_yaml=data_yaml, scratch=scratch))
+        model.train(**ultralytics_args(params, data_yaml=data_yaml, scratch=scratch))
     return captured
 
 

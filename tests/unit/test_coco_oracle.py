@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.evaluate import STAT_NAMES, coco_metrics
+from tasks.core.cocoeval import STAT_NAMES, coco_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 # shared/ sits beside the checkout (CI, developers) or inside it

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from tasks import cycle, train
+from tasks.contracts.reports import ReportError
+from tasks.contracts.reports.sample import SampleResult, StrategyCount
 
 T0 = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
 
@@ -81,8 +84,12 @@ def test_warm_start_from_the_parent_checkpoint(
     assert (effective.weights, effective.epochs) == (expected, expected_epochs)
 
 
-GATE = {
+GATE = {  # a gate report as the gate stage writes it (the cycle reads it back through its typed record)
     "decision": "reject",
+    "candidate": "models/export/model.onnx",
+    "champion": "models/champion/v1/model.onnx",
+    "latency_ms_per_image": {"candidate": 3.0, "champion": 3.1},
+    "policy": {},
     "reasons": [
         {"code": "production_gain", "passed": False, "message": "production gain CI low -0.01 < 0.0"},
         {"code": "golden_loss", "passed": True, "message": "golden loss 0.002 <= 0.01"},
@@ -90,20 +97,38 @@ GATE = {
     "sets": {
         "golden": {
             "images": 10,
+            "boxes": 25,
+            "paths": ["data/golden"],
             "candidate_map50_95": 0.41,
             "champion_map50_95": 0.40,
-            "interval": {"estimate": 0.01, "low": -0.02, "high": 0.03},
+            "candidate_map50": 0.61,
+            "champion_map50": 0.60,
+            "interval": {"estimate": 0.01, "low": -0.02, "high": 0.03, "level": 0.95, "resamples": 200},
             "per_class": {"a": {"candidate": 0.5, "champion": 0.4}, "b": {"candidate": None, "champion": 0.2}},
         }
     },
 }
 
 
+SAMPLE = SampleResult(
+    cycle="c1",
+    manifest="data/samples/c1/manifest.parquet",
+    selected=3,
+    budget=3,
+    by_strategy={"random": StrategyCount(candidates=9, selected=3, budget=3, weight=1.0)},
+    excluded={},
+    per_day={},
+    window=[],
+    champion="visionloop-detector/1",
+    reason=None,
+)
+
+
 def test_report_of_a_decided_cycle(tiny_params):
     reports = tiny_params.base.paths.reports
     reports.mkdir(parents=True)
     (reports / "gate.json").write_text(json.dumps(GATE))
-    (reports / "sample.json").write_text(json.dumps({"selected": 3, "by_strategy": {"random": {"selected": 3}}}))
+    (reports / "sample.json").write_text(json.dumps(asdict(SAMPLE)))
     report = cycle.run(tiny_params, cycle="c1", outcome="reject")
     folder = reports / "cycles" / "c1"
     assert {p.name for p in folder.iterdir()} >= {"report.md", "report.json", "per_class_ap.png", "strategies.png"}
@@ -121,3 +146,35 @@ def test_reports_older_than_the_cycle_are_left_out(tiny_params):
     (reports / "gate.json").write_text(json.dumps(GATE))  # a previous cycle's gate
     report = cycle.run(tiny_params, cycle="c2", outcome="waiting for labels", since=dt.datetime.now(dt.UTC))
     assert report.summary["decision"] is None and report.plots == []
+
+
+def test_a_stage_report_that_does_not_match_its_record_is_named(tiny_params):
+    reports = tiny_params.base.paths.reports
+    reports.mkdir(parents=True)
+    (reports / "gate.json").write_text(json.dumps(GATE | {"decision": "maybe"}))
+    with pytest.raises(ReportError, match=r"gate\.json: does not match the gate report: decision"):
+        cycle.run(tiny_params, cycle="c3", outcome="reject")
+
+
+@pytest.mark.parametrize(
+    ("champion", "warm_start", "parent", "warm"),
+    [
+        pytest.param(None, True, "none", "False", id="first-cycle"),
+        pytest.param(cycle.ChampionFiles(version="4", weights="w.pt", onnx="m.onnx"), True, "4", "True", id="warm"),
+        pytest.param(cycle.ChampionFiles(version="4", weights="w.pt", onnx="m.onnx"), False, "4", "False", id="cold"),
+    ],
+)
+def test_candidate_lineage(tiny_params, champion, warm_start, parent, warm):
+    params = tiny_params.model_copy(update={"cycle": tiny_params.cycle.model_copy(update={"warm_start": warm_start})})
+    lineage, files = cycle.candidate_lineage(
+        params,
+        cycle="c1",
+        champion=champion,
+        merge_manifest_md5=None,
+        gx_report=Path("gx.json"),
+        gate_decision="reject",
+    )
+    assert (lineage["parent_version"], lineage["warm_start"], lineage["merge_manifest_md5"]) == (parent, warm, "none")
+    assert (lineage["cycle"], lineage["gate_decision"], lineage["gx_report"]) == ("c1", "reject", "gx.json")
+    assert files["validate"] == Path("gx.json") and files["sample_manifest"].name == "manifest.parquet"
+    assert set(files) == {"sample", "validate", "merge", "gate", "sample_manifest"}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from tasks import export
 from tasks.config import ExportParams, ExportTargetName, PerPrecision
-from tasks.export import ArtifactCheck, ParityResult, SelectionPolicy, SpeedResult, select_artifact
+from tasks.contracts.deployed import Deployed
+from tasks.contracts.reports import load_params_stamp, load_report, write_report
+from tasks.contracts.reports.export import ArtifactCheck, ExportReport, ParityResult, SpeedResult
+from tasks.decisions.selection import SelectionPolicy, map_shortfalls, select_artifact
+from tasks.targets.builders import TARGETS
 
 REFERENCE = {"golden": 0.5}
 CPU = SelectionPolicy(target_hardware="cpu", max_map_drop={"fp32": 0.003, "fp16": 0.005, "int8": 0.01}, min_speedup=1.1)
@@ -291,6 +295,53 @@ def test_policy_from_params():
     )
 
 
+@pytest.mark.parametrize(
+    ("measured", "reference", "max_drop", "short"),
+    [
+        pytest.param({}, {}, 0.01, {}, id="empty"),
+        pytest.param({"golden": 0.5}, {"golden": 0.5}, 0.0, {}, id="equal-no-tolerance"),
+        pytest.param({"golden": 0.49}, {"golden": 0.5}, 0.01, {}, id="drop-exactly-at-tolerance"),
+        pytest.param({"golden": 0.48}, {"golden": 0.5}, 0.01, {"golden": (0.48, 0.5)}, id="beyond-tolerance"),
+        pytest.param({}, {"golden": 0.5}, 0.01, {"golden": (None, 0.5)}, id="set-not-evaluated"),
+        pytest.param({"golden": 0.5, "extra": 0.0}, {"golden": 0.5}, 0.01, {}, id="unreferenced-set-ignored"),
+        pytest.param(
+            {"golden": 0.9, "holdout": 0.1},
+            {"golden": 0.5, "holdout": 0.4},
+            0.01,
+            {"holdout": (0.1, 0.4)},
+            id="per-set",
+        ),
+    ],
+)
+def test_map_shortfalls(measured, reference, max_drop, short):
+    assert map_shortfalls(measured, reference, max_drop) == short
+
+
+def test_report_round_trips_and_names_the_deployed_artifact(tiny_params):
+    checks = [cand("onnx", 10), cand("onnx_int8", 5), SKIPPED_TRT]
+    selection = select_artifact(checks, reference_map=REFERENCE, policy=CPU)
+    report = ExportReport(
+        weights="models/train/best.pt",
+        params_digest=tiny_params.digest(),
+        reference_map50_95=REFERENCE,
+        artifacts=checks,
+        selected=selection.summary(),
+        selection=selection.reasons_per_target,
+        lineage={"calibration": None, "versions": {"onnxruntime": "1"}},
+        host={"cpus": 2},
+    )
+    reports = tiny_params.base.paths.reports
+    write_report(reports, "export", report, tiny_params)
+    assert load_report(reports, "export") == report
+    assert load_params_stamp(reports, "export") == tiny_params.stamp()
+    assert report.deployed() == Deployed(target="onnx_int8", precision="int8", path=Path("models/export/onnx_int8"))
+    assert [c.target for c in report.built()] == ["onnx", "onnx_int8"]
+    assert report.check("onnx_int8").deployable and not report.check("tensorrt_int8").deployable
+    assert report.check("openvino") is None
+    nothing = ExportReport("w", "d", REFERENCE, [], None, {}, {}, {})
+    assert nothing.deployed() is None
+
+
 # --------------------------------------------------------------------------------------------- config
 
 
@@ -330,9 +381,9 @@ def test_export_params_refuse(overrides, match):
 
 
 def test_every_configurable_target_is_registered():
-    assert set(get_args(ExportTargetName)) == set(export.TARGETS)
-    for name, target in export.TARGETS.items():
+    assert set(get_args(ExportTargetName)) == set(TARGETS)
+    for name, target in TARGETS.items():
         assert target.name == name
         assert (target.sibling is None) == (target.precision == "fp32")
         if target.sibling is not None:
-            assert export.TARGETS[target.sibling].precision != target.precision
+            assert TARGETS[target.sibling].precision != target.precision

@@ -1,4 +1,4 @@
-"""The export stage's timing: artifacts take turns, and peak memory comes from the kernel, not a polling thread."""
+"""The timing harness: artifacts take turns, and peak memory comes from the kernel, not a polling thread."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.export import _PeakRss, _share, time_artifacts
 from tasks.runtimes.detectors import InferenceSettings
+from tasks.targets.timing import _PeakRss, _share, time_artifacts
 from tests.onnx_models import write_conv_stack
 
 
@@ -71,7 +71,7 @@ def test_timed_runs_alternate_between_artifacts_round_by_round(monkeypatch):
             calls.append((self.name, len(batch)))
             return batch
 
-    monkeypatch.setattr("tasks.export.load_detector", Recorder)
+    monkeypatch.setattr("tasks.targets.timing.load_detector", Recorder)
     images = np.zeros((1, 3, 8, 8), np.float32)
     time_artifacts(
         {"a": Path("a"), "b": Path("b"), "c": Path("c")},

@@ -19,8 +19,11 @@ import psutil
 import pytest
 
 from tasks.config import GateParams
-from tasks.gate import GOLDEN, GatePolicy, ModelScores, compare, match_coco, score_matches, time_latency
-from tasks.runtimes.detectors import Deployed, InferenceSettings
+from tasks.contracts.deployed import Deployed
+from tasks.core.coco import match_coco, score_matches
+from tasks.decisions.gate import GOLDEN, GatePolicy, ModelScores, compare
+from tasks.runtimes.detectors import InferenceSettings
+from tasks.targets.latency import time_latency
 from tests.onnx_models import write_conv_stack
 
 IMGSZ = 160

@@ -15,9 +15,14 @@ import pytest
 from PIL import Image
 
 from tasks import label
+from tasks.adapters import labelstudio
 from tasks.config import AnnotatorSimParams, Params
 from tasks.contracts import annotations as ls
-from tasks.contracts import prediction_log
+from tasks.contracts import prediction_log, sample_manifest
+from tasks.contracts.label_tasks import LabelError, TaskRef, image_path
+from tasks.contracts.ledger import ledger_path, read_ledger
+from tasks.contracts.reports import load_params_stamp, load_report
+from tasks.contracts.sample_manifest import SampleManifestError
 from tasks.sim.annotator import noisy_boxes
 from tests.conftest import tiny_params_dict
 
@@ -360,7 +365,7 @@ def test_files_backend_round_trip(files_params):
         f"{rows[1]['image_id']}.png",
     ]
 
-    ledger = label.read_ledger(label.ledger_path(params))
+    ledger = read_ledger(ledger_path(params))
     assert {r["image_id"]: r["status"] for r in ledger.values()} == {
         rows[0]["image_id"]: "labeled",
         rows[1]["image_id"]: "labeled",
@@ -372,8 +377,9 @@ def test_files_backend_round_trip(files_params):
     third = label.run(params, cycle=CYCLE)  # nothing new anywhere
     assert (third.imported, third.collected, third.skipped) == (0, 0, 0)
     assert len(list((params.base.paths.labels / "outbox").glob("*.json"))) == 1
-    report = json.loads((params.base.paths.reports / "label.json").read_text())
-    assert report["params"]["backend"] == "files" and report["already_imported"] == 4
+    report = load_report(params.base.paths.reports, "label")
+    assert report == third and report.backend == "files" and report.already_imported == 4
+    assert load_params_stamp(params.base.paths.reports, "label") == params.stamp()
 
 
 def test_rerun_with_a_grown_manifest_imports_only_new_images(files_params):
@@ -385,21 +391,19 @@ def test_rerun_with_a_grown_manifest_imports_only_new_images(files_params):
     pq.write_table(table, label.manifest_path(params, CYCLE))
     result = label.run(params, cycle=CYCLE)
     assert (result.imported, result.already_imported, result.pending) == (2, 0, 4)
-    assert len(label.read_ledger(label.ledger_path(params))) == 4
-    assert {r["image_id"] for r in rows} <= {
-        r["image_id"] for r in label.read_ledger(label.ledger_path(params)).values()
-    }
+    assert len(read_ledger(ledger_path(params))) == 4
+    assert {r["image_id"] for r in rows} <= {r["image_id"] for r in read_ledger(ledger_path(params)).values()}
 
 
 def test_image_deleted_after_sampling_is_left_out_and_named(files_params):
     params = files_params
     rows = write_cycle(params, n=3)
-    gone = label.image_path(rows[1]["image_uri"])
+    gone = image_path(rows[1]["image_uri"])
     gone.unlink()
     result = label.run(params, cycle=CYCLE)
     assert (result.imported, result.already_imported) == (2, 0)
     assert len(result.missing) == 1 and str(gone) in result.missing[0] and "gone" in result.missing[0]
-    ledger = label.read_ledger(label.ledger_path(params))
+    ledger = read_ledger(ledger_path(params))
     assert {r["image_id"] for r in ledger.values()} == {rows[0]["image_id"], rows[2]["image_id"]}
     tasks = json.loads(next((params.base.paths.labels / "outbox").glob("*.json")).read_text())
     assert {t["data"]["image_id"] for t in tasks} == {rows[0]["image_id"], rows[2]["image_id"]}
@@ -416,10 +420,10 @@ def test_unknown_label_fails_naming_the_task_and_collects_nothing(files_params):
             1: [annotation(2, "2026-11-03T10:00:00Z", result=[region(1, 1, 5, 5, "dog")])],
         },
     )
-    with pytest.raises(label.LabelError, match=r"task 101 .*label 'dog' not in base.classes"):
+    with pytest.raises(LabelError, match=r"task 101 .*label 'dog' not in base.classes"):
         label.run(params, cycle=CYCLE)
     assert not (params.base.paths.labels / CYCLE / "labels").exists()
-    assert {r["status"] for r in label.read_ledger(label.ledger_path(params)).values()} == {"queued"}
+    assert {r["status"] for r in read_ledger(ledger_path(params)).values()} == {"queued"}
 
 
 class ScriptedBackend:
@@ -435,7 +439,7 @@ class ScriptedBackend:
     def submit(self, tasks, *, folders):
         self.submitted.append(tasks)
         stamp = dt.datetime(2026, 11, 3, tzinfo=dt.UTC)
-        refs = {t["data"]["image_sha256"]: label.TaskRef(10 + i, stamp) for i, t in enumerate(tasks[: self.confirm])}
+        refs = {t["data"]["image_sha256"]: TaskRef(10 + i, stamp) for i, t in enumerate(tasks[: self.confirm])}
         return refs, len(refs)
 
     def fetch(self, rows):
@@ -445,9 +449,9 @@ class ScriptedBackend:
 def test_ledger_records_only_confirmed_tasks_and_a_rerun_retries_the_rest(files_params):
     params = files_params
     write_cycle(params, n=3)
-    with pytest.raises(label.LabelStudioError, match=r"1 task.* not confirmed"):
+    with pytest.raises(labelstudio.LabelStudioError, match=r"1 task.* not confirmed"):
         label.run(params, cycle=CYCLE, backend=ScriptedBackend(confirm=2))
-    ledger = label.read_ledger(label.ledger_path(params))
+    ledger = read_ledger(ledger_path(params))
     assert sorted(r["task_id"] for r in ledger.values()) == [10, 11]
     retry = ScriptedBackend(confirm=5)
     result = label.run(params, cycle=CYCLE, backend=retry)
@@ -476,7 +480,7 @@ def test_waiting_rule(files_params, labeled, pending, min_labeled, waiting):
 
 
 def test_missing_manifest_names_the_sample_stage(files_params):
-    with pytest.raises(label.LabelError, match="run the sample stage"):
+    with pytest.raises(SampleManifestError, match="run the sample stage"):
         label.run(files_params, cycle=CYCLE)
 
 
@@ -484,13 +488,13 @@ def test_manifest_missing_columns_are_listed(files_params, tmp_path):
     path = label.manifest_path(files_params, CYCLE)
     path.parent.mkdir(parents=True)
     pq.write_table(pa.table({"image_sha256": ["a" * 64]}), path)
-    with pytest.raises(label.LabelError, match=r"lacks column\(s\) \['image_id'"):
+    with pytest.raises(SampleManifestError, match=r"lacks column\(s\) \['image_id'"):
         label.run(files_params, cycle=CYCLE)
 
 
 @pytest.mark.parametrize("cycle", ["", "../x", "a/b", ".hidden"], ids=["empty", "parent", "slash", "dot"])
 def test_bad_cycle_names_are_refused(files_params, cycle):
-    with pytest.raises(label.LabelError, match="cycle"):
+    with pytest.raises(LabelError, match="cycle"):
         label.run(files_params, cycle=cycle)
 
 
@@ -501,9 +505,9 @@ def test_image_outside_the_document_root_names_the_fix(files_params, tmp_path):
     params = files_params.model_copy(
         update={"label": files_params.label.model_copy(update={"document_root": other_root})}
     )
-    with pytest.raises(label.LabelError, match="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"):
+    with pytest.raises(LabelError, match="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"):
         label.run(params, cycle=CYCLE)
-    assert not label.ledger_path(params).exists()
+    assert not ledger_path(params).exists()
 
 
 def test_inbox_file_that_is_not_an_export_is_named(files_params):
@@ -512,14 +516,14 @@ def test_inbox_file_that_is_not_an_export_is_named(files_params):
     bad = files_params.base.paths.labels / "inbox" / "bad.json"
     bad.parent.mkdir(parents=True)
     bad.write_text(json.dumps([{"id": 1, "data": {"image": "x"}}]))
-    with pytest.raises(label.LabelError, match=r"bad.json task #0 \(id 1\): no data.image_sha256"):
+    with pytest.raises(LabelError, match=r"bad.json task #0 \(id 1\): no data.image_sha256"):
         label.run(files_params, cycle=CYCLE)
 
 
 def test_missing_token_is_a_clear_error(files_params, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
-    with pytest.raises(label.LabelStudioAuthError, match="LABEL_STUDIO_API_KEY is not set"):
-        label.connect(files_params.label)
+    with pytest.raises(labelstudio.LabelStudioAuthError, match="LABEL_STUDIO_API_KEY is not set"):
+        labelstudio.connect(files_params.label)
 
 
 def test_server_down_is_retried_then_names_the_start_command(files_params, monkeypatch):
@@ -529,8 +533,8 @@ def test_server_down_is_retried_then_names_the_start_command(files_params, monke
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "some-token")
     monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{port}")
     settings = files_params.label.model_copy(update={"retries": 1, "retry_delay_s": 0.0})
-    with pytest.raises(label.LabelStudioUnavailable, match=rf"127.0.0.1:{port}.*2 tries.*make labelstudio-up"):
-        label.connect(settings)
+    with pytest.raises(labelstudio.LabelStudioUnavailable, match=rf"127.0.0.1:{port}.*2 tries.*make labelstudio-up"):
+        labelstudio.connect(settings)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -577,13 +581,14 @@ def test_simulator_on_no_boxes():
 
 
 def test_reads_the_manifest_the_sample_stage_writes(files_params):
-    sample = pytest.importorskip("tasks.sample")
     rows = write_cycle(files_params, n=2)
     extra = {"phash": "8f373714acfcf4d0", "strategies": ["uncertainty"]}
     table = pa.Table.from_pylist(
-        [{**r, **extra, "rank": i + 1} for i, r in enumerate(rows)], schema=sample.MANIFEST_SCHEMA
+        [{**r, **extra, "rank": i + 1} for i, r in enumerate(rows)], schema=sample_manifest.SCHEMA
     )
     pq.write_table(table, label.manifest_path(files_params, CYCLE))
-    assert [r.phash for r in label.read_manifest(label.manifest_path(files_params, CYCLE))] == [extra["phash"]] * 2
+    assert [r.phash for r in sample_manifest.read_manifest(label.manifest_path(files_params, CYCLE))] == [
+        extra["phash"]
+    ] * 2
     label.run(files_params, cycle=CYCLE)
-    assert {r["phash"] for r in label.read_ledger(label.ledger_path(files_params)).values()} == {extra["phash"]}
+    assert {r["phash"] for r in read_ledger(ledger_path(files_params)).values()} == {extra["phash"]}

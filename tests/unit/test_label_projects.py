@@ -16,8 +16,9 @@ import httpx
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
-from tasks import label
+from tasks.adapters import labelstudio
 from tasks.config import LabelParams
+from tasks.contracts.label_tasks import LabelError
 
 URL = "http://127.0.0.1:8080"
 TITLE = "visionloop"
@@ -82,9 +83,9 @@ class FakeClient:
     projects: FakeProjects
 
 
-def backend(tmp_path: Path, projects: FakeProjects, **kwargs: Any) -> label.LabelStudioBackend:
+def backend(tmp_path: Path, projects: FakeProjects, **kwargs: Any) -> labelstudio.LabelStudioBackend:
     settings = LabelParams(url=URL, project_title=TITLE, retries=2, retry_delay_s=0.0)
-    return label.LabelStudioBackend(
+    return labelstudio.LabelStudioBackend(
         settings, ["car", "person"], record=tmp_path / "projects.json", client=FakeClient(projects), **kwargs
     )
 
@@ -115,7 +116,7 @@ def pages(*snapshots: list[int]):
     ],
 )
 def test_list_all_reads_every_page(snapshots, expected):
-    assert sorted(label.list_all(pages(*snapshots), key=int, what="x")) == expected
+    assert sorted(labelstudio.list_all(pages(*snapshots), key=int, what="x")) == expected
 
 
 def test_list_all_never_returns_a_list_cut_short_by_a_404():
@@ -128,7 +129,7 @@ def test_list_all_never_returns_a_list_cut_short_by_a_404():
             return [], -1
         return ([1, 2, 3][(page - 1) * 2 : page * 2], 3) if len(calls) > 2 else ([1, 2], 5)
 
-    assert sorted(label.list_all(fetch, key=int, what="x")) == [1, 2, 3]
+    assert sorted(labelstudio.list_all(fetch, key=int, what="x")) == [1, 2, 3]
     assert calls == [1, 2, 1, 2]
 
 
@@ -138,19 +139,19 @@ def test_list_all_fails_when_the_list_keeps_changing():
     def fetch(page: int) -> tuple[list[int], int]:
         return [next(growing)], 10 + next(growing)  # the total never matches what was gathered
 
-    with pytest.raises(label.LabelStudioError, match="kept changing while it was paged"):
-        label.list_all(fetch, key=int, what="the projects")
+    with pytest.raises(labelstudio.LabelStudioError, match="kept changing while it was paged"):
+        labelstudio.list_all(fetch, key=int, what="the projects")
 
 
 def test_project_record_round_trip_keeps_other_servers_and_titles(tmp_path):
     path = tmp_path / "projects.json"
-    assert label.read_project_record(path, url=URL, title=TITLE) is None
-    label.write_project_record(path, url=URL, title=TITLE, project_id=2, how="created")
-    label.write_project_record(path, url="http://other", title=TITLE, project_id=9, how="created")
-    label.write_project_record(path, url=URL, title="other", project_id=4, how="created")
-    label.write_project_record(path, url=URL, title=TITLE, project_id=3, how="the oldest")
-    assert label.read_project_record(path, url=URL, title=TITLE) == 3
-    assert label.read_project_record(path, url="http://other", title=TITLE) == 9
+    assert labelstudio.read_project_record(path, url=URL, title=TITLE) is None
+    labelstudio.write_project_record(path, url=URL, title=TITLE, project_id=2, how="created")
+    labelstudio.write_project_record(path, url="http://other", title=TITLE, project_id=9, how="created")
+    labelstudio.write_project_record(path, url=URL, title="other", project_id=4, how="created")
+    labelstudio.write_project_record(path, url=URL, title=TITLE, project_id=3, how="the oldest")
+    assert labelstudio.read_project_record(path, url=URL, title=TITLE) == 3
+    assert labelstudio.read_project_record(path, url="http://other", title=TITLE) == 9
     assert len(json.loads(path.read_text())["projects"]) == 3
 
 
@@ -158,15 +159,15 @@ def test_project_record_round_trip_keeps_other_servers_and_titles(tmp_path):
 def test_unreadable_project_record_is_an_error_naming_the_file(tmp_path, text):
     path = tmp_path / "projects.json"
     path.write_text(text)
-    with pytest.raises(label.LabelError, match=r"projects\.json: unreadable project record"):
-        label.read_project_record(path, url=URL, title=TITLE)
+    with pytest.raises(LabelError, match=r"projects\.json: unreadable project record"):
+        labelstudio.read_project_record(path, url=URL, title=TITLE)
 
 
 def test_creator_creates_once_and_records_at_once(tmp_path):
     server = FakeProjects()
     made = backend(tmp_path, server)
     assert (made.project_id, server.created) == (1, 1)
-    assert label.read_project_record(tmp_path / "projects.json", url=URL, title=TITLE) == 1
+    assert labelstudio.read_project_record(tmp_path / "projects.json", url=URL, title=TITLE) == 1
     again = backend(tmp_path, server)  # a later run: the recorded project, nothing created
     assert (again.project_id, server.created) == (1, 1)
 
@@ -187,7 +188,7 @@ def test_a_create_that_never_reached_the_server_is_retried(tmp_path):
 
 def test_a_refused_create_is_a_clear_error(tmp_path):
     error = ApiError(status_code=400, headers={}, body={"detail": "title: at least 3 characters"})
-    with pytest.raises(label.LabelStudioError, match=r"creating project 'visionloop' failed with HTTP 400"):
+    with pytest.raises(labelstudio.LabelStudioError, match=r"creating project 'visionloop' failed with HTTP 400"):
         backend(tmp_path, FakeProjects(create_errors=[error]))
 
 
@@ -206,23 +207,23 @@ def test_duplicates_use_the_recorded_then_the_ledgers_then_the_oldest(
 ):
     server = FakeProjects(projects=[Project(i, TITLE) for i in existing] + [Project(50, "visionloop-other")])
     if recorded is not None:
-        label.write_project_record(tmp_path / "projects.json", url=URL, title=TITLE, project_id=recorded, how="x")
-    caplog.set_level("WARNING", logger="tasks.label")
+        labelstudio.write_project_record(tmp_path / "projects.json", url=URL, title=TITLE, project_id=recorded, how="x")
+    caplog.set_level("WARNING", logger="tasks.adapters.labelstudio")
     made = backend(tmp_path, server, ledger_project_ids=ledger)
     assert (made.project_id, server.created) == (expected, 0)
     warning = next(r.getMessage() for r in caplog.records if "projects titled" in r.getMessage())
     assert f"using id {expected} ({why}" in warning
-    assert label.read_project_record(tmp_path / "projects.json", url=URL, title=TITLE) == expected
+    assert labelstudio.read_project_record(tmp_path / "projects.json", url=URL, title=TITLE) == expected
 
 
 def test_readers_never_create(tmp_path):
     server = FakeProjects()
-    with pytest.raises(label.LabelProjectNotReady, match="the label stage creates and records it"):
+    with pytest.raises(labelstudio.LabelProjectNotReady, match="the label stage creates and records it"):
         backend(tmp_path, server, create=False)
     assert server.created == 0
     backend(tmp_path, server)  # the label stage
     assert backend(tmp_path, server, create=False).project_id == 1
     server.projects.clear()  # a fresh server data dir behind an old record
-    with pytest.raises(label.LabelProjectNotReady, match=r"id 1\) is gone"):
+    with pytest.raises(labelstudio.LabelProjectNotReady, match=r"id 1\) is gone"):
         backend(tmp_path, server, create=False)
     assert server.created == 1

@@ -14,7 +14,15 @@ from PIL import Image
 
 from tasks import merge, train
 from tasks.config import Params
-from tasks.merge import CycleRepeat, MergeError, file_sha256, read_manifest, repeat_factors, split_counts
+from tasks.contracts import merged_manifest as mm
+from tasks.contracts.merged_manifest import ManifestError, read_manifest
+from tasks.contracts.names import check_cycle_name, is_cycle_name
+from tasks.contracts.reports import load_report
+from tasks.contracts.reports.merge import CycleRepeat, MergeReport
+from tasks.contracts.yolo_labels import list_images
+from tasks.core.hashing import file_md5, file_sha256
+from tasks.decisions.recency import repeat_factors, split_counts
+from tasks.merge import MergeError
 from tests.conftest import tiny_params_dict
 
 SIZE = 32
@@ -49,12 +57,12 @@ def make_params(root: Path, **merge_cfg: Any) -> Params:
     return params
 
 
-def by_sha(rows: list[merge.Row]) -> dict[str, merge.Row]:
+def by_sha(rows: list[mm.Row]) -> dict[str, mm.Row]:
     return {row.sha256: row for row in rows}
 
 
-def manifest_rows(params: Params) -> list[merge.Row]:
-    return read_manifest(params.base.paths.merged / merge.MANIFEST)
+def manifest_rows(params: Params) -> list[mm.Row]:
+    return read_manifest(params.base.paths.merged / mm.MANIFEST)
 
 
 def shard_bytes(params: Params) -> dict[str, bytes]:
@@ -66,6 +74,40 @@ def report(params: Params) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ pure policy
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        pytest.param("2026-11-02", True, id="date"),
+        pytest.param("c1", True, id="short"),
+        pytest.param("run=3.a_b", True, id="all-allowed-punctuation"),
+        pytest.param("a" * 128, True, id="128-chars"),
+        pytest.param("a" * 129, False, id="129-chars"),
+        pytest.param("", False, id="empty"),
+        pytest.param(".hidden", False, id="leading-dot"),
+        pytest.param("../c1", False, id="traversal"),
+        pytest.param("a b", False, id="space"),
+        pytest.param("a/b", False, id="slash"),
+    ],
+)
+def test_the_one_cycle_name_rule(name: str, ok: bool) -> None:
+    assert is_cycle_name(name) is ok
+    if ok:
+        assert check_cycle_name(name, error=MergeError) == name
+    else:
+        with pytest.raises(MergeError, match=r"use letters, digits and \. _ = -"):
+            check_cycle_name(name, error=MergeError)
+
+
+@pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 9], ids=["empty", "one-byte", "several-chunks"])
+def test_file_hashes_stream_in_chunks(tmp_path: Path, data: bytes) -> None:
+    import hashlib
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert file_sha256(path, chunk_bytes=7) == file_sha256(path) == hashlib.sha256(data).hexdigest()
+    assert file_md5(path, chunk_bytes=7) == hashlib.md5(data).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -123,7 +165,7 @@ def test_three_cycles_never_discard_and_weight_recent_cycles(tmp_path):
                 assert (paths.holdouts / cycle / "images" / image.name).read_bytes() == image.read_bytes()
             else:
                 assert row.split == "train" and row.shard
-    for image in merge.list_images(paths.train / "images"):
+    for image in list_images(paths.train / "images"):
         assert rows[file_sha256(image)].split == "train"
     assert Counter(r.split for r in rows.values() if r.source == "production") == {"train": 24, "holdout": 6}
     assert {c: r["repeat"] for r in report(params)["recency"] for c in [r["cycle"]]} == {"c1": 1, "c2": 2, "c3": 4}
@@ -139,7 +181,7 @@ def test_three_cycles_never_discard_and_weight_recent_cycles(tmp_path):
     ids=["halving", "uniform", "historical-doubled"],
 )
 def test_recency_repeats_are_what_ultralytics_loads(tmp_path, recency, expected):
-    from tasks.env import configure_ultralytics
+    from tasks.models.yolo import configure_ultralytics
 
     configure_ultralytics()
     from ultralytics.data.dataset import YOLODataset
@@ -148,7 +190,7 @@ def test_recency_repeats_are_what_ultralytics_loads(tmp_path, recency, expected)
     for i, cycle in enumerate(["c1", "c2", "c3"]):
         make_cycle(params, cycle, 4, tone=3 + i)
         merge.run(params, cycle=cycle)
-    view = merge.materialize_view(params.base.paths.merged, tmp_path / "view")
+    view = mm.materialize_view(params.base.paths.merged, tmp_path / "view")
 
     names = dict(enumerate(params.base.classes))
     dataset = YOLODataset(img_path=str(view.train), data={"names": names, "channels": 3}, imgsz=SIZE, augment=False)
@@ -218,7 +260,7 @@ def test_golden_and_holdout_copies_never_reach_training(tmp_path, where):
     trained = {r.sha256 for r in rows if r.split in ("train", "val")}
     forbidden = {file_sha256(p) for p in golden} | {file_sha256(p) for p in paths.holdouts.glob("*/images/*.png")}
     assert not trained & forbidden
-    view = merge.materialize_view(paths.merged, tmp_path / "view")
+    view = mm.materialize_view(paths.merged, tmp_path / "view")
     listed = {file_sha256(Path(line)) for line in view.train.read_text().split()}
     assert not listed & forbidden
     expected_excluded = {"cycle": 1, "historical": 1, "both": 2}[where]
@@ -252,8 +294,8 @@ def test_manifest_records_origin_and_hashes(tmp_path):
     make_cycle(params, "c1", 4, tone=3)
     result = merge.run(params, cycle="c1")
 
-    table = pq.read_table(paths.merged / merge.MANIFEST)
-    assert table.schema.equals(merge.SCHEMA)
+    table = pq.read_table(paths.merged / mm.MANIFEST)
+    assert table.schema.equals(mm.SCHEMA)
     rows = table.to_pylist()
     assert len({r["sha256"] for r in rows}) == len(rows) == 8 + 3 + 4
     sources = {
@@ -270,21 +312,24 @@ def test_manifest_records_origin_and_hashes(tmp_path):
             assert row["shard"] is None and Path(row["holdout_path"]).is_file()
         else:
             shard = paths.merged / row["shard"]
-            assert merge.file_md5(shard) == row["shard_md5"]
+            assert file_md5(shard) == row["shard_md5"]
     assert {(r["source"], r["batch"], r["cycle"]) for r in rows} == {
         ("historical", "train", None),
         ("historical", "val", None),
         ("production", "c1", "c1"),
     }
     payload = report(params)
-    assert payload["manifest_md5"] == merge.file_md5(paths.merged / merge.MANIFEST) == result.manifest_md5
+    assert payload["manifest_md5"] == file_md5(paths.merged / mm.MANIFEST) == result.manifest_md5
     assert {(c["source"], c["cycle"], c["split"]): c["images"] for c in payload["counts"]} == {
         ("historical", "train", "train"): 8,
         ("historical", "val", "val"): 3,
         ("production", "c1", "holdout"): 1,
         ("production", "c1", "train"): 3,
     }
-    assert payload["params"]["merge"]["holdout_fraction"] == 0.25
+    assert payload["params"]["digest"] == params.digest()
+    typed = load_report(paths.reports, "merge")
+    assert isinstance(typed, MergeReport)
+    assert typed.manifest_md5 == result.manifest_md5 and typed.counts == result.counts
 
 
 def test_batch_comes_from_the_ledger_then_the_file_name(tmp_path):
@@ -307,7 +352,7 @@ def test_rerunning_a_cycle_is_a_no_op(tmp_path):
     params = make_params(tmp_path)
     make_cycle(params, "c1", 6, tone=3)
     merge.run(params, cycle="c1")
-    manifest = params.base.paths.merged / merge.MANIFEST
+    manifest = params.base.paths.merged / mm.MANIFEST
     before = (manifest.read_bytes(), manifest.stat().st_mtime_ns, shard_bytes(params))
     for again in ({"cycle": "c1"}, {}):
         result = merge.run(params, **again)
@@ -339,7 +384,7 @@ def test_a_missing_cycle_folder_is_named(tmp_path, cycle):
 
 @pytest.mark.parametrize("cycle", ["../c1", "a b"], ids=["traversal", "space"])
 def test_a_cycle_name_that_is_not_file_safe_fails(tmp_path, cycle):
-    with pytest.raises(MergeError, match="names are letters"):
+    with pytest.raises(MergeError, match="use letters, digits"):
         merge.run(make_params(tmp_path), cycle=cycle)
 
 
@@ -354,7 +399,7 @@ def test_an_unlabeled_image_fails_naming_the_file(tmp_path):
 @pytest.mark.parametrize("merged_before", [False, True], ids=["bootstrap", "after-a-cycle"])
 def test_an_empty_cycle_changes_nothing_and_says_so(tmp_path, merged_before):
     params = make_params(tmp_path)
-    manifest = params.base.paths.merged / merge.MANIFEST
+    manifest = params.base.paths.merged / mm.MANIFEST
     if merged_before:
         make_cycle(params, "c1", 4, tone=3)
         merge.run(params, cycle="c1")
@@ -368,7 +413,7 @@ def test_an_empty_cycle_changes_nothing_and_says_so(tmp_path, merged_before):
         assert manifest.read_bytes() == before
     else:
         assert pq.read_metadata(manifest).num_rows == 0
-    assert merge.use_merged(params) is merged_before
+    assert mm.use_merged(params) is merged_before
 
 
 @pytest.mark.parametrize(
@@ -389,12 +434,13 @@ def test_train_picks_the_merged_data_only_when_there_is_some(tmp_path, enabled, 
     assert (params.base.paths.holdouts).is_dir() and (params.base.paths.merged).is_dir()  # DVC outputs exist
 
     root = tmp_path / "models" / "train" / "dataset"
-    train_entry, val_entry = train._dataset_views(params, root)
+    data = train._dataset_views(params, root)
+    train_entry, val_entry = data.train, data.val
     info = json.loads((root / "dataset.json").read_text())
     assert info["mode"] == expected
     if expected == "merged":
         assert train_entry.name == "train.txt" and val_entry.name == "val.txt"
-        assert info["manifest_md5"] == merge.file_md5(params.base.paths.merged / merge.MANIFEST)
+        assert info["manifest_md5"] == file_md5(params.base.paths.merged / mm.MANIFEST)
     else:
         assert train_entry == (root / "train" / "images").absolute()
         assert len(list(train_entry.iterdir())) == 8
@@ -405,11 +451,11 @@ def test_the_view_extracts_each_shard_once(tmp_path):
     make_cycle(params, "c1", 5, tone=3)
     merge.run(params, cycle="c1")
     view_dir = tmp_path / "view"
-    first = merge.materialize_view(params.base.paths.merged, view_dir)
+    first = mm.materialize_view(params.base.paths.merged, view_dir)
     assert (first.shards_extracted, first.shards_reused) == (4, 0)  # historical 2 + 1, c1 4 of 5 (1 holdout)
     make_cycle(params, "c2", 3, tone=4)
     merge.run(params, cycle="c2")
-    second = merge.materialize_view(params.base.paths.merged, view_dir)
+    second = mm.materialize_view(params.base.paths.merged, view_dir)
     assert (second.shards_extracted, second.shards_reused) == (1, 4)
     lines = second.train.read_text().split()
     assert all(Path(line).is_file() for line in lines) and len(lines) == second.train_samples
@@ -421,5 +467,5 @@ def test_a_corrupt_shard_is_refused(tmp_path):
     merge.run(params, cycle="c1")
     shard = sorted((params.base.paths.merged / "shards").glob("production-*.tar"))[0]
     shard.write_bytes(shard.read_bytes()[:-512] + b"x" * 512)
-    with pytest.raises(MergeError, match="differs from the manifest"):
-        merge.materialize_view(params.base.paths.merged, tmp_path / "view")
+    with pytest.raises(ManifestError, match="differs from the manifest"):
+        mm.materialize_view(params.base.paths.merged, tmp_path / "view")

@@ -117,3 +117,20 @@ def test_dvc_set_args_refuse_params_that_do_not_start_from_params_yaml(tmp_path,
     alone = write(tmp_path / "alone.yaml", deep_merge(yaml.safe_load(BASE.read_text()), {"train": {"epochs": 2}}))
     with pytest.raises(VisionloopError, match="layer your overlay over it"):
         dvc_set_args([str(alone)])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fails"),
+    [
+        ({"train": {"yolo": {"workers": 2}}}, True),  # on the default cpu device: Ultralytics would ignore it
+        ({"train": {"yolo": {"workers": 2}}, "base": {"device": "0"}}, False),
+        ({"train": {"yolo": {"workers": 0}}}, False),
+    ],
+    ids=["workers-on-cpu", "workers-on-cuda", "no-workers"],
+)
+def test_a_key_the_device_would_ignore_fails_at_load(overrides, fails):
+    if fails:
+        with pytest.raises(ConfigError, match=r"train\.yolo\.workers = 2 does nothing"):
+            load_params(BASE, overrides=overrides)
+    else:
+        load_params(BASE, overrides=overrides)

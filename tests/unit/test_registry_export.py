@@ -11,9 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import registry, train
 from tasks.config import Params
-from tasks.export import ArtifactCheck, ExportReport, ParityResult, SpeedResult
+from tasks.contracts import lineage, model_version
+from tasks.contracts.reports import write_report
+from tasks.contracts.reports.export import ArtifactCheck, ExportReport, ParityResult, SpeedResult
+from tasks.contracts.reports.merge import MergeReport
+from tasks.contracts.train_files import dataset_record_path
 
 REFERENCE = {"golden": 0.5, "holdout": 0.4}
 LINEAGE = {
@@ -89,7 +92,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_only_built_artifacts_that_passed_every_check_are_attached(files, overrides, attached):
     paths = {"onnx": files["onnx"], "onnx_int8": files["onnx_int8"], "openvino": files["xml"]}
     checks = [check(t, p, **overrides.get(t, {})) for t, p in paths.items()]
-    found = registry.export_attachments(report(checks, "onnx"))
+    found = model_version.export_attachments(report(checks, "onnx"))
     assert [a.target for a in found] == attached
     by_target = {a.target: a for a in found}
     if "openvino" in by_target:
@@ -104,10 +107,10 @@ def test_only_built_artifacts_that_passed_every_check_are_attached(files, overri
 
 def test_no_artifacts_no_attachments_and_an_empty_table():
     empty = report([], None)
-    assert registry.export_attachments(empty) == []
-    assert registry.export_table(empty, []) == {"target": []}
-    assert registry.export_metrics(empty) == {}
-    assert not {k for k in registry.export_tags(empty, []) if k.startswith("deploy.")}
+    assert model_version.export_attachments(empty) == []
+    assert model_version.export_table(empty, []) == {"target": []}
+    assert model_version.export_metrics(empty) == {}
+    assert not {k for k in model_version.export_tags(empty, []) if k.startswith("deploy.")}
 
 
 @pytest.mark.parametrize("missing", ["model.onnx", "openvino/model.bin"], ids=["onnx-file", "openvino-weights"])
@@ -115,7 +118,7 @@ def test_a_checked_artifact_missing_on_disk_is_a_clear_error(files, missing):
     data = report([check("onnx", files["onnx"]), check("openvino", files["xml"])], "onnx")
     (files["onnx"].parent / missing).unlink()
     with pytest.raises(FileNotFoundError, match=r"re-run the export stage") as err:
-        registry.export_attachments(data)
+        model_version.export_attachments(data)
     assert missing in str(err.value)
 
 
@@ -126,7 +129,7 @@ def test_deploy_tags_name_the_selected_artifact_as_built(files):
         check("tensorrt_int8", None, status="skipped", passed=False),
     ]
     data = report(checks, "openvino")
-    tags = registry.export_tags(data, registry.export_attachments(data))
+    tags = model_version.export_tags(data, model_version.export_attachments(data))
     assert {k: v for k, v in tags.items() if k.startswith("deploy.")} == {
         "deploy.target": "openvino",
         "deploy.artifact": "export/openvino/model.xml",
@@ -146,31 +149,31 @@ def test_deploy_precision_is_what_the_engine_built(files):
     engine.write_bytes(b"x")
     int8 = check("tensorrt_int8", engine, details={"built_precision": "fp16"}, hardware=("cuda",))
     data = report([check("onnx", files["onnx"]), int8], "tensorrt_int8")
-    tags = registry.export_tags(data, registry.export_attachments(data))
+    tags = model_version.export_tags(data, model_version.export_attachments(data))
     assert tags["deploy.precision"] == "fp16" and tags["deploy.artifact"] == "export/tensorrt_int8/model_int8.engine"
 
 
 def test_selecting_an_artifact_that_failed_its_checks_is_refused(files):
     data = report([check("onnx", files["onnx"]), check("onnx_int8", files["onnx_int8"], passed=False)], "onnx_int8")
     with pytest.raises(ValueError, match="'onnx_int8', not a built artifact that passed its checks"):
-        registry.export_tags(data, registry.export_attachments(data))
+        model_version.export_tags(data, model_version.export_attachments(data))
 
 
 def test_nothing_selected_means_no_deploy_tags_and_no_int8_lineage_is_null(files):
     data = report([check("onnx", files["onnx"])], None) | {"lineage": {}}
-    tags = registry.export_tags(data, registry.export_attachments(data))
+    tags = model_version.export_tags(data, model_version.export_attachments(data))
     assert "deploy.target" not in tags and tags["export.calibration"] == "null" and "export.onnx.p50_ms" in tags
 
 
 def test_metrics_and_table_per_target(files):
     checks = [check("onnx", files["onnx"]), replace(check("tensorrt_fp16", None, status="skipped"), reason="no CUDA")]
     data = report(checks, "onnx")
-    attachments = registry.export_attachments(data)
-    metrics = registry.export_metrics(data)
+    attachments = model_version.export_attachments(data)
+    metrics = model_version.export_metrics(data)
     assert metrics["export/onnx/p50_ms"] == 10.0 and metrics["export/onnx/map_drop.golden"] == pytest.approx(0.01)
     assert metrics["export/onnx/parity_match"] == 0.9 and metrics["export/onnx/throughput_ips"] == 133.3
     assert not any(k.startswith("export/tensorrt_fp16/") for k in metrics)
-    table = registry.export_table(data, attachments)
+    table = model_version.export_table(data, attachments)
     assert table["target"] == ["onnx", "tensorrt_fp16"] and table["selected"] == [True, False]
     assert table["artifact"] == ["export/onnx/model.onnx", ""] and table["map50_95.holdout"] == [0.41, None]
     assert table["verdict"] == ["why onnx", "why tensorrt_fp16"] and table["parity"] == ["9/10", None]
@@ -178,6 +181,26 @@ def test_metrics_and_table_per_target(files):
 
 
 # --------------------------------------------------------------------------------------------- training data
+
+
+def merge_record(mode: str, manifest_md5: str | None) -> MergeReport:
+    """A merge report as the merge stage writes it (only ``mode`` and ``manifest_md5`` matter here)."""
+    return MergeReport(
+        mode=mode,  # type: ignore[arg-type]
+        cycles=(),
+        manifest="data/merged/manifest.parquet",
+        manifest_md5=manifest_md5,
+        images=0,
+        new_images=0,
+        new_shards=(),
+        train_images=0,
+        train_samples=0,
+        holdout_images=0,
+        excluded_images=0,
+        repeats={},
+        notes=(),
+        wall_s=0.0,
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -204,15 +227,15 @@ def test_dataset_md5_is_the_data_training_read(tiny_params: Params, record, merg
     (paths.train / "images").mkdir(parents=True)
     (paths.train / "images" / "a.png").write_bytes(b"png")
     if record is not None:
-        write_json(train.dataset_record_path(tiny_params), record)
+        write_json(dataset_record_path(tiny_params), record)
     if merge_report is not None:
-        write_json(paths.reports / "merge.json", merge_report)
+        write_report(paths.reports, "merge", merge_record(**merge_report), tiny_params)
     if merged_rows:
         paths.merged.mkdir(parents=True)
         pq.write_table(pa.table({"file": [f"{i}.png" for i in range(merged_rows)]}), paths.merged / "manifest.parquet")
     md5, mode = expected
-    found = registry.training_data_lineage(tiny_params)
+    found = lineage.training_data_lineage(tiny_params)
     assert found["dataset_mode"] == mode
-    assert found["dataset_md5"] == (md5 or registry.dataset_md5(paths.train))
+    assert found["dataset_md5"] == (md5 or lineage.dataset_md5(paths.train))
     if mode == "source":
         assert found["dataset_md5"].endswith(".dir")

@@ -21,9 +21,13 @@ import yaml
 from PIL import Image
 
 from tasks import sample
-from tasks.config import ConfigError, Params, load_params
+from tasks.config import ConfigError, Params, SampleParams, load_params
 from tasks.contracts import prediction_log as plog
+from tasks.contracts import prediction_rows, sample_manifest
 from tasks.contracts.prediction_log import ImageDetections, PredictionLogError
+from tasks.contracts.reports import load_report
+from tasks.core import phash
+from tasks.decisions import sampling
 from tests.conftest import tiny_params_dict
 
 CLASSES = ["circle", "square", "triangle"]
@@ -109,7 +113,7 @@ class World:
     def params(self, strategies: dict[str, dict[str, Any]], **section: Any) -> Params:
         data = json.loads(json.dumps(self.params_dict))
         data["sample"].update({"max_per_day": None, "window_days": 7, "budget": 50, **section})
-        data["sample"]["strategies"] = {name: strategies.get(name) for name in sample.STRATEGIES}
+        data["sample"]["strategies"] = {name: strategies.get(name) for name in sampling.STRATEGIES}
         return Params.model_validate(data)
 
     def manifest(self, cycle: str = "c1") -> pa.Table:
@@ -136,7 +140,7 @@ def picked(world: World, cycle: str = "c1") -> set[str]:
     return set(world.manifest(cycle)["image_sha256"].to_pylist())
 
 
-def rows_of(items: Sequence[Sequence[Box]], *, boxes: bool = False) -> sample.ImageRows:
+def rows_of(items: Sequence[Sequence[Box]], *, boxes: bool = False) -> prediction_rows.ImageRows:
     """ImageRows of images named img0, img1, ... with the given boxes (hashes of the names, no files)."""
     records = [
         ImageDetections(
@@ -152,7 +156,7 @@ def rows_of(items: Sequence[Sequence[Box]], *, boxes: bool = False) -> sample.Im
         )
         for i, item in enumerate(items)
     ]
-    return sample.image_rows(table_of(records), boxes=boxes)
+    return prediction_rows.image_rows(table_of(records), boxes=boxes)
 
 
 def scores(frame: Any) -> list[float | None]:
@@ -174,7 +178,7 @@ def scores(frame: Any) -> list[float | None]:
     ],
 )
 def test_low_confidence_counts_boxes_in_band(items, expected):
-    assert scores(sample.score_low_confidence(rows_of(items), band=(0.1, 0.5))) == expected
+    assert scores(sampling.score_low_confidence(rows_of(items), band=(0.1, 0.5))) == expected
 
 
 @pytest.mark.parametrize(
@@ -188,7 +192,7 @@ def test_low_confidence_counts_boxes_in_band(items, expected):
     ],
 )
 def test_entropy_is_mean_binary_entropy(items, min_score, expected):
-    assert scores(sample.score_entropy(rows_of(items), min_score=min_score)) == expected
+    assert scores(sampling.score_entropy(rows_of(items), min_score=min_score)) == expected
 
 
 @pytest.mark.parametrize(
@@ -202,7 +206,7 @@ def test_entropy_is_mean_binary_entropy(items, min_score, expected):
     ],
 )
 def test_margin_is_distance_to_threshold(items, threshold, expected):
-    assert scores(sample.score_margin(rows_of(items), threshold=threshold, min_score=0.8)) == expected
+    assert scores(sampling.score_margin(rows_of(items), threshold=threshold, min_score=0.8)) == expected
 
 
 @pytest.mark.parametrize(
@@ -219,24 +223,24 @@ def test_margin_is_distance_to_threshold(items, threshold, expected):
     ],
 )
 def test_class_balanced_favours_rare_classes(items, expected):
-    assert scores(sample.score_class_balanced(rows_of(items), min_score=0.5)) == expected
+    assert scores(sampling.score_class_balanced(rows_of(items), min_score=0.5)) == expected
 
 
 def test_random_and_drift_draws_are_seeded_and_respect_rate():
     rows = rows_of([[(0, 0.9, BOX)] for _ in range(400)])
-    every = sample.score_random(rows, rate=1.0, seed=7, cycle="c1")["score"]
+    every = sampling.score_random(rows, rate=1.0, seed=7, cycle="c1")["score"]
     assert every.null_count() == 0
-    none = sample.score_random(rows, rate=0.0, seed=7, cycle="c1")["score"]
+    none = sampling.score_random(rows, rate=0.0, seed=7, cycle="c1")["score"]
     assert none.null_count() == 400
-    some = sample.score_random(rows, rate=0.25, seed=7, cycle="c1")["score"]
+    some = sampling.score_random(rows, rate=0.25, seed=7, cycle="c1")["score"]
     assert 60 < 400 - some.null_count() < 140
-    again = sample.score_random(rows, rate=0.25, seed=7, cycle="c1")["score"]
+    again = sampling.score_random(rows, rate=0.25, seed=7, cycle="c1")["score"]
     assert some.to_list() == again.to_list()
-    other_seed = sample.score_random(rows, rate=0.25, seed=8, cycle="c1")["score"]
-    other_cycle = sample.score_random(rows, rate=0.25, seed=7, cycle="c2")["score"]
+    other_seed = sampling.score_random(rows, rate=0.25, seed=8, cycle="c1")["score"]
+    other_cycle = sampling.score_random(rows, rate=0.25, seed=7, cycle="c2")["score"]
     assert some.is_null().to_list() != other_seed.is_null().to_list()
     assert some.is_null().to_list() != other_cycle.is_null().to_list()
-    drift = sample.score_drift(rows, flagged=["elsewhere"], rate=1.0, seed=7, cycle="c1")["score"]
+    drift = sampling.score_drift(rows, flagged=["elsewhere"], rate=1.0, seed=7, cycle="c1")["score"]
     assert drift.null_count() == 400  # no image of rows is in a flagged batch
 
 
@@ -256,7 +260,9 @@ def test_random_and_drift_draws_are_seeded_and_respect_rate():
     ],
 )
 def test_disagreement_finds_flips_and_unmatched_boxes(champion, other, expected):
-    found = sample.score_disagreement(rows_of(champion, boxes=True), rows_of(other, boxes=True), iou=0.5, min_score=0.1)
+    found = sampling.score_disagreement(
+        rows_of(champion, boxes=True), rows_of(other, boxes=True), iou=0.5, min_score=0.1
+    )
     assert scores(found) == expected
 
 
@@ -265,6 +271,99 @@ def test_image_rows_keep_each_images_rows_together():
     assert rows.starts.tolist() == [0, 2, 3]
     assert np.isnan(rows.confidence[2]) and rows.class_id.tolist() == [0, 1, -1, 2]
     assert len(rows) == 3 and len(set(rows.sha_prefix.tolist())) == 3
+
+
+# Selection (pure: nominate + select with an injected hash) -------------------------------------------------------
+
+H0 = np.zeros(8, np.uint8)
+H0_NEAR = np.array([0, 0, 0, 0, 0, 0, 0, 3], np.uint8)  # 2 bits from H0
+H_FAR = np.full(8, 255, np.uint8)
+
+
+NEAR, DUP = "near_duplicate", "day_cap"
+
+
+@pytest.mark.parametrize(
+    ("section", "hashes", "ledger", "taken", "rejected"),
+    [
+        pytest.param({"phash_distance": None}, {}, [], [0, 1, 2, 3], {}, id="no-checks-best-first"),
+        pytest.param({"budget": 2, "phash_distance": None}, {}, [], [0, 1], {}, id="cycle-budget"),
+        pytest.param({"max_per_day": 1, "phash_distance": None}, {}, [], [0], {1: DUP, 2: DUP, 3: DUP}, id="day-cap"),
+        pytest.param({}, {0: H0, 1: H0_NEAR, 2: H_FAR, 3: None}, [], [0, 2], {1: NEAR, 3: "unreadable_image"},
+                     id="duplicate-among-picks-and-unreadable"),
+        pytest.param({}, {0: H0_NEAR, 1: H_FAR, 2: H_FAR, 3: H0}, [H0], [1], {0: NEAR, 2: NEAR, 3: NEAR},
+                     id="duplicate-of-ledger"),
+        pytest.param({"phash_distance": 1}, {0: H0, 1: H0_NEAR, 2: H_FAR, 3: H_FAR}, [], [0, 1, 2], {3: NEAR},
+                     id="distance-threshold"),
+    ],
+)  # fmt: skip
+def test_select_fills_the_budget_with_caps_and_duplicate_checks(section, hashes, ledger, taken, rejected):
+    rows = rows_of([[(0, 0.3, BOX)]] * 5)
+    params = SampleParams.model_validate(
+        {"budget": 10, "max_per_day": None, **section, "strategies": {"low_confidence": {"budget": 4}}}
+    )
+    scores = {"low_confidence": np.array([0.9, 0.8, 0.7, 0.6, np.nan])}  # image 4: not a candidate
+    strategies = sampling.enabled_strategies(params)
+    pool = sampling.nominate(scores, strategies=strategies, eligible=np.ones(5, bool), order=np.zeros(5))
+    shas = rows.images["image_sha256"].to_list()
+    meta = {sha: {"image_uri": f"u{i}", "date": DAY1, "batch": "b"} for i, sha in enumerate(shas)}
+    selected, why = sampling.select(
+        pool,
+        meta,
+        rows=rows,
+        params=params,
+        ledger_phash=np.array(ledger, np.uint8).reshape(-1, 8),
+        phash=lambda uri: hashes.get(int(uri[1:])),
+    )
+    assert [shas.index(r["image_sha256"]) for r in selected] == taken
+    assert [r["rank"] for r in selected] == list(range(1, len(taken) + 1))
+    assert {shas.index(sha): reason for sha, reason in why.items()} == rejected
+    checked = params.phash_distance is not None
+    assert [r["phash"] for r in selected] == [phash.to_hex(hashes[i]) if checked else None for i in taken]
+
+
+@pytest.mark.parametrize(
+    ("budget", "budgets", "selected", "expected"),
+    [
+        pytest.param(2, (1, 1), ["random", "entropy"], None, id="filled"),
+        pytest.param(3, (1, 1), ["random", "entropy"], "budgets add up to 2 (all full)", id="budgets-too-small"),
+        pytest.param(2, (2, 2), ["random"], "too few eligible candidates for random 1/2, entropy 0/2", id="short"),
+        pytest.param(1, (1, 1), [], "too few eligible candidates for random 0/1, entropy 0/1", id="empty"),
+    ],
+)
+def test_shortfall_names_the_strategies_that_fell_short(budget, budgets, selected, expected):
+    strategies = dict.fromkeys(sampling.STRATEGIES) | {
+        "random": {"budget": budgets[0]},
+        "entropy": {"budget": budgets[1]},
+    }
+    params = SampleParams.model_validate({"budget": budget, "strategies": strategies})
+    reason = sampling.shortfall(params, [{"strategy": s} for s in selected])
+    assert reason == expected if expected is None else expected in (reason or "")
+
+
+def test_manifest_round_trip_keeps_rank_order_and_drops_repeats(tmp_path):
+    row = {
+        "image_sha256": "a" * 64,
+        "image_id": "i1",
+        "image_uri": "file:///i1.png",
+        "batch": "b",
+        "date": DAY1,
+        "strategy": "random",
+        "score": 0.5,
+        "rank": 1,
+        "model_name": "m",
+        "model_version": "3",
+        "phash": "00000000000000ff",
+        "strategies": ["random"],
+    }
+    path = sample_manifest.write_manifest(tmp_path / "c1" / "manifest.parquet", [row, row | {"rank": 2}])
+    assert pq.read_table(path).schema.equals(sample_manifest.SCHEMA)
+    (read,) = sample_manifest.read_manifest(path)
+    assert read == sample_manifest.SampleRow(**{k: v for k, v in row.items() if k != "strategies"})
+    empty = sample_manifest.write_manifest(tmp_path / "c2" / "manifest.parquet", [])
+    assert sample_manifest.read_manifest(empty) == []
+    with pytest.raises(sample_manifest.SampleManifestError, match="run the sample stage"):
+        sample_manifest.read_manifest(tmp_path / "c3" / "manifest.parquet")
 
 
 # The stage: what each strategy picks ----------------------------------------------------------------------------
@@ -400,7 +499,7 @@ def test_budget_zero_and_all_off_give_a_reason(world):
     many(world, 2, [(0, 0.3, BOX)])
     assert sample.run(world.params(only("low_confidence"), budget=0), cycle="c1").reason == "sample.budget is 0"
     assert "every strategy is off" in (sample.run(world.params({}), cycle="c1").reason or "")
-    assert world.manifest().num_rows == 0 and world.manifest().schema.equals(sample.MANIFEST_SCHEMA)
+    assert world.manifest().num_rows == 0 and world.manifest().schema.equals(sample_manifest.SCHEMA)
 
 
 def test_image_of_several_strategies_goes_to_the_best_weighted_one(world):
@@ -533,7 +632,7 @@ def test_small_row_groups_and_parallel_reads_give_the_same_manifest(world, monke
 
 
 def test_map_files_keeps_order_and_raises_the_first_error():
-    assert sample.map_files(lambda i: i * i, range(9)) == [i * i for i in range(9)]
+    assert prediction_rows.map_files(lambda i: i * i, range(9)) == [i * i for i in range(9)]
 
     def read(i: int) -> int:
         if i == 5:
@@ -541,7 +640,7 @@ def test_map_files_keeps_order_and_raises_the_first_error():
         return i
 
     with pytest.raises(ValueError, match="file 5 is broken"):
-        sample.map_files(read, range(9))
+        prediction_rows.map_files(read, range(9))
 
 
 # Bad input and outputs -------------------------------------------------------------------------------------------
@@ -627,7 +726,7 @@ def test_manifest_and_report_contract(world):
     paths = many(world, 3, [(0, 0.3, BOX)])
     result = sample.run(world.params(only("low_confidence", budget=2)), cycle="c1")
     manifest = world.manifest()
-    assert manifest.schema.equals(sample.MANIFEST_SCHEMA)
+    assert manifest.schema.equals(sample_manifest.SCHEMA)
     assert manifest["rank"].to_pylist() == [1, 2]
     row = manifest.to_pylist()[0]
     assert row["image_sha256"] in {sha(p) for p in paths} and row["date"] == DAY1 and row["batch"] == "2026-11-02"
@@ -635,8 +734,10 @@ def test_manifest_and_report_contract(world):
     assert not [p for p in (world.paths.samples / "c1").iterdir() if p.name != "manifest.parquet"]  # no temp files
     report = world.report()
     assert report["selected"] == 2 and report["by_strategy"]["low_confidence"]["candidates"] == 3
-    assert report["params"]["strategies"]["low_confidence"]["budget"] == 2
-    assert set(report["excluded"]) == set(sample.EXCLUSIONS)
+    assert report["config"]["strategies"]["low_confidence"]["budget"] == 2
+    assert "digest" in report["params"]  # the params stamp every report carries
+    assert load_report(world.paths.reports, "sample") == result
+    assert set(report["excluded"]) == set(sampling.EXCLUSIONS)
     assert result.manifest == str(world.paths.samples / "c1" / "manifest.parquet")
 
 

@@ -1,4 +1,5 @@
-"""Unit tests for the GX-free helpers of tasks.validate: label parsing, leakage search, manifests, safe moves."""
+"""GX-free parts of the validate stage: label parsing, leakage search, size declarations, safe moves, the share rule,
+the expectations table."""
 
 from __future__ import annotations
 
@@ -11,17 +12,14 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from tasks import validate
-from tasks.config import ValidateParams
-from tasks.validate import (
-    FrozenImageIndex,
-    LabelLine,
-    ValidateError,
-    move_file,
-    nearest_test_images,
-    parse_label_text,
-    read_manifest,
-)
+from tasks.config import Params, ValidateParams
+from tasks.contracts.frozen_images import FrozenImageIndex, nearest_test_images
+from tasks.contracts.quarantine import move_file
+from tasks.contracts.validation_frames import FrameError, read_declared_sizes
+from tasks.contracts.yolo_labels import LabelLine, parse_label_text
+from tasks.decisions import expectations
+from tasks.decisions.quarantine import judge_share, top_reasons
+from tests.conftest import tiny_params_dict
 
 
 @pytest.mark.parametrize(
@@ -54,8 +52,7 @@ def _index(bits: np.ndarray) -> FrozenImageIndex:
 
 
 @pytest.mark.parametrize(("n_new", "n_test"), [(0, 3), (3, 0), (5, 7), (40, 30)], ids=str)
-def test_nearest_test_images_matches_brute_force(monkeypatch: pytest.MonkeyPatch, n_new: int, n_test: int) -> None:
-    monkeypatch.setattr(validate, "_PAIRS_PER_BLOCK", 64)  # several blocks even for small inputs
+def test_nearest_test_images_matches_brute_force(n_new: int, n_test: int) -> None:
     rng = np.random.default_rng(0)
     new = rng.integers(0, 256, (n_new, 32), dtype=np.uint8)
     test = rng.integers(0, 256, (n_test, 32), dtype=np.uint8)
@@ -90,17 +87,17 @@ def test_nearest_test_images_matches_brute_force(monkeypatch: pytest.MonkeyPatch
 def test_read_manifest_formats(tmp_path: Path, name: str, write) -> None:
     path = tmp_path / name
     write(path)
-    assert read_manifest(path) == {"a": (4, 3)}
+    assert read_declared_sizes(path) == {"a": (4, 3)}
 
 
 def test_read_manifest_missing_and_bad(tmp_path: Path) -> None:
-    assert read_manifest(tmp_path / "none.json") == {}
+    assert read_declared_sizes(tmp_path / "none.json") == {}
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": "a", "w": 4}]))
-    with pytest.raises(ValidateError, match=r"bad\.json: a manifest needs columns"):
-        read_manifest(tmp_path / "bad.json")
+    with pytest.raises(FrameError, match=r"bad\.json: a manifest needs columns"):
+        read_declared_sizes(tmp_path / "bad.json")
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(ValidateError, match=r"broken\.json: unreadable manifest"):
-        read_manifest(tmp_path / "broken.json")
+    with pytest.raises(FrameError, match=r"broken\.json: unreadable manifest"):
+        read_declared_sizes(tmp_path / "broken.json")
 
 
 def test_move_file_never_overwrites(tmp_path: Path) -> None:
@@ -126,3 +123,45 @@ def test_move_file_never_overwrites(tmp_path: Path) -> None:
 def test_validate_params_reject_impossible_settings(settings: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ValidateParams.model_validate(settings)
+
+
+@pytest.mark.parametrize(
+    ("checked", "quarantined", "max_share", "share", "refused"),
+    [
+        pytest.param(0, 0, 0.0, 0.0, False, id="empty-cycle"),
+        pytest.param(10, 0, 0.0, 0.0, False, id="all-pass-zero-allowed"),
+        pytest.param(10, 1, 0.0, 0.1, True, id="one-fails-zero-allowed"),
+        pytest.param(10, 2, 0.2, 0.2, False, id="at-the-limit-passes"),
+        pytest.param(10, 3, 0.2, 0.3, True, id="above-the-limit"),
+        pytest.param(4, 4, 1.0, 1.0, False, id="all-fail-all-allowed"),
+    ],
+)
+def test_quarantine_share_rule(checked: int, quarantined: int, max_share: float, share: float, refused: bool) -> None:
+    decision = judge_share(checked=checked, quarantined=quarantined, max_share=max_share)
+    assert decision.share == pytest.approx(share) and decision.refused is refused
+
+
+def test_top_reasons() -> None:
+    from collections import Counter
+
+    assert top_reasons(Counter()) == "none"
+    assert top_reasons(Counter({"a": 1, "b": 3}), n=1) == "b (3)"
+
+
+def test_the_expectations_table_expands_with_params(tmp_path: Path) -> None:
+    params = Params.model_validate(tiny_params_dict(tmp_path))
+    values = expectations.expectation_values(params)
+    expanded: dict[str, list[dict]] = {}
+    for spec in expectations.EXPECTATIONS:
+        expanded.setdefault(spec.suite, []).extend(kwargs for kwargs, _ in expectations.expand(spec, values))
+    # one expectation per column, every "$value" filled in, no placeholder left
+    assert sum(1 for k in expanded["labels"] if k.get("column") in ("x1n", "y1n", "x2n", "y2n")) == 4
+    filled = [v for ks in expanded.values() for k in ks for key, v in k.items() if key != "regex"]
+    assert all("$" not in str(v) and "{" not in str(v) for v in filled)
+    not_null = [k["column"] for k in expanded["prediction_log_rows"] if set(k) == {"column"}]
+    assert not_null == values["not_nullable"]
+    pair = [k for k in expanded["images"] if "column_A" in k]
+    assert [(k["column_A"], k["column_B"]) for k in pair] == [
+        ("width", "declared_width"),
+        ("height", "declared_height"),
+    ]

@@ -12,7 +12,12 @@ from PIL import Image
 
 from tasks import world
 from tasks.config import Params, RenderSettings, ScenarioOverride
-from tasks.world import WorldError, effective_settings, render_set, run
+from tasks.sim import sets
+from tasks.sim import world as sim
+from tasks.sim.drift import effective_settings
+from tasks.sim.sets import render_set
+from tasks.sim.world import WorldError
+from tasks.world import run
 
 CLASSES = ["circle", "triangle", "square", "star", "cross", "ring"]
 SIZE = (64, 64)
@@ -200,8 +205,8 @@ def test_boxes_are_tight_around_visible_pixels() -> None:
     """One object on a plain, noise-free background: the box is exactly where the pixels changed."""
     settings = RenderSettings(objects_per_image=(1, 1), backgrounds=["plain"], noise_std=0.0, occlusion=0.0)
     for index in range(5):
-        scene = world.render_scene(
-            settings, classes=["square"], image_size=SIZE, rng=np.random.default_rng(world.image_seed(9, index))
+        scene = sim.render_scene(
+            settings, classes=["square"], image_size=SIZE, rng=np.random.default_rng(sets.image_seed(9, index))
         )
         changed = np.any(scene.image != scene.image[0, 0], axis=2)  # corners stay background for these sizes
         rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
@@ -216,8 +221,8 @@ def test_hidden_objects_are_dropped_from_labels() -> None:
     settings = RenderSettings(objects_per_image=(6, 6), object_scale=(0.5, 0.6), occlusion=1.0)
     dropped = labeled = 0
     for index in range(10):
-        scene = world.render_scene(
-            settings, classes=CLASSES, image_size=SIZE, rng=np.random.default_rng(world.image_seed(2, index))
+        scene = sim.render_scene(
+            settings, classes=CLASSES, image_size=SIZE, rng=np.random.default_rng(sets.image_seed(2, index))
         )
         dropped += scene.dropped
         labeled += len(scene.class_id)
@@ -235,8 +240,8 @@ def test_class_weights_pick_the_classes(weights: list[float], allowed: set[int])
     settings = RenderSettings(objects_per_image=(3, 3), class_weights=weights, occlusion=0.0)
     seen: set[int] = set()
     for index in range(6):
-        rng = np.random.default_rng(world.image_seed(5, index))
-        seen |= set(world.render_scene(settings, classes=CLASSES, image_size=SIZE, rng=rng).class_id.tolist())
+        rng = np.random.default_rng(sets.image_seed(5, index))
+        seen |= set(sim.render_scene(settings, classes=CLASSES, image_size=SIZE, rng=rng).class_id.tolist())
     assert seen == allowed
 
 
@@ -355,8 +360,8 @@ def test_drift_changes_pixels(scenario: ScenarioOverride, darker: bool) -> None:
     means = []
     for settings in (source, drifted):
         images = [
-            world.render_scene(
-                settings, classes=CLASSES, image_size=SIZE, rng=np.random.default_rng(world.image_seed(7, i))
+            sim.render_scene(
+                settings, classes=CLASSES, image_size=SIZE, rng=np.random.default_rng(sets.image_seed(7, i))
             ).image
             for i in range(6)
         ]
@@ -423,15 +428,15 @@ def test_rerun_replaces_output_and_crash_keeps_old(
     before = files_under(paths.world)
 
     calls = {"n": 0}
-    real = world.render_scene
+    real = sim.render_scene
 
-    def crash_on_third(*args: Any, **kwargs: Any) -> world.Scene:
+    def crash_on_third(*args: Any, **kwargs: Any) -> sim.Scene:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(world, "render_scene", crash_on_third)
+    monkeypatch.setattr(sets, "render_scene", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_params(tmp_path / "a", train_images=10))
     assert files_under(paths.world) == before
@@ -461,3 +466,28 @@ def test_disabled_world_renders_nothing(tmp_path: Path) -> None:
     assert result.counts == {"train": 1, "val": 0, "golden": 0, "2026-01-05": 0}
     assert result.batch_ids == ("2026-01-05",)
     assert not (params.base.paths.world / "manifest.json").exists()
+
+
+def test_main_reports_a_bad_setting_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from tasks.config import load_params
+
+    data = tiny_params(tmp_path).model_dump(mode="json")
+    data["world"]["enabled"] = False
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(data))
+    assert load_params(params_file).world.enabled is False
+    with pytest.raises(SystemExit) as exited:
+        world.main(["--params", str(params_file)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("world: ") and "world.enabled is false" in err and "Traceback" not in err
+
+
+def test_report_reads_back_typed(params: Params, rendered: world.WorldResult) -> None:
+    from tasks.contracts.reports import load_params_stamp, load_report
+
+    report = load_report(params.base.paths.reports, "world")
+    assert report.counts == rendered.counts and report.params_digest == params.digest()
+    assert (load_params_stamp(params.base.paths.reports, "world") or {})["digest"] == params.digest()

@@ -22,7 +22,21 @@ from tasks.config import Params, VisionloopError
 from tasks.io import write_bytes_atomic
 
 # stage -> "module:Record" (imported on first use: reading one report does not import every stage's record)
-RECORDS: dict[str, str] = {}
+RECORDS: dict[str, str] = {
+    "validate": "tasks.contracts.reports.validate:ValidateReport",
+    "world": "tasks.contracts.reports.world:WorldReport",
+    "train": "tasks.contracts.reports.train:TrainResult",
+    "export": "tasks.contracts.reports.export:ExportReport",
+    "merge": "tasks.contracts.reports.merge:MergeReport",
+    "sample": "tasks.contracts.reports.sample:SampleResult",
+    "label": "tasks.contracts.reports.label:LabelResult",
+    "evaluate": "tasks.contracts.reports.evaluate:EvaluateReport",
+    "gate": "tasks.contracts.reports.gate:GateReport",
+    "registry": "tasks.contracts.reports.registry:RegistryResult",
+    "predict": "tasks.contracts.reports.predict:PredictResult",
+    "promote": "tasks.contracts.reports.promote:PromoteResult",
+    "cycle": "tasks.contracts.reports.cycle:CycleReport",
+}
 
 PARAMS_KEY = "params"
 
@@ -70,6 +84,16 @@ def load_report(reports: Path, stage: str, *, path: Path | None = None) -> Any:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise ReportError(f"{source}: does not match the {stage} report: {problems}") from None
+
+
+def load_report_json(reports: Path, stage: str, *, path: Path | None = None) -> dict[str, Any]:
+    """:func:`load_report`, then back to JSON-shaped data: validated against the record, without the params stamp.
+
+    For readers that summarise several stages' reports as data (the cycle report, the registry's export tags).
+    """
+    record = load_report(reports, stage, path=path)
+    data = TypeAdapter(record_type(stage)).dump_python(record, mode="json")
+    return dict(data)
 
 
 def load_params_stamp(reports: Path, stage: str, *, path: Path | None = None) -> dict[str, Any] | None:

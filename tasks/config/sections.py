@@ -1,224 +1,81 @@
-"""Typed configuration: one ``params.yaml``, one pydantic model per section.
-
-Every stage ``main()`` and every flow calls :func:`load_params`; nothing else reads ``params.yaml``.
-Models forbid unknown keys, so a typo fails with its key path (``train.epoch: extra inputs are not
-permitted``) instead of being silently ignored.
-"""
+"""Config of the stages after the world, one model per ``params.yaml`` section, in loop order."""
 
 from __future__ import annotations
 
-import argparse
-import copy
-import datetime as dt
-import hashlib
-import json
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-DEFAULT_PARAMS = "params.yaml"
+from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
-class Section(BaseModel):
-    """Base of every config model: unknown keys are errors and values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Paths(Section):
-    """Where data, models and reports live (relative to the working directory or absolute)."""
-
-    world: Path = Path("data/world")
-    train: Path = Path("data/world/historical/train")
-    val: Path = Path("data/world/historical/val")
-    golden: Path = Path("data/world/golden")
-    production: Path = Path("data/world/production")
-    oracle: Path = Path("data/world/oracle")
-    predictions: Path = Path("data/predictions")
-    samples: Path = Path("data/samples")
-    labels: Path = Path("data/labels")
-    quarantine: Path = Path("data/quarantine")
-    holdouts: Path = Path("data/holdouts")
-    merged: Path = Path("data/merged")
-    models: Path = Path("models")
-    reports: Path = Path("reports")
+# Ultralytics train() arguments visionloop sets from its own keys: extra_args may not set them a second way
+YOLO_OWNED_ARGS = {
+    "data": "the train stage's dataset view",
+    "model": "train.model / train.weights",
+    "pretrained": "train.weights (a warm start keeps the checkpoint's weights)",
+    "epochs": "train.epochs",
+    "batch": "train.batch",
+    "patience": "train.patience",
+    "imgsz": "base.imgsz",
+    "device": "base.device",
+    "seed": "base.seed",
+    "optimizer": "train.yolo.optimizer",
+    "lr0": "train.yolo.lr0",
+    "workers": "train.yolo.workers",
+    "project": "base.paths.models",
+    "name": "base.paths.models",
+}
+YoloOptimizer = Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"]
 
 
-class BaseParams(Section):
-    """Settings shared by every stage."""
+class YoloParams(Section):
+    """Settings only the YOLO family (Ultralytics, ``tasks/models/yolo.py``) reads: ``train.yolo``."""
 
-    project: str = "visionloop"
-    seed: int = 0
-    classes: list[str] = Field(min_length=1)
-    imgsz: PositiveInt = 160
-    device: str = "cpu"
     # YOLO26 has two heads: one-to-one (NMS-free, top-k inside the network) and one-to-many (class-aware NMS on
     # the host). One choice for every .pt evaluation and every export, so PyTorch and its artifacts agree.
     nms_free: bool = False
-    paths: Paths = Paths()
+    # "auto": Ultralytics picks the optimizer *and* the learning rate (AdamW at 0.002 * 5 / (4 + classes) below
+    # 10k iterations, else MuSGD at 0.01) and ignores lr0; a named optimizer trains at lr0
+    optimizer: YoloOptimizer = "auto"
+    lr0: float | None = Field(default=None, gt=0)  # None with a named optimizer: Ultralytics' default, 0.01
+    # dataloader worker processes per CUDA device; on cpu/mps Ultralytics always loads in the main process
+    workers: int = Field(default=0, ge=0)
+    extra_args: dict[str, Any] = Field(default_factory=dict)  # more Ultralytics train() arguments
 
     @model_validator(mode="after")
-    def _unique_classes(self) -> BaseParams:
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be unique, got {self.classes}")
-        return self
-
-
-def _check_render_values(owner: str, values: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the field when a render range or weight list is impossible.
-
-    Shared by :class:`RenderSettings` and :class:`ScenarioOverride`; ``None`` means "not set" and is skipped.
-    """
-    for name in ("objects_per_image", "object_scale", "clutter"):
-        pair = values.get(name)
-        if pair is not None and not 0 <= pair[0] <= pair[1]:
-            raise ValueError(f"{owner}.{name} = {list(pair)}: need 0 <= min <= max")
-    scale = values.get("object_scale")
-    if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(
-            f"{owner}.object_scale = {list(scale)}: fractions of the shorter side, need 0 < min <= max <= 1"
-        )
-    for name in ("class_weights", "background_weights"):
-        weights = values.get(name)
-        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
-            raise ValueError(f"{owner}.{name} = {weights}: need non-negative weights with a positive sum")
-    if values.get("backgrounds") is not None and not values["backgrounds"]:
-        raise ValueError(f"{owner}.backgrounds is empty: name at least one background kind")
-
-
-NonNegativeFloat = Annotated[float, Field(ge=0.0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-
-
-class RenderSettings(Section):
-    """How the synthetic world draws a scene; a scenario overrides a subset of these.
-
-    ``background_weights`` (``None`` = uniform) are the sampling probabilities of ``backgrounds``; drift
-    uses them to mix the source kinds with a scenario's kinds by severity.
-    """
-
-    objects_per_image: tuple[NonNegativeInt, NonNegativeInt] = (1, 4)
-    object_scale: tuple[float, float] = (0.12, 0.30)
-    class_weights: list[NonNegativeFloat] | None = None
-    brightness: NonNegativeFloat = 1.0
-    contrast: NonNegativeFloat = 1.0
-    color_cast: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (1.0, 1.0, 1.0)
-    blur_sigma: NonNegativeFloat = 0.0
-    motion_blur: NonNegativeInt = 0
-    noise_std: NonNegativeFloat = 4.0
-    clutter: tuple[NonNegativeInt, NonNegativeInt] = (0, 0)
-    backgrounds: list[str] = ["smooth", "stripes", "checker"]
-    background_weights: list[NonNegativeFloat] | None = None
-    occlusion: Fraction = 0.3
-    class_color: Fraction = 0.0
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RenderSettings:
-        _check_render_values("render settings", dict(self))
-        if self.background_weights is not None and len(self.background_weights) != len(self.backgrounds):
+    def _every_key_takes_effect(self) -> YoloParams:
+        if self.optimizer == "auto" and self.lr0 is not None:
             raise ValueError(
-                f"background_weights has {len(self.background_weights)} entries, "
-                f"backgrounds {self.backgrounds} has {len(self.backgrounds)}"
+                f"lr0 = {self.lr0} would be ignored: with optimizer 'auto' Ultralytics picks its own learning rate; "
+                "name an optimizer (SGD, AdamW, ...) to train at lr0, or remove lr0"
             )
+        owned = [f"{key} (use {YOLO_OWNED_ARGS[key]})" for key in self.extra_args if key in YOLO_OWNED_ARGS]
+        if owned:
+            raise ValueError(f"extra_args sets what another key owns: {', '.join(owned)}")
         return self
 
-
-class ScenarioOverride(Section):
-    """A partial :class:`RenderSettings`: only the fields a drift scenario changes (``None`` = unchanged)."""
-
-    objects_per_image: tuple[NonNegativeInt, NonNegativeInt] | None = None
-    object_scale: tuple[float, float] | None = None
-    class_weights: list[NonNegativeFloat] | None = None
-    brightness: NonNegativeFloat | None = None
-    contrast: NonNegativeFloat | None = None
-    color_cast: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] | None = None
-    blur_sigma: NonNegativeFloat | None = None
-    motion_blur: NonNegativeInt | None = None
-    noise_std: NonNegativeFloat | None = None
-    clutter: tuple[NonNegativeInt, NonNegativeInt] | None = None
-    backgrounds: list[str] | None = None
-    background_weights: list[NonNegativeFloat] | None = None
-    occlusion: Fraction | None = None
-    class_color: Fraction | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ScenarioOverride:
-        _check_render_values("scenario", dict(self))
-        if self.background_weights is not None and (
-            self.backgrounds is None or len(self.background_weights) != len(self.backgrounds)
-        ):
-            raise ValueError("scenario background_weights needs backgrounds of the same length in the same scenario")
-        return self
-
-
-class ProductionStream(Section):
-    """The dated production batches and the drift they follow."""
-
-    scenario: list[str] = Field(default_factory=list)
-    batches: PositiveInt = 2
-    images_per_batch: PositiveInt = 100
-    start_date: dt.date = dt.date(2026, 11, 2)
-    severity_start: Fraction = 0.5
-    severity_end: Fraction = 1.0
-
-
-class AnnotatorSimParams(Section):
-    """The annotator simulator (``tasks/sim/annotator.py``; demo, tests, benchmarks only): oracle boxes plus noise.
-
-    A box whose shorter side is below ``small_px`` pixels is missed with probability ``drop_small``; every
-    corner moves by up to ± ``jitter`` of the box's width/height; a ``skip`` share of tasks is skipped.
-    """
-
-    small_px: NonNegativeFloat = 0.0
-    drop_small: Fraction = 0.0
-    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
-    skip: Fraction = 0.0
-    seed: int | None = None  # None: base.seed
-
-
-class WorldParams(Section):
-    """Synthetic world: historical + golden sets from the source domain, drifting production batches."""
-
-    enabled: bool = True
-    image_size: tuple[PositiveInt, PositiveInt] = (160, 160)
-    train_images: PositiveInt = 600
-    val_images: PositiveInt = 100
-    golden_images: PositiveInt = 200
-    source: RenderSettings = RenderSettings()
-    scenarios: dict[str, ScenarioOverride] = Field(default_factory=dict)
-    production: ProductionStream = ProductionStream()
-    annotator: AnnotatorSimParams = AnnotatorSimParams()  # demo/tests only: the annotator simulator
-
-    @model_validator(mode="after")
-    def _known_scenarios(self) -> WorldParams:
-        unknown = [name for name in self.production.scenario if name not in self.scenarios]
-        if unknown:
-            raise ValueError(
-                f"production.scenario names {unknown} not defined under world.scenarios "
-                f"(defined: {sorted(self.scenarios)})"
+    def ignored_on(self, device: str) -> str | None:
+        """Why a setting would do nothing on ``device`` (``base.device``), or ``None`` when all take effect."""
+        if self.workers and device.split(":")[0] in {"cpu", "mps"}:
+            return (
+                f"train.yolo.workers = {self.workers} does nothing on base.device {device!r}: Ultralytics loads "
+                "training data in the main process on cpu/mps; set train.yolo.workers: 0"
             )
-        return self
+        return None
 
 
 class TrainParams(Section):
-    """Training: model family, architecture or checkpoint, schedule."""
+    """Training: model family (``tasks/models/<family>.py``), architecture or checkpoint, schedule."""
 
     family: Literal["yolo"] = "yolo"
-    model: str = "yolo26n.yaml"
+    model: str = "yolo26n.yaml"  # the family's architecture name (Ultralytics: a model yaml, trained from scratch)
     weights: Path | None = None
     epochs: PositiveInt = 30
     batch: PositiveInt = 32
-    workers: int = Field(default=2, ge=0)
-    lr0: float = Field(default=0.01, gt=0)
     patience: int = Field(default=0, ge=0)
-    extra_args: dict[str, Any] = Field(default_factory=dict)
+    yolo: YoloParams = YoloParams()
 
 
 class EvaluateParams(Section):
@@ -355,7 +212,6 @@ class PredictParams(Section):
     iou: Fraction = 0.7
     max_det: PositiveInt = 100
     batch_size: PositiveInt = 8
-    threads: PositiveInt = 2
 
 
 class PromoteParams(Section):
@@ -589,162 +445,3 @@ class CycleParams(Section):
     epochs: PositiveInt | None = 10  # retraining epochs per cycle (None: train.epochs)
     predict_first: bool = True  # log the champion's predictions on batches it has not seen before sampling
     histogram_bins: Annotated[int, Field(ge=2, le=200)] = 20  # confidence histograms of the report
-
-
-class Params(Section):
-    """The whole ``params.yaml`` (plus any overlays layered over it, see :func:`load_params`)."""
-
-    _sources: tuple[str, ...] = PrivateAttr(default=())
-
-    base: BaseParams
-    world: WorldParams = WorldParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    export: ExportParams = ExportParams()
-    registry: RegistryParams = RegistryParams()
-    predict: PredictParams = PredictParams()
-    sample: SampleParams = SampleParams()
-    label: LabelParams = LabelParams()
-    validate: ValidateParams = ValidateParams()  # type: ignore[assignment]  # shadows BaseModel.validate (deprecated)
-    merge: MergeParams = MergeParams()
-    gate: GateParams = GateParams()
-    promote: PromoteParams = PromoteParams()
-    cycle: CycleParams = CycleParams()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Params:
-        weights = self.world.source.class_weights
-        if weights is not None and len(weights) != len(self.base.classes):
-            raise ValueError(
-                f"world.source.class_weights has {len(weights)} entries, base.classes has {len(self.base.classes)}"
-            )
-        for name, scenario in self.world.scenarios.items():
-            if scenario.class_weights is not None and len(scenario.class_weights) != len(self.base.classes):
-                raise ValueError(
-                    f"world.scenarios.{name}.class_weights has {len(scenario.class_weights)} entries, "
-                    f"base.classes has {len(self.base.classes)}"
-                )
-        for name in self.evaluate.sets:
-            if name not in Paths.model_fields:
-                raise ValueError(f"evaluate.sets: {name!r} is not a base.paths entry")
-        return self
-
-    def digest(self) -> str:
-        """Return a short stable hash of the effective configuration (for lineage)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        """The files these params were read from, base first, then each overlay (empty: built in code)."""
-        return self._sources
-
-    def stamp(self) -> dict[str, Any]:
-        """The effective-params record every report carries: the files layered, and the digest of the result."""
-        return {"sources": list(self.sources), "digest": self.digest()}
-
-
-class VisionloopError(Exception):
-    """Base of the errors a stage reports as a clean one-line failure (``stage_main`` exits 1 with the message)."""
-
-
-class ConfigError(VisionloopError, ValueError):
-    """``params.yaml`` is missing, unreadable or does not match the schema."""
-
-
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: {err.error_count()} invalid setting(s)"]
-    for item in err.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"  {key}: {item['msg']}")
-    return "\n".join(lines)
-
-
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` merged in, nested dicts key by key (neither is modified)."""
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-EXTENDS_KEY = "extends"
-
-
-def _read_layer(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
-    """One params file as a dict, with the files it ``extends:`` merged under it (base first)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
-    if path.resolve() in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
-        raise ConfigError(f"{path}: 'extends' chain loops: {cycle}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    parent = raw.pop(EXTENDS_KEY, None)
-    if parent is None:
-        return raw, [path]
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: '{EXTENDS_KEY}' must be a path (relative to this file), got {parent!r}")
-    base, files = _read_layer(path.parent / parent, (*chain, path.resolve()))
-    return deep_merge(base, raw), [*files, path]
-
-
-def load_params(
-    path: str | Path | Sequence[str | Path] | None = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
-) -> Params:
-    """Read and validate a params file, or several layered ones.
-
-    Layering: each file may name its base with ``extends: <path relative to it>``; several paths are
-    merged left to right (``load_params(["params.yaml", "site.yaml"])``: the later file's keys win, nested
-    sections key by key). Only the merged result is validated, so an overlay holds just the keys it changes.
-
-    Args:
-        path: YAML file (or files) with a ``base:`` section and one section per stage.
-        overrides: nested dict merged over the files (flow parameters use this), e.g.
-            ``{"train": {"epochs": 2}}``.
-
-    Returns:
-        The validated, immutable :class:`Params`; ``params.sources`` names the files, base first.
-
-    Raises:
-        ConfigError: file missing, not YAML, an ``extends`` loop, or a key unknown / mistyped (message lists
-            key paths and the files read).
-    """
-    path = DEFAULT_PARAMS if path is None else path
-    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
-    if not paths:
-        raise ConfigError("no params file given (pass --params PATH)")
-    raw: dict[str, Any] = {}
-    files: list[Path] = []
-    for layer in paths:
-        data, read = _read_layer(layer)
-        raw = deep_merge(raw, data)
-        files += [f for f in read if f not in files]
-    if overrides:
-        raw = deep_merge(raw, overrides)
-    where = Path(" + ".join(str(f) for f in files))
-    try:
-        params = Params.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(where, exc)) from None
-    params._sources = tuple(str(f) for f in files)
-    return params
-
-
-def stage_argparser(stage: str, doc: str | None = None) -> argparse.ArgumentParser:
-    """Return the common CLI of ``python -m tasks.<stage>``: ``--params PATH``."""
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=doc)
-    parser.add_argument(
-        "--params",
-        action="append",
-        default=None,
-        help="params file; repeat to layer overlays over it, later wins (default: params.yaml)",
-    )
-    return parser

@@ -1,0 +1,62 @@
+"""Config building blocks: the frozen ``Section`` base, value types, ``base.paths`` and ``base``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_PARAMS = "params.yaml"
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Where data, models and reports live (relative to the working directory or absolute)."""
+
+    world: Path = Path("data/world")
+    train: Path = Path("data/world/historical/train")
+    val: Path = Path("data/world/historical/val")
+    golden: Path = Path("data/world/golden")
+    production: Path = Path("data/world/production")
+    oracle: Path = Path("data/world/oracle")
+    predictions: Path = Path("data/predictions")
+    samples: Path = Path("data/samples")
+    labels: Path = Path("data/labels")
+    quarantine: Path = Path("data/quarantine")
+    holdouts: Path = Path("data/holdouts")
+    merged: Path = Path("data/merged")
+    models: Path = Path("models")
+    reports: Path = Path("reports")
+
+
+class BaseParams(Section):
+    """Settings shared by every stage."""
+
+    project: str = "visionloop"
+    seed: int = 0
+    classes: list[str] = Field(min_length=1)
+    imgsz: PositiveInt = 160
+    device: str = "cpu"
+    threads: PositiveInt = 2  # intra-op threads of every inference session (predict, evaluate, export checks)
+    paths: Paths = Paths()
+
+    @model_validator(mode="after")
+    def _unique_classes(self) -> BaseParams:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        return self
+
+
+class VisionloopError(Exception):
+    """Base of the errors a stage reports as a clean one-line failure (``stage_main`` exits 1 with the message)."""
