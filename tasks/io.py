@@ -6,25 +6,50 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a hidden temp file beside ``path``, fsync it, then rename over ``path``."""
+@contextmanager
+def atomic_open(path: Path, *, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
+    """Open a hidden temp file beside ``path`` for writing; on success fsync it and rename it over ``path``.
+
+    The temp file is ``.<name>.<random><suffix>`` in the same folder (a leading dot hides it from PyArrow, the
+    suffix from ``*.parquet`` globs); on any error it is removed and ``path`` is untouched. After the rename the
+    folder is fsynced too, so the rename itself survives a crash.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":  # pragma: no cover, directories cannot be opened this way on Windows
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a hidden temp file beside ``path``, fsync it, then rename over ``path``."""
+    with atomic_open(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:

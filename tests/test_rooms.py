@@ -273,3 +273,9 @@ def test_dvc_deps_cover_every_module_the_stage_imports(stage):
     deps = [d if isinstance(d, str) else next(iter(d)) for d in DVC[stage]["deps"]]
     missing = sorted(rel(p) for m in closure(f"tasks.{stage}") if (p := module_path(m)) and not covered(rel(p), deps))
     assert not missing, f"dvc.yaml stage {stage}: add to deps {missing} (the stage imports them)"
+
+
+def test_the_registered_model_class_runs_on_runtimes_alone():
+    """The pyfunc class a version pickles imports nothing of tasks/ outside runtimes/ (it must load anywhere)."""
+    outside = sorted(m for m in closure("tasks.runtimes.pyfunc") if owner(m) != "runtimes")
+    assert not outside, f"tasks/runtimes/pyfunc.py pulls in {outside}"

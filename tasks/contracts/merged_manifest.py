@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import Params, VisionloopError
 from tasks.core.hashing import file_md5
-from tasks.io import write_bytes_atomic
+from tasks.io import atomic_open, write_bytes_atomic
 
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"
@@ -134,20 +134,10 @@ def write_shard(path: Path, members: Sequence[tuple[Path, Path]]) -> str:
     Returns:
         The MD5 of the written file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for image, label in members:
-                    _add_member(tar, image, f"images/{image.name}")
-                    _add_member(tar, label, f"labels/{image.stem}.txt")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle, tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for image, label in members:
+            _add_member(tar, image, f"images/{image.name}")
+            _add_member(tar, label, f"labels/{image.stem}.txt")
     return file_md5(path)
 
 

@@ -51,11 +51,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +66,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tasks.core.hashing import file_sha256
+from tasks.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -505,30 +504,9 @@ def _part_file_name(part: str) -> str:
 
 
 def _write_atomic(table: pa.Table, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Leading "." hides it from PyArrow; the suffix hides it from "**/*.parquet" globs (DuckDB, Polars).
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
-    try:
-        with temp.open("wb") as handle:
-            pq.write_table(table, handle, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; directories cannot be opened this way on Windows.
-    if os.name != "posix":  # pragma: no cover, POSIX-only CI
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # the temp file's leading "." hides it from PyArrow; its suffix from "**/*.parquet" globs (DuckDB, Polars)
+    with atomic_open(target, suffix=TEMP_SUFFIX) as handle:
+        pq.write_table(table, handle, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _is_hidden(path: Path, root: Path) -> bool:

@@ -2,7 +2,7 @@
 
 :data:`FAMILIES` is the table ``train.family`` chooses from; :func:`family` looks one up. A second family is
 one module here (a class meeting :class:`~tasks.models.base.ModelFamily`), its line in :data:`FAMILIES`, its
-``train.<family>`` settings in ``tasks/config.py`` and the ``train.family`` value.
+``train.<family>`` settings in ``tasks/config/sections.py`` and the ``train.family`` value.
 """
 
 from __future__ import annotations

@@ -19,11 +19,10 @@ import numpy.typing as npt
 
 from tasks.config import Params
 from tasks.contracts.deployed import Deployed
-from tasks.contracts.yolo_labels import list_images, load_rgb
 from tasks.decisions.gate import LatencySeries
-from tasks.runtimes.detectors import InferenceSettings, letterbox
+from tasks.runtimes.detectors import InferenceSettings
 from tasks.targets.builders import TARGETS
-from tasks.targets.timing import speed_settings, time_rounds
+from tasks.targets.timing import first_images, speed_settings, time_rounds
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +73,7 @@ def _scored_files(candidate: Path, champion: Path, why: str) -> tuple[Deployed, 
 def latency_images(params: Params) -> npt.NDArray[np.float32]:
     """``(N, 3, S, S)`` float32: the first ``gate.speed.images`` golden images, letterboxed to ``base.imgsz``."""
     root = params.base.paths.golden / "images"
-    paths = list_images(root)[: params.gate.speed.images]
-    if not paths:
-        raise FileNotFoundError(f"{root}: no images to time the models on")
-    return np.stack([letterbox(load_rgb(p), params.base.imgsz)[0] for p in paths])
+    return first_images(root, params.gate.speed.images, params.base.imgsz, missing="to time the models on")
 
 
 def latency_settings(params: Params) -> InferenceSettings:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class ProbeImagesMissing(VisionloopError, FileNotFoundError):
-    """The first evaluation set has no images to check parity and time the artifacts on."""
+    """A folder meant to hold the images to check parity or time the artifacts on holds none."""
 
 
 class _PeakRss:
@@ -291,13 +291,23 @@ def speed_settings(params: Params) -> InferenceSettings:
     )
 
 
+def first_images(root: Path, count: int, imgsz: int, *, missing: str) -> npt.NDArray[np.float32]:
+    """``(N, 3, S, S)`` float32: the first ``count`` images under ``root``, letterboxed to ``imgsz``.
+
+    Raises:
+        ProbeImagesMissing: ``root`` holds no image (``missing`` says what they were for).
+    """
+    paths = list_images(root)[:count]
+    if not paths:
+        raise ProbeImagesMissing(f"{root}: no images {missing}")
+    return np.stack([letterbox(load_rgb(p), imgsz)[0] for p in paths])
+
+
 def probe_images(params: Params) -> npt.NDArray[np.float32]:
     """The fixed parity/speed images: the first ``export.parity.images`` of the first evaluation set, letterboxed."""
     root = getattr(params.base.paths, params.evaluate.sets[0]) / "images"
-    paths = list_images(root)[: params.export.parity.images]
-    if not paths:
-        raise ProbeImagesMissing(f"{root}: no images for the export parity check; check evaluate.sets and base.paths")
-    return np.stack([letterbox(load_rgb(p), params.base.imgsz)[0] for p in paths])
+    missing = "for the export parity check; check evaluate.sets and base.paths"
+    return first_images(root, params.export.parity.images, params.base.imgsz, missing=missing)
 
 
 def time_built(

@@ -102,7 +102,16 @@ def old_tree(dest: Path) -> Path:
     return dest
 
 
-def test_a_version_registered_before_the_move_loads_and_predicts(tmp_path):
+@pytest.fixture
+def restored_sys_path():
+    """MLflow puts a loaded model's ``code_paths`` (here: the *old* ``tasks/``) first on ``sys.path``; later tests
+    that spawn processes must find this checkout's ``tasks`` again."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
+
+
+def test_a_version_registered_before_the_move_loads_and_predicts(tmp_path, restored_sys_path):
     import mlflow.pyfunc
 
     old = old_tree(tmp_path / "old")
@@ -124,8 +133,15 @@ def test_a_version_registered_before_the_move_loads_and_predicts(tmp_path):
     name, version = done.stdout.split()[-2:]
 
     assert "tasks.serving" in sys.modules or tasks.runtimes.pyfunc  # the new package is what resolves the pickle
+    # the store of this test only (an earlier test in the session may have set the process-wide URIs)
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(store)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    mlflow.set_registry_uri(store)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     assert type(model.unwrap_python_model()).__module__ == "tasks.runtimes.pyfunc"
     image = Image.fromarray(np.full((64, 64, 3), 127, np.uint8))
     buffer = io.BytesIO()

@@ -2,7 +2,7 @@
 
 The promote stage writes a :class:`PromoteResult` with :func:`tasks.contracts.reports.write_report`; readers
 (the cycle report) use ``load_report(reports, "promote")``. :class:`AuditRecord` is also one line of the audit
-trail (``promote.audit_log``, :mod:`tasks.contracts.audit`).
+trail (``promote.audit_log``, appended and read by :mod:`tasks.promote`).
 """
 
 from __future__ import annotations
