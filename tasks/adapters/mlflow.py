@@ -276,13 +276,12 @@ def log_version_table(params: Params, info: ModelVersionInfo, table: Mapping[str
     if rows == 0:
         return
     mlflow_client = client(params)
-    try:
+    folder = EXPORT_TABLE.rpartition("/")[0]
+    if any(item.path == EXPORT_TABLE for item in mlflow_client.list_artifacts(info.run_id, folder)):
         experiment = mlflow_client.get_run(info.run_id).info.experiment_id
         existing = mlflow_client.load_table(experiment, EXPORT_TABLE, run_ids=[info.run_id])
         if "version" in existing and (existing["version"].astype(str) == info.version).any():
             return
-    except Exception:  # no table yet (MLflow raises its own error types for a missing artifact)
-        log.debug("run %s has no %s yet", info.run_id, EXPORT_TABLE)
     with mlflow_run(params, run_name="", run_id=info.run_id):
         mlflow.log_table({"version": [info.version] * rows} | dict(table), artifact_file=EXPORT_TABLE)
 

@@ -73,3 +73,24 @@ def test_missing_inputs_name_the_stage_to_run(tmp_path):
     params = Params.model_validate(tiny_params_dict(tmp_path))
     with pytest.raises(registry.RegistryError, match="run the train stage first"):
         registry.run(params)
+
+
+def test_the_export_table_gets_one_block_of_rows_per_version(candidate):
+    from tasks.contracts.model_version import EXPORT_TABLE, ModelVersionInfo
+
+    run_id = load_report(candidate.base.paths.reports, "train").mlflow_run_id
+    table = {"target": ["onnx", "openvino"], "p50_ms": [2.0, 1.0]}
+
+    def version(number: str) -> ModelVersionInfo:
+        return ModelVersionInfo(name="m", version=number, run_id=run_id, source="", tags={}, aliases=[])
+
+    def rows() -> list[str]:
+        client = mlflow_adapter.client(candidate)
+        experiment = client.get_run(run_id).info.experiment_id
+        return [str(v) for v in client.load_table(experiment, EXPORT_TABLE, run_ids=[run_id])["version"]]
+
+    mlflow_adapter.log_version_table(candidate, version("1"), table)
+    mlflow_adapter.log_version_table(candidate, version("1"), table)  # a retried registration writes nothing
+    assert rows() == ["1", "1"]
+    mlflow_adapter.log_version_table(candidate, version("2"), table)
+    assert rows() == ["1", "1", "2", "2"]
