@@ -74,7 +74,7 @@ test-all: setup  ## every test, slow ones included
 lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m ruff check tasks flows tests benchmarks
 	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks
-	$(RUN) $(PY) -m mypy tasks flows
+	$(RUN) $(PY) -m mypy tasks flows benchmarks
 
 repro: setup  ## dvc repro (world, merge, train, evaluate, export); with overlays in PARAMS: dvc exp run -S ...
 	mkdir -p data/labels models/parent  # deps of merge and train: empty before the first loop cycle

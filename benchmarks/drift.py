@@ -85,7 +85,7 @@ def main() -> None:
                 effective_settings(world.source, world.scenarios, names, args.severity),
                 n=args.images,
                 classes=params.base.classes,
-                image_size=tuple(world.image_size),
+                image_size=(world.image_size[0], world.image_size[1]),
                 seed=set_seed(params.base.seed, f"drift-benchmark-{case}"),
                 prefix=case,
                 images_dir=root / "images",

@@ -112,7 +112,7 @@ def main() -> None:
     if args.resamples:
         policy = dataclasses.replace(policy, resamples=args.resamples)
     phases: dict[str, float] = {}
-    checks = []
+    checks: list[tuple[str, str, float, float]] = []
     scores: dict[str, dict[str, SetScore]] = {"candidate": {}, "champion": {}}
     ms: dict[str, float] = {"candidate": 0.0, "champion": 0.0}
 
@@ -158,6 +158,8 @@ def main() -> None:
                 )
                 offset += len(items)
                 scores[model][set_name] = score
+                if score.coco_map50_95 is None:
+                    raise SystemExit(f"{model} {set_name}: scored without the COCO check, nothing to compare")
                 checks.append((model, set_name, score.map50_95, score.coco_map50_95))
             phases[f"match + faster-coco-eval check {model}"] = time.perf_counter() - start
 

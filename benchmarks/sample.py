@@ -249,7 +249,7 @@ def write_pngs(folder: Path, n: int, size: int = 160) -> None:
     rng = np.random.default_rng(1)
     for i in range(n):
         grid = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(grid).resize((size, size), Image.BILINEAR).save(folder / f"{i:05d}.png")
+        Image.fromarray(grid).resize((size, size), Image.Resampling.BILINEAR).save(folder / f"{i:05d}.png")
 
 
 def main() -> None:
