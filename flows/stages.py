@@ -37,9 +37,16 @@ import tasks.world
 from tasks.config import Params
 from tasks.contracts.deployed import Deployed
 from tasks.contracts.reports.cycle import CycleReport
+from tasks.contracts.reports.evaluate import EvaluateReport
+from tasks.contracts.reports.export import ExportReport
+from tasks.contracts.reports.gate import GateReport
+from tasks.contracts.reports.label import LabelResult
+from tasks.contracts.reports.merge import MergeResult
 from tasks.contracts.reports.predict import PredictResult
 from tasks.contracts.reports.promote import PromoteResult
 from tasks.contracts.reports.registry import RegistryResult
+from tasks.contracts.reports.sample import SampleResult
+from tasks.contracts.reports.train import TrainResult
 
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
 
@@ -50,17 +57,17 @@ def world(params: Params) -> tasks.world.WorldResult:
 
 
 @task(name="train", **_COMMON)
-def train(params: Params) -> tasks.train.TrainResult:
+def train(params: Params) -> TrainResult:
     return tasks.train.run(params)
 
 
 @task(name="evaluate", **_COMMON)
-def evaluate(params: Params, model_path: Path | None = None) -> tasks.evaluate.EvaluateReport:
+def evaluate(params: Params, model_path: Path | None = None) -> EvaluateReport:
     return tasks.evaluate.run(params, model_path=model_path)
 
 
 @task(name="export", **_COMMON)
-def export(params: Params) -> tasks.export.ExportReport:
+def export(params: Params) -> ExportReport:
     return tasks.export.run(params)
 
 
@@ -95,7 +102,7 @@ def gate(
     champion: Path | None,
     candidate_deployed: Deployed | None = None,
     champion_deployed: Deployed | None = None,
-) -> tasks.gate.GateReport:
+) -> GateReport:
     return tasks.gate.run(
         params,
         candidate=candidate,
@@ -106,7 +113,7 @@ def gate(
 
 
 @task(name="label", **_COMMON)  # no retries: the Label Studio adapter retries each request
-def label(params: Params, cycle: str) -> tasks.label.LabelResult:
+def label(params: Params, cycle: str) -> LabelResult:
     return tasks.label.run(params, cycle=cycle)
 
 
@@ -116,12 +123,12 @@ def validate(params: Params, cycle: str) -> tasks.validate.ValidateResult:
 
 
 @task(name="sample", **_COMMON)
-def sample(params: Params, cycle: str) -> tasks.sample.SampleResult:
+def sample(params: Params, cycle: str) -> SampleResult:
     return tasks.sample.run(params, cycle=cycle)
 
 
 @task(name="merge", **_COMMON)
-def merge(params: Params, cycle: str) -> tasks.merge.MergeResult:
+def merge(params: Params, cycle: str) -> MergeResult:
     return tasks.merge.run(params, cycle=cycle)
 
 

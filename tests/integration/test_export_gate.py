@@ -25,7 +25,7 @@ from tasks.contracts.yolo_labels import list_images, load_rgb
 from tasks.core.boxes import xyxy_to_xywhn
 from tasks.models import yolo
 from tasks.runtimes.detectors import InferenceSettings, letterbox, load_detector, predict_images
-from tasks.targets import builders, calibration, parity, quantize
+from tasks.targets import builders, calibration, parity, quantize, scoring
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -57,8 +57,8 @@ def variant(params: Params, root: Path, **export_overrides) -> Params:
     data["export"].update(export_overrides)
     out = Params.model_validate(data)
     (out.base.paths.models / "train").mkdir(parents=True, exist_ok=True)
-    if not evaluate.default_model_path(out).exists():
-        os.link(evaluate.default_model_path(params), evaluate.default_model_path(out))
+    if not scoring.default_model_path(out).exists():
+        os.link(scoring.default_model_path(params), scoring.default_model_path(out))
     return out
 
 
@@ -82,7 +82,7 @@ def exported(trained) -> ExportReport:
 @pytest.fixture(scope="module")
 def pseudo_params(trained, tmp_path_factory) -> Params:
     root = tmp_path_factory.mktemp("pseudo")
-    write_pseudo_labels(trained, evaluate.default_model_path(trained), root / "golden", top=1)
+    write_pseudo_labels(trained, scoring.default_model_path(trained), root / "golden", top=1)
     params = variant(trained, root, targets=["onnx"])
     data = params.model_dump(mode="json")
     data["base"]["paths"]["golden"] = str(root / "golden")
@@ -213,9 +213,9 @@ def test_int8_lineage_is_recorded(trained, exported):
 def test_faithful_onnx_export_passes_and_matches_pytorch(trained, exported):
     check = by_target(exported)["onnx"]
     assert check.passed and Path(check.path).name == "model.onnx" and check.parity.matched == check.parity.reference
-    settings = evaluate.inference_settings(trained)
+    settings = scoring.inference_settings(trained)
     batch = golden_batch(trained)
-    torch_out = load_detector(evaluate.default_model_path(trained), settings).forward(batch)
+    torch_out = load_detector(scoring.default_model_path(trained), settings).forward(batch)
     onnx_out = load_detector(Path(check.path), settings).forward(batch)
     assert_same_detections(onnx_out, torch_out)
     assert load_detector(Path(check.path), settings).forward(batch[:1]).shape[0] == 1, "dynamic batch"
@@ -230,9 +230,9 @@ def test_yolo_nms_free_chooses_the_head_of_pytorch_and_of_the_export(trained, tm
     report = export.run(params)
     check = by_target(report)["onnx"]
     assert check.passed and check.parity.matched == check.parity.reference
-    settings = evaluate.inference_settings(params)
+    settings = scoring.inference_settings(params)
     batch = golden_batch(params)
-    torch_out = load_detector(evaluate.default_model_path(params), settings).forward(batch)
+    torch_out = load_detector(scoring.default_model_path(params), settings).forward(batch)
     onnx_out = load_detector(Path(check.path), settings).forward(batch)
     anchors = (params.base.imgsz // 8) ** 2 * 21 // 16  # strides 8, 16 and 32
     expected = (min(300, anchors), 6) if nms_free else (4 + len(params.base.classes), anchors)
@@ -242,13 +242,13 @@ def test_yolo_nms_free_chooses_the_head_of_pytorch_and_of_the_export(trained, tm
 
 def test_openvino_model_scores_and_predicts_like_onnx(trained, exported):
     checks = by_target(exported)
-    settings = evaluate.inference_settings(trained)
+    settings = scoring.inference_settings(trained)
     batch = golden_batch(trained)
     ov_xml, onnx_path = Path(checks["openvino"].path), Path(checks["onnx"].path)
     assert_same_detections(
         load_detector(ov_xml, settings).forward(batch), load_detector(onnx_path, settings).forward(batch)
     )
-    by_ov = evaluate.evaluate_set(
+    by_ov = scoring.evaluate_set(
         ov_xml.parent, trained.base.paths.golden, classes=trained.base.classes, settings=settings, batch=4
     )
     assert by_ov.map50_95 == pytest.approx(checks["onnx"].map50_95["golden"], abs=1e-3)
