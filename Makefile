@@ -76,11 +76,12 @@ lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks
 	$(RUN) $(PY) -m mypy tasks flows benchmarks
 
-repro: setup  ## dvc repro (world, merge, train, evaluate, export); with overlays in PARAMS: dvc exp run -S ...
+repro: setup  ## dvc repro (params, world, merge, train, evaluate, export); overlays: PARAMS="params.yaml site.yaml"
 	mkdir -p data/labels models/parent  # deps of merge and train: empty before the first loop cycle
-	@set -e; args="$$($(PY) -m tasks.cli dvc-set $(PARAMS_ARGS))"; \
-	if [ -z "$$args" ]; then echo "+ dvc repro"; $(RUN) dvc repro; \
-	else echo "+ dvc exp run $$args"; eval $(RUN) dvc exp run $$args; fi
+	@if [ "$(strip $(PARAMS))" != "params.yaml" ]; then \
+	  echo "+ layering $(PARAMS) into params.effective.yaml (recorded as the params stage)"; \
+	  $(RUN) $(PY) -m tasks.adapters.dvc $(PARAMS_ARGS) || exit 1; fi
+	$(RUN) dvc repro
 
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
 	$(RUN) $(PY) -m flows.rollback $(PARAMS_ARGS) $(if $(VERSION),--to $(VERSION))

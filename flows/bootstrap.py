@@ -1,4 +1,4 @@
-"""Flow ``bootstrap``: world → train → evaluate → export → registry → champion.
+"""Flow ``bootstrap``: world → merge → train → evaluate → export → (recorded in DVC) → registry → champion.
 
 Run: ``python -m flows.bootstrap [--params P ...] [--epochs N]`` or the ``bootstrap`` deployment.
 """
@@ -31,9 +31,11 @@ def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None 
     params = load_params(params_path, overrides=overrides)
     if params.world.enabled:
         stages.world(params)
+    stages.merge(params, None)  # the historical sets (no cycle yet), as `dvc repro` trains on them
     trained = stages.train(params)
     report = stages.evaluate(params)
     stages.export(params)
+    stages.dvc_record(params, (["world"] if params.world.enabled else []) + ["merge", "train", "evaluate", "export"])
     version = stages.registry(params)
     moves = stages.promote(
         params,

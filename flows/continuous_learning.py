@@ -125,6 +125,7 @@ def continuous_learning(
     stages.train(params)
     stages.evaluate(params)
     exported = stages.export(params)
+    stages.dvc_record(params, ["merge", "train", "evaluate", "export"])
     candidate = exported.check(FALLBACK_TARGET)  # FP32 ONNX: both models scored on the same runtime ...
     if candidate is None:
         raise RuntimeError(f"the export report lists no {FALLBACK_TARGET!r} artifact to score the candidate with")

@@ -21,6 +21,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import tasks.adapters.dvc
 import tasks.cycle
 import tasks.evaluate
 import tasks.export
@@ -128,8 +129,13 @@ def sample(params: Params, cycle: str) -> SampleResult:
 
 
 @task(name="merge", **_COMMON)
-def merge(params: Params, cycle: str) -> MergeResult:
+def merge(params: Params, cycle: str | None) -> MergeResult:
     return tasks.merge.run(params, cycle=cycle)
+
+
+@task(name="dvc_record", **_COMMON)  # no retries: the adapter waits for DVC's lock itself
+def dvc_record(params: Params, ran: list[str]) -> tasks.adapters.dvc.Recorded:
+    return tasks.adapters.dvc.record(params, ran)
 
 
 @task(name="cycle_start", **_COMMON)

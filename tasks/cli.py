@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import yaml
 
 from tasks.config import DEFAULT_PARAMS, Params, VisionloopError, load_params, stage_argparser
 from tasks.env import apply_env
+from tasks.io import write_bytes_atomic
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -64,46 +64,40 @@ def stage_main(
     return result
 
 
-def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(data, dict) and data:
-        for key, value in data.items():
-            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, data
+EFFECTIVE_PARAMS = "params.effective.yaml"
 
 
-def dvc_set_args(files: list[str]) -> list[str]:
-    """``dvc exp run`` arguments that turn ``params.yaml`` into the layered params of ``files``.
+def effective_params_text(params: Params) -> str:
+    """The effective params as YAML: every key, overlays and overrides applied (what the stages ran with)."""
+    header = f"# effective params, written by visionloop (do not edit): {' + '.join(params.sources) or 'code'}\n"
+    return header + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
-    DVC reads params from ``params.yaml`` only (the stage commands in ``dvc.yaml`` say ``--params params.yaml``),
-    so an overlay reaches ``dvc repro`` the DVC way: ``dvc exp run -S key=value`` for every effective key
-    that differs from ``params.yaml``; DVC then tracks the changed params like any others. The first file
-    must be ``params.yaml`` (or a file that ``extends`` it). Empty result: nothing differs, plain ``dvc repro``.
+
+def write_effective_params(params: Params, path: Path = Path(EFFECTIVE_PARAMS)) -> Path:
+    """Write :func:`effective_params_text` atomically to ``path`` (the file every DVC stage reads its params from).
+
+    DVC records in ``dvc.lock`` the values of the keys a stage declares, read from this file, so the lock names
+    the params that produced the outputs: overlays and flow overrides included.
     """
-    base = load_params(DEFAULT_PARAMS).model_dump(mode="json")
-    layered = load_params(files).model_dump(mode="json")
-    if Path(DEFAULT_PARAMS).resolve() not in {Path(f).resolve() for f in load_params(files).sources}:
-        raise VisionloopError(f"dvc repro reads {DEFAULT_PARAMS}: layer your overlay over it ({files})")
-    old = dict(_leaves(base))
-    args = []
-    for key, value in _leaves(layered):
-        if key not in old or old[key] != value:
-            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-            text = text.removesuffix("\n...").strip()
-            args += ["-S", f"{key}={text}"]
-    return args
+    return write_bytes_atomic(path, effective_params_text(params).encode())
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.cli dvc-set --params params.yaml --params site.yaml``: print ``dvc exp run`` arguments."""
+    """``python -m tasks.cli effective-params --params params.yaml [--params site.yaml ...] [--out F]``.
+
+    Writes the layered params as one complete file (default ``params.effective.yaml``): the ``params`` stage of
+    ``dvc.yaml`` runs this, and every other DVC stage reads its params from that file.
+    """
     parser = argparse.ArgumentParser(prog="python -m tasks.cli", description=main.__doc__)
-    parser.add_argument("command", choices=["dvc-set"])
+    parser.add_argument("command", choices=["effective-params"])
     parser.add_argument("--params", action="append", default=None, help="params files, base first")
+    parser.add_argument("--out", type=Path, default=Path(EFFECTIVE_PARAMS), help="where to write them")
     args = parser.parse_args(argv)
     try:
-        print(shlex.join(dvc_set_args(args.params or [DEFAULT_PARAMS])))
+        path = write_effective_params(load_params(args.params or [DEFAULT_PARAMS]), args.out)
     except VisionloopError as exc:
         raise SystemExit(f"tasks.cli: {exc}") from None
+    print(path)
 
 
 if __name__ == "__main__":

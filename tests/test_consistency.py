@@ -44,13 +44,25 @@ def test_every_stage_has_a_prefect_task_of_the_same_name(stage):
     assert stage in prefect_task_names()
 
 
-@pytest.mark.parametrize("stage", sorted(DVC))
+EFFECTIVE = "params.effective.yaml"  # every DVC stage reads its params from it; the `params` stage writes it
+
+
+def test_the_params_stage_writes_the_effective_params_from_params_yaml():
+    spec = DVC["params"]
+    assert spec["cmd"] == f"python -m tasks.cli effective-params --params params.yaml --out {EFFECTIVE}"
+    assert "params.yaml" in spec["deps"]
+    assert [next(iter(o)) if isinstance(o, dict) else o for o in spec["outs"]] == [EFFECTIVE]
+
+
+@pytest.mark.parametrize("stage", sorted(set(DVC) - {"params"}))
 def test_dvc_stage_contract(stage):
     spec = DVC[stage]
     assert stage in SECTIONS, f"dvc stage {stage} has no params section / config model"
-    assert spec["cmd"] == f"python -m tasks.{stage} --params params.yaml"
+    assert spec["cmd"] == f"python -m tasks.{stage} --params {EFFECTIVE}"
     assert f"tasks/{stage}.py" in spec["deps"], "a stage depends on its own module"
-    keys = [k if isinstance(k, str) else next(iter(k)) for k in spec["params"]]
+    (declared,) = spec["params"]
+    assert list(declared) == [EFFECTIVE], "a stage reads its params from the effective params file"
+    keys = declared[EFFECTIVE]
     assert stage in keys, "a stage depends on its own params section"
     for key in keys:
         node = PARAMS

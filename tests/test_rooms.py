@@ -30,14 +30,14 @@ ALLOWED: dict[str, set[str]] = {
     "runtimes": {"core", "contracts", "config"},
     "models": {"runtimes", "core", "contracts", "config", "env", "io"},
     "targets": {"models", "runtimes", "decisions", "core", "contracts", "config", "env", "io"},
-    "adapters": {"runtimes", "contracts", "core", "config", "io", "env"},
+    "adapters": {"runtimes", "contracts", "core", "config", "io", "env", "cli"},
     "sim": {"adapters", "contracts", "core", "config", "io", "env", "cli"},
 }
 ALLOWED_INFRA: dict[str, set[str]] = {
     "config": set(),
     "io": set(),
     "env": set(),
-    "cli": {"config", "env"},
+    "cli": {"config", "env", "io"},
     "serving": {"runtimes"},
 }
 MAX_MODULE_LINES = 600
@@ -266,6 +266,7 @@ def covered(file: str, deps: list[str]) -> bool:
 
 
 DVC = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+DVC_MODULE = {"params": "tasks.cli"}  # the one DVC stage that is not a tasks/<stage>.py: it writes the effective params
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks.cli import dvc_set_args, stage_main
-from tasks.config import ConfigError, VisionloopError, deep_merge, load_params
+from tasks.cli import main as cli_main
+from tasks.cli import stage_main, write_effective_params
+from tasks.config import ConfigError, VisionloopError, load_params
 from tasks.env import PROJECT_ROOT
 
 BASE = PROJECT_ROOT / "params.yaml"
@@ -84,39 +84,24 @@ def test_a_stage_error_is_a_clean_exit_with_the_stage_name(capsys):
     assert capsys.readouterr().err.strip() == "merge: bad input at data/x.txt line 3"
 
 
-def apply_dvc_set(args: list[str]) -> dict:
-    """What ``dvc exp run -S key=value ...`` does to params.yaml: each value parsed as YAML, set at its path."""
-    data = yaml.safe_load(BASE.read_text())
-    for flag, assignment in zip(args[::2], args[1::2], strict=True):
-        assert flag == "-S"
-        key, _, text = assignment.partition("=")
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
-    return data
+def test_the_effective_params_file_loads_back_to_the_layered_params(tmp_path):
+    site = write(tmp_path / "site.yaml", {"train": {"epochs": 3}, "gate": {"min_class_boxes": 7}})
+    layered = load_params([BASE, site], overrides={"merge": {"seed": 11}})
+    path = write_effective_params(layered, tmp_path / "params.effective.yaml")
+    again = load_params(path)
+    assert again.digest() == layered.digest()
+    assert (again.train.epochs, again.gate.min_class_boxes, again.merge.seed) == (3, 7, 11)
+    assert path.read_text().startswith("# effective params, written by visionloop")
 
 
-def test_dvc_set_args_reproduce_the_layered_params(tmp_path, monkeypatch):
-    monkeypatch.chdir(PROJECT_ROOT)
-    site = write(
-        tmp_path / "site.yaml",
-        {"train": {"epochs": 3}, "base": {"classes": ["a", "b", "c", "d", "e", "f"]}, "gate": {"min_class_boxes": 7}},
-    )
-    args = dvc_set_args([str(BASE), str(site)])
-    assert "-S" in args and "train.epochs=3" in args
-    applied = load_params(BASE).model_validate(apply_dvc_set(args))
-    assert applied.digest() == load_params([BASE, site]).digest()
-    assert dvc_set_args([str(BASE)]) == []  # nothing differs: plain dvc repro
-    assert shlex.split(shlex.join(args)) == args
-
-
-def test_dvc_set_args_refuse_params_that_do_not_start_from_params_yaml(tmp_path, monkeypatch):
-    monkeypatch.chdir(PROJECT_ROOT)
-    alone = write(tmp_path / "alone.yaml", deep_merge(yaml.safe_load(BASE.read_text()), {"train": {"epochs": 2}}))
-    with pytest.raises(VisionloopError, match="layer your overlay over it"):
-        dvc_set_args([str(alone)])
+def test_the_effective_params_command_writes_the_file(tmp_path, capsys):
+    site = write(tmp_path / "site.yaml", {"train": {"epochs": 4}})
+    out = tmp_path / "eff.yaml"
+    cli_main(["effective-params", "--params", str(BASE), "--params", str(site), "--out", str(out)])
+    assert capsys.readouterr().out.strip() == str(out)
+    assert load_params(out).train.epochs == 4
+    with pytest.raises(SystemExit, match="params file not found"):
+        cli_main(["effective-params", "--params", str(tmp_path / "missing.yaml"), "--out", str(out)])
 
 
 @pytest.mark.parametrize(
