@@ -212,4 +212,5 @@ deploy-down:  ## stop the worker and the Prefect server that make deploy started
 
 clean:  ## remove generated data, models, reports and local stores (keeps the venv)
 	rm -rf data/world data/predictions data/samples data/labels data/quarantine data/holdouts data/merged data/audit \
-	  models/train models/export models/champion models/parent reports mlflow.db mlartifacts .cache/prefect dvc-remote
+	  models/train models/export models/champion models/parent reports mlflow.db mlartifacts .cache/prefect \
+	  dvc.lock params.effective.yaml

@@ -1,4 +1,8 @@
-"""Flow ``bootstrap``: world → merge → train → evaluate → export → (recorded in DVC) → registry → champion.
+"""Flow ``bootstrap``: world → merge → train → evaluate → export → registry → champion, recorded in DVC.
+
+The DVC stages that ran are committed to ``dvc.lock`` and the DVC cache; the registered version is pinned
+(``dvc.lock`` on ``refs/visionloop/pins/<model>-v<n>``), its outputs pushed to the DVC remote, and its tags say how
+to restore it (``tasks.registry.pin``).
 
 Run: ``python -m flows.bootstrap [--params P ...] [--epochs N]`` or the ``bootstrap`` deployment.
 """
@@ -37,6 +41,7 @@ def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None 
     stages.export(params)
     stages.dvc_record(params, (["world"] if params.world.enabled else []) + ["merge", "train", "evaluate", "export"])
     version = stages.registry(params)
+    stages.dvc_pin(params, version.version)  # dvc.lock on refs/visionloop/pins/..., outputs pushed, version tagged
     moves = stages.promote(
         params,
         version.version,

@@ -146,6 +146,7 @@ def continuous_learning(
         gate_decision=gate.decision,
     )
     version = stages.registry(params, extra_lineage=lineage, extra_reports=extra)
+    stages.dvc_pin(params, version.version)
     stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
 
     outcome = _decide(params, gate, version.version)

@@ -79,6 +79,11 @@ def registry(
     return tasks.registry.run(params, extra_lineage=extra_lineage, extra_reports=extra_reports)
 
 
+@task(name="dvc_pin", **_COMMON)  # no retries: a failed push is retried by the next pin, the version says so
+def dvc_pin(params: Params, version: str) -> dict[str, str]:
+    return tasks.registry.pin(params, version, name=f"{params.registry.model_name}-v{version}")
+
+
 @task(name="promote", **_COMMON)  # no retries: the audit trail is appended once per call
 def promote(
     params: Params, version: str, decision: tasks.promote.Action, reasons: list[str], who: str | None = None

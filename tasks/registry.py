@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tasks.adapters import dvc
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
@@ -169,6 +170,60 @@ def run(
         result.tags.get(DEPLOY_ARTIFACT, "nothing selected (predict falls back to ONNX)"),
     )
     return result
+
+
+RESTORABLE = "dvc.restorable"  # "true": the version's data and engines are in the DVC remote at its pin
+
+
+def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> dict[str, str]:
+    """Make ``version`` restorable: pin the run's ``dvc.lock`` in git, push its outputs, tag the version.
+
+    Tags: ``dvc.commit`` / ``dvc.ref`` (the pin), ``dvc.md5.<out path>`` (each DVC output's md5 in ``dvc.lock``,
+    ``.dir`` hashes for folders), ``dvc.remote``, ``dvc.restorable`` (``true`` once the push succeeded), and
+    ``dvc.dirty`` / ``dvc.why`` when something is off. ``dvc.lock`` and the effective params also go to the
+    version's run (``dvc/``). A version whose push failed stays ``dvc.restorable=false`` and is pushed again by
+    the next pin. Outside a git checkout nothing is pinned: the version is tagged not restorable, with why.
+    """
+    try:
+        pinned = dvc.pin(root, name, f"visionloop: {params.registry.model_name} v{version} ({name})")
+    except dvc.PinError as exc:
+        log.warning("version %s is not restorable: %s", version, exc)
+        tags = {RESTORABLE: "false", "dvc.why": str(exc)[:500]}
+        mlflow_adapter.set_version_tags(params, version, tags)
+        return tags
+    retried = _push_pending(params, root)
+    pushed = dvc.push(root)
+    tags = {"dvc.commit": pinned.commit, "dvc.ref": pinned.ref, "dvc.remote": pushed.remote}
+    tags |= {f"dvc.md5.{path}": md5 for path, md5 in dvc.lock_outs(root).items()}
+    tags[RESTORABLE] = "true" if pushed.ok else "false"
+    if pinned.dirty:
+        tags["dvc.dirty"] = ", ".join(pinned.dirty)[:500]
+    if pushed.error:
+        tags["dvc.why"] = f"push failed (retried by the next pin): {pushed.error}"[:500]
+    mlflow_adapter.set_version_tags(params, version, tags)
+    info = mlflow_adapter.get_version(params, version)
+    with mlflow_adapter.mlflow_run(params, run_name="", run_id=info.run_id):
+        mlflow_adapter.log_artifacts([root / f for f in dvc.PINNED_FILES], "dvc")
+    log.info(
+        "version %s pinned at %s (%s); pushed: %s%s",
+        version,
+        pinned.ref,
+        pinned.commit[:10],
+        pushed.ok,
+        f"; earlier versions now pushed: {retried}" if retried else "",
+    )
+    return tags
+
+
+def _push_pending(params: Params, root: Path) -> list[str]:
+    """Push again the pins of versions a failed push left not restorable; tag the ones that now are."""
+    done = []
+    for info in mlflow_adapter.versions_tagged(params, RESTORABLE, "false"):
+        commit = info.tags.get("dvc.commit")
+        if commit and dvc.push(root, revs=[commit]).ok:
+            mlflow_adapter.set_version_tags(params, info.version, {RESTORABLE: "true", "dvc.why": "pushed later"})
+            done.append(info.version)
+    return done
 
 
 def main(argv: list[str] | None = None) -> RegistryResult:

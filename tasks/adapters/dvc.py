@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,6 +118,154 @@ def _commit(root: Path, stage: str) -> str | None:
         except DvcException as exc:
             return str(exc).strip() or type(exc).__name__
     return None  # pragma: no cover, the loop returns
+
+
+# ------------------------------------------------------------------ the remote: outside the clone, shared by clones
+
+REMOTE_ENV = "VISIONLOOP_DVC_REMOTE"
+REMOTE_NAME = "visionloop"
+
+
+def default_remote_url() -> str:
+    """``$VISIONLOOP_DVC_REMOTE``, else a per-user folder (``~/.cache/visionloop/dvc-remote``) every clone shares."""
+    url = os.environ.get(REMOTE_ENV)
+    if url:
+        return url
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return str(cache / "visionloop" / "dvc-remote")
+
+
+def ensure_remote(root: Path) -> str:
+    """The name of the remote pushes go to, configured for this clone when it has none.
+
+    ``$VISIONLOOP_DVC_REMOTE`` always wins (written to ``.dvc/config.local``, which git ignores); otherwise a
+    default remote the user configured (``dvc remote add -d``) is kept; otherwise the per-user folder.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        configured = repo.config["core"].get("remote")
+        if configured and not os.environ.get(REMOTE_ENV):
+            return str(configured)
+        with repo.config.edit("local") as conf:
+            conf["remote"][REMOTE_NAME] = {"url": default_remote_url()}
+            conf["core"]["remote"] = REMOTE_NAME
+    return REMOTE_NAME
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What :func:`push` did: ``ok`` and the objects sent, or the error (the remote unreachable, ...)."""
+
+    ok: bool
+    remote: str
+    objects: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def push(root: Path, *, revs: Sequence[str] = ()) -> Pushed:
+    """``dvc push`` of the workspace's ``dvc.lock`` outputs (and of each git revision in ``revs``, pinned earlier)."""
+    from dvc.repo import Repo
+
+    start = time.perf_counter()
+    remote = ensure_remote(root)
+    try:
+        with Repo(str(root)) as repo:
+            sent = repo.push(remote=remote, revs=list(revs) or None, workspace=True)
+    except Exception as exc:  # any failure (DVC's, the filesystem's, the network's) leaves the version unpushed
+        error = f"{type(exc).__name__}: {exc}".strip()
+        log.warning("dvc: push to %s failed: %s", remote, error)
+        return Pushed(ok=False, remote=remote, seconds=time.perf_counter() - start, error=error)
+    seconds = time.perf_counter() - start
+    log.info("dvc: pushed %s object(s) to remote %s in %.1f s", sent, remote, seconds)
+    return Pushed(ok=True, remote=remote, objects=int(sent or 0), seconds=seconds)
+
+
+# ------------------------------------------------------------------ pins: dvc.lock committed on the pipeline's own ref
+
+PIN_REFS = "refs/visionloop/pins"  # never under refs/heads or refs/tags: a plain `git push` does not send them
+PINNED_FILES = ("dvc.lock", EFFECTIVE_PARAMS)
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "visionloop pipeline",
+    "GIT_AUTHOR_EMAIL": "pipeline@visionloop.invalid",
+    "GIT_COMMITTER_NAME": "visionloop pipeline",
+    "GIT_COMMITTER_EMAIL": "pipeline@visionloop.invalid",
+}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A git commit holding the code (``HEAD``) plus the run's ``dvc.lock`` and effective params.
+
+    Attributes:
+        commit: its sha; ``git checkout <commit> && dvc pull`` restores what the run produced.
+        ref: ``refs/visionloop/pins/<name>``, which keeps it from git's garbage collection.
+        dirty: git-tracked paths that differed from ``HEAD`` when it was made (the pin holds ``HEAD``'s version).
+    """
+
+    commit: str
+    ref: str
+    dirty: tuple[str, ...] = ()
+
+
+class PinError(VisionloopError):
+    """The project is not a git checkout with a commit, or git refused."""
+
+
+def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, env=os.environ | (env or {}), check=False
+    )
+    if done.returncode != 0:
+        raise PinError(f"git {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip()
+
+
+def pin(root: Path, name: str, message: str) -> Pin:
+    """Commit ``HEAD``'s tree plus :data:`PINNED_FILES` to ``refs/visionloop/pins/<name>``.
+
+    The user's branch, index and working tree are untouched (a temporary index builds the tree). Tracked files
+    that differ from ``HEAD`` are named in :attr:`Pin.dirty`: the pin records ``HEAD``'s code, not theirs.
+
+    Raises:
+        PinError: not a git checkout, no commit yet, or a pinned file missing.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise PinError(f"pin name {name!r}: letters, digits, '.', '_' and '-' only")
+    head = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
+    dirty = tuple(_git(root, "diff", "--name-only", "HEAD").splitlines())  # tracked, staged or not
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(root, "read-tree", "HEAD", env=env)
+        for file in PINNED_FILES:
+            if not (root / file).is_file():
+                raise PinError(f"{root / file}: missing, nothing to pin (record the run first)")
+            blob = _git(root, "hash-object", "-w", "--", file)
+            _git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{file}", env=env)
+        tree = _git(root, "write-tree", env=env)
+    text = message + (f"\n\ndirty (tracked files that differed from HEAD): {', '.join(dirty)}" if dirty else "")
+    commit = _git(root, "commit-tree", tree, "-p", head, "-m", text, env=IDENTITY)
+    ref = f"{PIN_REFS}/{name}"
+    _git(root, "update-ref", ref, commit)
+    if dirty:
+        log.warning("dvc: pin %s made with uncommitted changes to %s (it holds HEAD's version)", name, dirty)
+    return Pin(commit=commit, ref=ref, dirty=dirty)
+
+
+def lock_outs(root: Path, stages: Sequence[str] | None = None) -> dict[str, str]:
+    """``{out path: md5}`` of the outputs ``dvc.lock`` records (of ``stages``, default all); folders: ``.dir`` md5."""
+    path = root / "dvc.lock"
+    if not path.is_file():
+        return {}
+    locked = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    return {
+        out["path"]: out["md5"]
+        for stage, spec in locked.items()
+        if stages is None or stage in stages
+        for out in spec.get("outs", [])
+        if "md5" in out
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

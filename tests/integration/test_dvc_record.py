@@ -45,7 +45,10 @@ def repo(tmp_path, monkeypatch) -> Path:
     (root / ".gitignore").write_text("__pycache__/\n/params.effective.yaml\n")
     sh("git", "init", "-q", cwd=root)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init", cwd=root)
     monkeypatch.chdir(root)
+    monkeypatch.setenv(dvc.REMOTE_ENV, str(tmp_path / "remote"))
     return root
 
 
@@ -83,3 +86,85 @@ def test_outside_a_dvc_project_nothing_is_recorded(tmp_path, monkeypatch):
     recorded = dvc.record(params, ["world"])
     assert recorded.stages == () and "not a DVC project" in (recorded.reason or "")
     assert not (tmp_path / "params.effective.yaml").exists()
+
+
+def test_a_pin_commits_the_lock_on_its_own_ref_and_the_push_fills_the_remote(repo, tmp_path):
+    params = load_params("params.yaml")
+    world.run(params)
+    dvc.record(params, ["world"])
+    head, status = sh("git", "rev-parse", "HEAD", cwd=repo), sh("git", "status", "--porcelain", cwd=repo)
+
+    pinned = dvc.pin(repo, "detector-v1", "visionloop: detector v1")
+    assert pinned.ref == "refs/visionloop/pins/detector-v1" and pinned.dirty == ()
+    assert sh("git", "show", f"{pinned.commit}:dvc.lock", cwd=repo).strip() == (repo / "dvc.lock").read_text().strip()
+    assert sh("git", "rev-parse", f"{pinned.commit}^", cwd=repo) == head  # on top of the code it ran
+    assert sh("git", "rev-parse", "HEAD", cwd=repo) == head, "the user's branch did not move"
+    assert sh("git", "status", "--porcelain", cwd=repo) == status, "nor their index or working tree"
+    assert "pipeline@visionloop.invalid" in sh("git", "log", "-1", "--format=%ae", pinned.commit, cwd=repo)
+
+    pushed = dvc.push(repo)
+    assert pushed.ok and pushed.objects > 0 and pushed.remote == dvc.REMOTE_NAME
+    world_md5 = dvc.lock_outs(repo, ["world"])["data/world"]
+    assert world_md5.endswith(".dir")
+    stored = {p.parent.name + p.name for p in (tmp_path / "remote").rglob("*") if p.is_file()}
+    assert world_md5 in stored, "the remote holds the world folder's listing (and its files)"
+
+
+def test_a_pin_names_uncommitted_changes(repo):
+    params = load_params("params.yaml")
+    dvc.record(params, [])
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "# edited\n")
+    pinned = dvc.pin(repo, "detector-v2", "dirty")
+    assert pinned.dirty == ("params.yaml",)
+    assert "dirty (tracked files that differed from HEAD): params.yaml" in sh(
+        "git", "log", "-1", "--format=%B", pinned.commit, cwd=repo
+    )
+
+
+def test_an_unreachable_remote_fails_the_push_and_says_why(repo, tmp_path, monkeypatch):
+    params = load_params("params.yaml")
+    world.run(params)
+    dvc.record(params, ["world"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(dvc.REMOTE_ENV, str(blocker / "remote"))
+    pushed = dvc.push(repo)
+    assert not pushed.ok and pushed.error
+
+
+def test_no_pin_outside_a_git_checkout(tmp_path):
+    with pytest.raises(dvc.PinError, match="git rev-parse"):
+        dvc.pin(tmp_path, "detector-v1", "no git here")
+    with pytest.raises(dvc.PinError, match="letters, digits"):
+        dvc.pin(tmp_path, "bad name/../x", "no")
+
+
+def test_a_failed_push_leaves_the_version_not_restorable_until_the_next_pin_pushes_it(repo, tmp_path, monkeypatch):
+    from tasks import registry
+    from tasks.adapters import mlflow as mlflow_adapter
+
+    params = load_params("params.yaml", overrides={"registry": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
+    world.run(params)
+    dvc.record(params, ["world"])
+    client = mlflow_adapter.client(params)
+    client.create_registered_model(params.registry.model_name)
+    versions = []
+    for n in (1, 2):
+        with mlflow_adapter.mlflow_run(params, run_name=f"train-{n}") as run_id:
+            pass
+        versions.append(client.create_model_version(params.registry.model_name, "file:///x", run_id).version)
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(dvc.REMOTE_ENV, str(blocker / "remote"))
+    first = registry.pin(params, versions[0], name="detector-v1")
+    assert first[registry.RESTORABLE] == "false" and "retried by the next pin" in first["dvc.why"]
+    assert first["dvc.md5.data/world"].endswith(".dir") and first["dvc.commit"]
+
+    monkeypatch.setenv(dvc.REMOTE_ENV, str(tmp_path / "remote"))  # the remote is back
+    second = registry.pin(params, versions[1], name="detector-v2")
+    assert second[registry.RESTORABLE] == "true"
+    assert mlflow_adapter.get_version(params, versions[0]).tags[registry.RESTORABLE] == "true"
+    assert mlflow_adapter.versions_tagged(params, registry.RESTORABLE, "false") == []
+    logged = client.list_artifacts(mlflow_adapter.get_version(params, versions[1]).run_id, "dvc")
+    assert {Path(a.path).name for a in logged} == {"dvc.lock", "params.effective.yaml"}
