@@ -35,7 +35,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro rollback audit clean
+.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain rollback audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -82,6 +82,14 @@ repro: setup  ## dvc repro (params, world, merge, train, evaluate, export); over
 	  echo "+ layering $(PARAMS) into params.effective.yaml (recorded as the params stage)"; \
 	  $(RUN) $(PY) -m tasks.adapters.dvc $(PARAMS_ARGS) || exit 1; fi
 	$(RUN) dvc repro
+
+restore: setup  ## VERSION=n: that version's data, checkpoint and export folder back from the DVC remote, hashes checked
+	@test -n "$(VERSION)" || { echo "make restore: say which version, e.g. make restore VERSION=1"; exit 2; }
+	$(RUN) $(PY) -m tasks.registry $(PARAMS_ARGS) --restore $(VERSION)
+
+retrain: setup  ## VERSION=n: restore it, then train/evaluate/export on its data with this checkout's code
+	@test -n "$(VERSION)" || { echo "make retrain: say which version, e.g. make retrain VERSION=1"; exit 2; }
+	$(RUN) $(PY) -m flows.restore $(PARAMS_ARGS) --version $(VERSION) --retrain
 
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
 	$(RUN) $(PY) -m flows.rollback $(PARAMS_ARGS) $(if $(VERSION),--to $(VERSION))

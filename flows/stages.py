@@ -84,6 +84,11 @@ def dvc_pin(params: Params, version: str) -> dict[str, str]:
     return tasks.registry.pin(params, version, name=f"{params.registry.model_name}-v{version}")
 
 
+@task(name="restore", **_COMMON)  # no retries: a failed restore names what is missing; running it again is the fix
+def restore(params: Params, version: str) -> tasks.registry.Restored:
+    return tasks.registry.restore(params, version)
+
+
 @task(name="promote", **_COMMON)  # no retries: the audit trail is appended once per call
 def promote(
     params: Params, version: str, decision: tasks.promote.Action, reasons: list[str], who: str | None = None

@@ -20,18 +20,22 @@ instead of registering a second one. Promotion is the promote stage's (``python 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import tempfile
+import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.adapters import dvc
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
-from tasks.config import Params, VisionloopError
+from tasks.config import Params, VisionloopError, load_params
 from tasks.contracts.lineage import git_commit, training_data_lineage
+from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.model_version import (
     DEPLOY_ARTIFACT,
     DEPLOY_TARGET,
@@ -44,6 +48,8 @@ from tasks.contracts.model_version import (
 )
 from tasks.contracts.reports import load_report_json, report_path, write_report
 from tasks.contracts.reports.registry import RegistryResult
+from tasks.core.hashing import file_md5
+from tasks.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +232,90 @@ def _push_pending(params: Params, root: Path) -> list[str]:
     return done
 
 
-def main(argv: list[str] | None = None) -> RegistryResult:
-    """``python -m tasks.registry [--params P ...]``."""
+class RestoreError(VisionloopError):
+    """A version cannot be restored: never pinned, its push failed, or the remote lacks what it names."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What :func:`restore` put back, all checked against the version's tags."""
+
+    version: str
+    commit: str
+    outputs: dict[str, str]
+    seconds: float
+
+
+def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored:
+    """Put the data and engines of ``version`` back into this clone, byte for byte, and check every hash.
+
+    From the MLflow store: the version's tags and its pinned ``dvc.lock`` and effective params (``dvc/`` of its
+    run); from the DVC remote: every output that ``dvc.lock`` names (``dvc pull --force``: the merged shards and
+    manifest, holdouts, the world with the golden set, the checkpoint, the export folder). ``dvc.lock`` and
+    ``params.effective.yaml`` in ``root`` are replaced by the version's. Checked: each ``dvc.md5.<path>`` tag
+    equals the restored ``dvc.lock``, DVC re-hashes the workspace and finds no output changed, and in merged mode
+    the merged manifest file's md5 equals the ``dataset_md5`` tag.
+
+    Raises:
+        RestoreError: the version was never pinned or not pushed (its ``dvc.why``), the remote lacks an object
+            (DVC's message names it), or a hash differs (named).
+    """
+    start = time.perf_counter()
+    info = mlflow_adapter.get_version(params, version)
+    tags = info.tags
+    if tags.get(RESTORABLE) != "true":
+        why = tags.get("dvc.why", "it was never pinned (registered before DVC pinning, or outside a DVC project)")
+        raise RestoreError(f"version {version} is not restorable: {why}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in dvc.PINNED_FILES:
+            local = mlflow_adapter.download_run_file(params, info.run_id, f"dvc/{name}", Path(tmp))
+            write_bytes_atomic(root / name, local.read_bytes())
+    pulled = dvc.pull(root)
+    if not pulled.ok:
+        raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}")
+    outputs = dvc.lock_outs(root)
+    expected = {k.removeprefix("dvc.md5."): v for k, v in tags.items() if k.startswith("dvc.md5.")}
+    problems = [
+        f"{path}: tag {md5}, dvc.lock {outputs.get(path)}" for path, md5 in expected.items() if outputs.get(path) != md5
+    ]
+    problems += dvc.changed_outputs(root)
+    restored = load_params(root / dvc.EFFECTIVE_PARAMS)
+    manifest = restored.base.paths.merged / MANIFEST
+    if tags.get("dataset_mode") == "merged" and file_md5(manifest) != tags.get("dataset_md5"):
+        problems.append(f"{manifest}: md5 {file_md5(manifest)}, tag dataset_md5 {tags.get('dataset_md5')}")
+    if problems:
+        raise RestoreError(f"version {version} restored with differences: " + "; ".join(problems))
+    seconds = time.perf_counter() - start
+    log.info(
+        "restored version %s (pin %s): %d outputs, every hash checked, in %.1f s",
+        version,
+        tags.get("dvc.commit", "?")[:10],
+        len(outputs),
+        seconds,
+    )
+    return Restored(version=version, commit=tags.get("dvc.commit", ""), outputs=outputs, seconds=round(seconds, 2))
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--restore", metavar="VERSION", default=None, help="restore this version's data and engines instead"
+    )
+
+
+def _summary(result: RegistryResult | Restored) -> str:
+    if isinstance(result, Restored):
+        return json.dumps({"restored": result.version, "pin": result.commit, "outputs": result.outputs})
+    return json.dumps({"name": result.name, "version": result.version, "aliases": result.aliases})
+
+
+def main(argv: list[str] | None = None) -> RegistryResult | Restored:
+    """``python -m tasks.registry [--params P ...] [--restore VERSION]``."""
     return stage_main(
         "registry",
         __doc__,
-        run=lambda params, _args: run(params),
-        summary=lambda r: json.dumps({"name": r.name, "version": r.version, "aliases": r.aliases}),
+        run=lambda params, args: restore(params, args.restore) if args.restore else run(params),
+        arguments=_arguments,
+        summary=_summary,
         argv=argv,
     )
 

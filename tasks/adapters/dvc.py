@@ -268,6 +268,62 @@ def lock_outs(root: Path, stages: Sequence[str] | None = None) -> dict[str, str]
     }
 
 
+# ------------------------------------------------------------------ restore: the pinned outputs back into a clone
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What :func:`pull` did: ``ok``, or the error (objects the remote lacks are named by DVC)."""
+
+    ok: bool
+    remote: str
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def pull(root: Path) -> Pulled:
+    """``dvc pull --force`` of the stages ``dvc.lock`` records: their outputs, from the remote into the workspace."""
+    from dvc.repo import Repo
+
+    start = time.perf_counter()
+    remote = ensure_remote(root)
+    locked = locked_stages(root)
+    try:
+        with Repo(str(root)) as repo:
+            repo.pull(targets=locked, remote=remote, force=True)
+    except Exception as exc:  # DVC's, the filesystem's or the network's: the caller names the version and hashes
+        error = f"{type(exc).__name__}: {exc}"
+        return Pulled(ok=False, remote=remote, seconds=time.perf_counter() - start, error=error)
+    return Pulled(ok=True, remote=remote, seconds=time.perf_counter() - start)
+
+
+def locked_stages(root: Path) -> list[str]:
+    """The stages ``<root>/dvc.lock`` records (empty without one)."""
+    path = root / "dvc.lock"
+    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {})) if path.is_file() else []
+
+
+def changed_outputs(root: Path) -> list[str]:
+    """The cached outputs of the locked stages whose workspace content differs from ``dvc.lock`` (DVC re-hashes).
+
+    Outputs with ``cache: false`` (the stage reports) are not versioned data and are left out.
+    """
+    from dvc.repo import Repo
+
+    locked = locked_stages(root)
+    with Repo(str(root)) as repo:
+        cached = {
+            str(out) for stage in repo.index.stages if stage.name in locked for out in stage.outs if out.use_cache
+        }
+        status = repo.status(targets=locked)
+    changed = []
+    for stage, entries in status.items():
+        for entry in entries:
+            if isinstance(entry, dict) and "changed outs" in entry:
+                changed += [f"{stage}: {p} ({why})" for p, why in entry["changed outs"].items() if p in cached]
+    return changed
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.adapters.dvc --params params.yaml [--params site.yaml ...]``: layer params for ``dvc repro``.
 

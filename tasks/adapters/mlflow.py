@@ -386,6 +386,14 @@ def _download_model_file(params: Params, info: ModelVersionInfo, dst: Path, patt
     return found[0]
 
 
+def download_run_file(params: Params, run_id: str, artifact: str, dst: Path) -> Path:
+    """Fetch one artifact file of a run (e.g. ``dvc/dvc.lock``) into ``dst``; its local path."""
+    import mlflow.artifacts
+
+    client(params)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+
+
 def download_onnx(params: Params, info: ModelVersionInfo, dst: Path) -> Path:
     """Fetch the ONNX artifact of a model version into ``dst`` and return its path."""
     return _download_model_file(params, info, dst, "*.onnx", "ONNX artifact")

@@ -168,3 +168,65 @@ def test_a_failed_push_leaves_the_version_not_restorable_until_the_next_pin_push
     assert mlflow_adapter.versions_tagged(params, registry.RESTORABLE, "false") == []
     logged = client.list_artifacts(mlflow_adapter.get_version(params, versions[1]).run_id, "dvc")
     assert {Path(a.path).name for a in logged} == {"dvc.lock", "params.effective.yaml"}
+
+
+def registered(params, n: int = 1) -> list[str]:
+    """``n`` model versions of empty training runs (what restore needs is the pin, not a real model)."""
+    from tasks.adapters import mlflow as mlflow_adapter
+
+    client = mlflow_adapter.client(params)
+    client.create_registered_model(params.registry.model_name)
+    versions = []
+    for i in range(n):
+        with mlflow_adapter.mlflow_run(params, run_name=f"train-{i}") as run_id:
+            pass
+        versions.append(client.create_model_version(params.registry.model_name, "file:///x", run_id).version)
+    return versions
+
+
+def test_a_second_clone_restores_a_version_byte_for_byte(repo, tmp_path, monkeypatch):
+    from tasks import registry
+
+    store = {"registry": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}
+    params = load_params("params.yaml", overrides=store | {"world": {"golden_images": 5}})
+    world.run(params)
+    dvc.record(params, ["world"])
+    (version,) = registered(params)
+    assert registry.pin(params, version, name="detector-v1")[registry.RESTORABLE] == "true"
+    original = {p.relative_to(repo): p.read_bytes() for p in (repo / "data" / "world").rglob("*") if p.is_file()}
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    monkeypatch.chdir(clone)
+    assert not (clone / "data" / "world").exists()
+    restored = registry.restore(load_params("params.yaml", overrides=store), version, root=clone)
+    assert restored.outputs["data/world"] == dvc.lock_outs(repo)["data/world"]
+    again = {p.relative_to(clone): p.read_bytes() for p in (clone / "data" / "world").rglob("*") if p.is_file()}
+    assert again == original
+    assert load_params(clone / "params.effective.yaml").world.golden_images == 5  # the params that made them
+
+    assert dvc.changed_outputs(clone) == []
+    next(iter((clone / "data" / "world").rglob("*.png"))).write_bytes(b"tampered")
+    assert dvc.changed_outputs(clone) == ["world: data/world (modified)"], "the check sees a changed byte"
+
+
+def test_restore_fails_naming_what_is_missing(repo, tmp_path, monkeypatch):
+    from tasks import registry
+
+    store = {"registry": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}
+    params = load_params("params.yaml", overrides=store)
+    world.run(params)
+    dvc.record(params, ["world"])
+    pinned, never = registered(params, 2)
+    registry.pin(params, pinned, name="detector-v1")
+    with pytest.raises(registry.RestoreError, match="version 2 is not restorable: it was never pinned"):
+        registry.restore(params, never)
+
+    for stored in (tmp_path / "remote").rglob("*"):  # the remote loses what the version names
+        if stored.is_file():
+            stored.unlink()
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    monkeypatch.chdir(clone)
+    with pytest.raises(registry.RestoreError, match="dvc pull from visionloop failed"):
+        registry.restore(params, pinned, root=clone)
