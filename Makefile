@@ -35,7 +35,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain rollback audit clean
+.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc rollback audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -90,6 +90,9 @@ restore: setup  ## VERSION=n: that version's data, checkpoint and export folder 
 retrain: setup  ## VERSION=n: restore it, then train/evaluate/export on its data with this checkout's code
 	@test -n "$(VERSION)" || { echo "make retrain: say which version, e.g. make retrain VERSION=1"; exit 2; }
 	$(RUN) $(PY) -m flows.restore $(PARAMS_ARGS) --version $(VERSION) --retrain
+
+gc: setup  ## DVC cache and remote: keep what registered versions and the workspace use, remove the rest (DRY=1: count)
+	$(RUN) $(PY) -m tasks.registry $(PARAMS_ARGS) --gc $(if $(DRY),--dry)
 
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
 	$(RUN) $(PY) -m flows.rollback $(PARAMS_ARGS) $(if $(VERSION),--to $(VERSION))

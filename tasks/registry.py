@@ -270,11 +270,13 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
         for name in dvc.PINNED_FILES:
             local = mlflow_adapter.download_run_file(params, info.run_id, f"dvc/{name}", Path(tmp))
             write_bytes_atomic(root / name, local.read_bytes())
+    expected = {k.removeprefix("dvc.md5."): v for k, v in tags.items() if k.startswith("dvc.md5.")}
     pulled = dvc.pull(root)
     if not pulled.ok:
-        raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}")
+        missing = [f"{path} (md5 {md5})" for path, md5 in expected.items() if path in (pulled.error or "")]
+        named = f"; the remote lacks {', '.join(missing)}" if missing else ""
+        raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}{named}")
     outputs = dvc.lock_outs(root)
-    expected = {k.removeprefix("dvc.md5."): v for k, v in tags.items() if k.startswith("dvc.md5.")}
     problems = [
         f"{path}: tag {md5}, dvc.lock {outputs.get(path)}" for path, md5 in expected.items() if outputs.get(path) != md5
     ]
@@ -296,24 +298,51 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
     return Restored(version=version, commit=tags.get("dvc.commit", ""), outputs=outputs, seconds=round(seconds, 2))
 
 
+def collect_garbage(params: Params, *, root: Path = Path("."), dry: bool = False) -> dvc.Collected:
+    """Keep the data of every registered version (and the workspace's), drop the rest, locally and in the remote.
+
+    A pin whose version is no longer registered is deleted first; then every object that neither the workspace
+    nor a registered version's pin uses is removed from ``.dvc/cache`` and the remote (``dry``: only counted).
+    """
+    versions = mlflow_adapter.all_versions(params)
+    kept = {v.tags["dvc.ref"]: v.tags["dvc.commit"] for v in versions if "dvc.ref" in v.tags and "dvc.commit" in v.tags}
+    for ref in sorted(set(dvc.pin_refs(root)) - set(kept)):
+        log.info("gc: pin %s belongs to no registered version%s", ref, "" if dry else ": deleted")
+        if not dry:
+            dvc.drop_pin(root, ref)
+    return dvc.gc(root, sorted(set(kept.values())), cloud=True, dry=dry)
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restore", metavar="VERSION", default=None, help="restore this version's data and engines instead"
     )
+    parser.add_argument(
+        "--gc", action="store_true", help="remove DVC data no registered version (nor the workspace) uses"
+    )
+    parser.add_argument("--dry", action="store_true", help="with --gc: count what would go, remove nothing")
 
 
-def _summary(result: RegistryResult | Restored) -> str:
+def _dispatch(params: Params, args: argparse.Namespace) -> RegistryResult | Restored | dvc.Collected:
+    if args.gc:
+        return collect_garbage(params, dry=args.dry)
+    return restore(params, args.restore) if args.restore else run(params)
+
+
+def _summary(result: RegistryResult | Restored | dvc.Collected) -> str:
+    if isinstance(result, dvc.Collected):
+        return json.dumps(asdict(result))
     if isinstance(result, Restored):
         return json.dumps({"restored": result.version, "pin": result.commit, "outputs": result.outputs})
     return json.dumps({"name": result.name, "version": result.version, "aliases": result.aliases})
 
 
-def main(argv: list[str] | None = None) -> RegistryResult | Restored:
-    """``python -m tasks.registry [--params P ...] [--restore VERSION]``."""
+def main(argv: list[str] | None = None) -> RegistryResult | Restored | dvc.Collected:
+    """``python -m tasks.registry [--params P ...] [--restore VERSION | --gc [--dry]]``."""
     return stage_main(
         "registry",
         __doc__,
-        run=lambda params, args: restore(params, args.restore) if args.restore else run(params),
+        run=_dispatch,
         arguments=_arguments,
         summary=_summary,
         argv=argv,

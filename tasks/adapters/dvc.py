@@ -324,6 +324,63 @@ def changed_outputs(root: Path) -> list[str]:
     return changed
 
 
+# ------------------------------------------------------------------ garbage: keep what pins and the workspace use
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What :func:`gc` removed (or would remove, ``dry``) from the local cache and the remote."""
+
+    kept_revs: tuple[str, ...]
+    removed_local: int
+    removed_remote: int
+    dry: bool
+
+
+def gc(root: Path, keep: Sequence[str], *, cloud: bool = True, dry: bool = False) -> Collected:
+    """Remove every cached object that neither the workspace nor a ``keep`` revision's ``dvc.lock`` uses.
+
+    ``dvc gc`` keeps one ``--rev`` at most and its ``--all-commits`` skips refs outside branches and tags (our
+    pins), so this collects the used objects of the workspace and of every pin the same way ``dvc gc`` does
+    (``Repo.used_objs`` over those revisions) and removes the rest from ``.dvc/cache`` and, with ``cloud``, from
+    the remote.
+    """
+    from dvc.repo import Repo
+    from dvc_data.hashfile.gc import gc as remove_unused
+
+    remote = ensure_remote(root) if cloud else None
+    with Repo(str(root)) as repo, repo.lock:
+        used = repo.used_objs(revs=list(keep) or None, remote=remote)
+        ids = set().union(*used.values()) if used else set()
+        seen, removed_local = set(), 0
+        for _, odb in repo.cache.by_scheme():
+            if odb is not None and odb not in seen:
+                seen.add(odb)
+                removed_local += remove_unused(odb, ids, dry=dry)
+        removed_remote = remove_unused(repo.cloud.get_remote_odb(remote), ids, dry=dry) if cloud else 0
+    log.info(
+        "dvc gc: kept the workspace and %d pin(s); removed %d local and %d remote object(s)%s",
+        len(keep),
+        removed_local,
+        removed_remote,
+        " (dry run)" if dry else "",
+    )
+    return Collected(kept_revs=tuple(keep), removed_local=removed_local, removed_remote=removed_remote, dry=dry)
+
+
+def pin_refs(root: Path) -> dict[str, str]:
+    """``{ref: commit}`` of every pin under :data:`PIN_REFS`."""
+    listed = _git(root, "for-each-ref", "--format=%(refname) %(objectname)", PIN_REFS)
+    return dict(line.split(" ", 1) for line in listed.splitlines() if line)
+
+
+def drop_pin(root: Path, ref: str) -> None:
+    """Delete a pin ref (its data goes with the next :func:`gc`)."""
+    if not ref.startswith(PIN_REFS + "/"):
+        raise PinError(f"{ref}: not a pin ref (under {PIN_REFS}/)")
+    _git(root, "update-ref", "-d", ref)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.adapters.dvc --params params.yaml [--params site.yaml ...]``: layer params for ``dvc repro``.
 

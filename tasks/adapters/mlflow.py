@@ -291,6 +291,12 @@ def describe_version(params: Params, version: str, description: str) -> None:
     client(params).update_model_version(params.registry.model_name, str(version), description=description)
 
 
+def all_versions(params: Params) -> list[ModelVersionInfo]:
+    """Every version of ``registry.model_name`` (none when it is not registered yet)."""
+    found = client(params).search_model_versions(f"name = '{params.registry.model_name}'")
+    return [_info(mv) for mv in found]
+
+
 def versions_tagged(params: Params, key: str, value: str) -> list[ModelVersionInfo]:
     """The versions of ``registry.model_name`` whose tag ``key`` equals ``value``."""
     found = client(params).search_model_versions(f"name = '{params.registry.model_name}' and tags.`{key}` = '{value}'")

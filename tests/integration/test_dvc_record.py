@@ -228,5 +228,43 @@ def test_restore_fails_naming_what_is_missing(repo, tmp_path, monkeypatch):
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
     monkeypatch.chdir(clone)
-    with pytest.raises(registry.RestoreError, match="dvc pull from visionloop failed"):
+    md5 = dvc.lock_outs(repo)["data/world"]
+    with pytest.raises(registry.RestoreError, match=rf"the remote lacks data/world \(md5 {md5}\)"):
         registry.restore(params, pinned, root=clone)
+
+
+def test_gc_keeps_what_registered_versions_and_the_workspace_use_and_nothing_else(repo, tmp_path, monkeypatch):
+    from tasks import registry
+    from tasks.adapters import mlflow as mlflow_adapter
+
+    store = {"registry": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}
+
+    def run_world(golden: int) -> str:
+        params = load_params("params.yaml", overrides=store | {"world": {"golden_images": golden}})
+        shutil.rmtree(repo / "data" / "world", ignore_errors=True)
+        world.run(params)
+        dvc.record(params, ["world"])
+        return dvc.lock_outs(repo)["data/world"]
+
+    params = load_params("params.yaml", overrides=store)
+    v1, v2 = registered(params, 2)
+    kept_md5 = run_world(5)
+    registry.pin(params, v1, name="detector-v1")
+    dropped_md5 = run_world(6)
+    registry.pin(params, v2, name="detector-v2")
+    workspace_md5 = run_world(7)  # a run not registered (yet): the workspace keeps it
+    mlflow_adapter.client(params).delete_model_version(params.registry.model_name, v2)  # v2 is gone
+
+    def listings(where: Path) -> set[str]:
+        return {p.parent.name + p.name for p in where.rglob("*.dir")}
+
+    remote, cache = tmp_path / "remote", repo / ".dvc" / "cache"
+    assert {kept_md5, dropped_md5} <= listings(remote) and {kept_md5, dropped_md5, workspace_md5} <= listings(cache)
+    dry = registry.collect_garbage(params, dry=True)
+    assert dry.removed_local > 0 and dropped_md5 in listings(remote), "a dry run removes nothing"
+
+    collected = registry.collect_garbage(params)
+    assert collected.removed_local > 0 and collected.removed_remote > 0
+    assert kept_md5 in listings(remote) and dropped_md5 not in listings(remote)
+    assert {kept_md5, workspace_md5} <= listings(cache) and dropped_md5 not in listings(cache)
+    assert set(dvc.pin_refs(repo)) == {"refs/visionloop/pins/detector-v1"}, "the dropped version's pin went too"
