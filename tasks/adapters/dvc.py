@@ -22,9 +22,10 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 
@@ -33,6 +34,8 @@ from tasks.config import DEFAULT_PARAMS, Params, VisionloopError, load_params
 from tasks.env import apply_env
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PARAMS_STAGE = "params"  # the dvc.yaml stage that writes params.effective.yaml
 LOCK_RETRIES = 30  # another process holding DVC's repo lock (a concurrent cycle): wait up to ~a minute
@@ -100,24 +103,38 @@ def record(params: Params, stages: Sequence[str], *, root: Path = Path(".")) -> 
     return Recorded(stages=tuple(done), skipped=skipped)
 
 
-def _commit(root: Path, stage: str) -> str | None:
-    """``dvc commit --force <stage>``, waiting for DVC's repo lock; the error text, or ``None`` on success."""
-    from dvc.exceptions import DvcException
+def _in_repo(root: Path, action: Callable[[Any], T]) -> T:
+    """``action(repo)`` on the DVC repo at ``root``, waiting while another process holds DVC's repo lock.
+
+    Concurrent cycles in one clone take turns this way (DVC itself fails at once with "Unable to acquire lock").
+
+    Raises:
+        LockError: the lock stayed taken for ``LOCK_RETRIES * LOCK_DELAY_S`` seconds.
+    """
     from dvc.lock import LockError
     from dvc.repo import Repo
 
     for attempt in range(LOCK_RETRIES):
         try:
             with Repo(str(root)) as repo:
-                repo.commit(stage, force=True)
-            return None
+                return action(repo)
         except LockError:
             if attempt == LOCK_RETRIES - 1:
-                return f"DVC's repo lock stayed taken for {LOCK_RETRIES * LOCK_DELAY_S:.0f} s (another dvc process)"
+                raise
+            log.info("dvc: repo lock taken by another process; waiting %.0f s", LOCK_DELAY_S)
             time.sleep(LOCK_DELAY_S)
-        except DvcException as exc:
-            return str(exc).strip() or type(exc).__name__
-    return None  # pragma: no cover, the loop returns
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _commit(root: Path, stage: str) -> str | None:
+    """``dvc commit --force <stage>``; the error text, or ``None`` on success."""
+    from dvc.exceptions import DvcException
+
+    try:
+        _in_repo(root, lambda repo: repo.commit(stage, force=True))
+    except DvcException as exc:  # LockError included: the lock stayed taken
+        return str(exc).strip() or type(exc).__name__
+    return None
 
 
 # ------------------------------------------------------------------ the remote: outside the clone, shared by clones
@@ -166,13 +183,11 @@ class Pushed:
 
 def push(root: Path, *, revs: Sequence[str] = ()) -> Pushed:
     """``dvc push`` of the workspace's ``dvc.lock`` outputs (and of each git revision in ``revs``, pinned earlier)."""
-    from dvc.repo import Repo
 
     start = time.perf_counter()
     remote = ensure_remote(root)
     try:
-        with Repo(str(root)) as repo:
-            sent = repo.push(remote=remote, revs=list(revs) or None, workspace=True)
+        sent = _in_repo(root, lambda repo: repo.push(remote=remote, revs=list(revs) or None, workspace=True))
     except Exception as exc:  # any failure (DVC's, the filesystem's, the network's) leaves the version unpushed
         error = f"{type(exc).__name__}: {exc}".strip()
         log.warning("dvc: push to %s failed: %s", remote, error)
@@ -283,14 +298,12 @@ class Pulled:
 
 def pull(root: Path) -> Pulled:
     """``dvc pull --force`` of the stages ``dvc.lock`` records: their outputs, from the remote into the workspace."""
-    from dvc.repo import Repo
 
     start = time.perf_counter()
     remote = ensure_remote(root)
     locked = locked_stages(root)
     try:
-        with Repo(str(root)) as repo:
-            repo.pull(targets=locked, remote=remote, force=True)
+        _in_repo(root, lambda repo: repo.pull(targets=locked, remote=remote, force=True))
     except Exception as exc:  # DVC's, the filesystem's or the network's: the caller names the version and hashes
         error = f"{type(exc).__name__}: {exc}"
         return Pulled(ok=False, remote=remote, seconds=time.perf_counter() - start, error=error)
@@ -308,14 +321,13 @@ def changed_outputs(root: Path) -> list[str]:
 
     Outputs with ``cache: false`` (the stage reports) are not versioned data and are left out.
     """
-    from dvc.repo import Repo
-
     locked = locked_stages(root)
-    with Repo(str(root)) as repo:
-        cached = {
-            str(out) for stage in repo.index.stages if stage.name in locked for out in stage.outs if out.use_cache
-        }
-        status = repo.status(targets=locked)
+
+    def cached_and_status(repo: Any) -> tuple[set[str], dict[str, Any]]:
+        cached = {str(o) for stage in repo.index.stages if stage.name in locked for o in stage.outs if o.use_cache}
+        return cached, repo.status(targets=locked)
+
+    cached, status = _in_repo(root, cached_and_status)
     changed = []
     for stage, entries in status.items():
         for entry in entries:
@@ -345,19 +357,23 @@ def gc(root: Path, keep: Sequence[str], *, cloud: bool = True, dry: bool = False
     (``Repo.used_objs`` over those revisions) and removes the rest from ``.dvc/cache`` and, with ``cloud``, from
     the remote.
     """
-    from dvc.repo import Repo
     from dvc_data.hashfile.gc import gc as remove_unused
 
     remote = ensure_remote(root) if cloud else None
-    with Repo(str(root)) as repo, repo.lock:
-        used = repo.used_objs(revs=list(keep) or None, remote=remote)
-        ids = set().union(*used.values()) if used else set()
-        seen, removed_local = set(), 0
-        for _, odb in repo.cache.by_scheme():
-            if odb is not None and odb not in seen:
-                seen.add(odb)
-                removed_local += remove_unused(odb, ids, dry=dry)
-        removed_remote = remove_unused(repo.cloud.get_remote_odb(remote), ids, dry=dry) if cloud else 0
+
+    def collect(repo: Any) -> tuple[int, int]:
+        with repo.lock:
+            used = repo.used_objs(revs=list(keep) or None, remote=remote)
+            ids = set().union(*used.values()) if used else set()
+            seen, local = set(), 0
+            for _, odb in repo.cache.by_scheme():
+                if odb is not None and odb not in seen:
+                    seen.add(odb)
+                    local += remove_unused(odb, ids, dry=dry)
+            far = remove_unused(repo.cloud.get_remote_odb(remote), ids, dry=dry) if cloud else 0
+        return local, far
+
+    removed_local, removed_remote = _in_repo(root, collect)
     log.info(
         "dvc gc: kept the workspace and %d pin(s); removed %d local and %d remote object(s)%s",
         len(keep),

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,21 @@ def test_gc_keeps_what_registered_versions_and_the_workspace_use_and_nothing_els
     assert kept_md5 in listings(remote) and dropped_md5 not in listings(remote)
     assert {kept_md5, workspace_md5} <= listings(cache) and dropped_md5 not in listings(cache)
     assert set(dvc.pin_refs(repo)) == {"refs/visionloop/pins/detector-v1"}, "the dropped version's pin went too"
+
+
+PUSH = "from pathlib import Path; from tasks.adapters import dvc; r = dvc.push(Path('.')); print(r.ok, r.error)"
+
+
+def test_a_push_waits_while_another_process_holds_dvcs_lock(repo):
+    from dvc.repo import Repo
+
+    params = load_params("params.yaml")
+    world.run(params)
+    dvc.record(params, ["world"])
+    env = os.environ | {"PYTHONPATH": str(repo)}
+    with Repo(str(repo)) as held, held.lock:  # another cycle's dvc operation, holding the lock for 5 s
+        child = subprocess.Popen([sys.executable, "-c", PUSH], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(5)
+        assert child.poll() is None, "the push waits for the lock instead of failing"
+    out, _ = child.communicate(timeout=120)
+    assert out.strip().splitlines()[-1] == "True None"
