@@ -191,6 +191,9 @@ def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> d
     the next pin. Outside a git checkout nothing is pinned: the version is tagged not restorable, with why.
     """
     try:
+        foreign = dvc.not_this_project(params, root)
+        if foreign is not None:
+            raise dvc.PinError(foreign)
         pinned = dvc.pin(root, name, f"visionloop: {params.registry.model_name} v{version} ({name})")
     except dvc.PinError as exc:
         log.warning("version %s is not restorable: %s", version, exc)

@@ -40,3 +40,21 @@ def tiny_params_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_params(tmp_path: Path) -> Params:
     return Params.model_validate(tiny_params_dict(tmp_path))
+
+
+def _checkout_state() -> tuple[str, tuple[bool, ...]]:
+    import subprocess
+
+    refs = subprocess.run(
+        ["git", "for-each-ref", "refs/visionloop"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    ).stdout
+    files = ("dvc.lock", "params.effective.yaml", ".dvc/config.local")
+    return refs, tuple((PROJECT_ROOT / name).exists() for name in files)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_checkout_is_left_alone():
+    """No test records, pins or pushes in this checkout: flows under test run on temp paths, never on the project's."""
+    before = _checkout_state()
+    yield
+    assert _checkout_state() == before, "a test wrote dvc.lock, params.effective.yaml, a DVC remote or a pin here"

@@ -71,6 +71,29 @@ def _empty_dep_folders(params: Params) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
+def not_this_project(params: Params, root: Path) -> str | None:
+    """Why a run with ``params`` is not one that ``<root>/dvc.yaml`` describes, or ``None`` when it is.
+
+    ``dvc.yaml`` names its outputs through ``<root>/params.yaml``'s ``base.paths``; a run whose paths differ (a test
+    in a temp folder, a run pointed elsewhere) wrote outputs DVC does not track here, so it is not recorded.
+    """
+    if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
+        return f"{root.resolve()} is not a DVC project (no .dvc/ or dvc.yaml)"
+    try:
+        project = load_params(root / DEFAULT_PARAMS).base.paths
+    except VisionloopError as exc:
+        return f"{root / DEFAULT_PARAMS}: {exc}"
+    ran = params.base.paths
+    differ = [
+        name
+        for name in type(project).model_fields
+        if (root / getattr(project, name)).resolve() != Path(getattr(ran, name)).resolve()
+    ]
+    if differ:
+        return f"the run's base.paths ({', '.join(differ)}) are not the ones {root.resolve()}/dvc.yaml tracks"
+    return None
+
+
 def record(params: Params, stages: Sequence[str], *, root: Path = Path(".")) -> Recorded:
     """Commit the DVC stages that just ran with ``params`` (see the module docstring).
 
@@ -82,9 +105,9 @@ def record(params: Params, stages: Sequence[str], *, root: Path = Path(".")) -> 
     Returns:
         What was committed, what was skipped and why.
     """
-    if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
-        reason = f"{root.resolve()} is not a DVC project (no .dvc/ or dvc.yaml): runs are not recorded"
-        log.warning("dvc: %s", reason)
+    reason = not_this_project(params, root)
+    if reason is not None:
+        log.warning("dvc: run not recorded: %s", reason)
         return Recorded(reason=reason)
     known = dvc_stages(root)
     wanted = [PARAMS_STAGE] + [s for s in stages if s in known and s != PARAMS_STAGE]
@@ -249,7 +272,8 @@ def pin(root: Path, name: str, message: str) -> Pin:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise PinError(f"pin name {name!r}: letters, digits, '.', '_' and '-' only")
     head = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
-    dirty = tuple(_git(root, "diff", "--name-only", "HEAD").splitlines())  # tracked, staged or not
+    changed = _git(root, "diff", "--name-only", "HEAD").splitlines()  # tracked, staged or not
+    dirty = tuple(path for path in changed if path not in PINNED_FILES)
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         _git(root, "read-tree", "HEAD", env=env)

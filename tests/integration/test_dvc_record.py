@@ -81,6 +81,15 @@ def test_a_stage_that_cannot_be_committed_is_skipped_with_its_reason(repo):
     assert recorded.skipped == {"world": "output 'data/world' does not exist"}
 
 
+def test_a_run_whose_paths_this_project_does_not_track_is_not_recorded(repo, tmp_path):
+    elsewhere = tiny_params_dict(tmp_path / "elsewhere")  # a run writing outside the project (e.g. a test)
+    params = load_params("params.yaml", overrides={"base": {"paths": elsewhere["base"]["paths"]}})
+    recorded = dvc.record(params, ["world"])
+    assert recorded.stages == () and "are not the ones" in (recorded.reason or "")
+    assert "world" in (recorded.reason or "")
+    assert not (repo / "dvc.lock").exists() and not (repo / "params.effective.yaml").exists()
+
+
 def test_outside_a_dvc_project_nothing_is_recorded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = load_params(PROJECT_ROOT / "params.yaml")

@@ -99,7 +99,7 @@ def test_the_export_table_gets_one_block_of_rows_per_version(candidate):
 def test_a_version_outside_a_git_checkout_is_tagged_not_restorable(candidate, tmp_path):
     info = registry.run(candidate)
     tags = registry.pin(candidate, info.version, name="visionloop-detector-v1", root=tmp_path)
-    assert tags[registry.RESTORABLE] == "false" and "git" in tags["dvc.why"]
+    assert tags[registry.RESTORABLE] == "false" and "is not a DVC project" in tags["dvc.why"]
     stored = mlflow_adapter.get_version(candidate, info.version).tags
     assert stored[registry.RESTORABLE] == "false" and stored["dvc.why"] == tags["dvc.why"]
     assert [v.version for v in mlflow_adapter.versions_tagged(candidate, registry.RESTORABLE, "false")] == ["1"]
