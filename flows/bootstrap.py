@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from flows import stages
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
+from tasks.registry import describe_pin
 
 
 @flow(name="bootstrap", log_prints=True)
@@ -41,7 +42,8 @@ def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None 
     stages.export(params)
     stages.dvc_record(params, (["world"] if params.world.enabled else []) + ["merge", "train", "evaluate", "export"])
     version = stages.registry(params)
-    stages.dvc_pin(params, version.version)  # dvc.lock on refs/visionloop/pins/..., outputs pushed, version tagged
+    pinned = stages.dvc_pin(params, version.version)  # dvc.lock on refs/visionloop/pins/..., outputs pushed, tagged
+    print(describe_pin(version.version, pinned))
     moves = stages.promote(
         params,
         version.version,

@@ -35,6 +35,7 @@ from tasks.contracts.sample_manifest import manifest_path
 from tasks.cycle import CycleState, Status, candidate_lineage, read_report
 from tasks.decisions import approval
 from tasks.env import apply_env
+from tasks.registry import describe_pin
 
 WAITING = "waiting for labels"
 
@@ -146,7 +147,7 @@ def continuous_learning(
         gate_decision=gate.decision,
     )
     version = stages.registry(params, extra_lineage=lineage, extra_reports=extra)
-    stages.dvc_pin(params, version.version)
+    print(describe_pin(version.version, stages.dvc_pin(params, version.version)))
     stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
 
     outcome = _decide(params, gate, version.version)

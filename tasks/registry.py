@@ -224,6 +224,14 @@ def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> d
     return tags
 
 
+def describe_pin(version: str, tags: dict[str, str]) -> str:
+    """One line for a log: where ``version`` is pinned and pushed, or why it is not restorable."""
+    if tags.get(RESTORABLE) == "true":
+        where = f"{tags['dvc.ref']} ({tags['dvc.commit'][:10]})"
+        return f"v{version} restorable: dvc.lock pinned at {where}, outputs pushed to DVC remote {tags['dvc.remote']}"
+    return f"v{version} NOT restorable: {tags.get('dvc.why', 'unknown')}"
+
+
 def _push_pending(params: Params, root: Path) -> list[str]:
     """Push again the pins of versions a failed push left not restorable; tag the ones that now are."""
     done = []
