@@ -343,7 +343,7 @@ def locked_stages(root: Path) -> list[str]:
 def changed_outputs(root: Path) -> list[str]:
     """The cached outputs of the locked stages whose workspace content differs from ``dvc.lock`` (DVC re-hashes).
 
-    Outputs with ``cache: false`` (the stage reports) are not versioned data and are left out.
+    Outputs with ``cache: false`` (``params.effective.yaml``: restored from the MLflow run) are left out.
     """
     locked = locked_stages(root)
 

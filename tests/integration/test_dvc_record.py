@@ -216,6 +216,7 @@ def test_a_second_clone_restores_a_version_byte_for_byte(repo, tmp_path, monkeyp
     assert load_params(clone / "params.effective.yaml").world.golden_images == 5  # the params that made them
 
     assert dvc.changed_outputs(clone) == []
+    assert "up to date" in sh(sys.executable, "-m", "dvc", "status", "params", "world", cwd=clone), "reports too"
     next(iter((clone / "data" / "world").rglob("*.png"))).write_bytes(b"tampered")
     assert dvc.changed_outputs(clone) == ["world: data/world (modified)"], "the check sees a changed byte"
 
