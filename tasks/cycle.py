@@ -51,7 +51,7 @@ from tasks.contracts.names import check_cycle_name
 from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.sample_manifest import manifest_path
-from tasks.contracts.train_files import parent_path, parent_record_path
+from tasks.contracts.train_files import write_parent
 from tasks.core import plots
 from tasks.io import write_bytes_atomic, write_json_atomic
 
@@ -221,10 +221,8 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
     weights = mlflow_adapter.download_weights(params, info, folder)
     onnx = mlflow_adapter.download_onnx(params, info, folder)
     deployed = find_deployed(params, info)  # the same lookup (and ONNX fallback) the predict stage runs
-    parent = parent_path(params)  # what train warm-starts from (cycle.warm_start); a DVC dependency of train
-    parent.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(parent, weights.read_bytes())
-    write_json_atomic(parent_record_path(params), {"version": info.version, "name": info.name})
+    # what train warm-starts from (cycle.warm_start); a DVC dependency of train
+    parent = write_parent(params, weights.read_bytes(), name=info.name, version=info.version)
     log.info("champion v%s fetched into %s (parent checkpoint %s)", info.version, folder, parent)
     return ChampionFiles(version=info.version, weights=str(weights), onnx=str(onnx), deployed=deployed)
 

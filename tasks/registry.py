@@ -48,6 +48,7 @@ from tasks.contracts.model_version import (
 )
 from tasks.contracts.reports import load_report_json, report_path, write_report
 from tasks.contracts.reports.registry import RegistryResult
+from tasks.contracts.train_files import write_parent
 from tasks.core.hashing import file_md5
 from tasks.io import write_bytes_atomic
 
@@ -224,6 +225,15 @@ def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> d
     return tags
 
 
+def _restore_parent(params: Params, version: str, root: Path) -> None:
+    """The parent checkpoint a cycle's training warm-started from: that version's weights, as the cycle fetched them."""
+    restored = load_params(root / dvc.EFFECTIVE_PARAMS)
+    parent = mlflow_adapter.get_version(params, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = mlflow_adapter.download_weights(params, parent, Path(tmp))
+        write_parent(restored, weights.read_bytes(), name=parent.name, version=parent.version)
+
+
 def describe_pin(version: str, tags: dict[str, str]) -> str:
     """One line for a log: where ``version`` is pinned and pushed, or why it is not restorable."""
     if tags.get(RESTORABLE) == "true":
@@ -287,6 +297,8 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
         missing = [f"{path} (md5 {md5})" for path, md5 in expected.items() if path in (pulled.error or "")]
         named = f"; the remote lacks {', '.join(missing)}" if missing else ""
         raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}{named}")
+    if tags.get("parent_version"):  # a cycle's candidate warm-started from this version: a dep of train
+        _restore_parent(params, tags["parent_version"], root)
     outputs = dvc.lock_outs(root)
     problems = [
         f"{path}: tag {md5}, dvc.lock {outputs.get(path)}" for path, md5 in expected.items() if outputs.get(path) != md5

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Params
+from tasks.io import write_bytes_atomic, write_json_atomic
 
 DATASET_RECORD = "dataset.json"
 PARENT_RECORD = "parent.json"
@@ -38,3 +39,11 @@ def parent_path(params: Params) -> Path:
 def parent_record_path(params: Params) -> Path:
     """``parent.json`` beside the parent checkpoint: which registered version it is (``name``, ``version``)."""
     return parent_path(params).with_name(PARENT_RECORD)
+
+
+def write_parent(params: Params, weights: bytes, *, name: str, version: str) -> Path:
+    """Write the parent checkpoint and its record (which registered version it is), each atomically."""
+    parent = parent_path(params)
+    write_bytes_atomic(parent, weights)
+    write_json_atomic(parent_record_path(params), {"version": version, "name": name})
+    return parent
