@@ -48,7 +48,7 @@ from tasks.contracts.model_version import (
 )
 from tasks.contracts.reports import load_report_json, report_path, write_report
 from tasks.contracts.reports.registry import RegistryResult
-from tasks.contracts.train_files import write_parent
+from tasks.contracts.train_files import parent_path, parent_record_path, write_parent
 from tasks.core.hashing import file_md5
 from tasks.io import write_bytes_atomic
 
@@ -225,9 +225,16 @@ def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> d
     return tags
 
 
-def _restore_parent(params: Params, version: str, root: Path) -> None:
-    """The parent checkpoint a cycle's training warm-started from: that version's weights, as the cycle fetched them."""
+def _restore_parent(params: Params, version: str | None, root: Path) -> None:
+    """The parent checkpoint train read (a dep of the stage): the parent version's weights, as the cycle fetched
+    them, or the empty folder of a bootstrap (no ``parent_version``)."""
     restored = load_params(root / dvc.EFFECTIVE_PARAMS)
+    if version is None:
+        folder = parent_path(restored).parent
+        for stale in (parent_path(restored), parent_record_path(restored)):
+            stale.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return
     parent = mlflow_adapter.get_version(params, version)
     with tempfile.TemporaryDirectory() as tmp:
         weights = mlflow_adapter.download_weights(params, parent, Path(tmp))
@@ -297,8 +304,7 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
         missing = [f"{path} (md5 {md5})" for path, md5 in expected.items() if path in (pulled.error or "")]
         named = f"; the remote lacks {', '.join(missing)}" if missing else ""
         raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}{named}")
-    if tags.get("parent_version"):  # a cycle's candidate warm-started from this version: a dep of train
-        _restore_parent(params, tags["parent_version"], root)
+    _restore_parent(params, tags.get("parent_version"), root)
     outputs = dvc.lock_outs(root)
     problems = [
         f"{path}: tag {md5}, dvc.lock {outputs.get(path)}" for path, md5 in expected.items() if outputs.get(path) != md5
