@@ -225,10 +225,9 @@ def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> d
     return tags
 
 
-def _restore_parent(params: Params, version: str | None, root: Path) -> None:
+def _restore_parent(params: Params, restored: Params, version: str | None) -> None:
     """The parent checkpoint train read (a dep of the stage): the parent version's weights, as the cycle fetched
-    them, or the empty folder of a bootstrap (no ``parent_version``)."""
-    restored = load_params(root / dvc.EFFECTIVE_PARAMS)
+    them, or the empty folder of a bootstrap (no ``parent_version``). ``restored``: the version's own params."""
     if version is None:
         folder = parent_path(restored).parent
         for stale in (parent_path(restored), parent_record_path(restored)):
@@ -304,16 +303,16 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
         missing = [f"{path} (md5 {md5})" for path, md5 in expected.items() if path in (pulled.error or "")]
         named = f"; the remote lacks {', '.join(missing)}" if missing else ""
         raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}{named}")
-    _restore_parent(params, tags.get("parent_version"), root)
+    restored = load_params(root / dvc.EFFECTIVE_PARAMS)
+    _restore_parent(params, restored, tags.get("parent_version"))
     outputs = dvc.lock_outs(root)
     problems = [
         f"{path}: tag {md5}, dvc.lock {outputs.get(path)}" for path, md5 in expected.items() if outputs.get(path) != md5
     ]
     problems += dvc.changed_outputs(root)
-    restored = load_params(root / dvc.EFFECTIVE_PARAMS)
     manifest = restored.base.paths.merged / MANIFEST
-    if tags.get("dataset_mode") == "merged" and file_md5(manifest) != tags.get("dataset_md5"):
-        problems.append(f"{manifest}: md5 {file_md5(manifest)}, tag dataset_md5 {tags.get('dataset_md5')}")
+    if tags.get("dataset_mode") == "merged" and (md5 := file_md5(manifest)) != tags.get("dataset_md5"):
+        problems.append(f"{manifest}: md5 {md5}, tag dataset_md5 {tags.get('dataset_md5')}")
     if problems:
         raise RestoreError(f"version {version} restored with differences: " + "; ".join(problems))
     seconds = time.perf_counter() - start
