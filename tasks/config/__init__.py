@@ -63,11 +63,21 @@ from tasks.config.sections import (  # noqa: F401
     SampleParams,
     SampleStrategies,
     SampleStrategy,
+    ShadowParams,
     SpeedParams,
     TrainParams,
     ValidateParams,
     YoloOptimizer,
     YoloParams,
+)
+from tasks.config.monitor import (  # noqa: F401
+    AlertParams,
+    BaselineParams,
+    DriftRules,
+    MetricsParams,
+    MonitorParams,
+    TriggerParams,
+    WatchParams,
 )
 from tasks.config.world import (  # noqa: F401
     AnnotatorSimParams,
@@ -97,6 +107,7 @@ class Params(Section):
     gate: GateParams = GateParams()
     promote: PromoteParams = PromoteParams()
     cycle: CycleParams = CycleParams()
+    monitor: MonitorParams = MonitorParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

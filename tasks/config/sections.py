@@ -204,6 +204,13 @@ class RegistryParams(Section):
     artifact_root: Path = Path("mlartifacts")
 
 
+class ShadowParams(Section):
+    """A second version predicts a share of the images beside the champion; only the champion's answer counts."""
+
+    alias: str = "challenger"  # or a version number
+    share: Fraction = 0.1  # 0 = off; which images is a seeded choice by content hash (stable across re-runs)
+
+
 class PredictParams(Section):
     """Batch prediction with the aliased model over production batches."""
 
@@ -212,6 +219,8 @@ class PredictParams(Section):
     iou: Fraction = 0.7
     max_det: PositiveInt = 100
     batch_size: PositiveInt = 8
+    timeout_s: Annotated[float, Field(gt=0)] | None = None  # per chunk; slower inference logs error "timeout"
+    shadow: ShadowParams = ShadowParams()
 
 
 class PromoteParams(Section):
