@@ -36,6 +36,7 @@ RECORDS: dict[str, str] = {
     "predict": "tasks.contracts.reports.predict:PredictResult",
     "promote": "tasks.contracts.reports.promote:PromoteResult",
     "cycle": "tasks.contracts.reports.cycle:CycleReport",
+    "monitor": "tasks.contracts.reports.monitor:MonitorReport",
 }
 
 PARAMS_KEY = "params"
