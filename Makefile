@@ -35,7 +35,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc rollback audit clean
+.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc rollback audit monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -99,6 +99,12 @@ rollback: setup  ## champion back to previous (or VERSION=n), after checking it 
 
 audit: setup  ## print the audit trail of alias moves
 	$(RUN) $(PY) -m tasks.promote $(PARAMS_ARGS) --audit
+
+monitor: setup  ## drift windows vs the champion's baseline -> reports/monitor.json (START=deployment|subflow|none, default none)
+	$(RUN) $(PY) -m flows.monitor $(PARAMS_ARGS) --start $(or $(START),none)
+
+metrics: setup  ## serve the monitor's Prometheus textfile on http://127.0.0.1:9108/metrics (monitor.metrics.port; Ctrl-C stops)
+	$(RUN) $(PY) -m tasks.monitor $(PARAMS_ARGS) --serve
 
 lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf /tmp/visionloop-lock && $(PYTHON) -m venv /tmp/visionloop-lock

@@ -116,7 +116,7 @@ def batch_table(
         "latency_ms": pa.array(np.full(n_rows, 30.0, dtype=np.float32)),
         "n_detections": pa.array(np.repeat(n_det, rows_per_image).astype(np.int16)),
     }
-    return pa.table([columns[f.name] for f in prediction_log.SCHEMA], schema=prediction_log.SCHEMA)
+    return prediction_log.upgrade(pa.table(columns))
 
 
 def challenger_of(rng: np.random.Generator, champion: pa.Table, *, flip: float, jitter: float) -> pa.Table:

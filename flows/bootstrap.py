@@ -17,12 +17,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import stages
+from flows.alerts import on_failed_run
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.registry import describe_pin
 
 
-@flow(name="bootstrap", log_prints=True)
+@flow(name="bootstrap", log_prints=True, on_failure=[on_failed_run], on_crashed=[on_failed_run])
 def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None = None) -> dict[str, list[str | None]]:
     """Build the first champion from the source domain.
 
@@ -51,6 +52,7 @@ def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None 
         ["bootstrap: first champion from the source domain"],
         who=f"flow bootstrap/{flow_run.name}",
     ).moves
+    stages.baseline(params, version.version)  # the monitor's reference: this champion on its validation images
     rows = "\n".join(f"| {name} | {s.map50_95:.4f} | {s.map50:.4f} | {s.images} |" for name, s in report.sets.items())
     create_markdown_artifact(
         key="bootstrap-summary",

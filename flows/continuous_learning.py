@@ -6,7 +6,16 @@ Labeling can wait: when fewer than ``label.min_labeled`` images of the cycle are
 (the label ledger makes sure nothing is imported twice and no annotation is lost). With
 ``promote.require_approval`` the run pauses before a promotion until someone approves it in the Prefect UI.
 
-Run: ``python -m flows.continuous_learning [--params P ...] [--cycle NAME] [--epochs N]`` or the
+The promotion is a compare-and-set on the champion the candidate was gated against: when a rollback or another
+cycle moved the champion meanwhile, the candidate is rejected with that reason (outcome ``reject``; the returned
+summary's ``promote_why`` says why) instead of silently replacing the new champion.
+
+Alerts (``flows.alerts``, when a webhook is configured): ``approval_pending`` before the pause, ``labels_waiting``
+when a run ends waiting for labels on a cycle open longer than ``monitor.alerts.labels_deadline_hours``,
+``failed_run`` when the run fails or crashes. ``drift_batches`` (set by the monitor's trigger) adds batches to
+``sample.drift_batches``.
+
+Run: ``python -m flows.continuous_learning [--params P ...] [--cycle NAME] [--epochs N] [--drift-batch B ...]`` or the
 ``retrain-nightly`` / ``retrain`` deployments.
 """
 
@@ -26,6 +35,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from flows import stages
+from flows.alerts import alert, labels_overdue, on_failed_run
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.reports.export import FALLBACK_TARGET
@@ -70,13 +80,14 @@ def _close(params: Params, state: CycleState, outcome: str, *, status: Status = 
     return report
 
 
-@flow(name="continuous_learning", log_prints=True)
+@flow(name="continuous_learning", log_prints=True, on_failure=[on_failed_run], on_crashed=[on_failed_run])
 def continuous_learning(
     params_path: str | list[str] = DEFAULT_PARAMS,
     cycle: str | None = None,
     epochs: int | None = None,
     wait_timeout_s: float | None = None,
     require_approval: bool | None = None,
+    drift_batches: list[str] | None = None,
 ) -> dict[str, Any] | State:
     """One cycle of the loop (or the continuation of a cycle that waits for labels).
 
@@ -86,13 +97,14 @@ def continuous_learning(
         epochs: override of ``cycle.epochs`` (retraining epochs).
         wait_timeout_s: override of ``label.wait_timeout_s``.
         require_approval: override of ``promote.require_approval``.
+        drift_batches: batches flagged as drifted (the monitor's trigger), added to ``sample.drift_batches``.
     """
     overrides: dict[str, dict[str, Any]] = {
         "cycle": {"epochs": epochs},
         "label": {"wait_timeout_s": wait_timeout_s},
         "promote": {"require_approval": require_approval},
     }
-    params = load_params(params_path, overrides=_given(overrides))
+    params = _load(params_path, overrides, drift_batches)
     who = f"flow continuous_learning/{flow_run.name}"
     state = stages.cycle_start(params, cycle)
     name = state.cycle
@@ -115,6 +127,7 @@ def continuous_learning(
             f"cycle {name}: {labeled.labeled} of {params.label.min_labeled} images labeled, {labeled.pending} pending "
             "in Label Studio; the next run continues this cycle"
         )
+        _alert_if_labels_overdue(params, state, message)
         return Completed(name="WaitingForLabels", message=message, data=report.summary)
     if labeled.labeled == 0:
         report = _close(params, state, "nothing labeled (every task skipped)")
@@ -151,15 +164,52 @@ def continuous_learning(
     stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
 
     outcome = _decide(params, gate, version.version)
-    stages.promote(params, version.version, outcome.decision, outcome.reasons, who=who)
-    report = _close(params, state, outcome.decision)
-    return report.summary
+    applied = stages.promote(  # compare-and-set: only over the champion the gate judged against
+        params,
+        version.version,
+        outcome.decision,
+        outcome.reasons,
+        who=who,
+        expected_champion=champion.version if champion else None,
+    )
+    if applied.action != outcome.decision:
+        print(f"v{version.version} not promoted: {applied.records[-1].why if applied.records else applied.action}")
+    if applied.action == "promote":
+        stages.baseline(params, version.version)  # what the monitor compares production with from now on
+    report = _close(params, state, applied.action)  # "reject" when the champion moved meanwhile
+    why = [r.why for r in applied.records if r.alias in (None, "champion")]
+    return {**report.summary, "promote_action": applied.action, "promote_why": why}
 
 
 def _given(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The flow parameters that were given (``None``: keep the params file's value), as load_params overrides."""
     given = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in overrides.items()}
     return {section: keys for section, keys in given.items() if keys}
+
+
+def _load(
+    params_path: str | list[str], overrides: dict[str, dict[str, Any]], drift_batches: list[str] | None
+) -> Params:
+    """The run's params: the given overrides, and ``drift_batches`` added to ``sample.drift_batches`` (a list in the
+    params file too: the union, the file's batches first, no repeats)."""
+    params = load_params(params_path, overrides=_given(overrides))
+    if not drift_batches:
+        return params
+    union = list(dict.fromkeys([*params.sample.drift_batches, *drift_batches]))
+    return load_params(params_path, overrides=_given({**overrides, "sample": {"drift_batches": union}}))
+
+
+def _alert_if_labels_overdue(params: Params, state: CycleState, message: str) -> None:
+    """``labels_waiting`` alert when the cycle has waited longer than ``monitor.alerts.labels_deadline_hours``."""
+    deadline = params.monitor.alerts.labels_deadline_hours
+    hours = labels_overdue(state.started_at, deadline_hours=deadline)
+    if hours is not None:
+        alert(
+            params,
+            "labels_waiting",
+            f"cycle {state.cycle} has waited {hours:.0f} h for labels (deadline {deadline:g} h)",
+            message,
+        )
 
 
 def _label_until_enough(params: Params, cycle: str) -> LabelResult:
@@ -189,6 +239,13 @@ def _decide(params: Params, gate: GateReport, version: str) -> approval.Outcome:
 def _ask_approval(params: Params, version: str) -> approval.Answer:
     """Pause the flow run until someone answers in the Prefect UI (or ``promote.approval_timeout_s`` passes)."""
     print(f"v{version} passed the gate; waiting for approval in the Prefect UI (Resume)")
+    alert(
+        params,
+        "approval_pending",
+        f"v{version} of {params.registry.model_name} waits for approval",
+        f"v{version} passed the gate; approve or refuse it in the Prefect UI (flow run {flow_run.name}, Resume) "
+        f"within {params.promote.approval_timeout_s:g} s, or it is not promoted",
+    )
     try:
         given = pause_flow_run(wait_for_input=Approval, timeout=params.promote.approval_timeout_s, poll_interval=5)
     except Exception as exc:  # a timeout or an aborted pause: nobody approved
@@ -203,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="retraining epochs (default: cycle.epochs)")
     parser.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for labels")
     parser.add_argument("--require-approval", action="store_true", default=None)
+    parser.add_argument("--drift-batch", action="append", default=None, help="flag a batch as drifted (repeatable)")
     args = parser.parse_args(argv)
     apply_env()
     continuous_learning(
@@ -211,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         wait_timeout_s=args.wait_timeout,
         require_approval=args.require_approval,
+        drift_batches=args.drift_batch,
     )
 
 

@@ -1,8 +1,10 @@
 """The main demo (``make demo``): the whole loop on the embedded defaults.
 
-world → bootstrap champion → predict the drifted production batches → continuous-learning cycle(s) with the real
-Label Studio server (answered by the annotator simulator through its API) → gate → promote or keep → a final
-predict with whatever is champion then. Prefect's temporary local server, MLflow on SQLite, DVC's local remote;
+world → bootstrap champion → predict the drifted production batches → the monitor judges them against the
+champion's baseline and, on confirmed drift, starts the continuous-learning cycle (a subflow here: no worker) with the
+real Label Studio server (answered by the annotator simulator through its API) → gate → promote or keep → a final
+predict with whatever is champion then → the monitor again (the watch over the promotion: rollback on
+regression). Prefect's temporary local server, MLflow on SQLite, DVC's local remote;
 Label Studio must be up (``make demo`` starts it and stops what it started). Prints a summary table per cycle
 and writes it to ``reports/demo.json``.
 """
@@ -19,15 +21,37 @@ from prefect import flow
 
 from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
+from flows.monitor import monitor
 from flows.predict import predict
 from tasks.adapters.mlflow import tracking_uri
 from tasks.config import DEFAULT_PARAMS, load_params
+from tasks.contracts.reports import load_report_json
 from tasks.env import apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.sim.annotator import BackgroundAnnotator
 
 FINISHED = ("promote", "reject")
 """Cycle outcomes of a demo that worked: the gate decided (labels came, a candidate was trained and judged)."""
+
+
+def monitor_lines(report: dict[str, Any], label: str) -> list[str]:
+    """The monitor's windows (drifting signals, advice), flagged batches, trigger and watch, for the summary."""
+    lines = [f"monitor ({label}): champion {report.get('model_version')}"]
+    for w in report.get("windows", []):
+        drifting = [s["name"] for s in w.get("signals", []) if s.get("drifted")]
+        sources = [s["source"] for s in report.get("by_source", []) if s.get("key") == w["key"] and s.get("drifted")]
+        state = "too small" if w.get("too_small") else ("DRIFT: " + ", ".join(drifting) if w.get("drifted") else "ok")
+        by = f"; drifted sources: {', '.join(sources)}" if sources else ""
+        lines.append(f"  window {w['key']}: {w['images']} images, {state}{by}")
+        lines += [f"    advice: {a}" for a in w.get("advice", [])]
+    lines.append(f"  flagged batches: {', '.join(report.get('flagged_batches', [])) or 'none'}")
+    trigger = report.get("trigger") or {}
+    lines.append(f"  trigger: {trigger.get('reason', '-')}")
+    watch = report.get("watch")
+    if watch:
+        rolled = " -> ROLLED BACK" if watch.get("rolled_back") else ""
+        lines.append(f"  watch v{watch['new_version']} vs v{watch['previous_version']}: {watch.get('reason')}{rolled}")
+    return lines
 
 
 def incomplete_reason(unfinished: list[dict[str, Any]], answered: int, errors: list[str]) -> str | None:
@@ -71,38 +95,52 @@ def summary_table(cycles: list[dict[str, Any]]) -> str:
 def demo(
     params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None = None, cycles: int = 1, label_wait_s: float = 600
 ) -> dict[str, Any]:
-    """world → bootstrap → predict → ``cycles`` loop cycles (simulated annotators) → predict with the champion."""
+    """world → bootstrap → predict → monitor (drift starts the cycle) → more cycles → predict → monitor (watch)."""
     start = time.perf_counter()
     bootstrap(params_path=params_path, epochs=epochs)
     first = predict(params_path=params_path)
     params = load_params(params_path)
+    paths = params.base.paths
     summaries: list[dict[str, Any]] = []
     with BackgroundAnnotator(params) as annotator:
-        for _ in range(cycles):
+        watched = monitor(params_path=params_path, start="subflow", label_wait_s=label_wait_s)
+        first_monitor = load_report_json(paths.reports, "monitor")
+        if watched.get("cycle") is not None:
+            summaries.append(cast(dict[str, Any], watched["cycle"]))
+        for _ in range(cycles - 1):
             state = continuous_learning(params_path=params_path, wait_timeout_s=label_wait_s, return_state=True)
             summaries.append(cast(dict[str, Any], state.result()))
     final = predict(params_path=params_path)
-    paths = params.base.paths
+    monitor(params_path=params_path, start="none")
+    final_monitor = load_report_json(paths.reports, "monitor")
     unfinished = [s for s in summaries if s.get("outcome") not in FINISHED]
     rerun = ", ".join(b.batch for b in final.batches)
+    problem = incomplete_reason(unfinished, annotator.answered, annotator.errors)
+    if watched.get("cycle") is None:
+        problem = f"the monitor did not start a cycle: {watched.get('trigger')}"
     result = {
         "wall_s": round(time.perf_counter() - start, 1),
         "first_champion": f"v{first.model_version}",
         "final_champion": f"v{final.model_version}",
         "annotated_by_simulator": annotator.answered,
         "cycles": summaries,
-        "problem": incomplete_reason(unfinished, annotator.answered, annotator.errors),
+        "monitor": {"first": first_monitor, "final": final_monitor},
+        "problem": problem,
     }
     write_json_atomic(paths.reports / "demo.json", result)
     print(
         "\n".join(
             [
                 f"demo finished in {result['wall_s']:.0f} s",
+                *monitor_lines(first_monitor, "after the first predict"),
                 summary_table(summaries),
+                *monitor_lines(final_monitor, "after the final predict"),
                 f"  champion      : models:/{final.model_name}@champion (v{final.model_version}, was "
                 f"v{first.model_version}) in {tracking_uri(params)}  -> make mlflow-ui",
                 f"  predictions   : {paths.predictions}/date=*/ (re-run by the final champion: {rerun or 'none'})",
                 f"  cycle reports : {paths.reports}/cycles/<cycle>/report.md (+ PNG plots; also in MLflow)",
+                f"  monitor       : {paths.reports}/monitor.json, {paths.reports / params.monitor.metrics.textfile} "
+                "(make metrics serves it), plots in reports/monitor/",
                 f"  summary       : {paths.reports}/demo.json; alias audit: make audit",
                 "  labeling      : Label Studio project visionloop (make labelstudio-up, http://127.0.0.1:8080)",
                 "  flow runs     : make prefect-ui",

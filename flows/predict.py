@@ -11,12 +11,13 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows import stages
+from flows.alerts import on_failed_run
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.contracts.reports.predict import PredictResult
 from tasks.env import apply_env
 
 
-@flow(name="predict", log_prints=True)
+@flow(name="predict", log_prints=True, on_failure=[on_failed_run], on_crashed=[on_failed_run])
 def predict(
     params_path: str | list[str] = DEFAULT_PARAMS, batches: list[str] | None = None, alias: str = "champion"
 ) -> PredictResult:

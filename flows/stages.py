@@ -22,12 +22,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import tasks.adapters.dvc
+import tasks.adapters.mlflow
 import tasks.cycle
 import tasks.evaluate
 import tasks.export
 import tasks.gate
 import tasks.label
 import tasks.merge
+import tasks.monitor
 import tasks.predict
 import tasks.promote
 import tasks.registry
@@ -43,6 +45,7 @@ from tasks.contracts.reports.export import ExportReport
 from tasks.contracts.reports.gate import GateReport
 from tasks.contracts.reports.label import LabelResult
 from tasks.contracts.reports.merge import MergeResult
+from tasks.contracts.reports.monitor import MonitorReport
 from tasks.contracts.reports.predict import PredictResult
 from tasks.contracts.reports.promote import PromoteResult
 from tasks.contracts.reports.registry import RegistryResult
@@ -91,9 +94,16 @@ def restore(params: Params, version: str) -> tasks.registry.Restored:
 
 @task(name="promote", **_COMMON)  # no retries: the audit trail is appended once per call
 def promote(
-    params: Params, version: str, decision: tasks.promote.Action, reasons: list[str], who: str | None = None
+    params: Params,
+    version: str,
+    decision: tasks.promote.Action,
+    reasons: list[str],
+    who: str | None = None,
+    expected_champion: tasks.promote.Expected = tasks.promote.ANY,
 ) -> PromoteResult:
-    return tasks.promote.run(params, version=version, decision=decision, reasons=reasons, who=who)
+    return tasks.promote.run(
+        params, version=version, decision=decision, reasons=reasons, who=who, expected_champion=expected_champion
+    )
 
 
 @task(name="rollback", **_COMMON)  # no retries: a second try finds the target already champion
@@ -168,3 +178,15 @@ def champion(params: Params) -> tasks.cycle.ChampionFiles | None:
 @task(name="cycle", **_COMMON)
 def cycle(params: Params, cycle: str, outcome: str, since: dt.datetime | None = None) -> CycleReport:
     return tasks.cycle.run(params, cycle=cycle, outcome=outcome, since=since)
+
+
+@task(name="monitor", **_COMMON)  # no retries: it decides; the monitor flow acts and records what it did
+def monitor(params: Params, cycle_open: str | None = None) -> MonitorReport:
+    return tasks.monitor.run(params, cycle_open=cycle_open)
+
+
+@task(name="baseline", **_COMMON)
+def baseline(params: Params, version: str) -> str:
+    """The promoted version's monitoring baseline, stored with it (``monitor/baseline.parquet``)."""
+    info = tasks.adapters.mlflow.get_version(params, version)
+    return tasks.monitor.ensure_baseline(params, info)[1]

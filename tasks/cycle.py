@@ -383,7 +383,7 @@ def confidence_plot(params: Params, cycle: str, bins: int) -> bytes | None:
         return None
     version = chosen["model_version"][0]
     rows = (
-        pl.scan_parquet(logs, hive_partitioning=False)
+        pl.scan_parquet(logs, hive_partitioning=False, missing_columns="insert", extra_columns="ignore")
         .filter((pl.col("model_version") == version) & pl.col("confidence").is_not_null())
         .select("image_sha256", "confidence")
         .collect()

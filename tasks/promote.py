@@ -10,6 +10,10 @@ Contract:
     side effects: MLflow alias and tag writes, under an exclusive file lock so that two promotions racing
         each other leave exactly one champion and a trail in which each move starts where the last ended.
 
+A promotion is a compare-and-set: given ``expected_champion`` (the version the gate judged the candidate against,
+``None`` when there was no champion), it moves nothing when the champion changed meanwhile (a rollback, another
+cycle): the candidate is rejected with that reason, to be judged again by the next cycle against the new champion.
+
 ``python -m tasks.promote --audit`` prints the trail; ``--rollback [--to VERSION]`` rolls back after checking
 the target version loads and predicts.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import enum
 import getpass
 import json
 import logging
@@ -37,6 +42,15 @@ from tasks.contracts.reports.promote import AuditRecord, PromoteResult
 log = logging.getLogger(__name__)
 
 Action = Literal["challenge", "promote", "reject", "rollback"]
+
+
+class _Any(enum.Enum):
+    ANY = "any"
+
+
+ANY = _Any.ANY
+"""``expected_champion`` default of :func:`promote`: promote whatever the champion is now (no compare-and-set)."""
+Expected = str | None | Literal[_Any.ANY]
 
 
 class PromoteError(VisionloopError, ValueError):
@@ -111,52 +125,81 @@ def challenge(params: Params, *, version: str, why: str, who: str | None = None)
     return PromoteResult("challenge", str(version), _moves(records), records)
 
 
-def promote(params: Params, *, version: str, why: str, who: str | None = None) -> PromoteResult:
-    """``previous ← champion ← version``; the ``challenger`` alias is cleared if it pointed at ``version``."""
+def stale_champion_reason(version: str, *, expected: str | None, current: str | None) -> str:
+    """Why a promotion was refused because the champion moved (``None``: there was no champion)."""
+
+    def name(v: str | None) -> str:
+        return f"v{v}" if v is not None else "no champion"
+
+    return (
+        f"champion moved from {name(expected)} to {name(current)} while v{version} was trained and gated against "
+        f"{name(expected)}; re-run the cycle to judge it against {name(current)}"
+    )
+
+
+def promote(
+    params: Params, *, version: str, why: str, who: str | None = None, expected_champion: Expected = ANY
+) -> PromoteResult:
+    """``previous ← champion ← version``; the ``challenger`` alias is cleared if it pointed at ``version``.
+
+    Args:
+        version: the model version to promote.
+        why: the reason (the audit trail keeps it).
+        who: the actor (default ``user@host``).
+        expected_champion: compare-and-set under the registry lock: the version the candidate was gated against
+            (``None``: there was no champion). When the champion is another version now, nothing moves: ``version``
+            is tagged rejected with the reason, an audit record ``reject`` is appended and the result's action is
+            ``reject``. :data:`ANY` (default) promotes over whatever the champion is.
+    """
     who = who or default_who()
+    version = str(version)
     records: list[AuditRecord] = []
     with registry_lock(params):
         champion = mlflow_adapter.find_alias(params, CHAMPION)
-        if champion is not None and champion.version == str(version):
+        current = champion.version if champion is not None else None
+        if expected_champion is not ANY and current != expected_champion and current != version:
+            reason = stale_champion_reason(version, expected=expected_champion, current=current)
+            log.warning("not promoting v%s: %s", version, reason)
+            record = _reject_locked(params, version=version, why=reason, who=who)
+            return PromoteResult("reject", version, {}, [record])
+        if current == version:
             log.info("version %s is already the champion; nothing to move", version)
         else:
-            if champion is not None:
+            if current is not None:
                 records.append(
-                    _move(
-                        params,
-                        PREVIOUS,
-                        champion.version,
-                        who=who,
-                        action="promote",
-                        why=f"replaced by v{version}",
-                    )
+                    _move(params, PREVIOUS, current, who=who, action="promote", why=f"replaced by v{version}")
                 )
-            records.append(_move(params, CHAMPION, str(version), who=who, action="promote", why=why))
+            records.append(_move(params, CHAMPION, version, who=who, action="promote", why=why))
             challenger = mlflow_adapter.find_alias(params, CHALLENGER)
-            if challenger is not None and challenger.version == str(version):
+            if challenger is not None and challenger.version == version:
                 mlflow_adapter.delete_alias(params, CHALLENGER)
         append_audit(params, records)
-    return PromoteResult("promote", str(version), _moves(records), records)
+    return PromoteResult("promote", version, _moves(records), records)
 
 
 def reject(params: Params, *, version: str, reasons: list[str], who: str | None = None) -> PromoteResult:
     """Keep the champion; tag ``version`` as rejected with its reasons and record the decision."""
     who = who or default_who()
-    why = "; ".join(reasons) or "rejected"
     with registry_lock(params):
-        mlflow_adapter.set_version_tags(params, str(version), {"rejected": "true", "reject_reasons": why[:4500]})
-        record = AuditRecord(
-            ts=_now(),
-            who=who,
-            action="reject",
-            model=params.registry.model_name,
-            alias=None,
-            from_version=None,
-            to_version=str(version),
-            why=why,
-        )
-        append_audit(params, [record])
+        record = _reject_locked(params, version=str(version), why="; ".join(reasons) or "rejected", who=who)
     return PromoteResult("reject", str(version), {}, [record])
+
+
+def _reject_locked(params: Params, *, version: str, why: str, who: str) -> AuditRecord:
+    """Tag ``version`` rejected and append the ``reject`` record; the caller holds the registry lock."""
+    mlflow_adapter.set_version_tags(params, version, {"rejected": "true", "reject_reasons": why[:4500]})
+    record = AuditRecord(
+        ts=_now(),
+        who=who,
+        action="reject",
+        model=params.registry.model_name,
+        alias=None,
+        from_version=None,
+        to_version=version,
+        why=why,
+    )
+    append_audit(params, [record])
+    return record
 
 
 def check_loads_and_predicts(params: Params, version: str) -> int:
@@ -240,14 +283,25 @@ def format_audit(records: list[AuditRecord]) -> str:
 
 
 def run(
-    params: Params, *, version: str, decision: Action, reasons: list[str] | None = None, who: str | None = None
+    params: Params,
+    *,
+    version: str,
+    decision: Action,
+    reasons: list[str] | None = None,
+    who: str | None = None,
+    expected_champion: Expected = ANY,
 ) -> PromoteResult:
-    """Apply a decision for ``version`` and write ``<reports>/promote.json``."""
+    """Apply a decision for ``version`` and write ``<reports>/promote.json``.
+
+    ``expected_champion`` applies to ``promote`` only (see :func:`promote`): a champion that moved turns the
+    promotion into a rejection, and the result's ``action`` says ``reject``.
+    """
     reasons = reasons or []
     if decision == "challenge":
         result = challenge(params, version=version, why="; ".join(reasons) or "candidate", who=who)
     elif decision == "promote":
-        result = promote(params, version=version, why="; ".join(reasons) or "promoted", who=who)
+        why = "; ".join(reasons) or "promoted"
+        result = promote(params, version=version, why=why, who=who, expected_champion=expected_champion)
     elif decision == "reject":
         result = reject(params, version=version, reasons=reasons, who=who)
     else:

@@ -39,9 +39,11 @@ Suites (each expectation carries ``meta.check``, the name used in reasons and re
     byte copy (SHA-256) or a near-duplicate (perceptual hash, Hamming distance <= ``validate.leak_max_distance``)
     of any golden or holdout image;
     ``prediction_log_schema`` (one row per file and column): readable, each column's Arrow type as in ``SCHEMA``,
-    no missing, extra or repeated column; ``prediction_log_rows`` (the first ``validate.log_sample_rows`` rows of
-    each file): no nulls where ``SCHEMA`` forbids them, classes, confidences and normalised corners in range,
-    SHA-256 well formed.
+    no missing, extra or repeated column (a file written before the log's version 2, missing exactly
+    ``V2_COLUMNS``, passes: every reader upgrades it); ``prediction_log_rows`` (the first
+    ``validate.log_sample_rows`` rows of each file, old files upgraded): no nulls where ``SCHEMA`` forbids them,
+    classes, confidences, normalised corners and input statistics in range, SHA-256 well formed, ``error`` null or
+    a known kind; an error row (an image without prediction) has no boxes and no statistics and may have size 0.
 """
 
 from __future__ import annotations
@@ -58,15 +60,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
+from tasks.contracts import prediction_log
 from tasks.contracts.frozen_images import FrozenImageIndex, frozen_image_folders, index_test_images
 from tasks.contracts.names import check_cycle_name
 from tasks.contracts.quarantine import QUARANTINE_REPORT, Reason, quarantine
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.validate import ValidateReport
 from tasks.contracts.validation_frames import (
+    ABSENT,
     FrameError,
     image_frame,
     label_frame,
@@ -237,13 +243,46 @@ def build_frames(
     }
     frames[LABELS] = label_frame(images, labels_dir=labels_dir, sizes=sizes)
     files = log_files(params.base.paths.predictions)
-    frames[LOG_SCHEMA] = log_schema_frame(files)
+    frames[LOG_SCHEMA] = accept_v1_files(log_schema_frame(files))
     bad = schema_failures(frames[LOG_SCHEMA])
+    frames[LOG_ROWS] = log_rows([f for f in files if str(f) not in bad], rows_per_file=v.log_sample_rows)
+    return frames
+
+
+def accept_v1_files(frame: pd.DataFrame) -> pd.DataFrame:
+    """The schema frame without the rows of a file written before the log's version 2 for its version-2 columns.
+
+    A file missing exactly :data:`prediction_log.V2_COLUMNS` is an old file every reader still accepts (and
+    upgrades); a file missing only some of them, or anything else, keeps its failing rows.
+    """
+    new = frame["column"].isin(prediction_log.V2_COLUMNS) & (frame["actual_type"] == ABSENT)
+    missing = frame[new].groupby("file")["column"].agg(frozenset)
+    old = {file for file, columns in missing.items() if columns == frozenset(prediction_log.V2_COLUMNS)}
+    return frame[~(new & frame["file"].isin(old))].reset_index(drop=True)
+
+
+def log_rows(files: Sequence[Path], *, rows_per_file: int) -> pd.DataFrame:
+    """The first ``rows_per_file`` rows of each schema-valid log file; an old file's rows upgraded to version 2.
+
+    Raises:
+        PredictionLogSchemaError: a file's schema reads but its rows do not (names the file).
+    """
+    old = [path for path in files if prediction_log.is_v1(pq.read_schema(path))]
     try:
-        frames[LOG_ROWS] = log_rows_frame([f for f in files if str(f) not in bad], rows_per_file=v.log_sample_rows)
+        frame = log_rows_frame([path for path in files if path not in old], rows_per_file=rows_per_file)
     except FrameError as exc:
         raise PredictionLogSchemaError(str(exc)) from exc
-    return frames
+    parts = [frame] if len(frame) else []
+    for path in old:
+        try:
+            first = next(pq.ParquetFile(path).iter_batches(batch_size=rows_per_file), None)
+        except (pa.ArrowException, OSError) as exc:
+            raise PredictionLogSchemaError(f"{path}: prediction log rows are not readable ({exc})") from exc
+        if first is not None:
+            part = prediction_log.upgrade(pa.Table.from_batches([first]), check_nulls=False).to_pandas()
+            part.insert(0, "file", str(path))
+            parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else frame
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,14 @@ Contract:
         - ``paths.train/{images,labels}`` and ``paths.val/{images,labels}``: historical source-domain sets;
         - ``paths.golden/{images,labels}``: frozen source-domain test set (its own seed stream, so changing
           ``train_images`` never changes it);
-        - ``paths.production/<YYYY-MM-DD>/images``: dated production batches, drifting by severity;
+        - ``paths.production/<YYYY-MM-DD>/images``: dated production batches, source domain before
+          ``production.drift_start``, then drifting by severity; each batch's images are split between
+          ``production.sources`` (cameras / lines with their own scenario and severity scale), named in
+          ``paths.production/<YYYY-MM-DD>/sources.csv`` (``image_id,source``, one row per image);
         - ``paths.oracle/<YYYY-MM-DD>/labels``: their ground truth, never next to the production images;
         - ``paths.world/manifest.json``: seed, classes, counts, and per batch the scenario, severity and the
-          effective render settings (deterministic: no paths, no timestamps);
+          effective render settings, plus per source (``sources``) its images, scenario, severity and settings
+          (deterministic: no paths, no timestamps);
         - ``paths.reports/world.json``: :class:`~tasks.contracts.reports.world.WorldReport` (counts, boxes per
           class per set, wall time) with the params stamp.
     Side effects: each set is rendered into a temporary sibling folder and swapped into place when complete,
@@ -47,8 +51,8 @@ from tasks.config import Params
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.world import WorldReport
 from tasks.io import replace_dir, write_json_atomic
-from tasks.sim.drift import batch_severities, effective_settings, merge_scenarios
-from tasks.sim.sets import SetSummary, render_set, set_seed
+from tasks.sim.drift import effective_settings, merge_scenarios, plan_sources, stream_severities
+from tasks.sim.sets import SOURCES_CSV, SetSummary, render_batch, render_set, set_seed
 from tasks.sim.world import WorldError, check_backgrounds, check_classes
 
 __all__ = ["STAGE", "WorldError", "WorldResult", "main", "run"]
@@ -104,6 +108,9 @@ def _check_world(params: Params) -> None:
     for name, scenario in world.scenarios.items():
         check_backgrounds(scenario.backgrounds or [], where=f"world.scenarios.{name}.backgrounds")
     merge_scenarios(world.source, world.scenarios, world.production.scenario)
+    for spec in world.production.sources.values():
+        if spec.scenario is not None:
+            merge_scenarios(world.source, world.scenarios, spec.scenario)
 
 
 def _check_existing(params: Params) -> WorldResult:
@@ -170,23 +177,33 @@ def _render_production(params: Params) -> tuple[dict[str, SetSummary], list[dict
     """Render the dated production batches (images) and their oracle labels; return summaries and manifest rows."""
     base, world = params.base, params.world
     stream = world.production
-    severities = batch_severities(start=stream.severity_start, end=stream.severity_end, batches=stream.batches)
+    severities = stream_severities(
+        start=stream.severity_start, end=stream.severity_end, batches=stream.batches, drift_start=stream.drift_start
+    )
     summaries: dict[str, SetSummary] = {}
     batches: list[dict[str, Any]] = []
     with _staging_dir(base.paths.production) as prod_tmp, _staging_dir(base.paths.oracle) as oracle_tmp:
         for i, severity in enumerate(severities):
             batch_id = (stream.start_date + dt.timedelta(days=i)).isoformat()
             settings = effective_settings(world.source, world.scenarios, stream.scenario, severity)
+            plans = plan_sources(
+                world.source,
+                world.scenarios,
+                stream.sources,
+                scenario=stream.scenario,
+                severity=severity,
+                images=stream.images_per_batch,
+            )
             t0 = time.perf_counter()
-            summaries[batch_id] = render_set(
-                settings,
-                n=stream.images_per_batch,
+            summaries[batch_id] = render_batch(
+                plans,
                 classes=base.classes,
                 image_size=world.image_size,
                 seed=set_seed(base.seed, f"production/{batch_id}"),
                 prefix=batch_id,
                 images_dir=prod_tmp / batch_id / "images",
                 labels_dir=oracle_tmp / batch_id / "labels",
+                sources_csv=prod_tmp / batch_id / SOURCES_CSV,
             )
             _log_set(f"batch {batch_id} (severity {severity:.2f})", summaries[batch_id], time.perf_counter() - t0)
             batches.append(
@@ -197,6 +214,7 @@ def _render_production(params: Params) -> tuple[dict[str, SetSummary], list[dict
                     "severity": round(severity, 6),
                     "images": stream.images_per_batch,
                     "settings": settings.model_dump(mode="json"),
+                    "sources": [plan.manifest_row() for plan in plans],
                 }
             )
     return summaries, batches

@@ -63,26 +63,33 @@ def client(params: Params) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _experiment_id(params: Params) -> str:
+def _experiment_id(params: Params, name: str | None = None) -> str:
+    """The id of ``name`` (default ``registry.experiment``), created on first use."""
+    name = name or params.registry.experiment
     mlflow_client = client(params)
-    experiment = mlflow_client.get_experiment_by_name(params.registry.experiment)
+    experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
     location = None
     if tracking_uri(params).startswith("sqlite:"):
         # A local store keeps artifacts in the project, not in ./mlruns of whatever the working dir is.
         location = params.registry.artifact_root.resolve().as_uri()
-    return str(mlflow_client.create_experiment(params.registry.experiment, artifact_location=location))
+    return str(mlflow_client.create_experiment(name, artifact_location=location))
 
 
 @contextmanager
 def mlflow_run(
-    params: Params, *, run_name: str, tags: dict[str, str] | None = None, run_id: str | None = None
+    params: Params,
+    *,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
 ) -> Iterator[str]:
-    """Start (or resume, with ``run_id``) an MLflow run; yields its id."""
+    """Start (or resume, with ``run_id``) an MLflow run in ``experiment`` (default ``registry.experiment``)."""
     import mlflow
 
-    experiment_id = _experiment_id(params)
+    experiment_id = _experiment_id(params, experiment)
     with mlflow.start_run(
         run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags
     ) as active:
@@ -398,6 +405,37 @@ def download_run_file(params: Params, run_id: str, artifact: str, dst: Path) -> 
 
     client(params)
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+
+
+def log_version_file(params: Params, info: ModelVersionInfo, path: Path, folder: str) -> str:
+    """Attach ``path`` to the version's training run under ``folder``; its run-relative artifact path."""
+    client(params).log_artifact(info.run_id, str(path), artifact_path=folder)
+    return f"{folder}/{path.name}"
+
+
+def find_run(params: Params, experiment: str, run_name: str) -> str | None:
+    """The id of the newest run called ``run_name`` in ``experiment`` (``None``: none yet)."""
+    found = client(params).get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client(params).search_runs(
+        [found.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'", max_results=1
+    )
+    return str(runs[0].info.run_id) if runs else None
+
+
+def log_metric_series(params: Params, run_id: str, series: Mapping[str, Sequence[tuple[int, int, float]]]) -> None:
+    """Log ``{metric: [(step, timestamp_ms, value), ...]}`` to a run in one batch (NaN/inf values are left out)."""
+    from mlflow.entities import Metric
+
+    metrics = [
+        Metric(key=key, value=float(value), timestamp=int(ts), step=int(step))
+        for key, points in series.items()
+        for step, ts, value in points
+        if np.isfinite(value)
+    ]
+    for start in range(0, len(metrics), 1000):  # the store's batch limit
+        client(params).log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def download_onnx(params: Params, info: ModelVersionInfo, dst: Path) -> Path:

@@ -82,3 +82,18 @@ def onnx_fallback(params: Params, info: ModelVersionInfo, reason: str) -> Deploy
     """The version's re-checked ONNX file (fetched, cached), what runs when its selected artifact cannot."""
     log.info("%s; running its ONNX file (target %s)", reason, FALLBACK_TARGET)
     return Deployed(FALLBACK_TARGET, "fp32", cached_onnx(params, info), fallback=reason)
+
+
+def resolve_version(params: Params, name: str) -> ModelVersionInfo | None:
+    """The version an alias (``challenger``) or a version number (``"7"``) names now; None when it names none.
+
+    Used where a missing version is a normal state (the shadow of batch prediction); the caller says so.
+    """
+    if not name.isdigit():
+        return mlflow_adapter.find_alias(params, name)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_adapter.get_version(params, name)
+    except MlflowException:
+        return None

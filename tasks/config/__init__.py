@@ -33,6 +33,15 @@ from tasks.config.base import (  # noqa: F401
     Section,
     VisionloopError,
 )
+from tasks.config.monitor import (  # noqa: F401
+    AlertParams,
+    BaselineParams,
+    DriftRules,
+    MetricsParams,
+    MonitorParams,
+    TriggerParams,
+    WatchParams,
+)
 from tasks.config.sections import (  # noqa: F401
     YOLO_OWNED_ARGS,
     CalibrationParams,
@@ -69,15 +78,6 @@ from tasks.config.sections import (  # noqa: F401
     ValidateParams,
     YoloOptimizer,
     YoloParams,
-)
-from tasks.config.monitor import (  # noqa: F401
-    AlertParams,
-    BaselineParams,
-    DriftRules,
-    MetricsParams,
-    MonitorParams,
-    TriggerParams,
-    WatchParams,
 )
 from tasks.config.world import (  # noqa: F401
     AnnotatorSimParams,

@@ -10,6 +10,17 @@ from pydantic import Field
 
 from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
 
+BaselineSet = Literal["val", "golden", "train"]
+AlertEvent = Literal["drift", "labels_waiting", "approval_pending", "rollback", "failed_run"]
+
+
+def _default_sets() -> list[BaselineSet]:
+    return ["val"]
+
+
+def _default_events() -> list[AlertEvent]:
+    return ["drift", "labels_waiting", "approval_pending", "rollback", "failed_run"]
+
 
 class DriftRules(Section):
     """When a window of the prediction log differs from the champion's baseline.
@@ -31,7 +42,7 @@ class DriftRules(Section):
 class BaselineParams(Section):
     """The champion's own predictions and input statistics, stored with its model version (MLflow artifact)."""
 
-    sets: list[Literal["val", "golden", "train"]] = Field(default_factory=lambda: ["val"])
+    sets: list[BaselineSet] = Field(default_factory=_default_sets)
     max_images: PositiveInt = 1000  # per set, the first N in name order
 
 
@@ -69,9 +80,7 @@ class AlertParams(Section):
     """Who hears about it: a webhook (its URL only from the environment variable named here; unset = log only)."""
 
     webhook_env: str = "VISIONLOOP_ALERT_WEBHOOK"
-    events: list[Literal["drift", "labels_waiting", "approval_pending", "rollback", "failed_run"]] = Field(
-        default_factory=lambda: ["drift", "labels_waiting", "approval_pending", "rollback", "failed_run"]
-    )
+    events: list[AlertEvent] = Field(default_factory=_default_events)
     labels_deadline_hours: NonNegativeFloat = 48.0  # a cycle waiting for labels longer than this alerts
     timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
@@ -84,7 +93,7 @@ class MetricsParams(Section):
 
 
 class MonitorParams(Section):
-    """Stage ``monitor``: windows of the prediction log vs the champion's baseline, drift → trigger, watch → rollback."""
+    """Stage ``monitor``: prediction-log windows vs the champion's baseline, drift → trigger, watch → rollback."""
 
     alias: str = "champion"
     window: Literal["batch", "day"] = "batch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
 from pydantic import Field, model_validator
@@ -93,8 +94,36 @@ class ScenarioOverride(Section):
         return self
 
 
+DEFAULT_SOURCE = "default"
+"""Name of the one source a production stream has when ``world.production.sources`` is not set."""
+
+SHARE_TOLERANCE = 1e-6
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SourceSpec(Section):
+    """One source of the production stream (a camera, a line, a site) with its own drift.
+
+    ``share`` is its part of every batch's images (the shares of a stream sum to 1); ``scenario`` (``None`` = the
+    stream's ``scenario``) names scenarios from ``world.scenarios`` merged in order; ``severity_scale`` multiplies
+    the batch severity for this source (0 = this source never drifts).
+    """
+
+    share: Fraction
+    scenario: list[str] | None = None
+    severity_scale: Fraction = 1.0
+
+
+def _default_sources() -> dict[str, SourceSpec]:
+    return {DEFAULT_SOURCE: SourceSpec(share=1.0)}
+
+
 class ProductionStream(Section):
-    """The dated production batches and the drift they follow."""
+    """The dated production batches, the drift they follow and the sources they come from.
+
+    Batches before ``drift_start`` are source domain (severity 0); from ``drift_start`` on, severity grows linearly
+    from ``severity_start`` to ``severity_end`` (the last batch).
+    """
 
     scenario: list[str] = Field(default_factory=list)
     batches: PositiveInt = 2
@@ -102,6 +131,29 @@ class ProductionStream(Section):
     start_date: dt.date = dt.date(2026, 11, 2)
     severity_start: Fraction = 0.5
     severity_end: Fraction = 1.0
+    drift_start: NonNegativeInt = 0
+    sources: dict[str, SourceSpec] = Field(default_factory=_default_sources)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProductionStream:
+        if self.drift_start >= self.batches:
+            raise ValueError(
+                f"production.drift_start = {self.drift_start} must be below production.batches = {self.batches} "
+                "(batches before it are source domain, drift starts at that batch index)"
+            )
+        if not self.sources:
+            raise ValueError("production.sources is empty: name at least one source, e.g. {default: {share: 1.0}}")
+        bad = [name for name in self.sources if not _SOURCE_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(
+                f"production.sources names {bad}: use letters, digits, '.', '_' or '-' (starting with a letter "
+                "or digit), since the name goes into sources.csv and the prediction log"
+            )
+        total = sum(spec.share for spec in self.sources.values())
+        if abs(total - 1.0) > SHARE_TOLERANCE:
+            shares = ", ".join(f"{name}: {spec.share}" for name, spec in self.sources.items())
+            raise ValueError(f"production.sources shares sum to {total:.6g} ({shares}): they must sum to 1")
+        return self
 
 
 class AnnotatorSimParams(Section):
@@ -133,10 +185,13 @@ class WorldParams(Section):
 
     @model_validator(mode="after")
     def _known_scenarios(self) -> WorldParams:
-        unknown = [name for name in self.production.scenario if name not in self.scenarios]
-        if unknown:
-            raise ValueError(
-                f"production.scenario names {unknown} not defined under world.scenarios "
-                f"(defined: {sorted(self.scenarios)})"
-            )
+        fields = {"production.scenario": self.production.scenario} | {
+            f"production.sources.{name}.scenario": spec.scenario or [] for name, spec in self.production.sources.items()
+        }
+        for where, names in fields.items():
+            unknown = [name for name in names if name not in self.scenarios]
+            if unknown:
+                raise ValueError(
+                    f"{where} names {unknown} not defined under world.scenarios (defined: {sorted(self.scenarios)})"
+                )
         return self

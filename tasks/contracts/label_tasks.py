@@ -90,6 +90,8 @@ def load_predictions(root: Path, rows: Sequence[SampleRow]) -> dict[str, Predict
     table = prediction_log.read(root, dates=dates)
     wanted = {(r.image_sha256, r.model_name, r.model_version) for r in rows}
     table = table.filter(pc.is_in(table["image_sha256"], pa.array(sorted({w[0] for w in wanted}), type=pa.string())))
+    # the version's own answer: not its shadow rows (a champion may once have shadowed), never an error row
+    table = table.filter(pc.and_(pc.invert(table["shadow"]), pc.is_null(table["error"])))
     grouped: dict[str, list[dict[str, Any]]] = {}
     for rec in table.to_pylist():
         if (rec["image_sha256"], rec["model_name"], rec["model_version"]) in wanted:

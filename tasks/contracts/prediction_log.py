@@ -17,34 +17,23 @@ Contract:
       replacement is per (date, part), other dates are left alone.
     * Side effects: :func:`append` creates folders and files under ``root``; every reader is read-only.
 
-Reading the log elsewhere (all return ``date`` as a proper date column):
+Reading the log elsewhere (all return ``date`` as a proper date column; a log that still holds files written before
+version 2 needs DuckDB's ``union_by_name=true`` / Polars' ``missing_columns="insert", extra_columns="ignore"``,
+which read their version-2 columns as null):
     * DuckDB: ``duckdb.sql("select * from read_parquet('<root>/**/*.parquet', hive_partitioning=true)")``.
     * Polars: ``pl.scan_parquet("<root>/**/*.parquet", hive_partitioning=True)`` (use the glob: a directory read also
       lists leftover temp files and refuses the mixed extensions).
     * PyArrow: :func:`open_dataset`, i.e. ``ds.dataset(root, format="parquet", partitioning="hive", schema=SCHEMA)``.
       Without ``schema=`` PyArrow infers the folder value as a string and fails to merge it with the stored date32.
 
-Schema (:data:`SCHEMA`):
+Schema: :data:`SCHEMA` and its field table live in :mod:`tasks.contracts.prediction_schema` (re-exported here with
+:func:`upgrade`, :data:`V2_COLUMNS`, :data:`ERROR_KINDS`, ...). Every reader accepts files written before version 2
+and returns version-2 rows (:func:`upgrade`); :func:`open_dataset` is lazy and cannot fill defaults: on such a file
+its version-2 columns read as null (``upgrade`` the table it gives).
 
-| column | type | nullable | meaning |
-|---|---|---|---|
-| `image_id` | string | no | image identifier, unique within the batch |
-| `image_uri` | string | no | file URI or path of the image as it was read |
-| `image_sha256` | string | no | lowercase hex SHA-256 of the image file bytes |
-| `batch` | string | no | production batch name |
-| `date` | date32 | no | the batch's date; also the partition key (`date=YYYY-MM-DD` folder) |
-| `ts` | timestamp[us, UTC] | no | when the prediction was made |
-| `model_name` | string | no | registered model name |
-| `model_version` | string | no | registered model version |
-| `model_alias` | string | yes | registry alias the model was resolved through (e.g. `champion`) |
-| `class_id` | int16 | yes | predicted class index into `base.classes`; null on a zero-detection row |
-| `class_name` | string | yes | name of `class_id`; null on a zero-detection row |
-| `confidence` | float32 | yes | detection score in [0, 1]; null on a zero-detection row |
-| `x1`, `y1`, `x2`, `y2` | float32 | yes | box corners (top-left, bottom-right) in pixels of the original image |
-| `x1n`, `y1n`, `x2n`, `y2n` | float32 | yes | the same corners divided by (width, height), clipped to [0, 1] |
-| `image_width`, `image_height` | int32 | no | original image size in pixels |
-| `latency_ms` | float32 | no | model latency for the image in milliseconds (repeated on each of its rows) |
-| `n_detections` | int16 | no | number of boxes for the image (0 on its single null row) |
+Shadow parts: rows a version logs in shadow beside the champion (``shadow`` true, part ``...__shadow``) are in the
+log like any other, but :func:`logged_batches` ignores them, so a version that shadowed a batch still predicts it in
+full once it is the champion.
 """
 
 from __future__ import annotations
@@ -65,40 +54,26 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from tasks.contracts.prediction_schema import (
+    DEFAULT_SOURCE,
+    ERROR_KINDS,
+    SCHEMA,
+    STAT_COLUMNS,
+    PredictionLogError,
+    format_problems,
+    is_v1,
+    null_problems,
+    schema_problems,
+    upgrade,
+)
+from tasks.contracts.prediction_schema import EMPTY_SHA256 as EMPTY_SHA256  # re-exported: readers import it here
+from tasks.contracts.prediction_schema import V1_SCHEMA as V1_SCHEMA
+from tasks.contracts.prediction_schema import V2_COLUMNS as V2_COLUMNS
 from tasks.core.hashing import file_sha256
+from tasks.core.image_stats import ImageStats
 from tasks.io import atomic_open
 
 logger = logging.getLogger(__name__)
-
-SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("image_uri", pa.string(), nullable=False),
-        pa.field("image_sha256", pa.string(), nullable=False),
-        pa.field("batch", pa.string(), nullable=False),
-        pa.field("date", pa.date32(), nullable=False),
-        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("model_alias", pa.string(), nullable=True),
-        pa.field("class_id", pa.int16(), nullable=True),
-        pa.field("class_name", pa.string(), nullable=True),
-        pa.field("confidence", pa.float32(), nullable=True),
-        pa.field("x1", pa.float32(), nullable=True),
-        pa.field("y1", pa.float32(), nullable=True),
-        pa.field("x2", pa.float32(), nullable=True),
-        pa.field("y2", pa.float32(), nullable=True),
-        pa.field("x1n", pa.float32(), nullable=True),
-        pa.field("y1n", pa.float32(), nullable=True),
-        pa.field("x2n", pa.float32(), nullable=True),
-        pa.field("y2n", pa.float32(), nullable=True),
-        pa.field("image_width", pa.int32(), nullable=False),
-        pa.field("image_height", pa.int32(), nullable=False),
-        pa.field("latency_ms", pa.float32(), nullable=False),
-        pa.field("n_detections", pa.int16(), nullable=False),
-    ]
-)
-"""Arrow schema of every prediction log file (see the module docstring for the field table)."""
 
 PARTITION_KEY = "date"
 PART_SUFFIX = ".parquet"
@@ -116,10 +91,6 @@ _MAX_PART_CHARS = 200
 _INT16_MAX = np.iinfo(np.int16).max
 
 
-class PredictionLogError(ValueError):
-    """A prediction log table, file or folder does not match the contract of this module."""
-
-
 class LoggedBatch(NamedTuple):
     """A (batch, model) combination already present in the log."""
 
@@ -130,18 +101,22 @@ class LoggedBatch(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class ImageDetections:
-    """Detector output for one image, as batch prediction produces it.
+    """Detector output for one image (or why there is none), as batch prediction produces it.
 
     Attributes:
         image_id: identifier of the image, unique within the batch.
         image_uri: file URI or path of the image.
-        image_sha256: lowercase hex SHA-256 of the image file bytes (see :func:`sha256_file`).
-        width: original image width in pixels (> 0).
-        height: original image height in pixels (> 0).
+        image_sha256: lowercase hex SHA-256 of the image file bytes (see :func:`sha256_file`); on an error record,
+            of the bytes that could be read (:data:`EMPTY_SHA256` when none).
+        width: original image width in pixels (> 0; >= 0 on an error record, 0 = not decoded).
+        height: original image height in pixels (as ``width``).
         latency_ms: model latency for this image in milliseconds (>= 0).
         boxes_xyxy: (N, 4) float boxes, ``x1, y1, x2, y2`` in pixels of the original image; N may be 0.
         confidence: (N,) float scores in [0, 1].
         class_id: (N,) integer class indices into ``class_names``.
+        source: camera / line / site of the image (:data:`DEFAULT_SOURCE` when unknown).
+        error: None, or one of :data:`ERROR_KINDS`; then N must be 0 and ``stats`` None.
+        stats: the image's input statistics (:func:`tasks.core.image_stats.image_stats`), None when not computed.
     """
 
     image_id: str
@@ -153,15 +128,23 @@ class ImageDetections:
     boxes_xyxy: np.ndarray
     confidence: np.ndarray
     class_id: np.ndarray
+    source: str = DEFAULT_SOURCE
+    error: str | None = None
+    stats: ImageStats | None = None
 
     def __post_init__(self) -> None:
         problems = []
         if not _SHA256.match(self.image_sha256):
             problems.append(f"image_sha256 {self.image_sha256!r} is not 64 lowercase hex characters")
-        if self.width <= 0 or self.height <= 0:
+        smallest = 0 if self.error is not None else 1
+        if self.width < smallest or self.height < smallest:
             problems.append(f"image size {self.width}x{self.height} must be positive")
         if not self.latency_ms >= 0:
             problems.append(f"latency_ms {self.latency_ms} must be >= 0")
+        if not isinstance(self.source, str) or not self.source:
+            problems.append(f"source {self.source!r} must be a non-empty string")
+        if self.error is not None and self.error not in ERROR_KINDS:
+            problems.append(f"error {self.error!r} is not one of {list(ERROR_KINDS)}")
         boxes_shape = np.shape(self.boxes_xyxy)
         if len(boxes_shape) != 2 or boxes_shape[1] != 4:
             problems.append(f"boxes_xyxy has shape {boxes_shape}, expected (N, 4)")
@@ -173,8 +156,38 @@ class ImageDetections:
                     problems.append(f"{name} has shape {shape}, expected ({n},) to match boxes_xyxy")
             if n > _INT16_MAX:
                 problems.append(f"{n} boxes exceed the int16 n_detections limit {_INT16_MAX}")
+            if self.error is not None and (n or self.stats is not None):
+                problems.append(f"an error record ({self.error}) carries no boxes and no stats")
         if problems:
             raise PredictionLogError(f"image {self.image_id!r}: " + "; ".join(problems))
+
+    @classmethod
+    def failed(
+        cls,
+        *,
+        image_id: str,
+        image_uri: str,
+        image_sha256: str,
+        error: str,
+        source: str = DEFAULT_SOURCE,
+        width: int = 0,
+        height: int = 0,
+        latency_ms: float = 0.0,
+    ) -> ImageDetections:
+        """The record of an image that has no prediction: ``error`` set, no boxes, no stats (size 0 = unknown)."""
+        return cls(
+            image_id=image_id,
+            image_uri=image_uri,
+            image_sha256=image_sha256,
+            width=width,
+            height=height,
+            latency_ms=latency_ms,
+            boxes_xyxy=np.zeros((0, 4), np.float32),
+            confidence=np.zeros(0, np.float32),
+            class_id=np.zeros(0, np.int64),
+            source=source,
+            error=error,
+        )
 
     @property
     def n_detections(self) -> int:
@@ -209,6 +222,7 @@ def rows_to_table(
     model_alias: str | None,
     class_names: Sequence[str],
     ts: dt.datetime | None = None,
+    shadow: bool = False,
 ) -> pa.Table:
     """Build a prediction log table from per-image detector results.
 
@@ -216,7 +230,8 @@ def rows_to_table(
     modified.
 
     Args:
-        records: one entry per image; images with zero boxes become one row with null box columns.
+        records: one entry per image; images with zero boxes (and error records) become one row with null box
+            columns.
         batch: production batch name.
         date: the batch's date (a ``datetime.date``, not a ``datetime``); the partition key.
         model_name: registered model name.
@@ -224,6 +239,7 @@ def rows_to_table(
         model_alias: alias the model was resolved through, or None.
         class_names: class names indexed by class id (``base.classes``).
         ts: timezone-aware time of the prediction; defaults to now (UTC). Stored in UTC.
+        shadow: the rows of a version run in shadow beside the champion (column ``shadow``).
 
     Returns:
         A table with :data:`SCHEMA` and ``sum(max(N_i, 1))`` rows, in record order then box order. Pixel boxes are
@@ -302,6 +318,11 @@ def rows_to_table(
     columns["image_height"] = pa.array(heights[image_of_row], type=pa.int32())
     columns["latency_ms"] = per_image([float(r.latency_ms) for r in records], pa.float32())
     columns["n_detections"] = pa.array(counts[image_of_row], type=pa.int16())
+    columns["source"] = per_image([r.source for r in records], pa.string())
+    columns["error"] = per_image([r.error for r in records], pa.string())
+    for name in STAT_COLUMNS:
+        columns[name] = per_image([None if r.stats is None else getattr(r.stats, name) for r in records], pa.float32())
+    columns["shadow"] = constant(shadow, pa.bool_())
     return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)
 
 
@@ -327,9 +348,9 @@ def append(root: Path, table: pa.Table, *, part: str) -> list[Path]:
             safe characters. Nothing is written then.
     """
     root = Path(root)
-    problems = _schema_problems(table.schema) or _null_problems(table)
+    problems = schema_problems(table.schema, v1_ok=False) or null_problems(table)
     if problems:
-        raise PredictionLogError(_format_problems("table to append", problems))
+        raise PredictionLogError(format_problems("table to append", problems))
     file_name = _part_file_name(part)
     table = table.select(SCHEMA.names).cast(SCHEMA)
     if table.num_rows == 0:
@@ -357,7 +378,8 @@ def read(root: Path, *, dates: Iterable[dt.date] | None = None) -> pa.Table:
         dates: only these partition dates; None reads all.
 
     Returns:
-        A table with :data:`SCHEMA`, files in path order (date, then part name).
+        A table with :data:`SCHEMA` (files written before version 2 upgraded, :func:`upgrade`), files in path order
+        (date, then part name).
 
     Raises:
         PredictionLogError: a ``*.parquet`` file is not readable Parquet, is not inside a ``date=YYYY-MM-DD``
@@ -372,10 +394,12 @@ def read(root: Path, *, dates: Iterable[dt.date] | None = None) -> pa.Table:
 
 
 def logged_batches(root: Path) -> set[LoggedBatch]:
-    """Return the (batch, model name, model version) combinations already in the log.
+    """Return the (batch, model name, model version) combinations already in the log, shadow rows left out.
 
-    Reads only those three columns of each file (after checking the file's schema), so it is cheap next to
-    :func:`read`.
+    Reads only those three columns and ``shadow`` of each file (after checking the file's schema), so it is cheap
+    next to :func:`read`. Rows logged in shadow (``shadow`` true) do not count: a version that shadowed a batch has
+    not predicted it (it predicts it in full once it is the champion). Files written before version 2 have no
+    shadow rows.
 
     Args:
         root: log root folder; a missing root gives an empty set.
@@ -389,8 +413,11 @@ def logged_batches(root: Path) -> set[LoggedBatch]:
     keys = list(LoggedBatch._fields)
     found: set[LoggedBatch] = set()
     for path, _ in _part_files(Path(root), None):
-        _check_file_schema(path)
-        columns = pq.ParquetFile(path).read(columns=keys).group_by(keys).aggregate([])
+        v1 = is_v1(_check_file_schema(path))
+        table = pq.ParquetFile(path).read(columns=keys if v1 else [*keys, "shadow"])
+        if not v1:
+            table = table.filter(pc.invert(pc.fill_null(table["shadow"], False)))
+        columns = table.select(keys).group_by(keys).aggregate([])
         found.update(LoggedBatch(*row) for row in zip(*(columns[k].to_pylist() for k in keys), strict=True))
     return found
 
@@ -407,7 +434,7 @@ def window_files(root: Path, *, days: int) -> list[tuple[Path, dt.date]]:
 
     Raises:
         PredictionLogError: a ``*.parquet`` file outside a ``date=YYYY-MM-DD`` folder, hidden, unreadable or with a
-            schema other than :data:`SCHEMA` (the message names the file).
+            schema other than :data:`SCHEMA` or :data:`V1_SCHEMA` (the message names the file).
     """
     files = _part_files(Path(root), None)
     for path, date in files:
@@ -428,7 +455,9 @@ def window_files(root: Path, *, days: int) -> list[tuple[Path, dt.date]]:
 def open_dataset(root: Path) -> ds.Dataset:
     """Open the log as a lazy PyArrow dataset (for filtered scans); ``date`` comes back as date32.
 
-    No validation: use :func:`read` when file schemas may be wrong.
+    No validation: use :func:`read` when file schemas may be wrong. A file written before version 2 reads with
+    its version-2 columns null (``source`` and ``shadow`` too): pass a materialised table through :func:`upgrade`
+    to get the defaults (``upgrade(open_dataset(root).to_table())``).
 
     Args:
         root: existing log root folder.
@@ -461,36 +490,6 @@ def _check_class_ids(records: Sequence[ImageDetections], counts: np.ndarray, ids
         f"image {records[image_of_box[first]].image_id!r}: class {int(ids[first])} not in classes "
         f"[0..{n_classes - 1}] ({int(bad.sum())} bad box(es) in total); pass the model's class_names"
     )
-
-
-def _schema_problems(schema: pa.Schema) -> list[str]:
-    problems = []
-    for field in SCHEMA:
-        index = schema.get_field_index(field.name)
-        if index < 0:
-            problems.append(f"missing column {field.name}")
-        elif not schema.field(index).type.equals(field.type):
-            problems.append(f"column {field.name} has type {schema.field(index).type}, expected {field.type}")
-    for name in schema.names:
-        if SCHEMA.get_field_index(name) < 0:
-            problems.append(f"unexpected column {name}")
-    if len(set(schema.names)) != len(schema.names):
-        problems.append(f"duplicate column names in {schema.names}")
-    return problems
-
-
-def _null_problems(table: pa.Table) -> list[str]:
-    return [
-        f"column {field.name} is not nullable but has {table[field.name].null_count} null(s)"
-        for field in SCHEMA
-        if not field.nullable and table[field.name].null_count
-    ]
-
-
-def _format_problems(what: object, problems: list[str]) -> str:
-    lines = [f"{what}: does not match the prediction log schema ({len(problems)} problem(s))"]
-    lines += [f"  {problem}" for problem in problems]
-    return "\n".join(lines)
 
 
 def _part_file_name(part: str) -> str:
@@ -543,14 +542,16 @@ def _parse_date(text: str) -> dt.date | None:
         return None
 
 
-def _check_file_schema(path: Path) -> None:
+def _check_file_schema(path: Path) -> pa.Schema:
+    """The file's schema after checking it is :data:`SCHEMA` or :data:`V1_SCHEMA`."""
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
         raise PredictionLogError(f"{path}: not a readable Parquet file ({err})") from err
-    problems = _schema_problems(schema)
+    problems = schema_problems(schema)
     if problems:
-        raise PredictionLogError(_format_problems(path, problems))
+        raise PredictionLogError(format_problems(path, problems))
+    return schema
 
 
 def _read_file(path: Path, folder_date: dt.date | None) -> pa.Table:
@@ -565,12 +566,12 @@ def _read_file(path: Path, folder_date: dt.date | None) -> pa.Table:
         table = pq.ParquetFile(path).read()
     except (pa.ArrowException, OSError) as err:
         raise PredictionLogError(f"{path}: not a readable Parquet file ({err})") from err
-    problems = _null_problems(table)
+    problems = null_problems(table)
     other_dates = sorted(d for d in pc.unique(table[PARTITION_KEY]).to_pylist() if d not in (folder_date, None))
     if other_dates:
         problems.append(
             f"column {PARTITION_KEY} has {', '.join(map(str, other_dates))} but the folder says {folder_date}"
         )
     if problems:
-        raise PredictionLogError(_format_problems(path, problems))
-    return table.select(SCHEMA.names).cast(SCHEMA)
+        raise PredictionLogError(format_problems(path, problems))
+    return upgrade(table)

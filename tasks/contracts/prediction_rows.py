@@ -12,6 +12,10 @@ millions of rows per image: the sample stage and its strategies (:mod:`tasks.dec
   numpy segment reductions over the rows, not a GROUP BY.
 * :func:`image_meta` fetches ``image_id``/``image_uri`` of a few images back by position.
 
+Rows of images that have no prediction (``error`` not null: unreadable, not decoded, inference failed or timed out)
+are left out by every reader here: such images cannot be scored, compared or labeled. Files written before the
+log's version 2 (no ``error`` column) read as they are.
+
 Reads only; a file with another schema or a hash that is not 64 hex digits raises
 :class:`~tasks.contracts.prediction_log.PredictionLogError` naming the file or the value.
 """
@@ -31,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.contracts import prediction_log
@@ -195,12 +200,11 @@ def read_parts(paths: Sequence[Path], *, model: ModelKey, boxes_for: Collection[
     in ``boxes_for``), filtered on the model columns, so memory holds one file's hashes per reading thread at most
     besides the result. Files are read by :func:`map_files` threads (Parquet decoding and Polars release the GIL).
     """
-    keep = _model_filter(model)
 
     def read(i: int) -> ImageRows:
         path = paths[i]
         columns = _ROW_COLUMNS + (_BOX_COLUMNS if i in boxes_for else [])
-        frame = pl.scan_parquet(path).filter(keep).select(*columns, _FIRST).collect()
+        frame = pl.scan_parquet(path).filter(_row_filter(path, model)).select(*columns, _FIRST).collect()
         try:
             return _group_frame(frame, part=i, boxes=i in boxes_for)
         except prediction_log.PredictionLogError as err:
@@ -228,12 +232,14 @@ def image_rows(table: pa.Table, *, boxes: bool = False) -> ImageRows:
 
     Args:
         table: rows with at least ``image_sha256, batch, date, confidence, class_id`` (and ``x1n, y1n, x2n, y2n``
-            with ``boxes``); each image's rows consecutive, as in the log.
+            with ``boxes``); each image's rows consecutive, as in the log. Rows with an ``error`` are left out.
         boxes: also keep the normalised corners.
 
     Returns:
         The rows as :class:`ImageRows` (``part`` 0).
     """
+    if "error" in table.column_names:  # images without a prediction are no candidates
+        table = table.filter(pc.is_null(table["error"]))
     frame = pl.from_arrow(table.select(_ROW_COLUMNS + (_BOX_COLUMNS if boxes else [])))
     assert isinstance(frame, pl.DataFrame)  # a Table converts to a DataFrame, never a Series
     return _group_frame(frame.with_columns(_FIRST), part=0, boxes=boxes)
@@ -305,8 +311,8 @@ def image_meta(
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """The manifest fields of some images, fetched by position (``part``, ``row``) from the files they came from.
 
-    Only ``image_id`` and ``image_uri`` are read (filtered on the model as :func:`read_parts` does, so positions
-    agree), and only from the files holding one of the images.
+    Only ``image_id`` and ``image_uri`` are read (filtered on the model and on ``error`` as :func:`read_parts`
+    does, so positions agree), and only from the files holding one of the images.
 
     Args:
         paths: the files ``images["part"]`` indexes.
@@ -317,10 +323,10 @@ def image_meta(
         image_sha256 -> ``image_id, image_uri, batch, date, model_name, model_version``; for a picture logged more
         than once, its occurrence with the earliest (date, batch, image id).
     """
-    keep = _model_filter(model)
 
     def fetch(group: pl.DataFrame) -> pl.DataFrame:
-        read = pl.scan_parquet(paths[int(group["part"][0])]).filter(keep).select("image_id", "image_uri").collect()
+        path = paths[int(group["part"][0])]
+        read = pl.scan_parquet(path).filter(_row_filter(path, model)).select("image_id", "image_uri").collect()
         return pl.concat([group, read[group["row"].to_numpy()]], how="horizontal")
 
     found = map_files(fetch, images.partition_by("part", maintain_order=True))
@@ -334,6 +340,14 @@ def image_meta(
         .drop("part", "row")
     )
     return {row["image_sha256"]: row for row in frame.iter_rows(named=True)}
+
+
+def _row_filter(path: Path, model: ModelKey) -> pl.Expr:
+    """The rows of ``model`` in one file that have a prediction (a version-1 file has no ``error`` column)."""
+    keep = _model_filter(model)
+    if "error" in pq.read_schema(path).names:
+        keep = keep & pl.col("error").is_null()
+    return keep
 
 
 def _model_filter(model: ModelKey) -> pl.Expr:

@@ -92,3 +92,50 @@ def plot_strategies(by_strategy: Mapping[str, Mapping[str, int]]) -> bytes | Non
     _paired_bars(ax, names, pairs, ("#c9c9c9", "#2a7ab9"))
     ax.set_ylabel("images")
     return _png(fig)
+
+
+MONITOR_COLUMNS = ("mean_confidence", "n_detections", "median_box_px", "brightness", "contrast", "sharpness")
+"""Per-image columns the monitor draws, baseline against the newest window."""
+
+
+def plot_distributions(
+    baseline: Mapping[str, np.ndarray], window: Mapping[str, np.ndarray], *, title: str, bins: int = 30
+) -> bytes | None:
+    """One panel per column: density histograms of the baseline and the window on shared bins."""
+    names = [n for n in baseline if n in window and len(baseline[n]) and len(window[n])]
+    if not names:
+        return None
+    plt = _pyplot()
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        both = np.concatenate([baseline[name], window[name]]).astype(float)
+        edges = np.histogram_bin_edges(both[np.isfinite(both)], bins=bins)
+        ax.hist(baseline[name], bins=edges, density=True, alpha=0.55, label="baseline", color="tab:blue")
+        ax.hist(window[name], bins=edges, density=True, alpha=0.55, label="window", color="tab:orange")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def plot_series(
+    series: Mapping[str, Sequence[tuple[str, float | None]]], *, threshold: float | None, title: str
+) -> bytes | None:
+    """One line per signal over windows (x: window keys), with the decision threshold dashed."""
+    if not series or not any(v is not None for points in series.values() for _, v in points):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    keys = [k for k, _ in next(iter(series.values()))]
+    for name, points in series.items():
+        ax.plot(range(len(points)), [np.nan if v is None else v for _, v in points], marker="o", label=name)
+    if threshold is not None:
+        ax.axhline(threshold, linestyle="--", color="grey", linewidth=1)
+    ax.set_xticks(range(len(keys)), keys, rotation=30, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=6, ncol=3)
+    return _png(fig)

@@ -51,6 +51,8 @@ class Spec:
             ``{column}`` filled in.
         columns: one expectation per column (passed as ``column`` unless ``kwargs`` names it); empty: one.
         boxes_only: only rows with ``kind == "box"`` (the label rows that parsed).
+        error_rows: prediction log rows only: ``False`` = only rows with a prediction (``error`` null), ``True`` =
+            only error rows, ``None`` = every row.
     """
 
     suite: str
@@ -60,6 +62,7 @@ class Spec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     columns: tuple[str, ...] = ()
     boxes_only: bool = False
+    error_rows: bool | None = None
 
 
 _BETWEEN, _IN_SET = "ExpectColumnValuesToBeBetween", "ExpectColumnValuesToBeInSet"
@@ -104,8 +107,20 @@ EXPECTATIONS: tuple[Spec, ...] = (
          {"column": "confidence", "min_value": 0, "max_value": 1}),
     Spec(LOG_ROWS, "log_values", "{column} in [0, 1]", _BETWEEN, {"min_value": 0, "max_value": 1}, columns=_CORNERS),
     Spec(LOG_ROWS, "log_values", "{column} >= 1", _BETWEEN, {"min_value": 1},
-         columns=("image_width", "image_height")),
+         columns=("image_width", "image_height"), error_rows=False),
     Spec(LOG_ROWS, "log_values", "n_detections >= 0", _BETWEEN, {"column": "n_detections", "min_value": 0}),
+    Spec(LOG_ROWS, "log_values", "error null or one of {error_kinds}", _IN_SET,
+         {"column": "error", "value_set": "$error_kinds"}),
+    Spec(LOG_ROWS, "log_values", "{column} in [0, 255]", _BETWEEN, {"min_value": 0, "max_value": 255},
+         columns=tuple(c for c in prediction_log.STAT_COLUMNS if c != "sharpness")),
+    Spec(LOG_ROWS, "log_values", "sharpness >= 0", _BETWEEN, {"column": "sharpness", "min_value": 0}),
+    # an error row: the image has no prediction, only the row that counts it
+    Spec(LOG_ROWS, "log_error_rows", "{column} >= 0 on an error row (0: not decoded)", _BETWEEN, {"min_value": 0},
+         columns=("image_width", "image_height"), error_rows=True),
+    Spec(LOG_ROWS, "log_error_rows", "n_detections 0 on an error row", _BETWEEN,
+         {"column": "n_detections", "min_value": 0, "max_value": 0}, error_rows=True),
+    Spec(LOG_ROWS, "log_error_rows", "{column} null on an error row", _NULL,
+         columns=("class_id", "confidence", *prediction_log.STAT_COLUMNS), error_rows=True),
     Spec(LOG_ROWS, "log_values", "image_sha256 is 64 hex digits", "ExpectColumnValuesToMatchRegex",
          {"column": "image_sha256", "regex": r"^[0-9a-f]{64}$"}),
 )  # fmt: skip
@@ -126,6 +141,7 @@ def expectation_values(params: Params) -> dict[str, Any]:
         "boxes_per_image": list(v.boxes_per_image),
         "leak_max_distance": v.leak_max_distance,
         "not_nullable": [f.name for f in prediction_log.SCHEMA if not f.nullable],
+        "error_kinds": list(prediction_log.ERROR_KINDS),
     }
 
 
@@ -175,6 +191,9 @@ def build_suites(params: Params) -> dict[str, list[Expectation]]:
         for kwargs, rule in expand(spec, values):
             if spec.boxes_only:
                 kwargs["row_condition"] = Column("kind") == "box"
+            elif spec.error_rows is not None:
+                error = Column("error")
+                kwargs["row_condition"] = error.is_not_null() if spec.error_rows else error.is_null()
             suites[spec.suite].append(factory(**kwargs, meta={"check": spec.check, "rule": rule}))
     return suites
 

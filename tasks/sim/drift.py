@@ -2,16 +2,21 @@
 
 A scenario is a partial :class:`~tasks.config.RenderSettings`; a list of scenarios merges in order
 (:func:`merge_scenarios`), and :func:`effective_settings` moves from the source settings towards the merged target
-by a severity in [0, 1]. A demo and test fixture, as :mod:`tasks.sim.world`.
+by a severity in [0, 1]. A production stream's severity per batch comes from :func:`stream_severities` (source
+domain before ``drift_start``, then a linear ramp); each of its sources (:class:`~tasks.config.world.SourceSpec`)
+takes a share of the batch with its own scenario and severity scale (:func:`plan_sources`). A demo and test fixture,
+as :mod:`tasks.sim.world`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.config import RenderSettings, ScenarioOverride
+from tasks.config.world import SourceSpec
 from tasks.sim.world import WorldError, probabilities
 
 
@@ -114,3 +119,103 @@ def batch_severities(*, start: float, end: float, batches: int) -> list[float]:
     if batches == 1:
         return [start]
     return [start + (end - start) * i / (batches - 1) for i in range(batches)]
+
+
+def stream_severities(*, start: float, end: float, batches: int, drift_start: int | None) -> list[float]:
+    """Severity per batch: 0 before ``drift_start``, then linear from ``start`` to ``end`` (the last batch).
+
+    ``drift_start=None`` is a stream without drift (every batch 0); ``drift_start=0`` equals
+    :func:`batch_severities`.
+
+    Raises:
+        WorldError: ``batches`` < 1, or ``drift_start`` outside ``[0, batches)``.
+    """
+    if batches < 1:
+        raise WorldError(f"batches = {batches}: a stream needs at least one batch")
+    if drift_start is None:
+        return [0.0] * batches
+    if not 0 <= drift_start < batches:
+        raise WorldError(f"drift_start = {drift_start} outside [0, {batches}) (batches = {batches})")
+    return [0.0] * drift_start + batch_severities(start=start, end=end, batches=batches - drift_start)
+
+
+def split_by_share(n: int, shares: Sequence[float]) -> list[int]:
+    """Split ``n`` items by relative ``shares`` (largest remainder; ties go to the earlier share).
+
+    The counts sum to ``n``; shares are normalised by their sum first.
+
+    Raises:
+        WorldError: no shares, a negative share, or shares summing to 0.
+    """
+    total = sum(shares)
+    if not shares or any(s < 0 for s in shares) or total <= 0:
+        raise WorldError(f"shares {list(shares)}: need non-negative shares with a positive sum")
+    quotas = [n * s / total for s in shares]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """How one source's part of a batch is rendered.
+
+    Attributes:
+        name: the source name (``sources.csv``'s ``source`` column).
+        first: batch index of its first image (its images are ``first .. first + images - 1``).
+        images: number of images.
+        scenario: scenarios it drifts towards, merged in order.
+        severity: its severity (batch severity x ``severity_scale``).
+        settings: its effective render settings.
+    """
+
+    name: str
+    first: int
+    images: int
+    scenario: tuple[str, ...]
+    severity: float
+    settings: RenderSettings
+
+    def manifest_row(self) -> dict[str, Any]:
+        """The JSON row the world manifest keeps per batch per source."""
+        return {
+            "name": self.name,
+            "first": self.first,
+            "images": self.images,
+            "scenario": list(self.scenario),
+            "severity": round(self.severity, 6),
+            "settings": self.settings.model_dump(mode="json"),
+        }
+
+
+def plan_sources(
+    source: RenderSettings,
+    scenarios: dict[str, ScenarioOverride],
+    sources: Mapping[str, SourceSpec],
+    *,
+    scenario: Sequence[str],
+    severity: float,
+    images: int,
+) -> list[SourcePlan]:
+    """Split a batch of ``images`` between ``sources`` (in their order, contiguous index ranges) with their settings.
+
+    Each source gets ``split_by_share`` of the images and renders with
+    ``effective_settings(source, scenarios, spec.scenario or scenario, severity * spec.severity_scale)``.
+
+    Raises:
+        WorldError: an undefined scenario name, or no sources.
+    """
+    if not sources:
+        raise WorldError("no sources: a stream needs at least one (e.g. {default: {share: 1.0}})")
+    counts = split_by_share(images, [spec.share for spec in sources.values()])
+    plans: list[SourcePlan] = []
+    first = 0
+    for (name, spec), count in zip(sources.items(), counts, strict=True):
+        names = tuple(scenario if spec.scenario is None else spec.scenario)
+        own = severity * spec.severity_scale
+        settings = effective_settings(source, scenarios, names, own)
+        plans.append(SourcePlan(name, first, count, names, own, settings))
+        first += count
+    return plans

@@ -2,12 +2,14 @@
 
 A demo and test fixture, as the renderer. Every image draws from its own ``numpy`` generator seeded by
 ``(set seed, image index)`` (:func:`image_seed`, :func:`set_seed`), so the same settings give byte-identical files.
+A production batch whose images come from several sources (:func:`render_batch`) renders each source's index range
+with its own settings and names every image's source in a ``sources.csv`` sidecar.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,12 @@ from tqdm import tqdm
 
 from tasks.config import RenderSettings
 from tasks.contracts.yolo_labels import format_label_text
+from tasks.io import write_bytes_atomic
+from tasks.sim.drift import SourcePlan
 from tasks.sim.world import Scene, check_backgrounds, check_classes, render_scene
+
+SOURCES_CSV = "sources.csv"
+"""Sidecar of a production batch folder: ``image_id,source`` per image (the image id is the file stem)."""
 
 
 def format_yolo_labels(scene: Scene, *, image_size: tuple[int, int]) -> str:
@@ -72,6 +79,7 @@ def render_set(
     prefix: str,
     images_dir: Path,
     labels_dir: Path,
+    first_index: int = 0,
 ) -> SetSummary:
     """Render ``n`` images with their YOLO labels (``<prefix>_<index:06d>.png`` / ``.txt``).
 
@@ -84,6 +92,8 @@ def render_set(
         prefix: file-name prefix, unique across the world (file stems are image ids downstream).
         images_dir: folder for the PNGs (created).
         labels_dir: folder for the label files (created; may be far from ``images_dir``).
+        first_index: index of the first image: images ``first_index .. first_index + n - 1`` are rendered, so
+            parts of one set rendered with different settings keep their names and seeds.
 
     Returns:
         A :class:`SetSummary`.
@@ -97,7 +107,7 @@ def render_set(
     labels_dir.mkdir(parents=True, exist_ok=True)
     per_class = dict.fromkeys(classes, 0)
     empty = dropped = 0
-    for index in tqdm(range(n), desc=prefix, unit="img", leave=False, disable=None):
+    for index in tqdm(range(first_index, first_index + n), desc=prefix, unit="img", leave=False, disable=None):
         rng = np.random.default_rng(image_seed(seed, index))
         scene = render_scene(settings, classes=classes, image_size=image_size, rng=rng)
         stem = f"{prefix}_{index:06d}"
@@ -115,3 +125,73 @@ def render_set(
         empty_images=empty,
         dropped_objects=dropped,
     )
+
+
+def merge_summaries(parts: Iterable[SetSummary]) -> SetSummary:
+    """One :class:`SetSummary` for the parts of a set (counts added; every class of the parts present)."""
+    parts = list(parts)
+    per_class: dict[str, int] = {}
+    for part in parts:
+        for name, count in part.boxes_per_class.items():
+            per_class[name] = per_class.get(name, 0) + count
+    return SetSummary(
+        images=sum(p.images for p in parts),
+        boxes=sum(p.boxes for p in parts),
+        boxes_per_class=per_class,
+        empty_images=sum(p.empty_images for p in parts),
+        dropped_objects=sum(p.dropped_objects for p in parts),
+    )
+
+
+def sources_csv_text(prefix: str, plans: Sequence[SourcePlan]) -> str:
+    """The ``sources.csv`` text of a batch: header ``image_id,source``, one row per image in index order."""
+    rows = ["image_id,source"]
+    for plan in plans:
+        rows += [f"{prefix}_{index:06d},{plan.name}" for index in range(plan.first, plan.first + plan.images)]
+    return "\n".join(rows) + "\n"
+
+
+def render_batch(
+    plans: Sequence[SourcePlan],
+    *,
+    classes: Sequence[str],
+    image_size: tuple[int, int],
+    seed: int,
+    prefix: str,
+    images_dir: Path,
+    labels_dir: Path,
+    sources_csv: Path,
+) -> SetSummary:
+    """Render one production batch whose images come from several sources, and its ``sources.csv``.
+
+    Image ``i`` is named and seeded as in :func:`render_set` (``<prefix>_<i:06d>``, ``image_seed(seed, i)``) and
+    drawn with the settings of the source whose index range holds it, so a batch of one source is byte-identical
+    to ``render_set`` of the whole batch.
+
+    Args:
+        plans: the sources' parts, contiguous and in index order (:func:`tasks.sim.drift.plan_sources`).
+        sources_csv: where the ``image_id,source`` sidecar goes (written atomically).
+        classes, image_size, seed, prefix, images_dir, labels_dir: as :func:`render_set`.
+
+    Returns:
+        The batch's :class:`SetSummary` (all sources together).
+
+    Raises:
+        WorldError: unknown class shape or background kind.
+    """
+    summaries = [
+        render_set(
+            plan.settings,
+            n=plan.images,
+            classes=classes,
+            image_size=image_size,
+            seed=seed,
+            prefix=prefix,
+            images_dir=images_dir,
+            labels_dir=labels_dir,
+            first_index=plan.first,
+        )
+        for plan in plans
+    ]
+    write_bytes_atomic(sources_csv, sources_csv_text(prefix, plans).encode())
+    return merge_summaries(summaries)

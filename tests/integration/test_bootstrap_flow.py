@@ -123,9 +123,11 @@ def test_skips_unreadable_production_image_and_names_it(tiny_run, prefect_harnes
     broken.write_bytes(io.BytesIO(b"\x89PNG truncated").getvalue())
     result = predict(params_path=str(params_file), batches=[batches[1]])
     (batch,) = result.batches
-    assert str(broken) in batch.skipped and "unreadable" in batch.skipped[str(broken)]
-    ids = set(prediction_log.read(params.base.paths.predictions)["image_id"].to_pylist())
-    assert "zz_broken" not in ids
+    assert str(broken) in batch.skipped and "unreadable or truncated" in batch.skipped[str(broken)]
+    assert batch.errors == {"decode": 1}
+    rows = [r for r in prediction_log.read(params.base.paths.predictions).to_pylist() if r["image_id"] == "zz_broken"]
+    # one error row counts the image (the monitor sees it); it is never a prediction nor a sampling candidate
+    assert [(r["error"], r["n_detections"], r["class_id"]) for r in rows] == [("decode", 0, None)]
 
 
 def test_rollback_flow_restores_a_version_that_loads_and_predicts(tiny_run, prefect_harness):

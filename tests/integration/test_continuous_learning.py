@@ -2,7 +2,9 @@
 
 bootstrap → predict → loop run 1 (nothing annotated yet: ends waiting for labels) → the annotator simulator answers
 the tasks through Label Studio's API → loop run 2 continues the same cycle without importing anything twice, and
-retrains, gates, registers the challenger with lineage, decides and reports → loop run 3 opens a new cycle.
+retrains, gates, registers the challenger with lineage, decides and reports → loop run 3 opens a new cycle (a
+reviewer refuses its promotion) → a fourth cycle whose champion is moved by hand while it waits for approval is
+not promoted over the new champion (compare-and-set).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def loop(server: Server, labelstudio_env: Server, prefect_harness) -> dict:
     data["label"].update(project_title="visionloop-loop-it", document_root=str(server.root), min_labeled=4)
     data["label"].update(retries=1, retry_delay_s=0.5, wait_timeout_s=0, poll_s=1)
     data["sample"].update(budget=8, max_per_day=None, phash_distance=None)
+    data["world"]["production"].update(images_per_batch=12)  # 24 images: three cycles of 8
     data["merge"].update(holdout_fraction=0.25)
     data["cycle"].update(epochs=1)
     data["export"].update(targets=["onnx"])
@@ -154,8 +157,9 @@ def test_rerunning_a_finished_cycle_changes_nothing(loop):
     assert cycle.read_state(params, loop["cycle"]).runs == 2  # not even counted as a run
 
 
-def _answer_pause(stop: threading.Event, run_input: dict, seen: list) -> None:
-    """Play the reviewer: resume the first paused flow run with ``run_input`` (as the UI's Resume form does)."""
+def _answer_pause(stop: threading.Event, run_input: dict, seen: list, before_resume=None) -> None:
+    """Play the reviewer: resume the first paused flow run with ``run_input`` (as the UI's Resume form does),
+    after calling ``before_resume`` (what happens elsewhere while the run waits)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -167,20 +171,25 @@ def _answer_pause(stop: threading.Event, run_input: dict, seen: list) -> None:
             runs = client.read_flow_runs(flow_run_filter=paused)
         for run in runs:
             seen.append(run.name)
+            if before_resume is not None:
+                before_resume()
             resume_flow_run(run.id, run_input=run_input)
             return
+
+
+def _relaxed(params_file: Path) -> Path:
+    """The loop's params with a gate that passes anything: these tests are about what happens after the gate."""
+    data = yaml.safe_load(params_file.read_text())
+    data["gate"].update(min_production_gain=-1.0, max_golden_loss=1.0, max_class_drop=None, max_latency_factor=None)
+    relaxed = params_file.with_name("params-relaxed.yaml")
+    relaxed.write_text(yaml.safe_dump(data, sort_keys=False))
+    return relaxed
 
 
 def test_promotion_waits_for_approval_and_a_refusal_keeps_the_champion(loop):
     from flows.continuous_learning import continuous_learning
 
-    params_file = loop["params_file"]
-    data = yaml.safe_load(params_file.read_text())
-    data["gate"].update(  # a gate that passes anything: this test is about the approval step after it
-        min_production_gain=-1.0, max_golden_loss=1.0, max_class_drop=None, max_latency_factor=None
-    )
-    relaxed = params_file.with_name("params-relaxed.yaml")
-    relaxed.write_text(yaml.safe_dump(data, sort_keys=False))
+    relaxed = _relaxed(loop["params_file"])
     params = load_params(relaxed)
     annotator.run(params)  # the open cycle's tasks (the third run queued them)
     client = MlflowClient(params.registry.tracking_uri)
@@ -205,3 +214,46 @@ def test_promotion_waits_for_approval_and_a_refusal_keeps_the_champion(loop):
     assert str(client.get_model_version_by_alias(name, "champion").version) == before
     last = promote.read_audit(params)[-1]
     assert last.action == "reject" and "not approved by qa-lead: holdout too small" in last.why
+
+
+def test_a_champion_moved_while_the_cycle_waits_for_approval_is_not_overwritten(loop):
+    from flows.continuous_learning import continuous_learning
+
+    relaxed = _relaxed(loop["params_file"])
+    params = load_params(relaxed)
+    opened = continuous_learning(params_path=str(relaxed), return_state=True)  # a new cycle: its tasks are queued
+    assert opened.name == "WaitingForLabels"
+    annotator.run(params)
+    client = MlflowClient(params.registry.tracking_uri)
+    name = params.registry.model_name
+    gated_against = str(client.get_model_version_by_alias(name, "champion").version)
+    other = "2" if gated_against == "1" else "1"
+
+    def hotfix() -> None:  # someone promotes another version while the cycle waits for its reviewer
+        promote.promote(params, version=other, why="hotfix promoted by hand", who="ops@plant")
+
+    stop, seen = threading.Event(), []
+    reviewer = threading.Thread(
+        target=_answer_pause,
+        args=(stop, {"approve": True, "reviewer": "qa-lead", "note": "looks good"}, seen, hotfix),
+        daemon=True,
+    )
+    reviewer.start()
+    try:
+        summary = continuous_learning(params_path=str(relaxed), require_approval=True)
+    finally:
+        stop.set()
+        reviewer.join(timeout=30)
+    assert seen, "the flow never paused for approval"
+    assert summary["decision"] == "promote"  # the gate and the reviewer said yes ...
+    assert summary["outcome"] == "reject" and summary["promote_action"] == "reject"  # ... the champion had moved
+    reason = (
+        f"champion moved from v{gated_against} to v{other} while v{summary['candidate_version']} was trained and "
+        f"gated against v{gated_against}; re-run the cycle to judge it against v{other}"
+    )
+    assert summary["promote_why"] == [reason]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == other
+    last = promote.read_audit(params)[-1]
+    assert last.action == "reject" and last.why == reason and last.to_version == summary["candidate_version"]
+    saved = cycle.read_state(params, summary["cycle"])
+    assert saved.status == "closed" and saved.outcome == "reject"

@@ -299,7 +299,7 @@ def files_params(tmp_path: Path) -> Params:
     data["base"]["classes"] = CLASSES
     data["world"]["source"]["class_weights"] = None
     data["world"]["scenarios"] = {}
-    data["world"]["production"]["scenario"] = []
+    data["world"]["production"].update(scenario=[], sources={"default": {"share": 1.0}})
     return Params.model_validate(data)
 
 

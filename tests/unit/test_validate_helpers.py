@@ -158,8 +158,14 @@ def test_the_expectations_table_expands_with_params(tmp_path: Path) -> None:
     assert sum(1 for k in expanded["labels"] if k.get("column") in ("x1n", "y1n", "x2n", "y2n")) == 4
     filled = [v for ks in expanded.values() for k in ks for key, v in k.items() if key != "regex"]
     assert all("$" not in str(v) and "{" not in str(v) for v in filled)
-    not_null = [k["column"] for k in expanded["prediction_log_rows"] if set(k) == {"column"}]
+    not_null = [
+        kwargs["column"]
+        for spec in expectations.EXPECTATIONS
+        if spec.check == "log_not_null"
+        for kwargs, _ in expectations.expand(spec, values)
+    ]
     assert not_null == values["not_nullable"]
+    assert {"source", "shadow"} <= set(not_null)
     pair = [k for k in expanded["images"] if "column_A" in k]
     assert [(k["column_A"], k["column_B"]) for k in pair] == [
         ("width", "declared_width"),

@@ -258,7 +258,7 @@ def test_production_ground_truth_only_in_oracle(params: Params, rendered: world.
         labels = {p.stem for p in (paths.oracle / batch / "labels").glob("*.txt")}
         assert images == labels and len(images) == 4
         assert all(stem.startswith(f"{batch}_") for stem in images)
-        assert sorted(p.name for p in (paths.production / batch).iterdir()) == ["images"]
+        assert sorted(p.name for p in (paths.production / batch).iterdir()) == ["images", "sources.csv"]
 
 
 def test_severity_ramps_across_batches(params: Params, rendered: world.WorldResult) -> None:
@@ -380,8 +380,8 @@ def test_other_scenarios_change_pixels(tmp_path: Path, scenario: str) -> None:
         tiny_params(tmp_path / "drift", production={"scenario": [scenario], "batches": 1, "severity_start": 1.0})
     )
     batch = clean.batch_ids[0]
-    a = files_under(clean.sets["production"] / batch)
-    b = files_under(drift.sets["production"] / batch)
+    a = files_under(clean.sets["production"] / batch / "images")
+    b = files_under(drift.sets["production"] / batch / "images")
     assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
 
 

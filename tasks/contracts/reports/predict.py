@@ -7,13 +7,26 @@ The predict stage writes a :class:`PredictResult` with :func:`tasks.contracts.re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tasks.contracts.reports.export import FALLBACK_TARGET
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Outcome of predicting one batch (``skipped``: unreadable image -> why)."""
+    """Outcome of predicting one batch.
+
+    Attributes:
+        batch, date: the batch and its date.
+        images: images the champion predicted (error rows not counted).
+        detections: boxes over those images.
+        skipped: image path -> why it has no prediction (each is an error row in the log).
+        files: the champion's log files written.
+        ms_per_image: mean model latency over the predicted images.
+        errors: error kind (``unreadable``, ``decode``, ``inference``, ``timeout``) -> images; absent kinds left out.
+        shadow_images: images given to the shadow version (its error rows included; 0 when shadow is off).
+        shadow_files: the shadow version's log files written (``...__shadow.parquet``).
+    """
 
     batch: str
     date: str
@@ -22,6 +35,9 @@ class BatchResult:
     skipped: dict[str, str]
     files: list[str]
     ms_per_image: float
+    errors: dict[str, int] = field(default_factory=dict)
+    shadow_images: int = 0
+    shadow_files: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,9 @@ class PredictResult:
         target, precision, artifact: what ran (the selected export artifact, or the ONNX fallback).
         fallback: why the ONNX file ran instead of the selected artifact (``None``: no fallback).
         wall_s: seconds the predictions took.
+        shadow: the version run in shadow (``predict.shadow``): ``alias``, ``version``, ``images`` (given to it,
+            over all batches), ``target``, ``precision`` and ``share``; ``None`` when shadow was off, its alias
+            named no other version or it could not be opened.
     """
 
     model_name: str
@@ -45,3 +64,4 @@ class PredictResult:
     artifact: str = ""
     fallback: str | None = None
     wall_s: float = 0.0
+    shadow: dict[str, Any] | None = None

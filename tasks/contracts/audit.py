@@ -1,0 +1,42 @@
+"""The alias audit trail (``promote.audit_log``): JSON lines of :class:`AuditRecord`, appended by the promote stage.
+
+Readers: the promote stage (``--audit``) and the monitor (which promotion to watch). A torn last line (a crash in
+the middle of an append) is reported and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tasks.contracts.reports.promote import AuditRecord
+
+log = logging.getLogger(__name__)
+
+
+def read_audit(path: Path) -> list[AuditRecord]:
+    """The whole trail, oldest first (``[]`` when there is none yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(AuditRecord(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            log.warning("%s line %d: unreadable audit record skipped (%s)", path, lineno, exc)
+    return records
+
+
+def newest_promotion(path: Path, *, model: str, to_version: str) -> AuditRecord | None:
+    """The newest ``promote`` move of the ``champion`` alias of ``model`` onto ``to_version`` (``None``: none)."""
+    for record in reversed(read_audit(path)):
+        if record.model != model or record.alias != "champion":
+            continue
+        if record.to_version != str(to_version):
+            return None  # the champion moved elsewhere since: its newest arrival was not a promotion we can watch
+        return record if record.action == "promote" else None
+    return None
