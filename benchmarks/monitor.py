@@ -61,6 +61,7 @@ from tasks.models import family
 from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector, predict_images
 from tasks.sim.stream import render_stream
 
+ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "visionloop-detector"
 NOW = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 
@@ -403,6 +404,7 @@ def _mean(values: Any) -> float | None:
 
 def train_worse(params_files: list[str], epochs: int, folder: Path) -> Path:
     """Train a model from scratch for ``epochs`` epochs with the project's stages into ``folder``; its ONNX path."""
+    folder.mkdir(parents=True, exist_ok=True)
     overlay = folder / "worse.yaml"
     overlay.write_text(
         yaml.safe_dump(
@@ -421,7 +423,13 @@ def train_worse(params_files: list[str], epochs: int, folder: Path) -> Path:
     args = [arg for path in [*params_files, str(overlay)] for arg in ("--params", path)]
     for stage in ("train", "export"):
         print(f"worse model: {stage} ({epochs} epochs) ...", flush=True)
-        subprocess.run([sys.executable, "-m", f"tasks.{stage}", *args], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", f"tasks.{stage}", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"},  # never the user's store
+        )
     return folder / "models" / "export" / "model.onnx"
 
 

@@ -44,6 +44,9 @@ def monitor_lines(report: dict[str, Any], label: str) -> list[str]:
         by = f"; drifted sources: {', '.join(sources)}" if sources else ""
         lines.append(f"  window {w['key']}: {w['images']} images, {state}{by}")
         lines += [f"    advice: {a}" for a in w.get("advice", [])]
+        for part in report.get("by_source", []):
+            if part.get("key") == w["key"]:
+                lines += [f"    advice ({part['source']}): {a}" for a in part.get("advice", [])]
     lines.append(f"  flagged batches: {', '.join(report.get('flagged_batches', [])) or 'none'}")
     trigger = report.get("trigger") or {}
     lines.append(f"  trigger: {trigger.get('reason', '-')}")

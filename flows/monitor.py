@@ -50,7 +50,7 @@ def _markdown(report: MonitorReport) -> str:
     ]
     for w in report.windows:
         signals = ", ".join(f"{s.name} ({s.effect:.2f})" for s in w.signals if s.drifted and s.effect is not None)
-        errors = ", ".join(f"{k} {v}" for k, v in w.errors.items()) or "-"
+        errors = ", ".join(f"{k} {v}" for k, v in w.errors.items() if v) or "-"
         p95 = w.latency_ms.get("p95")
         lines.append(
             f"| {w.key} | {w.images} | {'too small' if w.too_small else ('yes' if w.drifted else 'no')} | "
@@ -58,7 +58,9 @@ def _markdown(report: MonitorReport) -> str:
         )
     for w in report.by_source:
         if w.drifted:
-            lines.append(f"\nsource {w.source} drifted in window {w.key}")
+            signals = ", ".join(s.name for s in w.signals if s.drifted)
+            advice = "".join(f"; {a}" for a in w.advice)
+            lines.append(f"\nsource {w.source} drifted in window {w.key} ({signals}){advice}")
     lines.append(f"\nflagged batches: {', '.join(report.flagged_batches) or 'none'}")
     if report.trigger is not None:
         lines.append(f"\ntrigger: {report.trigger.reason}")

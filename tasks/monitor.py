@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from tasks.adapters import metrics as metrics_adapter
 from tasks.adapters import mlflow as mlflow_adapter
-from tasks.adapters.model_cache import find_deployed, onnx_fallback
+from tasks.adapters.model_cache import cached_onnx, find_deployed, onnx_fallback
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
@@ -52,11 +52,13 @@ from tasks.contracts.reports import load_report, write_report
 from tasks.contracts.reports.monitor import MonitorReport, Trigger, Watch, WatchWindow, Window
 from tasks.contracts.yolo_labels import DatasetError, list_images, load_rgb
 from tasks.core import plots
+from tasks.core.bootstrap import paired_bootstrap
 from tasks.core.image_stats import image_stats
 from tasks.decisions import monitoring
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.models import family
 from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector, predict_images
+from tasks.targets.gate_scoring import score_model
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +293,7 @@ def _watch(params: Params, info: ModelVersionInfo, log_frames: Frames) -> Watch 
         if pair_old.images.is_empty():
             continue
         results.append(monitoring.watch_window(select(new, batches=[batch]), pair_old, params.monitor.watch, key=batch))
+    results += _holdout_windows(params, info, previous, promoted_at)
     return monitoring.decide_watch(
         results,
         params.monitor.watch,
@@ -299,6 +302,49 @@ def _watch(params: Params, info: ModelVersionInfo, log_frames: Frames) -> Watch 
         promoted_at=promotion.ts,
         windows_since=len(batches),
     )
+
+
+def holdouts_since(params: Params, since: dt.datetime) -> list[Path]:
+    """Production holdouts frozen after ``since`` (folder time): labels that arrived after a promotion."""
+    root = params.base.paths.holdouts
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = folder / "images"
+        frozen = dt.datetime.fromtimestamp(folder.stat().st_mtime, dt.UTC)
+        if (folder / "labels").is_dir() and images.is_dir() and any(images.iterdir()) and frozen > since:
+            found.append(folder)
+    return found
+
+
+def _holdout_windows(
+    params: Params, info: ModelVersionInfo, previous: str, promoted_at: dt.datetime
+) -> list[WatchWindow]:
+    """The gate's paired bootstrap (new − previous mAP50-95) on each holdout labeled after the promotion."""
+    fresh = holdouts_since(params, promoted_at)
+    if not fresh:
+        return []
+    old_info = mlflow_adapter.get_version(params, previous)
+    sets = {folder.name: [folder] for folder in fresh}
+    new_scores = score_model(cached_onnx(params, info), sets, params=params)
+    old_scores = score_model(cached_onnx(params, old_info), sets, params=params)
+    windows = []
+    for name in sets:
+        new, old = new_scores.sets[name], old_scores.sets[name]
+        interval = paired_bootstrap(
+            new.matches,
+            old.matches,
+            resamples=params.gate.resamples,
+            seed=params.gate.seed if params.gate.seed is not None else params.base.seed,
+            level=params.gate.level,
+        )
+        windows.append(
+            monitoring.holdout_window(
+                name, interval.estimate, interval.low, interval.high, new.matches.num_images, params.monitor.watch
+            )
+        )
+    return windows
 
 
 # -------------------------------------------------------------------------------------------------- outputs

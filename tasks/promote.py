@@ -35,6 +35,7 @@ from tasks.adapters import mlflow as mlflow_adapter
 from tasks.adapters.mlflow import registry_lock
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
+from tasks.contracts import audit
 from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.promote import AuditRecord, PromoteResult
@@ -83,18 +84,7 @@ def append_audit(params: Params, records: list[AuditRecord]) -> None:
 
 def read_audit(params: Params) -> list[AuditRecord]:
     """The whole trail, oldest first (a torn last line from a crash is reported and skipped)."""
-    path = params.promote.audit_log
-    if not path.is_file():
-        return []
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(AuditRecord(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as exc:
-            log.warning("%s line %d: unreadable audit record skipped (%s)", path, lineno, exc)
-    return records
+    return audit.read_audit(params.promote.audit_log)
 
 
 def _now() -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
+from tasks.config.base import Fraction, NonNegativeFloat, PositiveInt, Section
 
 BaselineSet = Literal["val", "golden", "train"]
 AlertEvent = Literal["drift", "labels_waiting", "approval_pending", "rollback", "failed_run"]
@@ -36,7 +36,7 @@ class DriftRules(Section):
     psi_bins: Annotated[int, Field(ge=2, le=100)] = 10
     low_confidence: Fraction = 0.5  # a box below this confidence counts as low-confidence
     min_images: PositiveInt = 30  # a window with fewer images is reported "too small", never drifts
-    small_object_px: NonNegativeFloat = 12.0  # median box side at the model's input below this -> imgsz advice
+    small_object_px: NonNegativeFloat = 20.0  # median box side at the model's input below this -> imgsz advice
 
 
 class BaselineParams(Section):
@@ -106,4 +106,3 @@ class MonitorParams(Section):
     alerts: AlertParams = AlertParams()
     metrics: MetricsParams = MetricsParams()
     experiment: str = "visionloop-monitor"  # MLflow experiment of the monitor's metrics over time
-    max_rows: NonNegativeInt = 0  # 0 = no cap; else refuse a window larger than this (memory guard)
