@@ -4,13 +4,16 @@ One clean production batch, then two with a lighting drift. The champion's log o
 alarm; with the drifted batches the drift is confirmed (k = 2) and the trigger creates a ``continuous_learning`` flow
 run of the ``retrain`` deployment with the drifted batches flagged (created is enough: no worker runs it). Then a
 second version is promoted with the gate off: while it answers like its predecessor nothing happens; once it answers
-worse on the same images (one box per image instead of five) the watch rolls it back, with an audit entry.
+worse on the same images (one box per image instead of five) the watch rolls it back, with an audit entry (after
+a first attempt that finds the rollback target broken and moves nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -156,6 +159,22 @@ def test_a_promoted_regression_is_rolled_back_and_a_good_one_is_kept(world):
         world["root"] / "params-worse.yaml", {**world["data"], "predict": {**world["data"]["predict"], "max_det": 1}}
     )
     predict(params_path=str(worse), batches=world["batches"])  # now v2 answers one box per image
+    # the rollback target no longer loads: nothing moves, the report and the next run say so
+    target = Path(
+        urllib.request.url2pathname(
+            urllib.parse.urlparse(client.get_model_version_download_uri(params.registry.model_name, "1")).path
+        )
+    )
+    hidden = target.with_name(target.name + ".hidden")
+    target.rename(hidden)
+    try:
+        failed = monitor(params_path=str(params_file), start="none")
+    finally:
+        hidden.rename(target)
+    assert not failed["rolled_back"]
+    saved = json.loads((params.base.paths.reports / "monitor.json").read_text())
+    assert saved["watch"]["regressed"] and "does not load and predict" in saved["watch"]["rollback_error"]
+    assert str(client.get_model_version_by_alias(params.registry.model_name, "champion").version) == "2"
     result = monitor(params_path=str(params_file), start="none")
     assert result["rolled_back"], result["watch"]
     assert str(client.get_model_version_by_alias(params.registry.model_name, "champion").version) == "1"

@@ -176,7 +176,7 @@ def test_objects_shrinking_below_what_the_input_resolves_gives_imgsz_advice(base
 
 
 def test_small_but_resolvable_objects_give_no_advice(baseline):
-    window = judge(baseline, make_log(150, seed=9, size=(13.0, 16.0)))
+    window = judge(baseline, make_log(150, seed=9, size=(22.0, 26.0)))  # above small_object_px (20)
     assert "box_size" in drifted(window)
     assert window.advice == []
 
