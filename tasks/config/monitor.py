@@ -15,7 +15,7 @@ AlertEvent = Literal["drift", "labels_waiting", "approval_pending", "rollback", 
 
 
 def _default_sets() -> list[BaselineSet]:
-    return ["val"]
+    return ["val", "golden"]
 
 
 def _default_events() -> list[AlertEvent]:
@@ -32,7 +32,7 @@ class DriftRules(Section):
     """
 
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
-    min_effect: Fraction = 0.25
+    min_effect: Fraction = 0.20
     psi_bins: Annotated[int, Field(ge=2, le=100)] = 10
     low_confidence: Fraction = 0.5  # a box below this confidence counts as low-confidence
     min_images: PositiveInt = 30  # a window with fewer images is reported "too small", never drifts

@@ -88,7 +88,7 @@ def test_a_clean_batch_raises_no_alarm_and_the_baseline_is_stored(world):
     (window,) = report.windows
     assert not window.drifted and not window.too_small, [s for s in window.signals if s.drifted]
     assert report.flagged_batches == [] and report.trigger is not None and not report.trigger.fire
-    assert report.baseline["from"] == "artifact" and report.baseline["images"] == 40, "bootstrap stored it"
+    assert report.baseline["from"] == "artifact" and report.baseline["images"] == 48, "bootstrap stored it (val 40 + golden 8)"
     client = MlflowClient(params.registry.tracking_uri)
     version = client.get_model_version(params.registry.model_name, "1")
     assert version.tags[monitor_stage.BASELINE_TAG] == "monitor/baseline.parquet"
