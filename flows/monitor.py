@@ -19,10 +19,12 @@ deployment.
 from __future__ import annotations
 
 import argparse
+import base64
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
 from flows import stages
 from flows.alerts import alert
@@ -66,7 +68,7 @@ def _markdown(report: MonitorReport) -> str:
         lines.append(f"\ntrigger: {report.trigger.reason}")
     if report.watch is not None:
         lines.append(f"\nwatch v{report.watch.new_version} vs v{report.watch.previous_version}: {report.watch.reason}")
-    lines += [f"\n![{p}]({p})" for p in report.plots]
+    lines += [f"\nplot: {p} (also an image artifact and in MLflow)" for p in report.plots]
     return "\n".join(lines)
 
 
@@ -83,6 +85,12 @@ def _publish(report: MonitorReport) -> None:
     ]
     if rows:
         create_table_artifact(key="monitor-windows", table=rows, description="effect size per signal and window")
+    for plot in map(Path, report.plots):  # inline: the UI shows them without access to this host's files
+        if plot.is_file():
+            data = base64.b64encode(plot.read_bytes()).decode()
+            create_image_artifact(
+                image_url=f"data:image/png;base64,{data}", key=f"monitor-{plot.stem}", description=str(plot)
+            )
 
 
 def _rollback(params: Params, report: MonitorReport, who: str) -> MonitorReport:

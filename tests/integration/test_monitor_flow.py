@@ -44,6 +44,15 @@ async def _register_retrain_deployment() -> str:
     return str(deployment_id)
 
 
+async def _artifact_types(key: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return [str(a.type) for a in found]
+
+
 async def _flow_runs_of(deployment_id: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -88,7 +97,8 @@ def test_a_clean_batch_raises_no_alarm_and_the_baseline_is_stored(world):
     (window,) = report.windows
     assert not window.drifted and not window.too_small, [s for s in window.signals if s.drifted]
     assert report.flagged_batches == [] and report.trigger is not None and not report.trigger.fire
-    assert report.baseline["from"] == "artifact" and report.baseline["images"] == 48, "bootstrap stored it (val 40 + golden 8)"
+    assert report.baseline["from"] == "artifact", "bootstrap stored it"
+    assert report.baseline["images"] == 48, "val 40 + golden 8"
     client = MlflowClient(params.registry.tracking_uri)
     version = client.get_model_version(params.registry.model_name, "1")
     assert version.tags[monitor_stage.BASELINE_TAG] == "monitor/baseline.parquet"
@@ -120,6 +130,8 @@ def test_confirmed_drift_creates_a_retrain_flow_run_with_the_drifted_batches(wor
     windows = {w["key"]: w for w in saved["windows"]}
     assert not windows[world["batches"][0]]["drifted"] and all(windows[b]["drifted"] for b in drifted)
     assert any(s["drifted"] and s["side"] == "input" for s in windows[drifted[-1]]["signals"])
+    assert "image" in asyncio.run(_artifact_types("monitor-distributions")), "plots reach the Prefect UI"
+    assert "markdown" in asyncio.run(_artifact_types("monitor"))
     # the same drift again, inside the cool-down: no second run
     monitor(params_path=str(world["params_file"]), start="deployment")
     assert len(asyncio.run(_flow_runs_of(deployment_id))) == 1
