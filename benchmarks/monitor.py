@@ -57,9 +57,9 @@ from tasks.core.image_stats import image_stats
 from tasks.decisions.monitoring import compare, decide_trigger, decide_watch, watch_window
 from tasks.env import apply_env
 from tasks.io import write_json_atomic
-from tasks.models import family
-from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector, predict_images
+from tasks.runtimes.detectors import Detector, load_detector, predict_images
 from tasks.sim.stream import render_stream
+from tasks.targets.scoring import predict_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "visionloop-detector"
@@ -150,19 +150,6 @@ def time_compute(params: Params, *, rows: int, repeat: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ predicting folders into log rows
-
-
-def settings_of(params: Params) -> InferenceSettings:
-    """The thresholds batch prediction runs with (what the log holds)."""
-    return InferenceSettings(
-        imgsz=params.base.imgsz,
-        conf=params.predict.conf,
-        iou=params.predict.iou,
-        max_det=params.predict.max_det,
-        threads=params.base.threads,
-        device=params.base.device,
-        nms_free=family(params).inference_hints(params).nms_free,
-    )
 
 
 def predict_folder(
@@ -507,7 +494,7 @@ def main() -> None:
     }
     if args.only != "compute":
         model = args.model or params.base.paths.models / "export" / "model.onnx"
-        settings = settings_of(params)
+        settings = predict_settings(params)
         detectors = {"good": load_detector(model, settings)}
         report["model"] = str(model)
         with tempfile.TemporaryDirectory(prefix="monitor-bench-") as tmp:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from tasks.adapters import metrics as metrics_adapter
 from tasks.adapters import mlflow as mlflow_adapter
-from tasks.adapters.model_cache import cached_onnx, find_deployed, onnx_fallback
+from tasks.adapters.model_cache import cached_onnx, open_deployed
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
@@ -56,9 +56,9 @@ from tasks.core.bootstrap import paired_bootstrap
 from tasks.core.image_stats import image_stats
 from tasks.decisions import monitoring
 from tasks.io import write_bytes_atomic, write_json_atomic
-from tasks.models import family
-from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector, predict_images
+from tasks.runtimes.detectors import predict_images
 from tasks.targets.gate_scoring import score_model
+from tasks.targets.scoring import predict_settings
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +100,6 @@ def _write_state(params: Params, state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- baseline
 
 
-def _settings(params: Params) -> InferenceSettings:
-    return InferenceSettings(
-        imgsz=params.base.imgsz,
-        conf=params.predict.conf,
-        iou=params.predict.iou,
-        max_det=params.predict.max_det,
-        threads=params.base.threads,
-        device=params.base.device,
-        static_shapes=params.export.speed.static_shapes,
-        nms_free=family(params).inference_hints(params).nms_free,
-    )
-
-
-def open_detector(params: Params, info: ModelVersionInfo) -> Detector:
-    """The version's deployed artifact (what production runs), or its ONNX file when that cannot run here."""
-    settings = _settings(params)
-    deployed = find_deployed(params, info)
-    try:
-        return load_detector(deployed.path, settings)
-    except Exception as exc:  # opening: any failure falls back to the re-checked ONNX, as predict does
-        if deployed.fallback is not None:
-            raise
-        reason = f"{info.name} v{info.version}: its {deployed.target} artifact cannot run here ({exc})"
-        return load_detector(onnx_fallback(params, info, reason).path, settings)
-
-
 def compute_baseline(params: Params, info: ModelVersionInfo) -> pa.Table:
     """The version's predictions and input statistics on ``monitor.baseline.sets``, as prediction log rows.
 
@@ -134,7 +108,7 @@ def compute_baseline(params: Params, info: ModelVersionInfo) -> pa.Table:
     Raises:
         MonitorError: a configured set has no images.
     """
-    detector = open_detector(params, info)
+    detector, _ = open_deployed(params, info, predict_settings(params))
     folders = {"val": params.base.paths.val, "golden": params.base.paths.golden, "train": params.base.paths.train}
     tables = []
     for name in params.monitor.baseline.sets:

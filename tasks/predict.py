@@ -60,7 +60,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tasks.adapters import mlflow as mlflow_adapter
-from tasks.adapters.model_cache import find_deployed, onnx_fallback, resolve_version
+from tasks.adapters.model_cache import open_deployed, resolve_version
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
@@ -71,8 +71,8 @@ from tasks.contracts.reports import write_report
 from tasks.contracts.reports.predict import BatchResult, PredictResult
 from tasks.contracts.yolo_labels import list_images
 from tasks.core.image_stats import ImageStats, image_stats
-from tasks.models import family
-from tasks.runtimes.detectors import Detections, Detector, InferenceSettings, load_detector, predict_images
+from tasks.runtimes.detectors import Detections, Detector, InferenceSettings, predict_images
+from tasks.targets.scoring import predict_settings
 
 log = logging.getLogger(__name__)
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
@@ -110,31 +110,6 @@ def pending_batches(params: Params, info: ModelVersionInfo) -> list[str]:
         if b.model_name == info.name and b.model_version == info.version
     }
     return [b for b in list_batches(params.base.paths.production) if b not in done]
-
-
-def open_deployed(params: Params, info: ModelVersionInfo, settings: InferenceSettings) -> tuple[Detector, Deployed]:
-    """Open the version's deployable artifact, or its ONNX file when it has none or it cannot run here."""
-    deployed = find_deployed(params, info)
-    if deployed.fallback is not None:
-        return load_detector(deployed.path, settings), deployed
-    try:
-        detector = load_detector(deployed.path, settings)
-    except Exception as exc:  # opening: any failure must leave production on the re-checked ONNX
-        reason = (
-            f"{info.name} v{info.version}: its {deployed.target} artifact cannot run here ({type(exc).__name__}: {exc})"
-        )
-        log.warning("%s", reason)
-        fallback = onnx_fallback(params, info, reason)
-        return load_detector(fallback.path, settings), fallback
-    log.info(
-        "%s v%s runs its selected artifact: %s (%s) %s",
-        info.name,
-        info.version,
-        deployed.target,
-        deployed.precision,
-        deployed.path,
-    )
-    return detector, deployed
 
 
 @dataclass(frozen=True)
@@ -427,16 +402,7 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
     if missing:
         raise PredictError(f"batches {missing} not found under {params.base.paths.production} (available: {available})")
     todo = batches if batches is not None else pending_batches(params, info)
-    settings = InferenceSettings(
-        imgsz=params.base.imgsz,
-        conf=params.predict.conf,
-        iou=params.predict.iou,
-        max_det=params.predict.max_det,
-        threads=params.base.threads,
-        device=params.base.device,
-        static_shapes=params.export.speed.static_shapes,  # run as the export stage measured it
-        nms_free=family(params).inference_hints(params).nms_free,
-    )
+    settings = predict_settings(params)
     detector, deployed = open_deployed(params, info, settings)
     shadow = open_shadow(params, info, settings) if todo else None
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from tasks.contracts.model_version import (
     deploy_artifact,
 )
 from tasks.contracts.reports.export import FALLBACK_TARGET
+from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +98,28 @@ def resolve_version(params: Params, name: str) -> ModelVersionInfo | None:
         return mlflow_adapter.get_version(params, name)
     except MlflowException:
         return None
+
+
+def open_deployed(params: Params, info: ModelVersionInfo, settings: InferenceSettings) -> tuple[Detector, Deployed]:
+    """Open the version's deployable artifact, or its ONNX file when it has none or it cannot run here."""
+    deployed = find_deployed(params, info)
+    if deployed.fallback is not None:
+        return load_detector(deployed.path, settings), deployed
+    try:
+        detector = load_detector(deployed.path, settings)
+    except Exception as exc:  # opening: any failure must leave production on the re-checked ONNX
+        reason = (
+            f"{info.name} v{info.version}: its {deployed.target} artifact cannot run here ({type(exc).__name__}: {exc})"
+        )
+        log.warning("%s", reason)
+        fallback = onnx_fallback(params, info, reason)
+        return load_detector(fallback.path, settings), fallback
+    log.info(
+        "%s v%s runs its selected artifact: %s (%s) %s",
+        info.name,
+        info.version,
+        deployed.target,
+        deployed.precision,
+        deployed.path,
+    )
+    return detector, deployed

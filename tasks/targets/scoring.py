@@ -38,6 +38,23 @@ def inference_settings(params: Params, *, threads: int | None = None) -> Inferen
     )
 
 
+def predict_settings(params: Params) -> InferenceSettings:
+    """The production thresholds (``predict``): what batch prediction runs with and the log holds.
+
+    OpenVINO compiles static shapes as the export stage timed it (``export.speed.static_shapes``).
+    """
+    return InferenceSettings(
+        imgsz=params.base.imgsz,
+        conf=params.predict.conf,
+        iou=params.predict.iou,
+        max_det=params.predict.max_det,
+        threads=params.base.threads,
+        device=params.base.device,
+        static_shapes=params.export.speed.static_shapes,
+        nms_free=family(params).inference_hints(params).nms_free,
+    )
+
+
 def default_model_path(params: Params) -> Path:
     """The trained checkpoint the ``train`` stage writes."""
     return params.base.paths.models / "train" / "best.pt"
