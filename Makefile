@@ -174,7 +174,8 @@ labelstudio-up: labelstudio  ## start Label Studio on http://127.0.0.1:$(LABEL_S
 	done; \
 	if ! curl -sf -o /dev/null "$$url/health"; then \
 	  echo "labelstudio-up: not healthy after $(LABEL_STUDIO_START_TIMEOUT) s (still starting? see $$log)" >&2; exit 1; fi; \
-	code=$$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Token $$LABEL_STUDIO_API_KEY" "$$url/api/projects?page_size=1"); \
+	code=$$(printf 'Authorization: Token %s\n' "$$LABEL_STUDIO_API_KEY" | \
+	  curl -s -o /dev/null -w '%{http_code}' -H @- "$$url/api/projects?page_size=1"); \
 	if [ "$$code" != 200 ]; then \
 	  echo "labelstudio-up: up at $$url but it refuses LABEL_STUDIO_API_KEY (HTTP $$code): $$data was first started with" \
 	    "another token. Use that token, or make labelstudio-down && rm -rf $$data" >&2; exit 1; fi; \
