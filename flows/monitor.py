@@ -98,7 +98,7 @@ def _rollback(params: Params, report: MonitorReport, who: str) -> MonitorReport:
     assert watch is not None
     why = rollback_reason(watch)
     try:
-        stages.rollback(params, watch.previous_version, why, who=who)
+        stages.rollback(params, watch.previous_version, why, who=who, expected_champion=watch.new_version)
     except RollbackError as exc:
         print(f"automatic rollback to v{watch.previous_version} FAILED: {exc}")
         alert(params, "rollback", f"rollback to v{watch.previous_version} failed", f"{why}\n{exc}")

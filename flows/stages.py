@@ -107,8 +107,14 @@ def promote(
 
 
 @task(name="rollback", **_COMMON)  # no retries: a second try finds the target already champion
-def rollback(params: Params, to_version: str | None, why: str, who: str | None = None) -> PromoteResult:
-    return tasks.promote.rollback(params, to_version=to_version, why=why, who=who)
+def rollback(
+    params: Params,
+    to_version: str | None,
+    why: str,
+    who: str | None = None,
+    expected_champion: tasks.promote.Expected = tasks.promote.ANY,
+) -> PromoteResult:
+    return tasks.promote.rollback(params, to_version=to_version, why=why, who=who, expected_champion=expected_champion)
 
 
 @task(name="predict", **_COMMON)

@@ -117,13 +117,9 @@ def challenge(params: Params, *, version: str, why: str, who: str | None = None)
 
 def stale_champion_reason(version: str, *, expected: str | None, current: str | None) -> str:
     """Why a promotion was refused because the champion moved (``None``: there was no champion)."""
-
-    def name(v: str | None) -> str:
-        return f"v{v}" if v is not None else "no champion"
-
     return (
-        f"champion moved from {name(expected)} to {name(current)} while v{version} was trained and gated against "
-        f"{name(expected)}; re-run the cycle to judge it against {name(current)}"
+        f"champion moved from {_named(expected)} to {_named(current)} while v{version} was trained and gated against "
+        f"{_named(expected)}; re-run the cycle to judge it against {_named(current)}"
     )
 
 
@@ -217,16 +213,26 @@ def check_loads_and_predicts(params: Params, version: str) -> int:
 
 
 def rollback(
-    params: Params, *, to_version: str | None = None, why: str = "manual rollback", who: str | None = None
+    params: Params,
+    *,
+    to_version: str | None = None,
+    why: str = "manual rollback",
+    who: str | None = None,
+    expected_champion: Expected = ANY,
 ) -> PromoteResult:
     """Move ``champion`` back to ``previous`` (or to ``to_version``) after checking it loads and predicts.
 
-    The champion being replaced becomes ``previous``, so a rollback can itself be rolled back.
+    The champion being replaced becomes ``previous``, so a rollback can itself be rolled back. The aliases are read
+    again under the registry lock after the (slow) load-and-predict check: a rollback to ``previous`` whose
+    ``previous`` or champion moved meanwhile (another rollback, a promotion) moves nothing, and so does any rollback
+    whose champion is not ``expected_champion`` (the automatic rollback judged one particular champion).
 
     Raises:
-        RollbackError: no ``previous`` alias and no version given, or the target is broken.
+        RollbackError: no ``previous`` alias and no version given, the target is broken, it is already champion, or
+            the aliases moved while the target was checked (run it again to judge the new state).
     """
     who = who or default_who()
+    seen_previous = None
     if to_version is None:
         previous = mlflow_adapter.find_alias(params, PREVIOUS)
         if previous is None:
@@ -234,12 +240,29 @@ def rollback(
                 f"model {params.registry.model_name!r} has no 'previous' alias to roll back to; "
                 "name a version: python -m flows.rollback --to VERSION"
             )
-        to_version = previous.version
+        to_version = seen_previous = previous.version
+        champion_seen = mlflow_adapter.find_alias(params, CHAMPION)
+        if expected_champion is ANY:
+            expected_champion = champion_seen.version if champion_seen else None
     check_loads_and_predicts(params, to_version)
     records: list[AuditRecord] = []
     with registry_lock(params):
         champion = mlflow_adapter.find_alias(params, CHAMPION)
-        if champion is not None and champion.version == str(to_version):
+        current = champion.version if champion else None
+        if seen_previous is not None:
+            previous_now = mlflow_adapter.find_alias(params, PREVIOUS)
+            if previous_now is None or previous_now.version != seen_previous:
+                moved = f"v{previous_now.version}" if previous_now else "nothing"
+                raise RollbackError(
+                    f"'previous' moved from v{seen_previous} to {moved} while v{seen_previous} was checked; "
+                    "nothing moved: run the rollback again"
+                )
+        if expected_champion is not ANY and current != expected_champion:
+            raise RollbackError(
+                f"champion moved from {_named(expected_champion)} to {_named(current)} while the rollback to "
+                f"v{to_version} was checked; nothing moved: judge the new champion first"
+            )
+        if current == str(to_version):
             raise RollbackError(f"version {to_version} is already the champion")
         records.append(_move(params, CHAMPION, str(to_version), who=who, action="rollback", why=why))
         if champion is not None:
@@ -255,6 +278,10 @@ def rollback(
             )
         append_audit(params, records)
     return PromoteResult("rollback", str(to_version), _moves(records), records)
+
+
+def _named(version: str | None) -> str:
+    return f"v{version}" if version is not None else "no champion"
 
 
 def _moves(records: list[AuditRecord]) -> dict[str, list[str | None]]:

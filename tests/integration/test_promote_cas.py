@@ -126,3 +126,34 @@ def test_two_cycles_gated_against_the_same_champion_promote_exactly_one(store):
     (loser,) = [v for v, r in results.items() if r.action == "reject"]
     assert champion(params) == winner
     assert f"champion moved from v1 to v{winner} while v{loser}" in results[loser].records[-1].why
+
+
+def test_a_rollback_whose_previous_moved_during_its_check_moves_nothing(store, monkeypatch):
+    """Before: ``previous`` was read outside the lock and the champion set to what it had been (issue 12)."""
+    params, _ = store
+    promote.promote(params, version="1", why="first")
+    promote.promote(params, version="2", why="second")  # champion v2, previous v1
+
+    def check_while_someone_promotes(params, version):  # the slow load-and-predict check, raced by a promotion
+        promote.promote(params, version="3", why="promoted meanwhile")  # champion v3, previous v2
+        return 1
+
+    monkeypatch.setattr(promote, "check_loads_and_predicts", check_while_someone_promotes)
+    trail = len(promote.read_audit(params))
+    with pytest.raises(promote.RollbackError, match="'previous' moved from v1 to v2 while v1 was checked"):
+        promote.rollback(params, why="bad v2")
+    assert champion(params) == "3" and mlflow_adapter.find_alias(params, PREVIOUS).version == "2"
+    assert [r.action for r in promote.read_audit(params)[trail:]] == ["promote", "promote"], "only the promotion"
+
+
+def test_an_automatic_rollback_of_a_champion_that_moved_on_moves_nothing(store, monkeypatch):
+    params, _ = store
+    promote.promote(params, version="1", why="first")
+    promote.promote(params, version="2", why="second")
+    monkeypatch.setattr(promote, "check_loads_and_predicts", lambda params, version: 1)
+    promote.promote(params, version="3", why="promoted after the watch judged v2")
+    with pytest.raises(promote.RollbackError, match="champion moved from v2 to v3"):
+        promote.rollback(params, to_version="1", why="v2 regressed", expected_champion="2")
+    assert champion(params) == "3"
+    done = promote.rollback(params, to_version="2", why="v3 regressed", expected_champion="3")
+    assert done.moves == {"champion": ["3", "2"], "previous": ["2", "3"]} and champion(params) == "2"
