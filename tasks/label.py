@@ -63,7 +63,7 @@ from tasks.contracts import annotations as ls
 from tasks.contracts import sample_manifest
 from tasks.contracts.label_tasks import LabelBackend, LabelError, TaskRef, build_task, image_path, load_predictions
 from tasks.contracts.ledger import LABELED, QUEUED, SKIPPED, LedgerRow, ledger_path, read_ledger, write_ledger
-from tasks.contracts.names import check_cycle_name
+from tasks.contracts.names import check_cycle_name, check_image_id
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.label import LabelResult
 from tasks.contracts.sample_manifest import SampleRow
@@ -193,7 +193,11 @@ def _queued_row(row: SampleRow, *, cycle: str, backend: LabelBackend, ref: TaskR
 
 
 def _check_unique_ids(new: Sequence[SampleRow], ledger: Mapping[str, LedgerRow], cycle: str) -> None:
-    """Label files are named by image id: two different images with one id in a cycle would overwrite each other."""
+    """Label files are named by image id: two different images with one id in a cycle would overwrite each other,
+    and an id that is not a plain file stem (``../..``, a separator) would write outside ``labels/<cycle>/``.
+    """
+    for index, row in enumerate(new):
+        check_image_id(row.image_id, where=f"cycle {cycle}: sample manifest row {index}", error=LabelError)
     owner = {r["image_id"]: r["image_sha256"] for r in ledger.values() if r["cycle"] == cycle}
     for row in new:
         other = owner.setdefault(row.image_id, row.image_sha256)
@@ -252,6 +256,9 @@ def collect(
     now = dt.datetime.now(dt.UTC)
     done = _Collected()
     for row, decision, label in plans:
+        where = f"label ledger row of task {row['task_id']}"
+        check_cycle_name(row["cycle"], error=LabelError)  # the ledger is data: never trust it as a path
+        check_image_id(row["image_id"], where=where, error=LabelError)
         images_dir = labels_root / row["cycle"] / "images"
         label_file = labels_root / row["cycle"] / "labels" / f"{row['image_id']}.txt"
         if label is not None:

@@ -1,8 +1,10 @@
-"""Names that cross stage boundaries: the cycle name.
+"""Names that cross stage boundaries: the cycle name and the image id.
 
 A cycle name names folders (``samples/<cycle>/``, ``labels/<cycle>/``, ``holdouts/<cycle>/``) and ledger rows, so the
 sample, label, validate, merge and cycle stages must accept exactly the same names: this module is the one place the
-rule lives.
+rule lives. An image id (a production file's stem, carried by the prediction log, sample manifests and the label
+ledger) names the labeled files ``labels/<cycle>/{images,labels}/<image_id>.*``: an id from a tampered log or
+manifest must never reach outside that folder, so every stage that turns one into a path checks it here.
 """
 
 from __future__ import annotations
@@ -33,3 +35,20 @@ def check_cycle_name(name: str, *, error: type[Exception] = ValueError) -> str:
     if not is_cycle_name(name):
         raise error(f"cycle {name!r}: {CYCLE_NAME_RULE}")
     return name
+
+
+IMAGE_ID = re.compile(r"^(?!\.)[^/\\\x00-\x1f*?\[\]]{1,200}$")
+"""1-200 characters; no path separator, control character or glob character, no leading dot (so never ``..``)."""
+
+IMAGE_ID_RULE = "an image id names a file: no / or \\, no leading dot, no control or glob characters, 1-200 characters"
+
+
+def check_image_id(image_id: object, *, where: str, error: type[Exception] = ValueError) -> str:
+    """Return ``image_id`` if it is safe as a file stem, else raise ``error`` naming it, its origin and the rule.
+
+    Raises:
+        error: e.g. ``"sample manifest row 3: image id '../../x': an image id names a file: ..."``.
+    """
+    if not isinstance(image_id, str) or not IMAGE_ID.match(image_id):
+        raise error(f"{where}: image id {image_id!r}: {IMAGE_ID_RULE}")
+    return image_id

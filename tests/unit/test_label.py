@@ -18,9 +18,9 @@ from tasks import label
 from tasks.adapters import labelstudio
 from tasks.config import AnnotatorSimParams, Params
 from tasks.contracts import annotations as ls
-from tasks.contracts import prediction_log, sample_manifest
+from tasks.contracts import names, prediction_log, sample_manifest
 from tasks.contracts.label_tasks import LabelError, TaskRef, image_path
-from tasks.contracts.ledger import ledger_path, read_ledger
+from tasks.contracts.ledger import ledger_path, read_ledger, write_ledger
 from tasks.contracts.reports import load_params_stamp, load_report
 from tasks.contracts.sample_manifest import SampleManifestError
 from tasks.sim.annotator import noisy_boxes
@@ -592,3 +592,61 @@ def test_reads_the_manifest_the_sample_stage_writes(files_params):
     ] * 2
     label.run(files_params, cycle=CYCLE)
     assert {r["phash"] for r in read_ledger(ledger_path(files_params)).values()} == {extra["phash"]}
+
+
+# ---------------------------------------------------------------- ids from data never become paths outside the root
+
+
+def test_a_tampered_manifest_image_id_is_refused_before_anything_is_imported(files_params):
+    """Before: the id was joined into ``labels/<cycle>/labels/<id>.txt`` unchecked (issue 12)."""
+    params = files_params
+    rows = write_cycle(params)
+    rows[1]["image_id"] = "../../../escaped"
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), label.manifest_path(params, CYCLE))
+    with pytest.raises(LabelError, match=r"sample manifest row 1: image id '\.\./\.\./\.\./escaped'"):
+        label.run(params, cycle=CYCLE)
+    assert not ledger_path(params).exists() and not (params.base.paths.labels / "outbox").exists()
+
+
+def test_a_tampered_ledger_image_id_never_writes_outside_the_labels_folder(files_params):
+    params = files_params
+    write_cycle(params)
+    label.run(params, cycle=CYCLE)
+    outbox = sorted((params.base.paths.labels / "outbox").glob("*.json"))
+    tasks = {t["data"]["rank"]: t for t in json.loads(outbox[0].read_text())}
+    ledger = read_ledger(ledger_path(params))
+    target = ledger[tasks[1]["data"]["image_sha256"]]
+    escaped = params.base.paths.labels / CYCLE / "labels" / ".." / ".." / ".." / "escaped"
+    target["image_id"] = "../../../escaped"
+    write_ledger(ledger_path(params), ledger)
+    accepted = annotation(2, "2026-11-03T10:00:00Z", result=tasks[1]["predictions"][0]["result"])
+    export_from_outbox(params, {1: [accepted]})
+    with pytest.raises(LabelError, match=r"label ledger row of task .*: image id '\.\./\.\./\.\./escaped'"):
+        label.run(params, cycle=CYCLE)
+    assert not escaped.with_suffix(".txt").exists() and not list(escaped.parent.glob("escaped*"))
+
+
+@pytest.mark.parametrize(
+    ("image_id", "ok"),
+    [
+        ("2026-11-02_000001", True),
+        ("cam 1 frame.0001", True),
+        ("caméra_1", True),
+        ("../x", False),
+        ("a/b", False),
+        ("a\\b", False),
+        ("..", False),
+        (".hidden", False),
+        ("x*", False),
+        ("", False),
+        ("a\x00b", False),
+        ("a" * 201, False),
+        (None, False),
+    ],
+)
+def test_image_id_rule(image_id, ok):
+    if ok:
+        assert names.check_image_id(image_id, where="test") == image_id
+    else:
+        with pytest.raises(ValueError, match="an image id names a file"):
+            names.check_image_id(image_id, where="test")
