@@ -17,8 +17,9 @@ Contract:
 
 Which cycles: ``run(params, cycle="C")`` (flows, ``--cycle C``) merges one cycle and fails naming the folder when
 ``<labels>/C`` does not exist; ``cycle=None`` (``dvc repro``) merges every cycle folder under ``<labels>/`` in name
-order, so ``dvc repro`` rebuilds the same shards and holdouts from the versioned label folders. Cycle names must
-sort chronologically (dates, zero-padded numbers): a cycle's age is its rank from the newest.
+order, so ``dvc repro`` rebuilds the same shards and holdouts from the versioned label folders. A cycle's age is its
+rank from the newest: by the label ledger's first ``queued_at`` of each cycle when the ledger knows every merged cycle,
+else in natural name order (``c9`` before ``c10``; the default UTC-timestamp names sort either way).
 
 Layout (why: DVC hashes and transfers one entry per file; 100 k loose images are slow, dvc#7607): one uncompressed
 tar per (source, cycle or set, split) holding at most ``merge.shard_size`` images, members ``images/<file>`` and
@@ -64,7 +65,7 @@ from typing import Any
 
 from tasks.cli import stage_main
 from tasks.config import Params
-from tasks.contracts.ledger import read_ledger_batches
+from tasks.contracts.ledger import read_cycle_starts, read_ledger_batches
 from tasks.contracts.merged_manifest import (
     EXCLUDED,
     HISTORICAL,
@@ -338,6 +339,7 @@ def _finalise(rows: list[Row], forbidden: dict[str, str], params: Params) -> tup
         (r.cycle for r in rows if r.source == PRODUCTION and r.cycle),
         decay=recency.decay,
         max_repeat=recency.max_repeat,
+        started=read_cycle_starts(params.base.paths.labels),
     )
     out = []
     for row in rows:

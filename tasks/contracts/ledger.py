@@ -186,3 +186,24 @@ def read_ledger_batches(labels_root: Path) -> dict[str, str]:
         log.warning("%s: no image_sha256/batch columns (%s); batches come from file names", path, exc)
         return {}
     return dict(zip(table["image_sha256"].to_pylist(), table["batch"].to_pylist(), strict=True))
+
+
+def read_cycle_starts(labels_root: Path) -> dict[str, dt.datetime]:
+    """``{cycle: first queued_at}`` from ``<labels_root>/ledger.parquet``: when each cycle started (empty when absent).
+
+    The merge stage orders cycles by it (a cycle's age), so user-named cycles (``spring``, ``c10``) age correctly. A
+    ledger without ``cycle``/``queued_at`` columns is warned about and read as empty (names order the cycles then).
+    """
+    path = labels_root / LEDGER_FILE
+    if not path.is_file():
+        return {}
+    try:
+        table = pq.read_table(path, columns=["cycle", "queued_at"])
+    except (KeyError, ValueError, pa.ArrowException) as exc:
+        log.warning("%s: no cycle/queued_at columns (%s); cycles are ordered by name", path, exc)
+        return {}
+    starts: dict[str, dt.datetime] = {}
+    for cycle, queued in zip(table["cycle"].to_pylist(), table["queued_at"].to_pylist(), strict=True):
+        if cycle is not None and queued is not None:
+            starts[cycle] = min(starts.get(cycle, queued), queued)
+    return starts

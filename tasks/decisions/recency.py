@@ -5,24 +5,46 @@ Pure, table-tested rules (``tests/unit/test_merge.py``) the merge stage applies.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
 from tasks.contracts.reports.merge import CycleRepeat
 
 
-def repeat_factors(cycles: Iterable[str], *, decay: float, max_repeat: int) -> dict[str, CycleRepeat]:
-    """Integer repeat factor per production cycle from its age (0 = the newest by name).
+def chronological(cycles: Iterable[str], started: Mapping[str, dt.datetime] | None = None) -> list[str]:
+    """Cycle names oldest first: by recorded start time when every cycle has one, else in natural name order.
+
+    Natural order compares the digit runs of a name as numbers (``c9`` before ``c10``; the default UTC-timestamp
+    names sort the same either way). A start time (the label ledger's first ``queued_at`` of the cycle) orders
+    names that carry no order at all (``spring``, ``line-2-retake``).
+    """
+    names = sorted(set(cycles), key=_natural)
+    if started and all(name in started for name in names):
+        return sorted(names, key=lambda name: (started[name], _natural(name)))
+    return names
+
+
+def _natural(name: str) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def repeat_factors(
+    cycles: Iterable[str], *, decay: float, max_repeat: int, started: Mapping[str, dt.datetime] | None = None
+) -> dict[str, CycleRepeat]:
+    """Integer repeat factor per production cycle from its age (0 = the newest, see :func:`chronological`).
 
     Args:
-        cycles: names of the merged production cycles (any order; they sort chronologically).
+        cycles: names of the merged production cycles (any order).
         decay: weight per cycle of age, ``weight = decay ** age`` (1 = no recency preference).
         max_repeat: repeats of the newest cycle; older cycles get ``round(max_repeat * weight)``, at least 1.
+        started: each cycle's recorded start (the label ledger's first ``queued_at``), when known.
 
     Returns:
         ``{cycle: CycleRepeat}``, empty when there is no cycle.
     """
-    ordered = sorted(set(cycles))
+    ordered = chronological(cycles, started)
     out = {}
     for index, cycle in enumerate(ordered):
         age = len(ordered) - 1 - index

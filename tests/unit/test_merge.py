@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -15,13 +17,14 @@ from PIL import Image
 from tasks import merge, train
 from tasks.config import Params
 from tasks.contracts import merged_manifest as mm
+from tasks.contracts.ledger import read_cycle_starts
 from tasks.contracts.merged_manifest import ManifestError, read_manifest
 from tasks.contracts.names import check_cycle_name, is_cycle_name
 from tasks.contracts.reports import load_report
 from tasks.contracts.reports.merge import CycleRepeat, MergeReport
 from tasks.contracts.yolo_labels import list_images
 from tasks.core.hashing import file_md5, file_sha256
-from tasks.decisions.recency import repeat_factors, split_counts
+from tasks.decisions.recency import chronological, repeat_factors, split_counts
 from tasks.merge import MergeError
 from tests.conftest import tiny_params_dict
 
@@ -128,6 +131,43 @@ def test_repeat_factors(cycles, decay, max_repeat, expected):
     if cycles:
         newest = max(cycles)
         assert factors[newest] == CycleRepeat(newest, 0, 1.0, max_repeat)
+
+
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("cycles", "started", "oldest_first"),
+    [
+        (["c10", "c9", "c1"], None, ["c1", "c9", "c10"]),  # before: text order made c9 newer than c10
+        (["20261202T010000Z", "20261130T173217Z"], None, ["20261130T173217Z", "20261202T010000Z"]),
+        (
+            ["spring", "winter", "autumn"],
+            {"winter": T0, "spring": T0 + dt.timedelta(days=90), "autumn": T0 + dt.timedelta(days=300)},
+            ["winter", "spring", "autumn"],
+        ),
+        (["b", "a"], {"b": T0}, ["a", "b"]),  # the ledger does not know every cycle: names order them
+    ],
+    ids=["numbers-compare-as-numbers", "utc-names", "recorded-starts", "partly-recorded"],
+)
+def test_cycles_age_in_the_order_they_started(cycles, started, oldest_first):
+    assert chronological(cycles, started) == oldest_first
+    factors = repeat_factors(cycles, decay=0.5, max_repeat=4, started=started)
+    assert factors[oldest_first[-1]].age == 0 and factors[oldest_first[0]].age == len(cycles) - 1
+
+
+def test_cycle_starts_are_read_from_the_ledger(tmp_path: Path) -> None:
+    assert read_cycle_starts(tmp_path) == {}
+    table = pa.table(
+        {
+            "cycle": ["c10", "c10", "c9"],
+            "queued_at": pa.array(
+                [T0 + dt.timedelta(days=2), T0 + dt.timedelta(days=1), T0], pa.timestamp("us", "UTC")
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "ledger.parquet")
+    assert read_cycle_starts(tmp_path) == {"c10": T0 + dt.timedelta(days=1), "c9": T0}
 
 
 @pytest.mark.parametrize(
