@@ -35,7 +35,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc rollback audit monitor metrics clean
+.PHONY: help setup demo test test-all test-reliability lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc rollback audit monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -70,6 +70,9 @@ test: setup  ## the default test suite (≤ 15 min on 2 cores)
 
 test-all: setup  ## every test, slow ones included
 	$(RUN) $(PY) -m pytest tests
+
+test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
+	$(RUN) $(PY) -m pytest tests/reliability
 
 lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m ruff check tasks flows tests benchmarks
