@@ -257,3 +257,30 @@ def test_a_champion_moved_while_the_cycle_waits_for_approval_is_not_overwritten(
     assert last.action == "reject" and last.why == reason and last.to_version == summary["candidate_version"]
     saved = cycle.read_state(params, summary["cycle"])
     assert saved.status == "closed" and saved.outcome == "reject"
+
+
+async def _prefect_texts() -> list[str]:
+    """Every artifact's data and every log message the harness's Prefect API holds."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts()
+        logs = await client.read_logs()
+    return [json.dumps(a.data, default=str) for a in artifacts] + [entry.message for entry in logs]
+
+
+def test_the_label_studio_token_is_in_no_store(loop):
+    """A canary: the token the whole loop ran with appears in no file it wrote (logs, reports, the prediction log,
+    the MLflow store and its artifacts, DVC files) and in no Prefect artifact or log."""
+    import asyncio
+
+    from tests.integration.conftest import TOKEN
+
+    root = Path(loop["params_file"]).parent
+    canary = TOKEN.encode()
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) > 50 and any(p.name == "mlflow.db" for p in files), "the loop's stores are all below its root"
+    leaked = [str(p.relative_to(root)) for p in files if canary in p.read_bytes()]
+    assert leaked == [], f"the Label Studio token leaked into {leaked}"
+    texts = asyncio.run(_prefect_texts())
+    assert texts and not [t[:200] for t in texts if TOKEN in t], "the token leaked into a Prefect artifact or log"
