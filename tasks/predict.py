@@ -71,6 +71,7 @@ from tasks.contracts.reports import write_report
 from tasks.contracts.reports.predict import BatchResult, PredictResult
 from tasks.contracts.yolo_labels import list_images
 from tasks.core.image_stats import ImageStats, image_stats
+from tasks.core.pixels import to_rgb
 from tasks.runtimes.detectors import Detections, Detector, InferenceSettings, predict_images
 from tasks.targets.scoring import predict_settings
 
@@ -191,7 +192,7 @@ def read_image(path: Path, *, source: str) -> ImageRead:
     sha = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as img:
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = to_rgb(img)
         stats = image_stats(rgb)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         why = f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})"

@@ -155,7 +155,9 @@ def frames(table: pa.Table, *, imgsz: int, low_confidence: float) -> Frames:
         pl.col("error").cast(pl.String) if "error" in optional else pl.lit(None, pl.String).alias("error"),
         *(pl.lit(None, pl.Float64).alias(name) for name in STATS if name not in optional),
     )
+    df, duplicates = _drop_duplicate_rows(df)
     df, problems = _drop_bad_rows(df)
+    problems = duplicates + problems
     scale = imgsz / pl.max_horizontal("image_width", "image_height").cast(pl.Float64)
     df = df.with_columns(
         pl.col("confidence").cast(pl.Float64),
@@ -215,6 +217,19 @@ def _per_image(df: pl.DataFrame, low_confidence: float) -> pl.DataFrame:
         .drop("_run")
     )
     return pl.concat([first, boxes], how="horizontal")
+
+
+def _drop_duplicate_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """Rows logged twice (the same file copied under another name, a part written twice) count once, and are named."""
+    repeated = df.is_duplicated()
+    if not repeated.any():
+        return df, []
+    extra = df.filter(repeated).group_by("batch").agg((pl.len() - pl.struct(pl.all()).n_unique()).alias("extra"))
+    problems = [
+        f"batch {batch}: {n} duplicate row(s) (identical rows logged twice, e.g. a copied log file); counted once"
+        for batch, n in extra.sort("batch").iter_rows()
+    ]
+    return df.unique(maintain_order=True), problems
 
 
 def _drop_bad_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:

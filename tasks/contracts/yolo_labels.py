@@ -22,6 +22,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from tasks.config import VisionloopError
+from tasks.core.pixels import to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Normalised corners may miss 0 or 1 by float rounding (cx - w/2 with cx = w/2).
@@ -65,16 +66,16 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             img.load()
             return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: unreadable or truncated image ({exc})") from None
 
 
 def load_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    """Decode an image to an ``(H, W, 3)`` uint8 RGB array; errors name the file."""
+    """Decode an image to an ``(H, W, 3)`` uint8 RGB array (:func:`tasks.core.pixels.to_rgb`); errors name the file."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: unreadable or truncated image ({exc})") from None
 
 
@@ -133,7 +134,7 @@ def parse_label_text(text: str) -> list[LabelLine]:
 def read_label_lines(path: Path) -> list[LabelLine]:
     """Read one label file with :func:`parse_label_text`; undecodable bytes become one unparsed line 1."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of line 1
     except UnicodeDecodeError as exc:
         return [LabelLine(1, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
     return parse_label_text(text)
