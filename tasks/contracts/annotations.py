@@ -28,6 +28,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import numpy.typing as npt
 
+from tasks.config import VisionloopError
 from tasks.contracts.yolo_labels import format_label_text
 from tasks.core.boxes import as_boxes
 
@@ -48,7 +49,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
-class LabelConversionError(ValueError):
+class LabelConversionError(VisionloopError, ValueError):
     """A Label Studio task or annotation cannot be converted; the message names the task."""
 
 

@@ -59,6 +59,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.config import VisionloopError
 from tasks.core.image_stats import STAT_NAMES
 
 V1_FIELDS = (
@@ -115,7 +116,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 """The ``image_sha256`` of an error row whose file could not be read at all."""
 
 
-class PredictionLogError(ValueError):
+class PredictionLogError(VisionloopError, ValueError):
     """A prediction log table, file or folder does not match the contract of this module."""
 
 
