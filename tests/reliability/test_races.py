@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
 import multiprocessing
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import Params
 from tasks.contracts import prediction_log
 from tasks.contracts.model_version import CHAMPION
+from tasks.env import PROJECT_ROOT
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -66,12 +70,29 @@ def registry(tmp_path) -> Params:
     return params
 
 
+@contextlib.contextmanager
+def _project_first() -> Iterator[None]:
+    """Spawned workers inherit ``sys.path``; an MLflow model loaded earlier in this session (a pyfunc's ``code/``
+    folder holds a copy of ``tasks``) must not shadow the project in them."""
+    saved = list(sys.path)
+    sys.path[:] = [str(PROJECT_ROOT), *saved]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _start(workers: list) -> None:
+    with _project_first():
+        for worker in workers:
+            worker.start()
+
+
 def _race(root: Path, contenders: list[tuple[str, str | None]]) -> list[tuple]:
     results: multiprocessing.Queue = SPAWN.Queue()
     start = time.time() + 8.0  # every worker has imported and is waiting by then
     workers = [SPAWN.Process(target=_act, args=(str(root), a, v, start, results)) for a, v in contenders]
-    for worker in workers:
-        worker.start()
+    _start(workers)
     for worker in workers:
         worker.join(timeout=120)
         assert worker.exitcode == 0, f"a contender crashed (exit {worker.exitcode})"
@@ -150,7 +171,7 @@ def test_predict_appending_while_sample_reads_never_shows_half_a_file(tmp_path):
     prediction_log.append(root, _table(500), part="batch=2026-11-02")
     until = time.time() + 12.0
     writer = SPAWN.Process(target=_append_forever, args=(str(root), until))
-    writer.start()
+    _start([writer])
     seen: set[int] = set()
     reads = 0
     try:
