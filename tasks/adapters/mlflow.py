@@ -38,6 +38,23 @@ class AliasNotFoundError(VisionloopError, LookupError):
     """The registered model has no version under the requested alias."""
 
 
+class RegistryUnavailableError(VisionloopError, ConnectionError):
+    """The MLflow store did not answer (a server that is down, refuses, or fails): not the same as "no such alias"."""
+
+
+# MLflow's answers that mean "no such model / alias"; anything else (a server down answers INTERNAL_ERROR after its
+# HTTP retries) is the store failing, and must not read as "there is no champion: bootstrap one".
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _unavailable(params: Params, exc: Exception) -> RegistryUnavailableError:
+    return RegistryUnavailableError(
+        f"the MLflow store {tracking_uri(params)} did not answer: {str(exc).splitlines()[0][:300]}; is the server up "
+        "(make mlflow-ui serves the local store) and MLFLOW_TRACKING_URI right? (MLFLOW_HTTP_REQUEST_MAX_RETRIES "
+        "sets how often a request is retried first)"
+    )
+
+
 # --------------------------------------------------------------------------------------------- tracking
 
 
@@ -325,13 +342,16 @@ def get_alias(params: Params, alias: str) -> ModelVersionInfo:
 
     Raises:
         AliasNotFoundError: no such model or alias; the message names the flow that creates it.
+        RegistryUnavailableError: the store did not answer (after MLflow's own HTTP retries).
     """
     from mlflow.exceptions import MlflowException
 
     name = params.registry.model_name
     try:
         mv = client(params).get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:
+            raise _unavailable(params, exc) from exc
         raise AliasNotFoundError(
             f"registered model {name!r} has no {alias!r} alias in {tracking_uri(params)}; "
             f"create the first champion with {BOOTSTRAP_HINT}"
@@ -358,7 +378,9 @@ def delete_alias(params: Params, alias: str) -> None:
 
     try:
         client(params).delete_registered_model_alias(params.registry.model_name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:
+            raise _unavailable(params, exc) from exc
         log.debug("alias %s was not set", alias)
 
 
