@@ -49,10 +49,16 @@ def test_deleting_an_alias_on_a_server_that_is_down_fails_loudly(down):
         mlflow_adapter.delete_alias(down, "challenger")
 
 
-def test_a_missing_alias_is_still_a_missing_alias(tmp_path):
-    params = Params.model_validate(tiny_params_dict(tmp_path))
+def test_a_missing_alias_is_still_a_missing_alias(tmp_path, monkeypatch):
+    data = tiny_params_dict(tmp_path)
+    data["registry"]["model_name"] = "services-down-missing-alias"
+    params = Params.model_validate(data)
+    # this test's own store, whatever an earlier test left in MLFLOW_TRACKING_URI
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", params.registry.tracking_uri)
+    mlflow_adapter._user_tracking_uri.cache_clear()
     mlflow_adapter.client(params).create_registered_model(params.registry.model_name)
     with pytest.raises(mlflow_adapter.AliasNotFoundError, match="create the first champion"):
         mlflow_adapter.get_alias(params, "champion")
     assert mlflow_adapter.find_alias(params, "champion") is None
     mlflow_adapter.delete_alias(params, "challenger")  # not set: nothing to do, no error
+    mlflow_adapter._user_tracking_uri.cache_clear()
