@@ -50,15 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import Params, load_params
 from tasks.contracts import prediction_log
+from tasks.contracts.batch_sources import read_sources, sources_path
 from tasks.contracts.monitor_frames import STATS, Frames, frames
 from tasks.contracts.reports.monitor import Window
-from tasks.contracts.yolo_labels import list_images, load_rgb
-from tasks.core.image_stats import image_stats
+from tasks.contracts.yolo_labels import list_images
 from tasks.decisions.monitoring import compare, decide_trigger, decide_watch, watch_window
 from tasks.env import apply_env
 from tasks.io import write_json_atomic
-from tasks.runtimes.detectors import Detector, load_detector, predict_images
+from tasks.runtimes.detectors import Detector, load_detector
 from tasks.sim.stream import render_stream
+from tasks.targets.log_rows import image_records
 from tasks.targets.scoring import predict_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,29 +157,8 @@ def predict_folder(
     detector: Detector, params: Params, images: Sequence[Path], *, batch: str, date: dt.date, version: str
 ) -> pa.Table:
     """Log rows of ``images`` as batch prediction writes them (boxes, latency, input statistics)."""
-    sources = _sources(images[0].parent.parent / "sources.csv") if images else {}
-    records = []
-    size = params.predict.batch_size
-    for start in range(0, len(images), size):
-        paths = list(images[start : start + size])
-        arrays = [load_rgb(p) for p in paths]
-        detections, ms = predict_images(detector, arrays)
-        for path, rgb, det in zip(paths, arrays, detections, strict=True):
-            records.append(
-                prediction_log.ImageDetections(
-                    image_id=path.stem,
-                    image_uri=path.resolve().as_uri(),
-                    image_sha256="0" * 64,
-                    width=rgb.shape[1],
-                    height=rgb.shape[0],
-                    latency_ms=ms / len(paths),
-                    boxes_xyxy=det.boxes_xyxy,
-                    confidence=det.confidence,
-                    class_id=det.class_id,
-                    source=sources.get(path.stem, "default"),
-                    stats=image_stats(rgb),
-                )
-            )
+    sources = read_sources(sources_path(images[0].parent.parent)) if images else {}
+    records = image_records(detector, images, batch_size=params.predict.batch_size, source=sources, desc=batch)
     return prediction_log.rows_to_table(
         records,
         batch=batch,
@@ -189,13 +169,6 @@ def predict_folder(
         class_names=list(params.base.classes),
         ts=NOW,
     )
-
-
-def _sources(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    lines = path.read_text().splitlines()[1:]
-    return dict(line.split(",", 1) for line in lines if "," in line)
 
 
 def baseline_frames(detector: Detector, params: Params, *, version: str) -> Frames:

@@ -37,7 +37,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from tasks.adapters import metrics as metrics_adapter
 from tasks.adapters import mlflow as mlflow_adapter
@@ -50,14 +49,13 @@ from tasks.contracts.model_version import ModelVersionInfo
 from tasks.contracts.monitor_frames import Frames, frames, select
 from tasks.contracts.reports import load_report, write_report
 from tasks.contracts.reports.monitor import MonitorReport, Trigger, Watch, WatchWindow, Window
-from tasks.contracts.yolo_labels import DatasetError, list_images, load_rgb
+from tasks.contracts.yolo_labels import DatasetError, list_images
 from tasks.core import plots
 from tasks.core.bootstrap import paired_bootstrap
-from tasks.core.image_stats import image_stats
 from tasks.decisions import monitoring
 from tasks.io import write_bytes_atomic, write_json_atomic
-from tasks.runtimes.detectors import predict_images
 from tasks.targets.gate_scoring import score_model
+from tasks.targets.log_rows import image_records
 from tasks.targets.scoring import predict_settings
 
 log = logging.getLogger(__name__)
@@ -118,28 +116,9 @@ def compute_baseline(params: Params, info: ModelVersionInfo) -> pa.Table:
             raise MonitorError(f"baseline set {name!r}: {exc} (monitor.baseline.sets)") from None
         if not images:
             raise MonitorError(f"baseline set {name!r}: no images in {folders[name] / 'images'}")
-        records = []
-        size = params.predict.batch_size
-        for start in tqdm(range(0, len(images), size), desc=f"baseline {name}", unit="chunk", leave=False):
-            paths = images[start : start + size]
-            arrays = [load_rgb(p) for p in paths]
-            detections, ms = predict_images(detector, arrays)
-            for path, rgb, det in zip(paths, arrays, detections, strict=True):
-                records.append(
-                    prediction_log.ImageDetections(
-                        image_id=path.stem,
-                        image_uri=path.resolve().as_uri(),
-                        image_sha256=prediction_log.sha256_file(path),
-                        width=rgb.shape[1],
-                        height=rgb.shape[0],
-                        latency_ms=ms / max(len(paths), 1),
-                        boxes_xyxy=det.boxes_xyxy,
-                        confidence=det.confidence,
-                        class_id=det.class_id,
-                        source="baseline",
-                        stats=image_stats(rgb),
-                    )
-                )
+        records = image_records(
+            detector, images, batch_size=params.predict.batch_size, source="baseline", desc=f"baseline {name}"
+        )
         tables.append(
             prediction_log.rows_to_table(
                 records,
@@ -192,10 +171,6 @@ def ensure_baseline(params: Params, info: ModelVersionInfo) -> tuple[pa.Table, s
 
 def _where(fr: Frames, expr: pl.Expr) -> Frames:
     return dataclasses.replace(fr, images=fr.images.filter(expr), boxes=fr.boxes.filter(expr))
-
-
-def _version(fr: Frames, version: str, alias: str) -> Frames:
-    return select(fr, model_version=version, model_alias=alias)
 
 
 def _judge(params: Params, baseline: Frames, champion: Frames, shadow: Frames) -> tuple[list[Window], list[Window]]:
@@ -257,9 +232,9 @@ def _watch(params: Params, info: ModelVersionInfo, log_frames: Frames) -> Watch 
         return None
     promoted_at = dt.datetime.fromisoformat(promotion.ts)
     alias = params.monitor.alias
-    new = _version(log_frames, info.version, alias)
-    old = _version(log_frames, previous, alias)
-    after = new.images.filter(pl.col("ts") >= promoted_at) if "ts" in new.images.columns else new.images
+    new = select(log_frames, model_version=info.version, model_alias=alias)
+    old = select(log_frames, model_version=previous, model_alias=alias)
+    after = new.images.filter(pl.col("ts") >= promoted_at)
     batches = sorted(after["batch"].unique().to_list())
     results: list[WatchWindow] = []
     for batch in batches:
@@ -401,7 +376,7 @@ def run(params: Params, *, cycle_open: str | None = None, now: dt.datetime | Non
     table = prediction_log.read(params.base.paths.predictions)
     rules = params.monitor.drift
     log_frames = frames(table, imgsz=params.base.imgsz, low_confidence=rules.low_confidence)
-    champion = _version(log_frames, info.version, params.monitor.alias)
+    champion = select(log_frames, model_version=info.version, model_alias=params.monitor.alias)
     if champion.images.is_empty():
         raise MonitorError(
             f"{params.base.paths.predictions}: no prediction log rows of {info.name} v{info.version} "
@@ -409,9 +384,8 @@ def run(params: Params, *, cycle_open: str | None = None, now: dt.datetime | Non
         )
     baseline_rows, baseline_from = ensure_baseline(params, info)
     baseline = frames(baseline_rows, imgsz=params.base.imgsz, low_confidence=rules.low_confidence)
-    shadow = log_frames
-    shadow = _where(
-        shadow, (pl.col("model_alias") == params.predict.shadow.alias) & (pl.col("model_version") != info.version)
+    shadow = _where(  # other versions logged beside the champion under the shadow alias
+        select(log_frames, model_alias=params.predict.shadow.alias), pl.col("model_version") != info.version
     )
     windows, by_source = _judge(params, baseline, champion, shadow)
     judged = _with_sources(windows, by_source)
