@@ -35,7 +35,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all test-reliability lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc rollback audit monitor metrics clean
+.PHONY: help setup demo test test-all test-reliability soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -74,6 +74,9 @@ test-all: setup  ## every test, slow ones included
 test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
 	$(RUN) $(PY) -m pytest tests/reliability
 
+soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
+	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))
+
 lint: setup  ## ruff + mypy
 	$(RUN) $(PY) -m ruff check tasks flows tests benchmarks
 	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks
@@ -97,11 +100,18 @@ retrain: setup  ## VERSION=n: restore it, then train/evaluate/export on its data
 gc: setup  ## DVC cache and remote: keep what registered versions and the workspace use, remove the rest (DRY=1: count)
 	$(RUN) $(PY) -m tasks.registry $(PARAMS_ARGS) --gc $(if $(DRY),--dry)
 
+forget: setup  ## IMAGE=<sha256 or id>: remove one image from every store (log, Label Studio, labels, merged, DVC, MLflow), audited
+	@test -n "$(IMAGE)" || { echo "make forget: say which image, e.g. make forget IMAGE=2026-11-02_0003 (or its sha256)"; exit 2; }
+	$(RUN) $(PY) -m tasks.forget $(PARAMS_ARGS) --image "$(IMAGE)"
+
 rollback: setup  ## champion back to previous (or VERSION=n), after checking it loads and predicts
 	$(RUN) $(PY) -m flows.rollback $(PARAMS_ARGS) $(if $(VERSION),--to $(VERSION))
 
 audit: setup  ## print the audit trail of alias moves
 	$(RUN) $(PY) -m tasks.promote $(PARAMS_ARGS) --audit
+
+doctor: setup  ## are the stores consistent (ledger ↔ Label Studio, manifest ↔ shards, registry ↔ audit, log)? exit 1 if not
+	$(RUN) $(PY) -m tasks.doctor $(PARAMS_ARGS)
 
 monitor: setup  ## drift windows vs the champion's baseline -> reports/monitor.json (START=deployment|subflow|none, default none)
 	$(RUN) $(PY) -m flows.monitor $(PARAMS_ARGS) --start $(or $(START),none)

@@ -10,6 +10,12 @@ The promotion is a compare-and-set on the champion the candidate was gated again
 cycle moved the champion meanwhile, the candidate is rejected with that reason (outcome ``reject``; the returned
 summary's ``promote_why`` says why) instead of silently replacing the new champion.
 
+One cycle at a time: the run holds the cycle lease (``tasks.cycle.lease``: a file lock beside the audit trail for
+the embedded store, a lease on the MLflow server otherwise, so clones and hosts sharing the server are covered too)
+from start to end. A second run started meanwhile does not wait: it ends at once in the state ``CycleBusy`` with a
+message naming the run that holds the lease and since when. Waiting would start a second cycle on the same data
+right after the first; the deployments queue their own runs instead (``concurrency_limit`` in ``prefect.yaml``).
+
 Alerts (``flows.alerts``, when a webhook is configured): ``approval_pending`` before the pause, ``labels_waiting``
 when a run ends waiting for labels on a cycle open longer than ``monitor.alerts.labels_deadline_hours``,
 ``failed_run`` when the run fails or crashes. ``drift_batches`` (set by the monitor's trigger) adds batches to
@@ -43,6 +49,7 @@ from tasks.contracts.reports.gate import GateReport
 from tasks.contracts.reports.label import LabelResult
 from tasks.contracts.sample_manifest import manifest_path
 from tasks.cycle import CycleState, Status, candidate_lineage, read_report
+from tasks.cycle import lease as cycle_lease
 from tasks.decisions import approval
 from tasks.env import apply_env
 from tasks.registry import describe_pin
@@ -106,6 +113,15 @@ def continuous_learning(
     }
     params = _load(params_path, overrides, drift_batches)
     who = f"flow continuous_learning/{flow_run.name}"
+    with cycle_lease(params, holder=who) as busy:  # one cycle at a time (another run, clone or host: it says who)
+        if busy is not None:
+            print(busy)
+            return Completed(name="CycleBusy", message=busy)
+        return _run_cycle(params, cycle, who)
+
+
+def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | State:
+    """The cycle itself, under the cycle lease."""
     state = stages.cycle_start(params, cycle)
     name = state.cycle
     if state.status == "closed":

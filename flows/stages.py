@@ -24,8 +24,10 @@ from prefect.cache_policies import NO_CACHE
 import tasks.adapters.dvc
 import tasks.adapters.mlflow
 import tasks.cycle
+import tasks.doctor
 import tasks.evaluate
 import tasks.export
+import tasks.forget
 import tasks.gate
 import tasks.label
 import tasks.merge
@@ -40,6 +42,7 @@ import tasks.world
 from tasks.config import Params
 from tasks.contracts.deployed import Deployed
 from tasks.contracts.reports.cycle import CycleReport
+from tasks.contracts.reports.doctor import DoctorReport
 from tasks.contracts.reports.evaluate import EvaluateReport
 from tasks.contracts.reports.export import ExportReport
 from tasks.contracts.reports.gate import GateReport
@@ -53,6 +56,11 @@ from tasks.contracts.reports.sample import SampleResult
 from tasks.contracts.reports.train import TrainResult
 
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
+
+
+@task(name="forget", **_COMMON)
+def forget(params: Params, image: str | None = None, retention: bool = False) -> tasks.forget.ForgetReport:
+    return tasks.forget.run(params, image=image, retention=retention)
 
 
 @task(name="world", **_COMMON)
@@ -196,3 +204,8 @@ def baseline(params: Params, version: str) -> str:
     """The promoted version's monitoring baseline, stored with it (``monitor/baseline.parquet``)."""
     info = tasks.adapters.mlflow.get_version(params, version)
     return tasks.monitor.ensure_baseline(params, info)[1]
+
+
+@task(name="doctor", **_COMMON)  # read-only: reports inconsistencies between the stores, repairs nothing
+def doctor(params: Params) -> DoctorReport:
+    return tasks.doctor.run(params)

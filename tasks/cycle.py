@@ -15,7 +15,8 @@ Contract:
     side effects: :func:`fetch_champion` downloads the champion into ``<base.paths.models>/champion/v<version>/``
         (its deployed artifact into the version cache of :mod:`tasks.adapters.model_cache`,
         ``<base.paths.models>/registry/``) and copies its
-        checkpoint to ``<base.paths.models>/parent/best.pt``, the warm start of the train stage.
+        checkpoint to ``<base.paths.models>/parent/best.pt``, the warm start of the train stage; :func:`lease`
+        holds the cycle lease of the model for a whole run of the loop (one cycle at a time).
 
 A cycle is named by its UTC start time (``20261123T101500Z``), so names sort chronologically as the merge stage
 needs. A run of the loop continues the newest cycle that is not closed (it is waiting for labels, or it failed
@@ -36,12 +37,15 @@ import argparse
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.adapters.model_cache import find_deployed
+from tasks.adapters.registry_lease import LeaseHeldError
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts.cycle_history import HISTORY, record_cycle
@@ -191,6 +195,25 @@ def start(params: Params, *, cycle: str | None = None, now: dt.datetime | None =
         )
         log.info("cycle %s: continuing (run %d, was %s)", cycle, state.runs, previous.status)
     return write_state(params, state)
+
+
+@contextmanager
+def lease(params: Params, *, holder: str) -> Iterator[str | None]:
+    """Hold the cycle lease for a whole run of the loop (:func:`tasks.adapters.mlflow.registry_lock` with ``cycle``):
+    one cycle at a time per model, across clones and hosts when the registry is a server.
+
+    Yields ``None`` while held (released on exit, whatever happens), or, when another run holds it, the message
+    that names that run, since when, and what to do: the caller then does nothing.
+    """
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(mlflow_adapter.registry_lock(params, holder=holder, cycle=True))
+        except LeaseHeldError as exc:
+            busy = f"not starting a cycle: {exc}"
+            log.warning("%s", busy)
+            yield busy
+            return
+        yield None
 
 
 def finish(params: Params, state: CycleState, *, status: Status, outcome: str) -> CycleState:

@@ -2,37 +2,68 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+KILL_BEFORE_RENAME_ENV = "VISIONLOOP_KILL_BEFORE_RENAME"
+"""Tests only: the file name at whose rename :func:`atomic_open` kills its own process (see there)."""
+
 
 @contextmanager
 def atomic_open(path: Path, *, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
     """Open a hidden temp file beside ``path`` for writing; on success fsync it and rename it over ``path``.
 
-    The temp file is ``.<name>.<random><suffix>`` in the same folder (a leading dot hides it from PyArrow, the
+    The temp file is ``.<name>.<pid>.<random><suffix>`` in the same folder (a leading dot hides it from PyArrow, the
     suffix from ``*.parquet`` globs); on any error it is removed and ``path`` is untouched. After the rename the
-    folder is fsynced too, so the rename itself survives a crash.
+    folder is fsynced too, so the rename itself survives a crash. A process killed mid-write (SIGKILL, power loss)
+    cannot remove its temp file: the next successful write of ``path`` removes those whose process is gone.
+
+    Tests only: with ``VISIONLOOP_KILL_BEFORE_RENAME=<name>`` in the environment the process SIGKILLs itself when
+    a file of that name is fully written but not yet renamed (tests/reliability/test_killed_stages.py).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if os.environ.get(KILL_BEFORE_RENAME_ENV) == path.name:  # tests only: a crash at the worst moment
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    _remove_dead_temps(path, suffix)
+
+
+def _remove_dead_temps(path: Path, suffix: str) -> None:
+    """Remove the temp files of ``path`` whose writer process no longer exists (a live writer's are kept)."""
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = stale.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

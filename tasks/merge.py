@@ -66,6 +66,7 @@ from typing import Any
 from tasks.cli import stage_main
 from tasks.config import Params
 from tasks.contracts.ledger import read_cycle_starts, read_ledger_batches
+from tasks.contracts.merged_forget import next_shard_name
 from tasks.contracts.merged_manifest import (
     EXCLUDED,
     HISTORICAL,
@@ -297,13 +298,11 @@ def _write_shards(merged: Path, rows: list[Row], plan: _Plan, shard_size: int) -
     out, names = [], []
     for (source, group, split), items in sorted(plan.groups.items()):
         stem = f"{source}-{group}-{split}" if source == PRODUCTION else f"{source}-{group}"
-        taken = {s for s in existing if re.fullmatch(rf"{SHARDS}/{re.escape(stem)}-\d{{5}}\.tar", s)}
         ordered = sorted(items, key=lambda item: item[1].image_id)
         for start in range(0, len(ordered), shard_size):
             chunk = ordered[start : start + shard_size]
-            index = len(taken)
-            name = f"{SHARDS}/{stem}-{index:05d}.tar"
-            taken.add(name)
+            name = next_shard_name(stem, existing)  # after the highest index: forget leaves gaps
+            existing.add(name)
             path = merged / name
             if path.exists():  # left by a merge that failed before its manifest: not referenced, so replaceable
                 log.warning("%s: not in the manifest (an interrupted merge); rewriting it", path)

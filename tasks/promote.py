@@ -139,28 +139,52 @@ def promote(
     """
     who = who or default_who()
     version = str(version)
-    records: list[AuditRecord] = []
     with registry_lock(params):
+        records = _unrecorded_moves(params, who=who, action="promote", why=why)
         champion = mlflow_adapter.find_alias(params, CHAMPION)
         current = champion.version if champion is not None else None
         if expected_champion is not ANY and current != expected_champion and current != version:
             reason = stale_champion_reason(version, expected=expected_champion, current=current)
             log.warning("not promoting v%s: %s", version, reason)
+            append_audit(params, records)
             record = _reject_locked(params, version=version, why=reason, who=who)
             return PromoteResult("reject", version, {}, [record])
         if current == version:
             log.info("version %s is already the champion; nothing to move", version)
         else:
-            if current is not None:
+            previous = mlflow_adapter.find_alias(params, PREVIOUS)
+            if current is not None and (previous is None or previous.version != current):
                 records.append(
                     _move(params, PREVIOUS, current, who=who, action="promote", why=f"replaced by v{version}")
                 )
             records.append(_move(params, CHAMPION, version, who=who, action="promote", why=why))
-            challenger = mlflow_adapter.find_alias(params, CHALLENGER)
-            if challenger is not None and challenger.version == version:
-                mlflow_adapter.delete_alias(params, CHALLENGER)
+        challenger = mlflow_adapter.find_alias(params, CHALLENGER)  # also when a killed run left it behind
+        if challenger is not None and challenger.version == version:
+            mlflow_adapter.delete_alias(params, CHALLENGER)
         append_audit(params, records)
     return PromoteResult("promote", version, _moves(records), records)
+
+
+def _unrecorded_moves(params: Params, *, who: str, action: str, why: str) -> list[AuditRecord]:
+    """Records of the moves a killed run made before it could append them; the caller holds the registry lock.
+
+    A promotion moves ``previous``, then ``champion``, then appends their records: a process killed in between
+    leaves aliases that the trail's last moves do not reach. Its re-run records those moves first (from where the
+    trail left each alias), so the trail stays a chain that ends where MLflow's aliases point.
+    """
+    last: dict[str, str | None] = {}
+    for record in read_audit(params):
+        if record.model == params.registry.model_name and record.alias:
+            last[record.alias] = record.to_version
+    records = []
+    for alias in (PREVIOUS, CHAMPION):
+        now = mlflow_adapter.find_alias(params, alias)
+        if now is not None and now.version != last.get(alias):
+            note = f"{why} (moved by an interrupted run, recorded by its re-run)"
+            records.append(
+                AuditRecord(_now(), who, action, params.registry.model_name, alias, last.get(alias), now.version, note)
+            )
+    return records
 
 
 def reject(params: Params, *, version: str, reasons: list[str], who: str | None = None) -> PromoteResult:

@@ -8,7 +8,8 @@ Contract:
     outputs: a version of the registered model ``registry.model_name`` carrying the weights, the ONNX file and the
         reports as a pyfunc model (``models:/<name>@champion`` loads and predicts with stock MLflow), the checked
         export artifacts attached to its run under ``export/<target>/``, lineage and ``deploy.*`` tags on the
-        version (:mod:`tasks.contracts.model_version`); ``<reports>/registry.json``;
+        version (:mod:`tasks.contracts.model_version`), ``checkpoint_sha256`` (the train report's, checked against
+        the file: what lets a warm start open it, :mod:`tasks.contracts.checkpoints`); ``<reports>/registry.json``;
     side effects: MLflow store writes (``MLFLOW_TRACKING_URI`` if set, else ``registry.tracking_uri``), all through
         :mod:`tasks.adapters.mlflow`.
 
@@ -34,6 +35,7 @@ from tasks.adapters import dvc
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError, load_params
+from tasks.contracts.checkpoints import CHECKPOINT_SHA256
 from tasks.contracts.lineage import git_commit, training_data_lineage
 from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.model_version import (
@@ -49,7 +51,7 @@ from tasks.contracts.model_version import (
 from tasks.contracts.reports import load_report_json, report_path, write_report
 from tasks.contracts.reports.registry import RegistryResult
 from tasks.contracts.train_files import parent_path, parent_record_path, write_parent
-from tasks.core.hashing import file_md5
+from tasks.core.hashing import file_md5, file_sha256
 from tasks.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,30 @@ def version_lineage(params: Params, train: Mapping[str, Any], evaluate: Mapping[
         }
         | {f"map50_95.{name}": f"{s['map50_95']:.4f}" for name, s in ((evaluate or {}).get("sets") or {}).items()}
     )
+
+
+def checkpoint_record(train: Mapping[str, Any]) -> dict[str, str]:
+    """The ``checkpoint_sha256`` tag: the train report's hash of the checkpoint, checked against the file.
+
+    A report without one (written before checkpoints were hashed) gives no tag: the version's checkpoint then
+    opens only once ``train.trusted_checkpoints`` names it (:mod:`tasks.contracts.checkpoints`).
+
+    Raises:
+        RegistryError: the checkpoint is missing, or its bytes are not those the train stage recorded.
+    """
+    weights = Path(train["weights"])
+    if not weights.is_file():
+        raise RegistryError(f"{weights}: trained checkpoint missing; run the train stage first")
+    recorded = train.get(CHECKPOINT_SHA256)
+    if not recorded:
+        log.warning("%s records no %s: the version is registered without one", weights, CHECKPOINT_SHA256)
+        return {}
+    if (actual := file_sha256(weights)) != recorded:
+        raise RegistryError(
+            f"{weights}: sha256 {actual}, but reports/train.json records {recorded}: the checkpoint changed after "
+            "training (not the project's); re-run the train stage"
+        )
+    return {CHECKPOINT_SHA256: str(recorded)}
 
 
 def register(
@@ -157,7 +183,7 @@ def run(
         log.warning("%s missing: the version gets no export artifacts and no deploy tags", reports_dir / "export.json")
     elif Path(export_report["weights"]).resolve() != Path(train["weights"]).resolve():
         log.warning("export.json was made from %s, not the trained %s", export_report["weights"], train["weights"])
-    lineage = version_lineage(params, train, evaluate) | dict(extra_lineage or {})
+    lineage = version_lineage(params, train, evaluate) | checkpoint_record(train) | dict(extra_lineage or {})
     reports |= {name: Path(path) for name, path in (extra_reports or {}).items() if Path(path).is_file()}
     result = register(
         params,

@@ -8,7 +8,8 @@ Contract:
     params: ``base`` (classes, imgsz, device, seed, paths), ``train`` (with the family's ``train.<family>``),
         ``merge.enabled``, ``cycle.warm_start``, ``cycle.epochs``;
     outputs: ``<models>/train/best.pt``, ``<reports>/train.json`` (:class:`~tasks.contracts.reports.train.TrainResult`:
-        final metrics, MLflow run id, family and license), ``<reports>/train_epochs.csv`` (per-epoch metrics) and
+        final metrics, MLflow run id, family and license, the checkpoint's ``checkpoint_sha256``: what lets later
+        stages open it, :mod:`tasks.contracts.checkpoints`), ``<reports>/train_epochs.csv`` (per-epoch metrics) and
         its plot ``<reports>/train.png``;
     side effects: an MLflow run (params, per-epoch metrics, artifacts) in the ``registry`` experiment; the
         family's scratch folder under ``<models>/train/`` (Ultralytics: ``ultralytics/``); the dataset view
@@ -38,9 +39,11 @@ from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
 from tasks.config import Params
 from tasks.contracts import merged_manifest
+from tasks.contracts.checkpoints import CHECKPOINT_SHA256
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.train import TrainResult
 from tasks.contracts.train_files import DATASET_RECORD, dataset_record_path, parent_path
+from tasks.core.hashing import file_sha256
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.models import family
 from tasks.models.base import TrainData
@@ -194,11 +197,15 @@ def run(params: Params) -> TrainResult:
             _flat(params.train.model_dump(mode="json")) | {"imgsz": params.base.imgsz, "seed": params.base.seed}
         )
         data = _dataset_views(params, dataset_record_path(params).parent)
-        fitted = model.fit(params, data=data, out_dir=out_dir, on_epoch=on_epoch)
+        # a warm start opens only a checkpoint the project recorded: locally, or as a registered version's
+        registered = mlflow_adapter.checkpoint_hashes(params) if params.train.weights is not None else {}
+        fitted = model.fit(params, data=data, out_dir=out_dir, on_epoch=on_epoch, registered=registered)
         target = out_dir / "best.pt"
         tmp = target.with_name(".best.pt.tmp")
         shutil.copyfile(fitted.checkpoint, tmp)
+        checkpoint_sha256 = file_sha256(tmp)  # the record that lets later stages open it (contracts.checkpoints)
         tmp.replace(target)
+        mlflow_adapter.set_run_tag(CHECKPOINT_SHA256, checkpoint_sha256)
         extras = [write_epochs(rows, reports / EPOCHS_TABLE), plot_curves(rows, reports / "train.png")]
         kept = [target, *fitted.artifacts, *(p for p in extras if p is not None)]
         mlflow_adapter.log_artifacts([p for p in kept if p.exists()], "train")
@@ -211,6 +218,7 @@ def run(params: Params) -> TrainResult:
         final_metrics=fitted.metrics,
         mlflow_run_id=run_id,
         wall_s=round(time.perf_counter() - start, 2),
+        checkpoint_sha256=checkpoint_sha256,
     )
     write_report(reports, "train", result, params)
     log.info("trained %s for %d epochs in %.0f s -> %s", model.name, result.epochs, result.wall_s, target)

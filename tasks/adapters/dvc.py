@@ -408,6 +408,49 @@ def gc(root: Path, keep: Sequence[str], *, cloud: bool = True, dry: bool = False
     return Collected(kept_revs=tuple(keep), removed_local=removed_local, removed_remote=removed_remote, dry=dry)
 
 
+@dataclass(frozen=True)
+class Purged:
+    """What :func:`purge_objects` removed: object ids from the local cache and from the remote."""
+
+    local: tuple[str, ...]
+    remote: tuple[str, ...]
+
+
+def purge_objects(root: Path, doomed: Callable[[bytes], bool], *, cloud: bool = True) -> Purged:
+    """Remove every object of ``.dvc/cache`` (and, with ``cloud``, of the remote) whose bytes ``doomed`` accepts.
+
+    The forget stage's call: objects that hold a forgotten image (its file, a shard or manifest that lists it, a
+    folder listing naming it) go whatever references them; a pinned version that used one is no longer restorable
+    from the remote (the stage's report says so). Every object is read whole, once: slow on a large cache, which is
+    fine for a rare, audited removal.
+    """
+    remote = ensure_remote(root) if cloud else None
+
+    def purge(repo: Any) -> Purged:
+        removed: dict[str, list[str]] = {"local": [], "remote": []}
+        with repo.lock:
+            odbs = [("local", odb) for _, odb in repo.cache.by_scheme() if odb is not None]
+            if remote is not None:
+                odbs.append(("remote", repo.cloud.get_remote_odb(remote)))
+            seen: set[int] = set()
+            for where, odb in odbs:
+                if id(odb) in seen:
+                    continue
+                seen.add(id(odb))
+                for oid in list(odb.all()):
+                    path = odb.oid_to_path(oid)
+                    with odb.fs.open(path, "rb") as handle:
+                        hit = doomed(handle.read())
+                    if hit:
+                        odb.delete(oid)
+                        removed[where].append(oid)
+        return Purged(local=tuple(sorted(removed["local"])), remote=tuple(sorted(removed["remote"])))
+
+    purged = _in_repo(root, purge)
+    log.info("dvc: purged %d local and %d remote object(s)", len(purged.local), len(purged.remote))
+    return purged
+
+
 def pin_refs(root: Path) -> dict[str, str]:
     """``{ref: commit}`` of every pin under :data:`PIN_REFS`."""
     listed = _git(root, "for-each-ref", "--format=%(refname) %(objectname)", PIN_REFS)

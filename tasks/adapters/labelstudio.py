@@ -486,19 +486,19 @@ class LabelStudioBackend:
     def ensure_storages(self, folders: Iterable[Path]) -> None:
         """Register a Local Files import storage for each image folder (without syncing: we import tasks)."""
         project_id = cast(int, self.project_id)
-        existing = {
-            Path(str(s.path)).resolve()
-            for s in self._call(
-                lambda: list(self.client.import_storage.local.list(project=project_id)), "list storages"
-            )
-            if s.path
-        }
-        for folder in sorted({f.resolve() for f in folders} - existing):
+
+        def existing() -> dict[Path, Any]:
+            found = self._call(lambda: list(self.client.import_storage.local.list(project=project_id)), "list storages")
+            return {Path(str(s.path)).resolve(): s for s in found if s.path}
+
+        for folder in sorted({f.resolve() for f in folders} - set(existing())):
+            # a create is not idempotent: after a lost answer, look for the storage before sending it again
             self._call(
                 lambda folder=folder: self.client.import_storage.local.create(  # type: ignore[misc]
                     project=project_id, path=str(folder), title=f"visionloop {folder.name}"[:255], use_blob_urls=True
                 ),
                 f"register local files storage {folder} (must lie below {DOCUMENT_ROOT_ENV} of the server)",
+                landed=lambda folder=folder: existing().get(folder),  # type: ignore[misc]
             )
             log.info("Label Studio project %s: registered local files storage %s", project_id, folder)
 
@@ -542,12 +542,23 @@ class LabelStudioBackend:
         return {sha: confirmed[sha] for sha in wanted if sha in confirmed}, created
 
     def annotate(self, task_id: int, *, result: list[dict[str, Any]], cancelled: bool) -> None:
-        """Create one annotation of a task, as a person's *Submit* (or *Skip*: ``cancelled``) in the UI does."""
+        """Create one annotation of a task, as a person's *Submit* (or *Skip*: ``cancelled``) in the UI does.
+
+        A create is not idempotent: after a failure the task's annotations are listed, and one that was not there
+        before the request means it landed (a blind retry made a second annotation).
+        """
+
+        def ids() -> set[int]:
+            found = self._call(lambda: list(self.client.annotations.list(id=task_id)), f"list annotations of {task_id}")
+            return {int(cast(int, a.id)) for a in found}
+
+        before = ids()
         self._call(
             lambda: self.client.annotations.create(
                 id=task_id, result=result, was_cancelled=cancelled, ground_truth=False
             ),
             f"annotate task {task_id}",
+            landed=lambda: min(ids() - before, default=None),
         )
 
     def fetch(self, rows: Sequence[LedgerRow]) -> list[dict[str, Any]]:

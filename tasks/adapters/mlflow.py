@@ -6,8 +6,9 @@ the user's environment sets it, else ``registry.tracking_uri``; nothing is set a
 
 Idempotence, for the callers that retry: :func:`find_version_by_run` finds the version a training run was already
 registered as, so the registry stage never registers a candidate twice; alias and tag writes overwrite; downloads
-land complete or not at all. Alias moves that must be seen together with the audit trail run under
-:func:`registry_lock`.
+land complete or not at all; a version made twice by a retried create is removed. A server gets ``registry.timeout_s``
+and ``.retries`` (MLflow's client; ``MLFLOW_HTTP_REQUEST_*`` win), then is :class:`RegistryUnavailableError`. Alias
+moves that must be seen together with the audit trail run under :func:`registry_lock`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 
+from tasks.adapters import registry_lease
 from tasks.config import Params, VisionloopError
+from tasks.contracts.checkpoints import CHECKPOINT_SHA256
 from tasks.contracts.model_version import DEPLOY_ARTIFACT, EXPORT_TABLE, ModelVersionInfo, deploy_artifact
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 BOOTSTRAP_HINT = "python -m flows.bootstrap (or `make demo`)"
 TASKS_FOLDER = Path(__file__).resolve().parent.parent  # the whole tasks/ package ships with the pyfunc (code_paths)
@@ -55,6 +61,33 @@ def _unavailable(params: Params, exc: Exception) -> RegistryUnavailableError:
     )
 
 
+def _is_unreachable(exc: BaseException) -> bool:
+    """The store did not answer (refused, timed out, 5xx after MLflow's own HTTP retries): not an answer to the call."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, requests.exceptions.RequestException):
+        return True
+    if isinstance(exc, RestException):
+        return exc.get_http_status_code() >= 500
+    return isinstance(exc, MlflowException) and str(exc).startswith("API request to")  # rest_utils' transport error
+
+
+def _answers(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A store that does not answer is a :class:`RegistryUnavailableError`, never a raw urllib3 error (``params``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if isinstance(exc, RegistryUnavailableError) or not _is_unreachable(exc):
+                raise
+            raise _unavailable(cast(Params, kwargs.get("params", args[0] if args else None)), exc) from exc
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------------------------- tracking
 
 
@@ -62,6 +95,12 @@ def _unavailable(params: Params, exc: Exception) -> RegistryUnavailableError:
 def _user_tracking_uri() -> str | None:
     # Read once, before this module first calls mlflow.set_tracking_uri, which writes the same variable.
     return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+@functools.cache
+def _user_env(name: str) -> str | None:
+    # Read once, before client() first writes the same variable: the user's value wins over params.
+    return os.environ.get(name) or None
 
 
 def tracking_uri(params: Params) -> str:
@@ -77,6 +116,12 @@ def client(params: Params) -> Any:
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow reads these per request: a server that hangs or is down fails in bounded time (registry params)
+    for name, value in (
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", params.registry.timeout_s),
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", params.registry.retries),
+    ):
+        os.environ[name] = _user_env(name) or str(value)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -106,11 +151,19 @@ def mlflow_run(
     """Start (or resume, with ``run_id``) an MLflow run in ``experiment`` (default ``registry.experiment``)."""
     import mlflow
 
-    experiment_id = _experiment_id(params, experiment)
-    with mlflow.start_run(
-        run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags
-    ) as active:
-        yield active.info.run_id
+    try:
+        experiment_id = _experiment_id(params, experiment)
+        with mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            run_name=None if run_id else run_name,
+            tags=tags,
+        ) as active:
+            yield active.info.run_id
+    except Exception as exc:  # the store failing inside the run (an artifact upload) is said to be down too
+        if isinstance(exc, RegistryUnavailableError) or not _is_unreachable(exc):
+            raise
+        raise _unavailable(params, exc) from exc
 
 
 def log_params(values: dict[str, Any]) -> None:
@@ -227,6 +280,7 @@ def _model_config(params: Params) -> dict[str, Any]:
     }
 
 
+@_answers
 def find_version_by_run(params: Params, run_id: str) -> ModelVersionInfo | None:
     """The newest version of ``registry.model_name`` logged in ``run_id``; ``None`` when there is none."""
     name = params.registry.model_name
@@ -237,11 +291,13 @@ def find_version_by_run(params: Params, run_id: str) -> ModelVersionInfo | None:
     return get_version(params, str(newest.version))
 
 
+@_answers
 def get_version(params: Params, version: str) -> ModelVersionInfo:
     """A version of ``registry.model_name`` with its tags and aliases."""
     return _info(client(params).get_model_version(params.registry.model_name, str(version)))
 
 
+@_answers
 def register_model(
     params: Params,
     *,
@@ -285,9 +341,24 @@ def register_model(
             pip_requirements=_pyfunc_requirements(),
             registered_model_name=params.registry.model_name,
         )
-    return get_version(params, str(info.registered_model_version))
+    return get_version(params, _one_version_per_model(params, run_id, str(info.registered_model_version)))
 
 
+def _one_version_per_model(params: Params, run_id: str, made: str) -> str:
+    """The first version of the model just logged. MLflow's client retries a create whose answer was lost (committed,
+    then a 503): a second version of the same source, i.e. of this ``log_model`` call, ours to delete."""
+    mlflow_client = client(params)
+    name = params.registry.model_name
+    source = mlflow_client.get_model_version(name, made).source
+    found = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    same = sorted(int(mv.version) for mv in found if mv.source == source) or [int(made)]
+    for copy in same[1:]:
+        log.warning("model %s: version %s repeats version %s (a retried create); deleting it", name, copy, same[0])
+        mlflow_client.delete_model_version(name, str(copy))
+    return str(same[0])
+
+
+@_answers
 def log_version_table(params: Params, info: ModelVersionInfo, table: Mapping[str, list[Any]]) -> None:
     """Append ``table`` (column -> values) with a ``version`` column to ``export/table.json`` of the version's run.
 
@@ -310,23 +381,38 @@ def log_version_table(params: Params, info: ModelVersionInfo, table: Mapping[str
         mlflow.log_table({"version": [info.version] * rows} | dict(table), artifact_file=EXPORT_TABLE)
 
 
+@_answers
 def describe_version(params: Params, version: str, description: str) -> None:
     """Set the version's description."""
     client(params).update_model_version(params.registry.model_name, str(version), description=description)
 
 
+@_answers
 def all_versions(params: Params) -> list[ModelVersionInfo]:
     """Every version of ``registry.model_name`` (none when it is not registered yet)."""
     found = client(params).search_model_versions(f"name = '{params.registry.model_name}'")
     return [_info(mv) for mv in found]
 
 
+@_answers
 def versions_tagged(params: Params, key: str, value: str) -> list[ModelVersionInfo]:
     """The versions of ``registry.model_name`` whose tag ``key`` equals ``value``."""
     found = client(params).search_model_versions(f"name = '{params.registry.model_name}' and tags.`{key}` = '{value}'")
     return [_info(mv) for mv in found]
 
 
+def checkpoint_hashes(params: Params) -> dict[str, str]:
+    """``{sha256: "model <name> v<version>"}`` of every version tagged ``checkpoint_sha256`` (the registry's record
+    of the checkpoints the project trained, :mod:`tasks.contracts.checkpoints`)."""
+    found = {}
+    for info in sorted(all_versions(params), key=lambda v: int(v.version)):
+        sha = info.tags.get(CHECKPOINT_SHA256)
+        if sha:
+            found[sha] = f"model {info.name} v{info.version}"
+    return found
+
+
+@_answers
 def set_version_tags(params: Params, version: str, tags: Mapping[str, str]) -> None:
     """Set tags on a model version (overwrites: safe to repeat)."""
     mlflow_client = client(params)
@@ -367,6 +453,7 @@ def find_alias(params: Params, alias: str) -> ModelVersionInfo | None:
         return None
 
 
+@_answers
 def set_alias(params: Params, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
     client(params).set_registered_model_alias(params.registry.model_name, alias, str(version))
@@ -385,18 +472,13 @@ def delete_alias(params: Params, alias: str) -> None:
 
 
 @contextmanager
-def registry_lock(params: Params) -> Iterator[None]:
-    """Exclusive lock over alias moves of this model (a file lock beside the audit log).
-
-    Two promotions racing each other then leave exactly one champion, and the audit trail written under the same
-    lock shows each move starting where the last ended.
-    """
-    from filelock import FileLock
-
-    path = params.promote.audit_log.with_name(f".{params.registry.model_name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path), timeout=params.promote.lock_timeout_s):
-        yield
+def registry_lock(params: Params, *, holder: str | None = None, cycle: bool = False) -> Iterator[registry_lease.Holder]:
+    """Exclusive lock over alias moves (``cycle``: the cycle lease) where the registry lives: a lease on a server, a
+    file lock beside the audit log for the embedded store (:func:`tasks.adapters.registry_lease.hold`); racing
+    promotions leave one champion and a trail in which each move starts where the last ended."""
+    uri = tracking_uri(params)
+    with registry_lease.hold(params, store=uri, client=lambda: client(params), holder=holder, cycle=cycle) as held:
+        yield held
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -421,6 +503,7 @@ def _download_model_file(params: Params, info: ModelVersionInfo, dst: Path, patt
     return found[0]
 
 
+@_answers
 def download_run_file(params: Params, run_id: str, artifact: str, dst: Path) -> Path:
     """Fetch one artifact file of a run (e.g. ``dvc/dvc.lock``) into ``dst``; its local path."""
     import mlflow.artifacts
@@ -429,12 +512,14 @@ def download_run_file(params: Params, run_id: str, artifact: str, dst: Path) -> 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
 
 
+@_answers
 def log_version_file(params: Params, info: ModelVersionInfo, path: Path, folder: str) -> str:
     """Attach ``path`` to the version's training run under ``folder``; its run-relative artifact path."""
     client(params).log_artifact(info.run_id, str(path), artifact_path=folder)
     return f"{folder}/{path.name}"
 
 
+@_answers
 def find_run(params: Params, experiment: str, run_name: str) -> str | None:
     """The id of the newest run called ``run_name`` in ``experiment`` (``None``: none yet)."""
     found = client(params).get_experiment_by_name(experiment)
@@ -446,6 +531,7 @@ def find_run(params: Params, experiment: str, run_name: str) -> str | None:
     return str(runs[0].info.run_id) if runs else None
 
 
+@_answers
 def log_metric_series(params: Params, run_id: str, series: Mapping[str, Sequence[tuple[int, int, float]]]) -> None:
     """Log ``{metric: [(step, timestamp_ms, value), ...]}`` to a run in one batch (NaN/inf values are left out)."""
     from mlflow.entities import Metric

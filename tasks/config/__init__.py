@@ -33,6 +33,7 @@ from tasks.config.base import (  # noqa: F401
     Section,
     VisionloopError,
 )
+from tasks.config.forget import ForgetParams, RetentionParams  # noqa: F401
 from tasks.config.monitor import (  # noqa: F401
     AlertParams,
     BaselineParams,
@@ -48,6 +49,8 @@ from tasks.config.sections import (  # noqa: F401
     ClassBalancedStrategy,
     CycleParams,
     DisagreementStrategy,
+    DoctorCheck,
+    DoctorParams,
     DriftStrategy,
     EntropyStrategy,
     EvaluateParams,
@@ -108,6 +111,8 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
     cycle: CycleParams = CycleParams()
     monitor: MonitorParams = MonitorParams()
+    forget: ForgetParams = ForgetParams()
+    doctor: DoctorParams = DoctorParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

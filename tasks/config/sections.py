@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
 
@@ -66,6 +66,10 @@ class YoloParams(Section):
         return None
 
 
+Sha256 = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
+"""A file's SHA-256: 64 hex digits (upper case accepted, kept lower case)."""
+
+
 class TrainParams(Section):
     """Training: model family (``tasks/models/<family>.py``), architecture or checkpoint, schedule."""
 
@@ -75,6 +79,8 @@ class TrainParams(Section):
     epochs: PositiveInt = 30
     batch: PositiveInt = 32
     patience: int = Field(default=0, ge=0)
+    # SHA-256 of checkpoints the project did not train but may open (tasks.contracts.checkpoints); default none
+    trusted_checkpoints: tuple[Sha256, ...] = ()
     yolo: YoloParams = YoloParams()
 
 
@@ -202,6 +208,10 @@ class RegistryParams(Section):
     experiment: str = "visionloop"
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_root: Path = Path("mlartifacts")
+    # a server store's HTTP requests (MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES in the environment win): MLflow's
+    # own defaults (120 s, 7 retries with back-off) hold a stage ~20 min on a server that accepts and never answers
+    timeout_s: PositiveInt = 30
+    retries: NonNegativeInt = 3
 
 
 class ShadowParams(Section):
@@ -230,6 +240,7 @@ class PromoteParams(Section):
     approval_timeout_s: PositiveInt = 3600
     audit_log: Path = Path("data/audit/aliases.jsonl")
     lock_timeout_s: PositiveInt = 60
+    lease_ttl_s: Annotated[float, Field(gt=0)] = 60  # MLflow server: a lease outlives its holder's last heartbeat
 
 
 class GateSpeedParams(Section):
@@ -454,3 +465,21 @@ class CycleParams(Section):
     epochs: PositiveInt | None = 10  # retraining epochs per cycle (None: train.epochs)
     predict_first: bool = True  # log the champion's predictions on batches it has not seen before sampling
     histogram_bins: Annotated[int, Field(ge=2, le=200)] = 20  # confidence histograms of the report
+
+
+DoctorCheck = Literal["labels", "merged", "registry", "prediction_log", "temp_files"]
+DOCTOR_CHECKS: tuple[DoctorCheck, ...] = ("labels", "merged", "registry", "prediction_log", "temp_files")
+
+
+class DoctorParams(Section):
+    """``make doctor``: consistency checks across the stores (``tasks/doctor.py``); a check left out is not run.
+
+    ``labelstudio_without_env``: check Label Studio at ``label.url`` even when ``LABEL_STUDIO_URL`` is unset (false:
+    that check is reported as skipped, never as passed).
+    """
+
+    checks: list[DoctorCheck] = Field(default_factory=lambda: list(DOCTOR_CHECKS))
+    labelstudio_without_env: bool = False
+    required_tags: list[str] = Field(
+        default_factory=lambda: ["train_run_id", "dataset_md5", "git_commit", "params_hash"]
+    )  # lineage tags every registered version must carry

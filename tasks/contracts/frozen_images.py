@@ -21,6 +21,7 @@ from tasks.config import Params, VisionloopError
 from tasks.contracts.yolo_labels import list_images
 from tasks.core import phash
 from tasks.core.hashing import file_sha256
+from tasks.core.pixels import upright
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def decode_image(path: Path, *, phash_size: int) -> tuple[tuple[int, int] | None
     try:
         with Image.open(path) as img:
             img.load()
-            return img.size, phash.phash_image(img, size=phash_size), ""
+            shown = upright(img)  # as training, Label Studio and the predict stage see it
+            return shown.size, phash.phash_image(shown, size=phash_size), ""
     except phash.UNREADABLE as exc:
         return None, None, f"{type(exc).__name__}: {exc}"
 

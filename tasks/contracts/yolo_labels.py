@@ -22,7 +22,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from tasks.config import VisionloopError
-from tasks.core.pixels import to_rgb
+from tasks.core.pixels import to_rgb, upright_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Normalised corners may miss 0 or 1 by float rounding (cx - w/2 with cx = w/2).
@@ -61,11 +61,12 @@ def list_images(images_dir: Path) -> list[Path]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """Return ``(width, height)`` after fully decoding the image (catches truncation)."""
+    """Return ``(width, height)`` as shown (EXIF orientation applied, :func:`tasks.core.pixels.upright_size`) after
+    fully decoding the image (catches truncation)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.size
+            return upright_size(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: unreadable or truncated image ({exc})") from None
 

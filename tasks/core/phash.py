@@ -64,8 +64,10 @@ def phash_file(path: Path, *, size: int = HASH_SIZE) -> PackedHashes:
     """
     from PIL import Image
 
+    from tasks.core.pixels import upright
+
     with Image.open(path) as image:
-        return phash_image(image, size=size)
+        return phash_image(upright(image), size=size)  # as shown: EXIF orientation applied (tasks.core.pixels)
 
 
 def to_hex(packed: PackedHashes, *, size: int = HASH_SIZE) -> str:

@@ -8,7 +8,7 @@ one module here (a class meeting :class:`~tasks.models.base.ModelFamily`), its l
 from __future__ import annotations
 
 from tasks.config import ConfigError, Params
-from tasks.models.base import ModelFamily
+from tasks.models.base import ModelFamily, trust_params
 from tasks.models.yolo import YoloFamily
 from tasks.runtimes.detectors import register_loader
 
@@ -17,6 +17,9 @@ FAMILIES: dict[str, ModelFamily] = {"yolo": YoloFamily()}
 
 def family(params: Params) -> ModelFamily:
     """The family ``train.family`` names, with its checkpoint loaders registered for ``load_detector``.
+
+    Also makes ``params`` the one whose records say which checkpoints those loaders may open in this context
+    (:func:`tasks.models.base.trust_params`; :mod:`tasks.contracts.checkpoints`).
 
     Raises:
         ConfigError: no family of that name.
@@ -27,4 +30,5 @@ def family(params: Params) -> ModelFamily:
         raise ConfigError(f"train.family {params.train.family!r}: no such model family ({sorted(FAMILIES)})") from None
     for loader in chosen.loaders:
         register_loader(loader)
+    trust_params(params)
     return chosen

@@ -12,16 +12,35 @@ Metric names a family reports (per epoch and at the end) are family-neutral: ``v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from tasks.config import Params
+from tasks.contracts.checkpoints import trusted_checkpoints
 from tasks.runtimes.detectors import Loader
 
 EpochLogger = Callable[[int, dict[str, float]], None]
 """Called after each training epoch with the epoch number (1-based) and its metrics."""
+
+# The params whose records say which checkpoints a family's loader may open: a loader is called as
+# ``load_detector(path, settings)`` and sees no params. Per context (thread, Prefect task); set by the family lookup
+# (tasks.models.family) that precedes every load; unset, no checkpoint is trusted.
+_TRUST: ContextVar[Params | None] = ContextVar("visionloop_checkpoint_trust", default=None)
+
+
+def trust_params(params: Params) -> None:
+    """Let the family loaders open, in this context, the checkpoints ``params`` records or allows."""
+    _TRUST.set(params)
+
+
+def trusted_in_context() -> dict[str, str]:
+    """Hash -> record of the checkpoints loaders may open now (:func:`tasks.contracts.checkpoints.trusted_checkpoints`
+    of the params given to :func:`trust_params`; none when it was not called in this context)."""
+    params = _TRUST.get()
+    return trusted_checkpoints(params) if params is not None else {}
 
 
 @dataclass(frozen=True)
@@ -78,12 +97,28 @@ class ModelFamily(Protocol):
     license: str
     loaders: Sequence[Loader]
 
-    def fit(self, params: Params, *, data: TrainData, out_dir: Path, on_epoch: EpochLogger) -> Fitted:
-        """Train ``train.model`` from scratch, or from ``train.weights``, on ``data``; scratch files in ``out_dir``."""
+    def fit(
+        self,
+        params: Params,
+        *,
+        data: TrainData,
+        out_dir: Path,
+        on_epoch: EpochLogger,
+        registered: Mapping[str, str] | None = None,
+    ) -> Fitted:
+        """Train ``train.model`` from scratch, or from ``train.weights``, on ``data``; scratch files in ``out_dir``.
+
+        ``train.weights`` is opened only when its SHA-256 is recorded (:mod:`tasks.contracts.checkpoints`): by the
+        project's files, by ``train.trusted_checkpoints``, or in ``registered`` (hash -> model version, the
+        registry's ``checkpoint_sha256`` tags, read by the caller).
+        """
         ...
 
     def export_onnx(self, checkpoint: Path, target: Path, *, params: Params) -> None:
-        """Write ``checkpoint`` as FP32 ONNX to ``target`` (``export.opset``, ``export.dynamic``, ``base.imgsz``)."""
+        """Write ``checkpoint`` as FP32 ONNX to ``target`` (``export.opset``, ``export.dynamic``, ``base.imgsz``).
+
+        The checkpoint is opened only when the project records it (:mod:`tasks.contracts.checkpoints`).
+        """
         ...
 
     def inference_hints(self, params: Params) -> InferenceHints:

@@ -5,6 +5,12 @@ its ``train()``, the per-epoch callback, its ONNX export, a ``.pt`` checkpoint r
 (:class:`TorchDetector`), and where its detection head sits in an exported graph. Its own params are
 ``train.yolo`` (:class:`tasks.config.YoloParams`). Ultralytics is imported inside functions, after
 :func:`configure_ultralytics`, so importing this module stays cheap.
+
+Every ``YOLO(<.pt>)`` here is preceded by :func:`tasks.contracts.checkpoints.require_trusted`: an Ultralytics
+checkpoint is a pickle (no ``weights_only=True``), so a file whose SHA-256 the project did not record is refused
+before it is opened. The runtime loader (:data:`CHECKPOINT_LOADER`, called as ``load_detector(path, settings)``)
+takes the params to trust from :func:`tasks.models.base.trust_params`, which :func:`tasks.models.family` calls
+for every lookup.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +27,9 @@ import numpy.typing as npt
 import yaml
 
 from tasks.config import ConfigError, Params
+from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
 from tasks.io import write_bytes_atomic
-from tasks.models.base import EpochLogger, Fitted, InferenceHints, TrainData
+from tasks.models.base import EpochLogger, Fitted, InferenceHints, TrainData, trusted_in_context
 from tasks.runtimes.detectors import InferenceSettings, Loader
 
 log = logging.getLogger(__name__)
@@ -146,7 +153,18 @@ def _is_checkpoint(path: Path) -> bool:
     return path.suffix == ".pt"
 
 
-CHECKPOINT_LOADER: Loader = (_is_checkpoint, TorchDetector)
+def open_checkpoint(path: Path, settings: InferenceSettings) -> TorchDetector:
+    """A :class:`TorchDetector` for a checkpoint the project recorded (:func:`~tasks.models.base.trust_params`).
+
+    Raises:
+        UntrustedCheckpointError: its SHA-256 is in no record of the project nor in ``train.trusted_checkpoints``;
+            the file was not opened.
+    """
+    require_trusted(path, trusted_in_context())
+    return TorchDetector(path, settings)
+
+
+CHECKPOINT_LOADER: Loader = (_is_checkpoint, open_checkpoint)
 
 
 class YoloFamily:
@@ -156,14 +174,28 @@ class YoloFamily:
     license = "AGPL-3.0"
     loaders: Sequence[Loader] = (CHECKPOINT_LOADER,)
 
-    def fit(self, params: Params, *, data: TrainData, out_dir: Path, on_epoch: EpochLogger) -> Fitted:
-        """Train with Ultralytics; ``on_epoch`` gets each epoch's validation metrics, losses and learning rates."""
+    def fit(
+        self,
+        params: Params,
+        *,
+        data: TrainData,
+        out_dir: Path,
+        on_epoch: EpochLogger,
+        registered: Mapping[str, str] | None = None,
+    ) -> Fitted:
+        """Train with Ultralytics; ``on_epoch`` gets each epoch's validation metrics, losses and learning rates.
+
+        A warm start's ``train.weights`` is opened only when recorded (:func:`trusted_checkpoints` with the
+        registry's ``registered`` hashes).
+        """
         if (why := params.train.yolo.ignored_on(params.base.device)) is not None:
             raise ConfigError(why)
+        cfg = params.train
+        if cfg.weights is not None:
+            require_trusted(cfg.weights, trusted_checkpoints(params, registered=registered))
         configure_ultralytics()
         from ultralytics import YOLO
 
-        cfg = params.train
         data_yaml = _write_data_yaml(out_dir / "data.yaml", data)
         model = YOLO(str(cfg.weights) if cfg.weights else cfg.model)
 
@@ -190,6 +222,7 @@ class YoloFamily:
         scratch.mkdir(parents=True)
         try:
             shutil.copyfile(checkpoint, scratch / "model.pt")
+            require_trusted(scratch / "model.pt", trusted_checkpoints(params))  # the very bytes opened next
             produced = YOLO(str(scratch / "model.pt")).export(
                 format="onnx",
                 opset=cfg.opset,

@@ -39,7 +39,7 @@ class DetectorModel(PythonModel):
         import io
 
         import pandas as pd
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         from tasks.runtimes.detectors import predict_images
 
@@ -47,7 +47,8 @@ class DetectorModel(PythonModel):
         for index, value in enumerate(model_input["image"]):
             source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
             with Image.open(source) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                # upright (EXIF orientation) as the predict stage decodes (tasks.core.pixels; runtimes alone here)
+                rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
             (det,), _ = predict_images(self.detector, [rgb])
             for box, score, cls in zip(det.boxes_xyxy, det.confidence, det.class_id, strict=True):
                 rows.append(

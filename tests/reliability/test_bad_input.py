@@ -41,7 +41,7 @@ from tasks.contracts import monitor_frames, prediction_log
 from tasks.contracts.label_tasks import LabelError
 from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.prediction_schema import PredictionLogError
-from tasks.contracts.yolo_labels import DatasetError, load_rgb, read_label_file
+from tasks.contracts.yolo_labels import DatasetError, image_size, load_rgb, read_label_file
 from tests.conftest import tiny_params_dict
 from tests.unit.test_label import (
     BATCH,
@@ -318,6 +318,22 @@ def boxes(classes: list[int], xywhn: list[list[float]]) -> Callable[[Any, World]
     return check
 
 
+def upright_as_training_sees_it(got: Any, w: World) -> None:
+    """Stored 6 x 4 with orientation 6: shown 4 wide, 6 high by OpenCV (what Ultralytics trains on), Ultralytics'
+    label checks (``exif_size``) and browsers (Label Studio); visionloop's pixels and sizes must agree."""
+    import cv2
+    from ultralytics.data.utils import exif_size
+
+    path = w.notes["path"]
+    assert got.shape == (6, 4, 3), got.shape
+    assert cv2.imread(str(path)).shape == got.shape  # OpenCV applies EXIF orientation by default
+    assert cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION).shape == (4, 6, 3)
+    with Image.open(path) as img:
+        assert img.size == (6, 4) and exif_size(img) == (4, 6)  # stored; Ultralytics' size as shown
+    assert image_size(path) == (4, 6)  # label sizes (Label Studio's original_width/height) as shown
+    assert tuple(got[0, 0]) == tuple(got[-1, -1]) and abs(int(got[0, 0, 0]) - 200) < 8  # colour kept
+
+
 def rejected_polygon(got: ls.YoloLabel, w: World) -> None:
     assert got.class_id.tolist() == [] and len(got.rejected) == 1
     assert "task 7 (image img_1) region p1: not a label/rectanglelabels box (type 'polygonlabels')" in got.rejected[0]
@@ -399,9 +415,12 @@ CASES = [
         "tasks/contracts/yolo_labels.py load_rgb and tasks/predict.py read_image convert 16-bit grayscale with "
         "Image.convert('RGB'), which clips every value above 255: a 16-bit image decodes all white",
     ),
-    pytest.param(  # current behaviour: decoded as stored (6 x 4), the EXIF orientation is not applied
-        Case(image_case(exif_rotated, "rotated.jpg"), None, check=is_rgb((4, 6, 3))),
-        id="image-exif-rotated-accepted-not-transposed",
+    fixed(
+        Case(image_case(exif_rotated, "rotated.jpg"), None, check=upright_as_training_sees_it),
+        "image-exif-rotated-transposed",
+        "tasks/core/pixels.py decoded a photo as stored (6 x 4) and ignored its EXIF orientation, while Ultralytics "
+        "trains on OpenCV's decode and Label Studio shows it in a browser, both turned upright (4 x 6): labels and "
+        "predictions of rotated photos were in different coordinates",
     ),
     # YOLO label files: the strict reader every stage shares
     pytest.param(

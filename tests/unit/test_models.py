@@ -10,6 +10,8 @@ from onnx import helper
 
 from tasks import train
 from tasks.config import ConfigError, Params, YoloParams, load_params
+from tasks.contracts.checkpoints import UntrustedCheckpointError
+from tasks.core.hashing import file_sha256
 from tasks.env import PROJECT_ROOT
 from tasks.models import FAMILIES, family, yolo
 from tasks.runtimes import detectors
@@ -100,6 +102,11 @@ def test_the_family_opens_its_checkpoints(tmp_path):
     assert detectors.LOADERS.count(yolo.CHECKPOINT_LOADER) == 1
     broken = tmp_path / "best.pt"
     broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(UntrustedCheckpointError, match="not produced by this project"):  # never opened
+        load_detector(broken, InferenceSettings(imgsz=64))
+    family(
+        load_params(PROJECT_ROOT / "params.yaml", overrides={"train": {"trusted_checkpoints": [file_sha256(broken)]}})
+    )
     with pytest.raises(ValueError, match="not a loadable Ultralytics checkpoint"):
         load_detector(broken, InferenceSettings(imgsz=64))
 

@@ -37,6 +37,8 @@ RECORDS: dict[str, str] = {
     "promote": "tasks.contracts.reports.promote:PromoteResult",
     "cycle": "tasks.contracts.reports.cycle:CycleReport",
     "monitor": "tasks.contracts.reports.monitor:MonitorReport",
+    "forget": "tasks.contracts.reports.forget:ForgetReport",
+    "doctor": "tasks.contracts.reports.doctor:DoctorReport",
 }
 
 PARAMS_KEY = "params"

@@ -22,6 +22,8 @@ class TrainResult:
         final_metrics: the checkpoint's final validation metrics (``val/mAP50-95``, ``val/mAP50``, ...).
         mlflow_run_id: the MLflow run holding params, per-epoch metrics and artifacts.
         wall_s: seconds the stage took.
+        checkpoint_sha256: SHA-256 of ``weights`` as written: the record that lets the project open it again
+            (:mod:`tasks.contracts.checkpoints`); None in reports written before checkpoints were hashed.
     """
 
     weights: str
@@ -32,3 +34,4 @@ class TrainResult:
     final_metrics: dict[str, float]
     mlflow_run_id: str
     wall_s: float
+    checkpoint_sha256: str | None = None
