@@ -59,6 +59,10 @@ def variant(params: Params, root: Path, **export_overrides) -> Params:
     (out.base.paths.models / "train").mkdir(parents=True, exist_ok=True)
     if not scoring.default_model_path(out).exists():
         os.link(scoring.default_model_path(params), scoring.default_model_path(out))
+    trained_report = params.base.paths.reports / "train.json"  # records the checkpoint's hash: it stays trusted
+    if trained_report.exists() and not (out.base.paths.reports / "train.json").exists():
+        out.base.paths.reports.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(trained_report, out.base.paths.reports / "train.json")
     return out
 
 
