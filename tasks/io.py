@@ -52,11 +52,12 @@ def _remove_dead_temps(path: Path, suffix: str) -> None:
     prefix = f".{path.name}."
     for stale in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
         pid = stale.name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

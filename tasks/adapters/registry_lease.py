@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Params, VisionloopError
-from tasks.io import write_json_atomic
+from tasks.io import pid_alive, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Holder:
         """Why this lease may be broken (its expiry passed, or its process on this host is gone); ``None``: live."""
         if self.expires_at and dt.datetime.fromisoformat(self.expires_at) < (now or _now()):
             return f"expired at {self.expires_at}"
-        if self.host == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid):
+        if self.host == socket.gethostname() and self.pid > 0 and not pid_alive(self.pid):
             return f"process {self.pid} no longer runs on {self.host}"
         return None
 
@@ -113,16 +113,6 @@ def _now() -> dt.datetime:
 
 def _in(seconds: float) -> str:
     return (_now() + dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def held_message(what: str, where: str, holder: Holder | None, *, waited_s: float, fix: str) -> str:
