@@ -224,6 +224,12 @@ def match_coco(ground_truth: Mapping[str, Any], detections: Sequence[Mapping[str
             tp[t, det_rows[hit]] = ~gt_ignore[g]
             ignored[t, det_rows[hit]] = gt_ignore[g]
 
+    # COCOeval's area range "all" is [0, 1e10]: an unmatched detection of area outside it (an inverted box of
+    # negative area) is ignored, not a false positive
+    det_area = det_box[:, 2] * det_box[:, 3]
+    outside = (det_area < 0) | (det_area > 1e10)
+    ignored |= ~tp & ~ignored & outside[None, :]
+
     # accumulation order: class, then score descending, ties by image, then by order within the image
     order = np.lexsort((np.arange(n_det), det_img, -det_score, det_cls))
     class_start = np.searchsorted(det_cls[order], np.arange(n_classes + 1)).astype(np.int64)

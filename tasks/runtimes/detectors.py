@@ -155,11 +155,15 @@ def decode_output(
     results = []
     for pred, box in zip(output, boxes, strict=True):
         xyxy, scores, cls = _decode_end2end(pred, settings) if end2end else _decode_raw(pred, settings)
+        boxes_xyxy = _to_original(np.asarray(xyxy, np.float32), box)
+        # an inverted box (x2 <= x1 or y2 <= y1, e.g. a negative predicted width, or one clipped to nothing at
+        # the image border) covers no pixel: COCO ignores it, so no consumer may see it as a detection
+        solid = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
         results.append(
             Detections(
-                _to_original(np.asarray(xyxy, np.float32), box),
-                np.asarray(scores, np.float32),
-                np.asarray(cls, np.int64),
+                boxes_xyxy[solid],
+                np.asarray(scores, np.float32)[solid],
+                np.asarray(cls, np.int64)[solid],
             )
         )
     return results

@@ -139,6 +139,27 @@ def test_tiny_cases(detections, expected):
     assert score.per_class_ap["b"] == -1.0
 
 
+@pytest.mark.parametrize(
+    "inverted",
+    [
+        pytest.param([30, 10, -20, 20], id="negative-width"),
+        pytest.param([10, 30, 10, -20], id="negative-height"),
+    ],
+)
+def test_a_detection_of_negative_area_is_ignored_as_coco_does(inverted):
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400}],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": inverted, "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.5},
+    ]
+    assert_equals_coco(gt, dets)
+    assert score_matches("set", match_coco(gt, dets)).map50_95 == pytest.approx(1.0)
+
+
 def test_detection_on_an_unknown_image_is_an_error():
     gt, _ = random_coco(0, images=2)
     with pytest.raises(ValueError, match="image ids"):

@@ -54,6 +54,21 @@ def test_end2end_maps_back_to_original_pixels():
     assert det.class_id.tolist() == [3]
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param([30, 10, 10, 20, 0.9, 0], id="x2-before-x1"),
+        pytest.param([10, 30, 20, 10, 0.9, 0], id="y2-before-y1"),
+        pytest.param([70, 10, 90, 20, 0.9, 0], id="clipped-to-nothing-beyond-the-right-edge"),
+    ],
+)
+def test_inverted_or_empty_boxes_are_no_detections(row):
+    (det,) = decode_output(end2end([row, [10, 10, 20, 20, 0.5, 1]]), [IDENTITY], S)
+    np.testing.assert_allclose(det.boxes_xyxy, [[10, 10, 20, 20]])
+    assert det.class_id.tolist() == [1]
+    np.testing.assert_allclose(det.confidence, [0.5])
+
+
 def raw(boxes_cxcywh, scores):
     """(1, 4 + nc, A) raw layout from per-anchor boxes and per-class scores."""
     return np.concatenate([np.asarray(boxes_cxcywh, np.float32).T, np.asarray(scores, np.float32).T])[None]
