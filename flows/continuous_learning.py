@@ -35,10 +35,11 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Running, State
 
 from flows import stages
 from flows.alerts import alert, labels_overdue, on_failed_run
@@ -265,8 +266,22 @@ def _ask_approval(params: Params, version: str) -> approval.Answer:
     try:
         given = pause_flow_run(wait_for_input=Approval, timeout=params.promote.approval_timeout_s, poll_interval=5)
     except Exception as exc:  # a timeout or an aborted pause: nobody approved
+        _resume_after_unanswered_pause(f"v{version} was not approved in time; the cycle closes without promoting it")
         return approval.Answer(approve=False, reviewer="nobody", note=f"no approval ({type(exc).__name__})")
     return approval.Answer(approve=given.approve, reviewer=given.reviewer, note=given.note)
+
+
+def _resume_after_unanswered_pause(message: str) -> None:
+    """Put the run back to Running after a pause nobody answered.
+
+    The server keeps a timed-out run Paused and refuses every later transition from it (its pause-timeout rule),
+    so the run that goes on to record the rejection would end Failed ("never resumed") and fire the failed-run
+    alert. Forcing Running records what happened: the cycle goes on, the candidate is not promoted.
+    """
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id).state
+        if current is not None and current.is_paused():
+            client.set_flow_run_state(flow_run.id, Running(message=message), force=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -375,10 +375,5 @@ def test_nobody_answering_in_time_promotes_nothing(timed_out):
     assert tags["rejected"] == "true" and tags["reject_reasons"] == last.why
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (reported, flows/continuous_learning.py): after an approval timeout the run stays Paused on the "
-    "server, so it ends Failed ('The flow was completed and never resumed.') and fires the failed_run alert",
-)
 def test_an_approval_timeout_ends_the_run_completed(timed_out):
     assert timed_out["state"].is_completed(), timed_out["states"]
