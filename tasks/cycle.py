@@ -235,9 +235,14 @@ def finish(params: Params, state: CycleState, *, status: Status, outcome: str) -
 
 
 def fetch_champion(params: Params) -> ChampionFiles | None:
-    """Download the current champion's checkpoint, ONNX file and deployed artifact; ``None`` without a champion."""
-    info = mlflow_adapter.find_alias(params, CHAMPION)
-    if info is None:
+    """Download the current champion's checkpoint, ONNX file and deployed artifact; ``None`` without a champion.
+
+    Raises:
+        BrokenAliasError: the champion's version was deleted, or its files are gone: never judged as no champion.
+    """
+    try:
+        info = mlflow_adapter.get_alias(params, CHAMPION)
+    except mlflow_adapter.AliasNotFoundError:
         log.info("no champion in the registry: the candidate is judged on its own")
         return None
     folder = params.base.paths.models / "champion" / f"v{info.version}"

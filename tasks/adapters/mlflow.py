@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 
-from tasks.adapters import registry_lease
+from tasks.adapters import broken_alias, registry_lease
 from tasks.config import Params, VisionloopError
 from tasks.contracts.checkpoints import CHECKPOINT_SHA256
 from tasks.contracts.model_version import DEPLOY_ARTIFACT, EXPORT_TABLE, ModelVersionInfo, deploy_artifact
@@ -423,11 +423,13 @@ def set_version_tags(params: Params, version: str, tags: Mapping[str, str]) -> N
 # --------------------------------------------------------------------------------------------- aliases
 
 
+@_answers
 def get_alias(params: Params, alias: str) -> ModelVersionInfo:
     """Resolve ``alias`` at call time.
 
     Raises:
         AliasNotFoundError: no such model or alias; the message names the flow that creates it.
+        broken_alias.BrokenAliasError: no such alias because the version the audit trail last moved it to was deleted.
         RegistryUnavailableError: the store did not answer (after MLflow's own HTTP retries).
     """
     from mlflow.exceptions import MlflowException
@@ -438,6 +440,7 @@ def get_alias(params: Params, alias: str) -> ModelVersionInfo:
     except MlflowException as exc:
         if exc.error_code not in _NOT_FOUND:
             raise _unavailable(params, exc) from exc
+        broken_alias.refuse_if_deleted(client(params), name, alias, audit_log=params.promote.audit_log)
         raise AliasNotFoundError(
             f"registered model {name!r} has no {alias!r} alias in {tracking_uri(params)}; "
             f"create the first champion with {BOOTSTRAP_HINT}"
@@ -446,10 +449,13 @@ def get_alias(params: Params, alias: str) -> ModelVersionInfo:
 
 
 def find_alias(params: Params, alias: str) -> ModelVersionInfo | None:
-    """Like :func:`get_alias` but ``None`` when the alias is not set."""
+    """Like :func:`get_alias` but ``None`` when the alias is not set, or (warned) went with its deleted version."""
     try:
         return get_alias(params, alias)
     except AliasNotFoundError:
+        return None
+    except broken_alias.BrokenAliasError as exc:  # the rollback that repairs it reads it, so: warn, go on
+        log.warning("%s", exc)
         return None
 
 
@@ -499,7 +505,7 @@ def _download_model_file(params: Params, info: ModelVersionInfo, dst: Path, patt
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}", dst_path=str(dst))
     found = sorted(Path(local).rglob(pattern))
     if not found:
-        raise FileNotFoundError(f"model {info.name} version {info.version}: no {what} in {local}")
+        raise broken_alias.artifacts_missing(client(params), info, what=what, local=Path(local))
     return found[0]
 
 

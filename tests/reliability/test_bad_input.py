@@ -9,7 +9,9 @@ outside it are hashed before and after the call (``reports/`` is left out: a ref
 
 Rows built with :func:`fixed` are defects this corpus found and that were fixed (each ``why`` says what was wrong:
 a decompression bomb escaping without the file name, 16-bit images decoded all white, a byte-order mark refusing a
-label file, a log batch copied twice doubling its boxes). A new defect goes in as
+label file, a log batch copied twice doubling its boxes, a champion whose version was deleted read as no champion).
+The registry rows break a real MLflow SQLite store in the project (two pyfunc versions promoted by the promote stage,
+so the audit trail is its own) the way MLflow and a cleanup leave it. A new defect goes in as
 ``pytest.param(case, id=kind, marks=pytest.mark.xfail(strict=True, reason="defect: ..."))`` until it is fixed.
 """
 
@@ -20,9 +22,10 @@ import hashlib
 import io
 import json
 import math
+import shutil
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks import label, merge, predict
+from tasks import cycle, label, merge, monitor, predict, promote
+from tasks.adapters import mlflow as mlflow_adapter
+from tasks.adapters.broken_alias import BrokenAliasError
 from tasks.config import ConfigError, Params, load_params
 from tasks.contracts import annotations as ls
 from tasks.contracts import monitor_frames, prediction_log
@@ -43,6 +48,7 @@ from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.prediction_schema import PredictionLogError
 from tasks.contracts.yolo_labels import DatasetError, image_size, load_rgb, read_label_file
 from tests.conftest import tiny_params_dict
+from tests.integration.test_predict_shadow import constant_detector
 from tests.unit.test_label import (
     BATCH,
     CLASSES,
@@ -97,19 +103,24 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     data = tiny_params_dict(tmp_path, label={"backend": "files", "document_root": str(tmp_path), "min_labeled": 3})
     data["base"]["classes"] = CLASSES
     data["world"]["source"]["class_weights"] = None
     data["world"]["scenarios"] = {}
     data["world"]["production"].update(scenario=[], sources={"default": {"share": 1.0}})
     params = Params.model_validate(data)
+    # the registry rows use the project's own store, whatever an earlier test left in the variable (which
+    # mlflow.set_tracking_uri writes: set here, the monkeypatch puts it back after)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", params.registry.tracking_uri)
+    mlflow_adapter._user_tracking_uri.cache_clear()
     rows = write_cycle(params, n=3)
     label.run(params, cycle=CYCLE)  # ledger + outbox: stored state the bad input must not touch
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()
     (outside / "secret.png").write_bytes(png_bytes(Image.new("RGB", (8, 8), (1, 2, 3))))
-    return World(tmp_path, outside, params, rows)
+    yield World(tmp_path, outside, params, rows)
+    mlflow_adapter._user_tracking_uri.cache_clear()
 
 
 def snapshot(w: World) -> dict[str, str]:
@@ -297,6 +308,59 @@ def outside_uri(how: str) -> Callable[[World, dict[str, Any]], None]:
     return edit
 
 
+def promoted_twice(w: World) -> Any:
+    """The world's registry as the loop leaves it: v1 then v2 promoted by the promote stage (champion v2, previous
+    v1, the audit trail the stage's own), each a real pyfunc version (constant ONNX detector, checkpoint, report)
+    registered from its own training run. Returns the MLflow client."""
+    params = w.params
+    assert mlflow_adapter.tracking_uri(params) == params.registry.tracking_uri  # never a store outside the test
+    files = w.root / "candidate"
+    onnx = constant_detector(files / "model.onnx", [[8.0, 8.0, 24.0, 24.0, 0.9, 1.0]])
+    (weights := files / "best.pt").write_bytes(b"checkpoint")
+    (report := files / "train.json").write_text("{}")
+    for version in ("1", "2"):
+        with mlflow_adapter.mlflow_run(params, run_name=f"train-v{version}") as run_id:
+            pass
+        info = mlflow_adapter.register_model(params, run_id=run_id, weights=weights, onnx=onnx, reports={"r": report})
+        assert info.version == version
+        promote.promote(params, version=version, why="test", who="test")
+    return mlflow_adapter.client(params)
+
+
+def version_deleted(version: str) -> Callable[[World, Any], None]:
+    """Delete ``version`` through MLflow, which marks it deleted and drops its aliases (the store then has none)."""
+
+    def breakage(w: World, client: Any) -> None:
+        client.delete_model_version(w.params.registry.model_name, version)
+        assert version not in {a for a in client.get_registered_model(w.params.registry.model_name).aliases}
+
+    return breakage
+
+
+def files_deleted(w: World, client: Any) -> None:
+    """Delete the champion's model files from the artifact store (a cleanup); MLflow still lists the version."""
+    uri = client.get_model_version_download_uri(w.params.registry.model_name, "2")
+    folder = Path(uri.removeprefix("file://"))
+    assert folder.is_dir() and w.params.registry.artifact_root in folder.parents, uri
+    shutil.rmtree(folder)
+
+
+def registry_case(
+    breakage: Callable[[World, Any], None], entry: Callable[[World], Any]
+) -> Callable[[World], Callable[[], Any]]:
+    """A registry promoted twice, then broken; ``entry`` is the stage that needs the alias."""
+
+    def build(w: World) -> Callable[[], Any]:
+        breakage(w, promoted_twice(w))
+        return lambda: entry(w)
+
+    return build
+
+
+def loop_champion(w: World) -> Any:
+    return cycle.fetch_champion(w.params)  # the loop's ``champion`` stage: warm start, gate reference
+
+
 # ---------------------------------------------------------------------------------------------- checks of accepted rows
 
 
@@ -377,6 +441,12 @@ def fixed(case: Case, kind: str, why: str) -> Any:
 IMG = r"incoming/bad\.png: unreadable or truncated image"
 LBL = r"incoming/labels/x\.txt line {line}: "
 ONE_BOX = b"0 0.5 0.5 0.25 0.25\n"
+ROLLBACK = r"nothing was changed: run `make rollback` \(champion back to 'previous'\) or `make rollback VERSION=<n>`"
+DELETED = (
+    r"model 'visionloop-detector': alias 'champion' is gone with version 2, which was deleted from sqlite:///.*"
+    r"the audit trail .*aliases\.jsonl last moved 'champion' to v2\); " + ROLLBACK
+)
+GONE = r"model 'visionloop-detector' version 2 \(alias 'champion'\): no {what} in its artifacts at file://.*" + ROLLBACK
 CASES = [
     # images: refused by the contract reader (DatasetError) and logged as error 'decode' by predict
     pytest.param(Case(image_case(lambda: b"\x89PNG\r\n\x1a\n garbage"), DatasetError, IMG), id="image-corrupt"),
@@ -586,6 +656,48 @@ CASES = [
         ),
         id="path-symlink-out-of-root",
     ),
+    # the registry: an alias whose version was deleted (MLflow drops its aliases) or whose files are gone
+    fixed(
+        Case(registry_case(version_deleted("2"), loop_champion), BrokenAliasError, DELETED),
+        "registry-champion-version-deleted-loop",
+        "MLflow drops a deleted version's aliases: tasks/cycle.py fetch_champion read the store's missing 'champion' "
+        "as no champion, so the loop judged its candidate on its own and would promote it over no champion at all",
+    ),
+    fixed(
+        Case(registry_case(version_deleted("2"), lambda w: predict.run(w.params)), BrokenAliasError, DELETED),
+        "registry-champion-version-deleted-predict",
+        "tasks/adapters/mlflow.py get_alias said the model has no 'champion' alias and to create the first champion "
+        "with the bootstrap flow (a retrain from scratch) instead of naming the deleted version and the rollback",
+    ),
+    fixed(
+        Case(registry_case(version_deleted("2"), lambda w: monitor.run(w.params)), BrokenAliasError, DELETED),
+        "registry-champion-version-deleted-audit-trail-names-it-monitor",
+        "the monitor resolved the deleted champion as no alias and asked for a bootstrap, while the audit trail "
+        "it reads names v2 as the champion",
+    ),
+    fixed(
+        Case(registry_case(files_deleted, loop_champion), BrokenAliasError, GONE.format(what="PyTorch checkpoint")),
+        "registry-champion-files-deleted-loop",
+        "tasks/adapters/mlflow.py _download_model_file raised a bare FileNotFoundError naming the local download "
+        "folder, not the artifact store, the alias or what to run",
+    ),
+    fixed(
+        Case(
+            registry_case(files_deleted, lambda w: predict.run(w.params)),
+            BrokenAliasError,
+            GONE.format(what="ONNX artifact"),
+        ),
+        "registry-champion-files-deleted-predict",
+        "the same bare FileNotFoundError, from the predict stage's ONNX fallback",
+    ),
+    pytest.param(
+        Case(
+            registry_case(version_deleted("1"), lambda w: promote.rollback(w.params)),
+            promote.RollbackError,
+            r"model 'visionloop-detector' has no 'previous' alias to roll back to; name a version",
+        ),
+        id="registry-previous-version-deleted-rollback",
+    ),
 ]
 
 
@@ -605,6 +717,23 @@ def test_bad_input(world: World, case: Case) -> None:
     assert not changed, f"stored files changed: {changed}"
     assert not (world.params.base.paths.labels / "c002").joinpath("labels").exists()
     assert not list(world.root.parent.glob("escaped*"))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "moves"),
+    [
+        (version_deleted("2"), {"champion": [None, "1"]}),
+        (files_deleted, {"champion": ["2", "1"], "previous": ["1", "2"]}),
+    ],
+    ids=["version-deleted", "files-deleted"],
+)
+def test_the_rollback_a_broken_champion_names_repairs_it(world: World, breakage: Any, moves: dict[str, Any]) -> None:
+    """What the refusal says to run works: ``make rollback`` (the rollback flow's stage) makes v1 champion again."""
+    breakage(world, promoted_twice(world))
+    result = promote.rollback(world.params, why="champion broken")
+    assert result.moves == moves
+    champion = cycle.fetch_champion(world.params)
+    assert champion is not None and champion.version == "1"
 
 
 def test_the_corpus_covers_at_least_25_kinds() -> None:
