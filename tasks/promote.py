@@ -28,7 +28,8 @@ import json
 import logging
 import os
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Literal
 
 from tasks.adapters import mlflow as mlflow_adapter
@@ -39,6 +40,7 @@ from tasks.contracts import audit
 from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.promote import AuditRecord, PromoteResult
+from tasks.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,9 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _move(params: Params, alias: str, version: str, *, who: str, action: str, why: str) -> AuditRecord:
+def _plan(params: Params, alias: str, version: str, *, who: str, action: str, why: str) -> AuditRecord:
+    """The record of moving ``alias`` to ``version`` (from where it points now); nothing moves yet."""
     old = mlflow_adapter.find_alias(params, alias)
-    mlflow_adapter.set_alias(params, alias, version)
     return AuditRecord(
         ts=_now(),
         who=who,
@@ -106,13 +108,67 @@ def _move(params: Params, alias: str, version: str, *, who: str, action: str, wh
     )
 
 
+def pending_path(params: Params) -> Path:
+    """This checkout's write-ahead file of alias moves in progress: ``<promote.audit_log>.pending``."""
+    trail = params.promote.audit_log
+    return trail.with_name(trail.name + ".pending")
+
+
+def write_ahead(params: Params, records: list[AuditRecord]) -> None:
+    """Write the moves about to be made to :func:`pending_path` (atomically), before any alias moves."""
+    with atomic_open(pending_path(params)) as handle:
+        handle.write("".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records).encode())
+
+
+def _apply(params: Params, records: list[AuditRecord]) -> None:
+    """Move the aliases of ``records`` and append them to the trail, written ahead so a kill loses no record.
+
+    The planned moves go to :func:`pending_path` first, then the aliases move, then the trail gets the records,
+    then the pending file goes. A run killed in between leaves the file for the next run (:func:`_recover`).
+    """
+    moves = [r for r in records if r.alias]
+    if moves:
+        write_ahead(params, moves)
+        for record in moves:
+            mlflow_adapter.set_alias(params, str(record.alias), str(record.to_version))
+    append_audit(params, records)
+    pending_path(params).unlink(missing_ok=True)
+
+
+def _recover(params: Params) -> list[AuditRecord]:
+    """Append the moves a killed run of this checkout made but never recorded; the caller holds the registry lock.
+
+    Only this checkout's write-ahead file counts: a planned move whose alias points at its target is recorded (it
+    happened), one whose alias does not is dropped (the run died before it). An alias moved by anyone else (another
+    clone sharing the MLflow server keeps its own trail) is never claimed as this checkout's move.
+    """
+    path = pending_path(params)
+    if not path.is_file():
+        return []
+    planned = audit.read_audit(path)
+    tail = {(r.ts, r.alias, r.to_version) for r in read_audit(params)[-len(planned) :]} if planned else set()
+    records = []
+    for record in planned:
+        if (record.ts, record.alias, record.to_version) in tail:
+            continue  # appended before the kill; only the pending file was left
+        now = mlflow_adapter.find_alias(params, str(record.alias))
+        if now is not None and now.version == record.to_version:
+            records.append(replace(record, why=f"{record.why} (moved by an interrupted run, recorded by its re-run)"))
+    if records:
+        log.warning("recorded %d alias move(s) an interrupted run made: %s", len(records), _moves(records))
+    append_audit(params, records)
+    path.unlink()
+    return records
+
+
 def challenge(params: Params, *, version: str, why: str, who: str | None = None) -> PromoteResult:
     """``challenger ← version``: a candidate the loop registered, before its decision."""
     who = who or default_who()
     with registry_lock(params):
-        records = [_move(params, CHALLENGER, str(version), who=who, action="challenge", why=why)]
-        append_audit(params, records)
-    return PromoteResult("challenge", str(version), _moves(records), records)
+        recovered = _recover(params)
+        records = [_plan(params, CHALLENGER, str(version), who=who, action="challenge", why=why)]
+        _apply(params, records)
+    return PromoteResult("challenge", str(version), _moves(records), recovered + records)
 
 
 def stale_champion_reason(version: str, *, expected: str | None, current: str | None) -> str:
@@ -140,51 +196,30 @@ def promote(
     who = who or default_who()
     version = str(version)
     with registry_lock(params):
-        records = _unrecorded_moves(params, who=who, action="promote", why=why)
+        recovered = _recover(params)
+        records: list[AuditRecord] = []
         champion = mlflow_adapter.find_alias(params, CHAMPION)
         current = champion.version if champion is not None else None
         if expected_champion is not ANY and current != expected_champion and current != version:
             reason = stale_champion_reason(version, expected=expected_champion, current=current)
             log.warning("not promoting v%s: %s", version, reason)
-            append_audit(params, records)
             record = _reject_locked(params, version=version, why=reason, who=who)
-            return PromoteResult("reject", version, {}, [record])
+            return PromoteResult("reject", version, {}, [*recovered, record])
         if current == version:
             log.info("version %s is already the champion; nothing to move", version)
         else:
             previous = mlflow_adapter.find_alias(params, PREVIOUS)
             if current is not None and (previous is None or previous.version != current):
                 records.append(
-                    _move(params, PREVIOUS, current, who=who, action="promote", why=f"replaced by v{version}")
+                    _plan(params, PREVIOUS, current, who=who, action="promote", why=f"replaced by v{version}")
                 )
-            records.append(_move(params, CHAMPION, version, who=who, action="promote", why=why))
+            records.append(_plan(params, CHAMPION, version, who=who, action="promote", why=why))
+        _apply(params, records)
         challenger = mlflow_adapter.find_alias(params, CHALLENGER)  # also when a killed run left it behind
         if challenger is not None and challenger.version == version:
             mlflow_adapter.delete_alias(params, CHALLENGER)
-        append_audit(params, records)
+    records = recovered + records
     return PromoteResult("promote", version, _moves(records), records)
-
-
-def _unrecorded_moves(params: Params, *, who: str, action: str, why: str) -> list[AuditRecord]:
-    """Records of the moves a killed run made before it could append them; the caller holds the registry lock.
-
-    A promotion moves ``previous``, then ``champion``, then appends their records: a process killed in between
-    leaves aliases that the trail's last moves do not reach. Its re-run records those moves first (from where the
-    trail left each alias), so the trail stays a chain that ends where MLflow's aliases point.
-    """
-    last: dict[str, str | None] = {}
-    for record in read_audit(params):
-        if record.model == params.registry.model_name and record.alias:
-            last[record.alias] = record.to_version
-    records = []
-    for alias in (PREVIOUS, CHAMPION):
-        now = mlflow_adapter.find_alias(params, alias)
-        if now is not None and now.version != last.get(alias):
-            note = f"{why} (moved by an interrupted run, recorded by its re-run)"
-            records.append(
-                AuditRecord(_now(), who, action, params.registry.model_name, alias, last.get(alias), now.version, note)
-            )
-    return records
 
 
 def reject(params: Params, *, version: str, reasons: list[str], who: str | None = None) -> PromoteResult:
@@ -271,6 +306,7 @@ def rollback(
     check_loads_and_predicts(params, to_version)
     records: list[AuditRecord] = []
     with registry_lock(params):
+        recovered = _recover(params)
         champion = mlflow_adapter.find_alias(params, CHAMPION)
         current = champion.version if champion else None
         if seen_previous is not None:
@@ -288,10 +324,10 @@ def rollback(
             )
         if current == str(to_version):
             raise RollbackError(f"version {to_version} is already the champion")
-        records.append(_move(params, CHAMPION, str(to_version), who=who, action="rollback", why=why))
+        records.append(_plan(params, CHAMPION, str(to_version), who=who, action="rollback", why=why))
         if champion is not None:
             records.append(
-                _move(
+                _plan(
                     params,
                     PREVIOUS,
                     champion.version,
@@ -300,8 +336,8 @@ def rollback(
                     why=f"rolled back from v{champion.version}",
                 )
             )
-        append_audit(params, records)
-    return PromoteResult("rollback", str(to_version), _moves(records), records)
+        _apply(params, records)
+    return PromoteResult("rollback", str(to_version), _moves(records), recovered + records)
 
 
 def _named(version: str | None) -> str:

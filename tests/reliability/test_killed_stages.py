@@ -47,6 +47,7 @@ from tasks.contracts.ledger import ledger_path, read_ledger
 from tasks.contracts.merged_manifest import MANIFEST, read_manifest
 from tasks.contracts.model_version import CHAMPION, PREVIOUS
 from tasks.contracts.reports import load_report, write_report
+from tasks.contracts.reports.promote import AuditRecord
 from tasks.contracts.reports.train import TrainResult
 from tasks.core.hashing import file_sha256
 from tasks.env import PROJECT_ROOT
@@ -374,22 +375,44 @@ def test_a_killed_stage_resumes_to_a_clean_runs_result(stage, tmp_path, registry
 
 
 KILLED_AFTER = {
+    "nothing moved yet": {},
     "previous moved": {PREVIOUS: "1"},
     "previous and champion moved": {PREVIOUS: "1", CHAMPION: "2"},
 }
 
 
+def planned_promotion(params: Params) -> list[AuditRecord]:
+    """The moves ``promote --version 2`` plans from the template (champion v1, no previous), as it writes them ahead."""
+    model, ts = params.registry.model_name, "2026-12-01T00:00:00.000+00:00"
+    return [
+        AuditRecord(ts, "killed@host", "promote", model, PREVIOUS, None, "1", "replaced by v2"),
+        AuditRecord(ts, "killed@host", "promote", model, CHAMPION, "1", "2", "cli"),
+    ]
+
+
 @pytest.mark.parametrize("moved", list(KILLED_AFTER.values()), ids=list(KILLED_AFTER))
 def test_promote_killed_between_its_alias_moves_and_its_audit_record_resumes(moved, tmp_path, registry_template):
-    """The one window a timed kill rarely hits: aliases moved, their audit line not yet appended."""
+    """The one window a timed kill rarely hits: moves written ahead, aliases (partly) moved, no audit line yet."""
     clean, clean_file = prepare_promote(tmp_path / "clean", registry_template)
     completed(clean_file, "promote", "--version", "2", "--decision", "promote")
     params, params_file = prepare_promote(tmp_path / "killed", registry_template)
+    promote.write_ahead(params, planned_promotion(params))
     for alias, version in moved.items():  # what promote's own moves left when the process died
         mlflow_adapter.set_alias(params, alias, version)
     completed(params_file, "promote", "--version", "2", "--decision", "promote")
     assert registry_state(params) == registry_state(clean)
+    recorded = [r.alias for r in promote.read_audit(params) if r.why.endswith("recorded by its re-run)")]
+    assert recorded == list(moved), "the re-run records exactly the moves the killed run made"
+    assert not promote.pending_path(params).exists()
     assert_doctor_clean(params)
+
+
+def test_an_alias_another_clone_moved_is_not_recorded_as_this_checkouts_move(tmp_path, registry_template):
+    """Clones sharing one MLflow server keep their own trails: a move this checkout did not write ahead is not its."""
+    params, params_file = prepare_promote(tmp_path / "clone", registry_template)
+    mlflow_adapter.set_alias(params, CHAMPION, "2")  # another clone promoted v2 (and recorded it in its own trail)
+    completed(params_file, "promote", "--version", "2", "--decision", "promote")
+    assert [r.why for r in promote.read_audit(params) if "interrupted run" in r.why] == []
 
 
 # ----------------------------------------------------------------------------------------- registry (MLflow)

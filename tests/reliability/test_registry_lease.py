@@ -136,10 +136,11 @@ def _project_first() -> contextlib.AbstractContextManager[None]:
 
 
 def _merged_trail(clones: list[Params]) -> list[audit.AuditRecord]:
-    """The clones' trails read together, oldest first. Each clone keeps its own trail, so a clone finds the other's
-    moves missing from it and records them as an interrupted run's (``promote._unrecorded_moves``): those copies
-    are left out here, the moves themselves are in the other clone's trail."""
-    records = [r for params in clones for r in promote.read_audit(params) if "recorded by its re-run" not in r.why]
+    """The clones' trails read together, oldest first. Each clone keeps its own trail and records only its own
+    moves: a move another clone made is never claimed as an interrupted run's (only a checkout's own write-ahead
+    file, ``promote.pending_path``, says which moves were its)."""
+    records = [r for params in clones for r in promote.read_audit(params)]
+    assert not [r for r in records if "recorded by its re-run" in r.why], "a clone claimed another clone's move"
     return sorted(records, key=lambda r: r.ts)
 
 
