@@ -164,17 +164,25 @@ def _seen_anywhere(params: Params, sha: str) -> bool:
 
 
 def _forget_label_studio(params: Params, key: ImageKey) -> list[str]:
-    """Delete the image's Label Studio tasks (the ledger names them); nothing when it never went there."""
+    """Delete the image's Label Studio tasks: those the ledger names, and any task naming its hash in their projects
+    or in the project the label stage recorded (an import whose ledger write was lost); nothing when it never went
+    there (no ledger row and no recorded project)."""
     rows = [r for r in read_ledger(ledger_path(params)).values() if r["image_sha256"] == key.sha256]
     rows = [r for r in rows if r["backend"] == "labelstudio"]
-    if not rows:
+    projects = {int(r["project_id"]) for r in rows if r["project_id"] is not None}
+    from tasks.adapters.labelstudio import label_studio_url, projects_path, read_project_record
+
+    url, title = label_studio_url(params.label), params.label.project_title
+    recorded = read_project_record(projects_path(params), url=url, title=title)  # None: no record (file)
+    projects |= set() if recorded is None else {recorded}
+    if not rows and not projects:
         return []
     from tasks.adapters.labelstudio_forget import delete_image_tasks
 
     deleted = delete_image_tasks(
         params.label,
         task_ids=[int(r["task_id"]) for r in rows if r["task_id"] is not None],
-        project_ids=sorted({int(r["project_id"]) for r in rows if r["project_id"] is not None}),
+        project_ids=sorted(projects),
         sha256=key.sha256,
     )
     return [f"task {t}" for t in deleted]

@@ -6,7 +6,7 @@ manifest (real merge stage), the raw production batch and oracle, the DVC cache 
 git + DVC repo, recorded and pushed by the real adapter), and the MLflow store (a SQLite store with the monitor
 baseline parquet, the image file and a table of ids as artifacts). After the forget, every file of every store is
 grepped for the image's bytes, its hash and its id (Parquet files decoded), and a second image is untouched.
-Label Studio's side (deleting the task) needs the real server: ``test_forget_deletes_the_label_studio_task``.
+Label Studio's side (deleting the task) needs the real server: ``tests/integration/test_forget_labelstudio.py``.
 """
 
 from __future__ import annotations
