@@ -248,6 +248,10 @@ def _audit_vs_aliases(params: Params, trail: list, current: dict[str, str | None
             )
             findings.append(Finding("audit", f"{where} alias {record.alias}", problem, "check the MLflow UI"))
         last[record.alias] = record.to_version
+    pending = audit.pending_path(params.promote.audit_log)
+    if pending.is_file():
+        problem = "a promote, rollback or challenge was interrupted between moving aliases and recording the moves"
+        findings.append(Finding("audit", str(pending), problem, _command(params, "promote", "--recover")))
     fix = f"{_command(params, 'promote', '--rollback --to <version>')} or move it back in the MLflow UI"
     for alias, version in current.items():
         recorded = last.get(alias)

@@ -110,8 +110,16 @@ def _plan(params: Params, alias: str, version: str, *, who: str, action: str, wh
 
 def pending_path(params: Params) -> Path:
     """This checkout's write-ahead file of alias moves in progress: ``<promote.audit_log>.pending``."""
-    trail = params.promote.audit_log
-    return trail.with_name(trail.name + ".pending")
+    return audit.pending_path(params.promote.audit_log)
+
+
+def recover(params: Params) -> list[AuditRecord]:
+    """Record the moves an interrupted promote, rollback or challenge of this checkout made (``--recover``).
+
+    The next promote, rollback or challenge does the same first; this is for ``make doctor``'s finding.
+    """
+    with registry_lock(params):
+        return _recover(params)
 
 
 def write_ahead(params: Params, records: list[AuditRecord]) -> None:
@@ -389,6 +397,7 @@ def run(
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audit", action="store_true", help="print the audit trail and exit")
+    parser.add_argument("--recover", action="store_true", help="record the moves an interrupted run made, and exit")
     parser.add_argument("--rollback", action="store_true", help="champion back to previous (or --to)")
     parser.add_argument("--to", default=None, help="rollback target version")
     parser.add_argument("--version", default=None)
@@ -399,11 +408,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def _run_cli(params: Params, args: argparse.Namespace) -> list[AuditRecord]:
     if args.audit:
         return read_audit(params)
+    if args.recover:
+        return recover(params)
     if args.rollback:
         return rollback(params, to_version=args.to, why="; ".join(args.reason) or "manual rollback").records
     if args.version and args.decision:
         return run(params, version=args.version, decision=args.decision, reasons=args.reason).records
-    raise PromoteError("give --audit, --rollback, or --version with --decision")
+    raise PromoteError("give --audit, --recover, --rollback, or --version with --decision")
 
 
 def main(argv: list[str] | None = None) -> list[AuditRecord]:

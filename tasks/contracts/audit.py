@@ -15,6 +15,13 @@ from tasks.contracts.reports.promote import AuditRecord
 log = logging.getLogger(__name__)
 
 
+def pending_path(trail: Path) -> Path:
+    """The write-ahead file of alias moves in progress beside ``trail``: ``<trail>.pending`` (promote writes it
+    before moving aliases and removes it once they are recorded; left behind only by an interrupted move)."""
+    trail = Path(trail)
+    return trail.with_name(trail.name + ".pending")
+
+
 def read_audit(path: Path) -> list[AuditRecord]:
     """The whole trail, oldest first (``[]`` when there is none yet)."""
     path = Path(path)

@@ -22,6 +22,7 @@ from tasks.config import LabelParams, Params
 from tasks.contracts.ledger import ledger_path, read_ledger, write_ledger
 from tasks.contracts.merged_manifest import MANIFEST, manifest_bytes, read_manifest
 from tasks.contracts.reports import load_report_json
+from tasks.contracts.reports.promote import AuditRecord
 from tasks.io import write_bytes_atomic
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import CYCLE, Server, build_cycle, labelstudio_env, make_params, server  # noqa: F401 (fixtures)
@@ -155,6 +156,15 @@ def audit_chain_broken(params: Params) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def alias_move_interrupted(params: Params) -> None:
+    """A promotion killed after writing its moves ahead and moving the champion, before its audit line."""
+    model, ts = params.registry.model_name, "2026-12-01T00:00:00.000+00:00"
+    champion = mlflow_adapter.get_alias(params, "champion").version
+    record = AuditRecord(ts, "killed@host", "promote", model, "champion", champion, "1", "killed")
+    promote.write_ahead(params, [record])
+    mlflow_adapter.set_alias(params, "champion", "1")
+
+
 def log_part_copied(params: Params) -> None:
     part = _log_part(params)
     shutil.copy(part, part.with_name("copy-" + part.name))
@@ -180,6 +190,7 @@ CASES: list[tuple[str, Callable[[Params], None], str, str]] = [
     ("version without lineage", version_without_lineage, "registry", "lacks tags"),
     ("two versions of one run", second_version_of_a_run, "registry", "has 2 versions"),
     ("audit chain broken", audit_chain_broken, "audit", "a move without its audit record"),
+    ("alias move interrupted", alias_move_interrupted, "audit", "was interrupted"),
     ("log part copied", log_part_copied, "prediction_log", "logged more than once"),
     ("log part unreadable", log_part_unreadable, "prediction_log", "torn.parquet"),
     ("temp file left", temp_file_left, "files", "interrupted"),
@@ -208,6 +219,14 @@ def test_each_inconsistency_is_found_with_its_fix(store, case, inject, store_nam
     assert found, f"{case}: no {store_name} finding in {report['findings']}"
     assert any(problem in f["problem"] or problem in f["item"] for f in found), found
     assert all(f["fix"] and f["item"] for f in report["findings"])
+
+
+def test_the_fix_for_an_interrupted_alias_move_records_it(store):
+    alias_move_interrupted(store)
+    records = promote.main(["--params", str(_params_file(store)), "--recover"])
+    assert [(r.alias, r.to_version) for r in records] == [("champion", "1")]
+    assert records[0].why.endswith("(moved by an interrupted run, recorded by its re-run)")
+    assert doctor.run(store).ok, doctor.format_report(doctor.run(store))
 
 
 def test_a_missing_registry_is_skipped_not_created(tmp_path, monkeypatch):
