@@ -16,11 +16,8 @@ import logging
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +32,7 @@ from tasks.config import Params
 from tasks.contracts import audit
 from tasks.contracts.model_version import CHAMPION, PREVIOUS
 from tests.conftest import tiny_params_dict
-from tests.integration.conftest import free_port
+from tests.mlflow_server import mlflow_server as start_mlflow_server
 
 pytestmark = pytest.mark.integration
 
@@ -45,45 +42,8 @@ SPAWN = multiprocessing.get_context("spawn")
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend in a temp folder); under ``CI=true`` it must start."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root",
-        str(root / "artifacts"),
-    ]
-    log_file = (root / "server.log").open("wb")
-    server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            why = f"mlflow server did not start: {(root / 'server.log').read_text()[-1500:]}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(why)
-            pytest.skip(why)
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), workers=2) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=30)
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-        log_file.close()
 
 
 def _clone(root: str, url: str, model: str, **promote_params: object) -> Params:
