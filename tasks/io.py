@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +87,39 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 def write_json_atomic(path: Path, payload: Any) -> Path:
     """Write ``payload`` as indented JSON atomically (non-JSON values such as paths become strings)."""
     return write_bytes_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def append_json_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` to a JSON-lines trail in one ``write`` + fsync (a crash leaves at most a torn last line)."""
+    if not rows:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """``(line number, row)`` of a JSON-lines trail, oldest first; ``row`` is ``None`` for an unreadable (torn) line.
+
+    Nothing when the file does not exist yet; blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        yield lineno, row if isinstance(row, dict) else None
 
 
 def replace_dir(staging: Path, target: Path) -> None:

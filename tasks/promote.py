@@ -26,7 +26,6 @@ import enum
 import getpass
 import json
 import logging
-import os
 import socket
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from tasks.contracts import audit
 from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.promote import AuditRecord, PromoteResult
-from tasks.io import atomic_open
+from tasks.io import append_json_lines, atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +74,7 @@ def default_who() -> str:
 
 def append_audit(params: Params, records: list[AuditRecord]) -> None:
     """Append records to the JSON-lines trail (one write + fsync per call, under the registry lock)."""
-    path = params.promote.audit_log
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(lines)
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_json_lines(params.promote.audit_log, [asdict(r) for r in records])
 
 
 def read_audit(params: Params) -> list[AuditRecord]:

@@ -6,11 +6,11 @@ the middle of an append) is reported and skipped, never fatal.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from tasks.contracts.reports.promote import AuditRecord
+from tasks.io import read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,13 @@ def pending_path(trail: Path) -> Path:
 
 def read_audit(path: Path) -> list[AuditRecord]:
     """The whole trail, oldest first (``[]`` when there is none yet)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, row in read_json_lines(path):
         try:
-            records.append(AuditRecord(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as exc:
+            if row is None:
+                raise ValueError("not a JSON object")
+            records.append(AuditRecord(**row))
+        except (TypeError, ValueError) as exc:
             log.warning("%s line %d: unreadable audit record skipped (%s)", path, lineno, exc)
     return records
 

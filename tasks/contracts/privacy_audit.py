@@ -12,13 +12,12 @@ import dataclasses
 import datetime as dt
 import getpass
 import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from tasks.contracts.reports.forget import ForgetReport
+from tasks.io import append_json_lines, read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +39,18 @@ def append_entry(path: Path, report: ForgetReport, *, ids: list[str]) -> dict[st
         "image_id_sha256": sorted(id_digest(i) for i in ids),
         **dataclasses.asdict(report),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_json_lines(path, [entry])
     return entry
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
     """Every entry, oldest first (``[]`` when there is no trail yet)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
     entries = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for lineno, row in read_json_lines(path):
+        if row is None:
+            log.warning("%s line %d: unreadable privacy audit entry skipped", path, lineno)
             continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            log.warning("%s line %d: unreadable privacy audit entry skipped (%s)", path, lineno, exc)
+        entries.append(row)
     return entries
 
 
