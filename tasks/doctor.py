@@ -42,6 +42,7 @@ from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS, TRAIN_
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.doctor import DoctorReport, Finding
 from tasks.core.hashing import file_md5, file_sha256
+from tasks.io import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -320,11 +321,24 @@ def data_roots(params: Params) -> list[Path]:
 
 
 def check_temp_files(params: Params) -> tuple[str, list[Finding]]:
-    """No hidden ``.*.tmp`` file (an atomic write a crash interrupted) under any data root."""
-    findings = [
-        Finding("files", str(path), "left over by a write that was interrupted (never read by anything)", f"rm {path}")
-        for path in _temp_files(data_roots(params))
-    ]
+    """No leftover of an interrupted write under any data root: a hidden ``.*.tmp`` file (atomic writes), a
+    ``.<folder>.staging`` / ``.<folder>.old`` folder (folder replaces: world, production batches) or a Prometheus
+    textfile's temp file (``<textfile>.<pid>.<thread>``) whose writer is gone."""
+    interrupted = "left over by a write that was interrupted (never read by anything)"
+    findings = [Finding("files", str(path), interrupted, f"rm {path}") for path in _temp_files(data_roots(params))]
+    for folder in _replace_leftovers(data_roots(params)):
+        target = folder.with_name(folder.name[1:].rsplit(".", 1)[0])
+        if folder.name.endswith(".old") and not target.exists():
+            problem = f"the previous {target.name} folder, set aside by an interrupted replace; {target} is missing"
+            findings.append(Finding("files", str(folder), problem, f"mv {folder} {target}"))
+        else:
+            findings.append(Finding("files", str(folder), f"{interrupted}: a folder replace", f"rm -r {folder}"))
+    textfile = params.base.paths.reports / params.monitor.metrics.textfile
+    if textfile.parent.is_dir():
+        for path in sorted(textfile.parent.glob(f"{textfile.name}.*.*")):
+            pid = path.name[len(textfile.name) + 1 :].split(".")[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                findings.append(Finding("files", str(path), f"{interrupted}: the metrics textfile", f"rm {path}"))
     return _status(findings)
 
 
@@ -333,6 +347,14 @@ def _temp_files(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         if root.is_dir():
             found += [p for p in root.rglob(".*.tmp") if p.is_file()]
+    return sorted(found)
+
+
+def _replace_leftovers(roots: Iterable[Path]) -> list[Path]:
+    found = []
+    for root in roots:
+        if root.is_dir():
+            found += [p for pattern in (".*.staging", ".*.old") for p in root.rglob(pattern) if p.is_dir()]
     return sorted(found)
 
 

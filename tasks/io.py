@@ -125,8 +125,9 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
 def replace_dir(staging: Path, target: Path) -> None:
     """Move a fully written ``staging`` folder to ``target``, replacing what was there.
 
-    The old folder is renamed aside first and removed only after the new one is in place, so a crash
-    leaves either the old or the new folder at ``target`` (plus, at worst, a stale ``.old`` folder).
+    The old folder is renamed aside (``.<name>.old``) first and removed only after the new one is in place, so a
+    crash leaves the old or the new folder at ``target``, except between the two renames: then ``target`` is
+    missing and ``.<name>.old`` holds it (``make doctor`` says to move it back; the next run replaces it anyway).
     """
     target = Path(target)
     old = target.with_name(f".{target.name}.old")

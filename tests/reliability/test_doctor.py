@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,6 +181,29 @@ def temp_file_left(params: Params) -> None:
     (folder / f".{_log_part(params).name}.99999999.abc.tmp").write_bytes(b"half")
 
 
+def folder_replace_interrupted(params: Params) -> None:
+    """World killed between its two renames: the old production folder set aside, the new one not yet in place."""
+    production = params.base.paths.production
+    production.rename(production.with_name(f".{production.name}.old"))
+
+
+def staging_folder_left(params: Params) -> None:
+    staging = params.base.paths.production.with_name(f".{params.base.paths.production.name}.staging")
+    (staging / "batch").mkdir(parents=True)
+
+
+def metrics_temp_left(params: Params) -> None:
+    textfile = params.base.paths.reports / params.monitor.metrics.textfile
+    textfile.parent.mkdir(parents=True, exist_ok=True)
+    (textfile.parent / f"{textfile.name}.{_dead_pid()}.140000").write_text("half")
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 CASES: list[tuple[str, Callable[[Params], None], str, str]] = [
     ("shard missing", shard_missing, "merged", "is missing"),
     ("shard corrupt", shard_corrupt, "merged", "md5 differs"),
@@ -194,6 +218,9 @@ CASES: list[tuple[str, Callable[[Params], None], str, str]] = [
     ("log part copied", log_part_copied, "prediction_log", "logged more than once"),
     ("log part unreadable", log_part_unreadable, "prediction_log", "torn.parquet"),
     ("temp file left", temp_file_left, "files", "interrupted"),
+    ("folder replace interrupted", folder_replace_interrupted, "files", "is missing"),
+    ("staging folder left", staging_folder_left, "files", "a folder replace"),
+    ("metrics temp file left", metrics_temp_left, "files", "the metrics textfile"),
 ]
 
 
