@@ -35,7 +35,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all test-reliability soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
+.PHONY: help setup demo test test-all test-reliability test-slow-reliability soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -73,6 +73,9 @@ test-all: setup  ## every test, slow ones included
 
 test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
 	$(RUN) $(PY) -m pytest tests/reliability
+
+test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (soak, seeded kills) and the loop decisions: what CI adds to `make test` (~25 min)
+	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))

@@ -150,9 +150,11 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
         report = _close(params, state, "nothing labeled (every task skipped)")
         return report.summary
 
+    # first, so that a broken champion (deleted version, lost files) stops the cycle before anything is written;
+    # also the parent checkpoint train warm-starts from (cycle.warm_start)
+    champion = stages.champion(params)
     validated = stages.validate(params, name)
     merged = stages.merge(params, name)
-    champion = stages.champion(params)  # also the parent checkpoint train warm-starts from (cycle.warm_start)
     stages.train(params)
     stages.evaluate(params)
     exported = stages.export(params)

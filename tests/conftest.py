@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,25 @@ def the_checkout_is_left_alone():
     before = _checkout_state()
     yield
     assert _checkout_state() == before, "a test wrote dvc.lock, params.effective.yaml, a DVC remote or a pin here"
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_MLFLOW_ENV_AT_START = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+
+
+@pytest.fixture(autouse=True)
+def each_test_starts_on_its_own_mlflow_store():
+    """``mlflow.set_tracking_uri`` writes ``MLFLOW_TRACKING_URI`` into the process environment, and the adapter reads
+    the user's value once (cached): without this, a test that cleared that cache could pick up the store an earlier
+    test left in the environment and register its versions there. After every test the variables are put back as
+    the session found them and the adapter's cache is cleared."""
+    yield
+    for name, value in _MLFLOW_ENV_AT_START.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    from tasks.adapters import mlflow as mlflow_adapter
+
+    mlflow_adapter._user_tracking_uri.cache_clear()
+    mlflow_adapter._user_env.cache_clear()
