@@ -1,4 +1,4 @@
-"""Small real ONNX models for timing tests: built in milliseconds, run by every runtime that reads ONNX."""
+"""Small real ONNX models for tests: built in milliseconds, run by every runtime that reads ONNX."""
 
 from __future__ import annotations
 
@@ -41,5 +41,33 @@ def write_conv_stack(path: Path, convs: int, *, imgsz: int, channels: int, relu:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def constant_detector(path: Path, rows: list[list[float]], *, imgsz: int = 64) -> Path:
+    """An end-to-end ONNX detector (``images (N, 3, imgsz, imgsz)`` -> ``(N, K, 6)``) returning ``rows`` (``x1, y1,
+    x2, y2, score, class`` in letterboxed pixels) for every image: a model whose answers a test knows."""
+    table = np.asarray([rows], dtype=np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "shape"], ["per_image"]),
+        helper.make_node("Mul", ["per_image", "zero"], ["nothing"]),
+        helper.make_node("Add", ["rows", "nothing"], ["output0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, imgsz, imgsz])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", len(rows), 6])],
+        initializer=[
+            helper.make_tensor("shape", TensorProto.INT64, [3], [-1, 1, 1]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("rows", TensorProto.FLOAT, table.shape, table.ravel().tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

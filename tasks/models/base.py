@@ -90,11 +90,13 @@ class ModelFamily(Protocol):
     Attributes:
         name: the ``train.family`` value that chooses it.
         license: SPDX id of the license its weights fall under (tagged on every model version).
+        package: the distribution holding its code (the license of the model code is read from its metadata).
         loaders: the checkpoint formats it opens, registered with the runtimes when it is looked up.
     """
 
     name: str
     license: str
+    package: str
     loaders: Sequence[Loader]
 
     def fit(

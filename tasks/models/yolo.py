@@ -172,6 +172,7 @@ class YoloFamily:
 
     name = "yolo"
     license = "AGPL-3.0"
+    package = "ultralytics"
     loaders: Sequence[Loader] = (CHECKPOINT_LOADER,)
 
     def fit(

@@ -25,6 +25,7 @@ from PIL import Image
 
 import tasks.runtimes.pyfunc  # the new package is imported first, as in the rollback check
 from tasks.env import PROJECT_ROOT
+from tests.onnx_models import constant_detector
 
 OLD_COMMIT = "43852b6"  # the last commit with the flat tasks/ (tasks.serving.DetectorModel, tasks.inference)
 CLASSES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
@@ -32,35 +33,6 @@ CLASSES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
 ROWS = [[8.0, 8.0, 24.0, 24.0, 0.9, 1.0], [30.0, 30.0, 60.0, 50.0, 0.8, 4.0], [0.0, 0.0, 4.0, 4.0, 0.01, 0.0]]
 
 pytestmark = pytest.mark.integration
-
-
-def constant_detector(path: Path) -> Path:
-    """An end-to-end ONNX detector (``images`` -> ``(N, K, 6)``) that returns :data:`ROWS` for every image."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    rows = np.asarray([ROWS], dtype=np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=1),
-        helper.make_node("Reshape", ["mean", "shape"], ["per_image"]),
-        helper.make_node("Mul", ["per_image", "zero"], ["nothing"]),
-        helper.make_node("Add", ["rows", "nothing"], ["output0"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "constant",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 64, 64])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", len(ROWS), 6])],
-        initializer=[
-            helper.make_tensor("shape", TensorProto.INT64, [3], [-1, 1, 1]),
-            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-            helper.make_tensor("rows", TensorProto.FLOAT, rows.shape, rows.ravel().tolist()),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 REGISTER = textwrap.dedent(
@@ -116,7 +88,7 @@ def test_a_version_registered_before_the_move_loads_and_predicts(tmp_path, resto
 
     old = old_tree(tmp_path / "old")
     assert (old / "tasks" / "serving.py").is_file() and not (old / "tasks" / "runtimes").exists()
-    onnx_path = constant_detector(tmp_path / "model.onnx")
+    onnx_path = constant_detector(tmp_path / "model.onnx", ROWS)
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"not used by the pyfunc")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -29,7 +29,7 @@ from tasks.contracts.model_version import ModelVersionInfo
 from tasks.core.image_stats import image_stats
 from tasks.runtimes.detectors import InferenceSettings, load_detector
 from tests.conftest import tiny_params_dict
-from tests.onnx_models import write_conv_stack
+from tests.onnx_models import constant_detector, write_conv_stack
 
 pytestmark = pytest.mark.integration
 
@@ -38,36 +38,6 @@ BATCH = "2026-11-02"
 # (x1, y1, x2, y2, score, class) rows each constant detector returns, in letterboxed input pixels
 CHAMPION_ROWS = [[8.0, 8.0, 24.0, 24.0, 0.9, 1.0], [30.0, 30.0, 60.0, 50.0, 0.8, 4.0]]
 SHADOW_ROWS = [[8.0, 8.0, 24.0, 24.0, 0.9, 2.0]]
-
-
-def constant_detector(path: Path, rows: list[list[float]]) -> Path:
-    """An end-to-end ONNX detector (``images (N, 3, 64, 64)`` -> ``(N, K, 6)``) returning ``rows`` for every image."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    table = np.asarray([rows], dtype=np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=1),
-        helper.make_node("Reshape", ["mean", "shape"], ["per_image"]),
-        helper.make_node("Mul", ["per_image", "zero"], ["nothing"]),
-        helper.make_node("Add", ["rows", "nothing"], ["output0"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "constant",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", len(rows), 6])],
-        initializer=[
-            helper.make_tensor("shape", TensorProto.INT64, [3], [-1, 1, 1]),
-            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-            helper.make_tensor("rows", TensorProto.FLOAT, table.shape, table.ravel().tolist()),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
 
 
 def make_params(root: Path, **predict_section: object) -> Params:
