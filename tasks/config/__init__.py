@@ -34,6 +34,7 @@ from tasks.config.base import (  # noqa: F401
     VisionloopError,
 )
 from tasks.config.forget import ForgetParams, RetentionParams  # noqa: F401
+from tasks.config.license import LicenseException, LicenseParams, LicensePolicy  # noqa: F401
 from tasks.config.monitor import (  # noqa: F401
     AlertParams,
     BaselineParams,

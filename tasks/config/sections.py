@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
+from tasks.config.license import LicenseParams
 
 # Ultralytics train() arguments visionloop sets from its own keys: extra_args may not set them a second way
 YOLO_OWNED_ARGS = {
@@ -276,6 +277,7 @@ class GateParams(Section):
     level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     seed: int | None = None  # None: base.seed
     speed: GateSpeedParams = GateSpeedParams()
+    license: LicenseParams = LicenseParams()
 
 
 class ValidateParams(Section):
