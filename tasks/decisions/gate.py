@@ -102,7 +102,8 @@ class GatePolicy:
     @classmethod
     def from_config(cls, gate: GateParams, *, seed: int) -> GatePolicy:
         """Build the policy from the ``gate`` section; ``seed`` is used when ``gate.seed`` is null."""
-        values = gate.model_dump(exclude={"speed"})  # how to time is the stage's business, not the rule's
+        # how to time is the stage's business, and licenses are the license gate's (decisions/license_gate.py)
+        values = gate.model_dump(exclude={"speed", "license"})
         values["seed"] = seed if gate.seed is None else gate.seed
         return cls(**values)
 
