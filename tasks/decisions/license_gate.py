@@ -149,6 +149,9 @@ FAMILIES: tuple[Family, ...] = (
             "Unicode-*",
             "BlueOak-1.0.0",
             "CDLA-Permissive-*",
+            "CNRI-Python",
+            "TCL",
+            "ZPL-2.*",
         ),
         obligation=_ATTRIBUTION,
     ),
@@ -204,8 +207,16 @@ NAMES: dict[str, str] = {
     "historical permission notice and disclaimer (hpnd)": "HPND",
     "universal permissive license (upl)": "UPL-1.0",
     "cc0 1.0 universal (cc0 1.0) public domain dedication": "CC0-1.0",
+    # as packages on this stack write them in their License field
+    "isc license": "ISC",
+    "new bsd": "BSD-3-Clause",
+    "3-clause bsd license": "BSD-3-Clause",
+    "2-clause bsd license": "BSD-2-Clause",
+    "freebsd": "BSD-2-Clause",
+    "psfl": "PSF-2.0",
 }
-_CLASSIFIER_PREFIX = re.compile(r"^license\s*::\s*(osi approved\s*::\s*)?")
+_CLASSIFIER_PREFIX = re.compile(r"^(license\s*::\s*)?(osi approved\s*::\s*)?")
+_OPERATOR = re.compile(r"\s+(AND|OR)\s+")
 
 
 @dataclass(frozen=True)
@@ -326,7 +337,7 @@ def _parse(declared: str | None) -> _Tree:
     """
     if declared is None or not declared.strip():
         return _unknown(declared, "no license declared")
-    text = NAMES.get(_name_key(declared), declared.strip())
+    text = _spdx_names(declared.strip())
     if _name_key(text) in NOT_DECLARED:
         return _unknown(declared, f"declared as {declared.strip()!r}, no license the gate can judge")
     try:
@@ -334,6 +345,16 @@ def _parse(declared: str | None) -> _Tree:
     except ExpressionError as exc:
         return _unknown(declared, f"{declared.strip()!r} is not a license expression the gate can read ({exc})")
     return _tree(expression)
+
+
+def _spdx_names(declared: str) -> str:
+    """``declared`` with every name :data:`NAMES` knows replaced by its SPDX id: the whole text, or else each part
+    of a flat ``A AND B`` / ``A OR B`` of names (how the inference probe joins several classifiers)."""
+    whole = NAMES.get(_name_key(declared))
+    if whole is not None or "(" in declared:
+        return whole or declared
+    parts = _OPERATOR.split(declared)  # names at even indexes, operators between them
+    return " ".join(part if i % 2 else NAMES.get(_name_key(part), part) for i, part in enumerate(parts))
 
 
 def _tree(expression: Any) -> _Tree:

@@ -477,3 +477,38 @@ def test_bad_license_params_name_the_key(tmp_path, section, key_path, message):
         load_params(write_license(tmp_path, section))
     assert f"  gate.license.{key_path}: " in str(err.value)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("declared", "spdx"),
+    [
+        pytest.param("ISC License", {"ISC"}, id="isc-license"),
+        pytest.param("3-Clause BSD License", {"BSD-3-Clause"}, id="protobuf"),
+        pytest.param("2-clause BSD License", {"BSD-2-Clause"}, id="imagehash"),
+        pytest.param("New BSD", {"BSD-3-Clause"}, id="click-plugins"),
+        pytest.param("PSFL", {"PSF-2.0"}, id="defusedxml"),
+        pytest.param("OSI Approved :: Apache Software License", {"Apache-2.0"}, id="classifier-without-license-prefix"),
+        pytest.param("BSD License AND MIT License", {"BSD-3-Clause", "MIT"}, id="classifiers-joined-by-the-probe"),
+        pytest.param("Apache Software License OR MIT License", {"Apache-2.0"}, id="names-or-names"),
+        pytest.param("Apache-2.0 AND CNRI-Python", {"Apache-2.0", "CNRI-Python"}, id="regex"),
+        pytest.param("BSD-3-Clause AND TCL", {"BSD-3-Clause", "TCL"}, id="tcl"),
+        pytest.param("ZPL-2.1", {"ZPL-2.1"}, id="zope"),
+    ],
+)
+def test_names_packages_declare_are_read_as_their_spdx_ids(declared, spdx):
+    verdict = check_licenses(LicenseRecord((comp(declared),)), LicenseParams(policy=COMMERCIAL))
+    assert verdict.allowed, verdict.reasons()
+    assert {o.license for o in verdict.obligations} == spdx
+
+
+def test_the_inference_path_of_an_exported_artifact_passes_under_commercial():
+    """What the inference probe reads from the real metadata of the distributions an ONNX or OpenVINO artifact
+    imports (tests/unit/test_inference_licenses.py) is judged, not refused as unreadable."""
+    from importlib import metadata
+
+    from tasks.targets.inference_probe import read_license
+
+    path = ("numpy", "opencv-python", "onnxruntime", "openvino", "openvino-telemetry", "packaging")
+    record = LicenseRecord(tuple(comp(read_license(metadata.distribution(d).metadata)[0], d) for d in path))
+    verdict = check_licenses(record, LicenseParams(policy=COMMERCIAL))
+    assert verdict.allowed, verdict.reasons()
