@@ -104,6 +104,7 @@ def _merged_trail(clones: list[Params]) -> list[audit.AuditRecord]:
     return sorted(records, key=lambda r: r.ts)
 
 
+@pytest.mark.slow  # ~25 s: spawned clones; CI runs it (make test-slow-reliability)
 def test_two_clones_promoting_at_once_on_one_server_move_the_champion_once(mlflow_server, model, tmp_path):
     clones = [tmp_path / "clone-a", tmp_path / "clone-b"]
     first = _clone(str(clones[0]), mlflow_server, model)
@@ -251,6 +252,7 @@ def _cycle_in_clone(root: str, url: str, model: str, start: float, results) -> N
             time.sleep(8)
 
 
+@pytest.mark.slow  # ~25 s: spawned clones; CI runs it (make test-slow-reliability)
 def test_two_clones_cycling_at_once_on_one_server_run_one_cycle(mlflow_server, model, tmp_path):
     results: multiprocessing.Queue = SPAWN.Queue()
     start = time.time() + 15.0
