@@ -72,7 +72,7 @@ def test_judge_names_a_leaking_series():
         return {
             "process": {"fds": 40 + k, "threads": 20, "rss_mib": 300.0},
             "stores": {"reports": {"bytes": 1000 * k, "files": k}, "predictions": {"bytes": 50 * k * k, "files": k}},
-            "drivers": {"cycles": k, "log_rows": 10 * k, "sampled_bytes": 0},
+            "drivers": {"cycles": k, "log_rows": 10 * k, "log_parts": k, "sampled_bytes": 0},
         }
 
     verdicts = {v.series: v.word for v in soak.judge([sample(k) for k in range(13)])}
@@ -81,7 +81,7 @@ def test_judge_names_a_leaking_series():
         "threads": "flat",
         "rss_mib": "flat",
         "reports (cycles)": "explained",
-        "predictions (log_rows)": "unexplained",
+        "predictions (log_parts)": "unexplained",
     }
 
 
