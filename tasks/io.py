@@ -89,13 +89,18 @@ def write_json_atomic(path: Path, payload: Any) -> Path:
     return write_bytes_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
+def json_lines(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """``rows`` as JSON lines (keys sorted), the one format of every trail :func:`read_json_lines` reads."""
+    return "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows).encode()
+
+
 def append_json_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append ``rows`` to a JSON-lines trail in one ``write`` + fsync (a crash leaves at most a torn last line)."""
     if not rows:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows).encode()
+    data = json_lines(rows)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)

@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import enum
 import getpass
-import json
 import logging
 import socket
 from dataclasses import asdict, replace
@@ -39,7 +38,7 @@ from tasks.contracts import audit
 from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.promote import AuditRecord, PromoteResult
-from tasks.io import append_json_lines, atomic_open
+from tasks.io import append_json_lines, json_lines, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +116,7 @@ def recover(params: Params) -> list[AuditRecord]:
 
 def write_ahead(params: Params, records: list[AuditRecord]) -> None:
     """Write the moves about to be made to :func:`pending_path` (atomically), before any alias moves."""
-    with atomic_open(pending_path(params)) as handle:
-        handle.write("".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records).encode())
+    write_bytes_atomic(pending_path(params), json_lines([asdict(r) for r in records]))
 
 
 def _apply(params: Params, records: list[AuditRecord]) -> None:
