@@ -74,9 +74,8 @@ test-all: setup  ## every test, slow ones included
 test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
 	$(RUN) $(PY) -m pytest tests/reliability
 
-test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (seeded kills, clones) and the loop decisions, without the soak: what CI adds to `make test` (~10 min)
-	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py \
-	  --deselect tests/reliability/test_soak.py::test_soak
+test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (seeded kills, clones, the 30-cycle soak) and the loop decisions: what CI adds to `make test` (~25 min)
+	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))
