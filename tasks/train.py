@@ -191,7 +191,8 @@ def run(params: Params) -> TrainResult:
         rows.append({"epoch": epoch} | metrics)
         mlflow_adapter.log_epoch(epoch, metrics)
 
-    tags = {"stage": "train", "model_family": model.name, "license": model.license, "base_weights": base_weights}
+    weights_license = model.weights_license(params).license
+    tags = {"stage": "train", "model_family": model.name, "license": weights_license, "base_weights": base_weights}
     with mlflow_adapter.mlflow_run(params, run_name=f"train-{model.name}", tags=tags) as run_id:
         mlflow_adapter.log_params(
             _flat(params.train.model_dump(mode="json")) | {"imgsz": params.base.imgsz, "seed": params.base.seed}
@@ -212,7 +213,7 @@ def run(params: Params) -> TrainResult:
     result = TrainResult(
         weights=str(target),
         family=model.name,
-        license=model.license,
+        license=weights_license,
         base_weights=base_weights,
         epochs=params.train.epochs,
         final_metrics=fitted.metrics,

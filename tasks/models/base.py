@@ -74,6 +74,19 @@ class Fitted:
 
 
 @dataclass(frozen=True)
+class WeightsLicense:
+    """The license the weights a family trains fall under, as the family states it (per size where it differs).
+
+    Attributes:
+        license: SPDX id (``AGPL-3.0-only``, ``Apache-2.0``) or the licensor's name (``PML-1.0``).
+        source: where it is stated, readable: ``family yolo``, ``family rfdetr (size nano)``.
+    """
+
+    license: str
+    source: str
+
+
+@dataclass(frozen=True)
 class InferenceHints:
     """How this family's checkpoints run: what every :class:`~tasks.runtimes.detectors.InferenceSettings` needs.
 
@@ -89,15 +102,17 @@ class ModelFamily(Protocol):
 
     Attributes:
         name: the ``train.family`` value that chooses it.
-        license: SPDX id of the license its weights fall under (tagged on every model version).
         package: the distribution holding its code (the license of the model code is read from its metadata).
         loaders: the checkpoint formats it opens, registered with the runtimes when it is looked up.
     """
 
     name: str
-    license: str
     package: str
     loaders: Sequence[Loader]
+
+    def weights_license(self, params: Params) -> WeightsLicense:
+        """The license of the weights ``params`` makes this family train (tagged on every model version)."""
+        ...
 
     def fit(
         self,

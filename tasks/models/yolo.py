@@ -29,7 +29,7 @@ import yaml
 from tasks.config import ConfigError, Params
 from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
 from tasks.io import write_bytes_atomic
-from tasks.models.base import EpochLogger, Fitted, InferenceHints, TrainData, trusted_in_context
+from tasks.models.base import EpochLogger, Fitted, InferenceHints, TrainData, WeightsLicense, trusted_in_context
 from tasks.runtimes.detectors import InferenceSettings, Loader
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,13 @@ class YoloFamily:
     """Ultralytics YOLO (YOLO26 by default): AGPL-3.0 weights, ``.pt`` checkpoints, ``/model.<N>/`` node names."""
 
     name = "yolo"
-    license = "AGPL-3.0"
     package = "ultralytics"
     loaders: Sequence[Loader] = (CHECKPOINT_LOADER,)
+
+    def weights_license(self, params: Params) -> WeightsLicense:
+        """AGPL-3.0 for every size: Ultralytics reads weights trained with its code as covered by its license
+        (its Enterprise license lifts that: a ``gate.license.exceptions`` entry names the agreement)."""
+        return WeightsLicense("AGPL-3.0-only", f"family yolo ({params.train.model}): Ultralytics' AGPL-3.0 terms")
 
     def fit(
         self,

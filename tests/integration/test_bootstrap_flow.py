@@ -63,7 +63,7 @@ def test_version_carries_artifacts_and_lineage(tiny_run, tmp_path):
     # the effective params of bootstrap: the file, with the loop's warm start off (a first champion is from the yaml)
     assert mv.tags["params_hash"] == load_params(params_file, overrides={"cycle": {"warm_start": False}}).digest()
     assert mv.tags["params_hash"] != params.digest()
-    assert mv.tags["model_family"] == "yolo" and mv.tags["license"] == "AGPL-3.0"
+    assert mv.tags["model_family"] == "yolo" and mv.tags["license"] == "AGPL-3.0-only"
     local = Path(
         mlflow.artifacts.download_artifacts(
             f"models:/{params.registry.model_name}/{mv.version}", dst_path=str(tmp_path)

@@ -91,7 +91,7 @@ def test_the_family_comes_from_params_with_its_license_and_hints():
     params = params_with(nms_free=True)
     chosen = family(params)
     assert chosen is FAMILIES[params.train.family]
-    assert (chosen.name, chosen.license) == ("yolo", "AGPL-3.0")
+    assert (chosen.name, chosen.weights_license(params).license) == ("yolo", "AGPL-3.0-only")
     assert chosen.inference_hints(params).nms_free is True
     assert family(params_with()).inference_hints(params_with()).nms_free is False
 
