@@ -45,13 +45,17 @@ def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None 
     version = stages.registry(params)
     pinned = stages.dvc_pin(params, version.version)  # dvc.lock on refs/visionloop/pins/..., outputs pushed, tagged
     print(describe_pin(version.version, pinned))
-    moves = stages.promote(
+    promoted = stages.promote(
         params,
         version.version,
         "promote",
         ["bootstrap: first champion from the source domain"],
         who=f"flow bootstrap/{flow_run.name}",
-    ).moves
+    )
+    if promoted.action != "promote":  # the license gate refused it: the loop has no champion to build on
+        why = promoted.records[-1].why if promoted.records else promoted.action
+        raise RuntimeError(f"bootstrap: v{version.version} was not made champion: {why}")
+    moves = promoted.moves
     stages.baseline(params, version.version)  # the monitor's reference: this champion on its validation images
     rows = "\n".join(f"| {name} | {s.map50_95:.4f} | {s.map50:.4f} | {s.images} |" for name, s in report.sets.items())
     create_markdown_artifact(

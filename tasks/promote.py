@@ -3,7 +3,8 @@
 Contract:
     inputs: a registered model version and a decision (``promote`` / ``reject``) with its reasons, or a
         rollback target (``previous`` by default, or a named version);
-    params: ``registry`` (store, model name), ``promote``;
+    params: ``registry`` (store, model name), ``promote``, ``gate.license`` (the version's license record is
+        judged again before it may become champion, by promotion or rollback);
     outputs: alias moves in MLflow (``previous ← champion ← challenger`` on promote; champion unchanged and
         the version tagged ``rejected`` on reject), one audit record per move or decision appended to
         ``promote.audit_log`` (JSON lines: who, what, when, why, from → to), ``<reports>/promote.json``;
@@ -35,9 +36,11 @@ from tasks.adapters.mlflow import registry_lock
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import audit
+from tasks.contracts.license_record import RECORD_TAG, LicenseRecordError, parse_record
 from tasks.contracts.model_version import CHALLENGER, CHAMPION, PREVIOUS
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.promote import AuditRecord, PromoteResult
+from tasks.decisions.license_gate import check_licenses
 from tasks.io import append_json_lines, json_lines, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,32 @@ def stale_champion_reason(version: str, *, expected: str | None, current: str | 
     )
 
 
+def license_refusal(params: Params, version: str) -> list[str]:
+    """Why ``version`` may not become champion under ``gate.license`` as configured now (empty: it may).
+
+    The version's ``license.record`` tag (written by the registry stage) is judged again here, so a policy changed
+    after registration applies to every later promotion and rollback. A version without a record (registered by
+    hand, or before records existed) is refused under ``commercial`` (nothing shows what ships) and allowed with a
+    warning under ``open-source``; so is a record that cannot be read.
+    """
+    policy = params.gate.license
+    where = f"v{version} of {params.registry.model_name}"
+    text = mlflow_adapter.get_version(params, version).tags.get(RECORD_TAG)
+    try:
+        record = parse_record(text, where=where) if text is not None else None
+    except LicenseRecordError as exc:
+        record, problem = None, str(exc)
+    else:
+        problem = f"{where} has no {RECORD_TAG} tag: re-register it (python -m tasks.registry) to record its licenses"
+    if record is None:
+        if policy.policy == "commercial":
+            return [f"license gate (commercial): {problem}; fail closed"]
+        log.warning("%s; promoted under the open-source policy", problem)
+        return []
+    verdict = check_licenses(record, policy)
+    return [f"license gate ({verdict.policy}): {line}" for line in verdict.reasons()]
+
+
 def promote(
     params: Params, *, version: str, why: str, who: str | None = None, expected_champion: Expected = ANY
 ) -> PromoteResult:
@@ -191,6 +220,9 @@ def promote(
             (``None``: there was no champion). When the champion is another version now, nothing moves: ``version``
             is tagged rejected with the reason, an audit record ``reject`` is appended and the result's action is
             ``reject``. :data:`ANY` (default) promotes over whatever the champion is.
+
+    A version the license gate refuses (:func:`license_refusal`) is rejected the same way, the refused
+    components named in the reason.
     """
     who = who or default_who()
     version = str(version)
@@ -203,6 +235,11 @@ def promote(
             reason = stale_champion_reason(version, expected=expected_champion, current=current)
             log.warning("not promoting v%s: %s", version, reason)
             record = _reject_locked(params, version=version, why=reason, who=who)
+            return PromoteResult("reject", version, {}, [*recovered, record])
+        refused = license_refusal(params, version) if current != version else []
+        if refused:
+            log.warning("not promoting v%s: %s", version, "; ".join(refused))
+            record = _reject_locked(params, version=version, why="; ".join(refused), who=who)
             return PromoteResult("reject", version, {}, [*recovered, record])
         if current == version:
             log.info("version %s is already the champion; nothing to move", version)
@@ -302,6 +339,8 @@ def rollback(
         champion_seen = mlflow_adapter.find_alias(params, CHAMPION)
         if expected_champion is ANY:
             expected_champion = champion_seen.version if champion_seen else None
+    if refused := license_refusal(params, str(to_version)):
+        raise RollbackError(f"v{to_version} may not be champion: {'; '.join(refused)}")
     check_loads_and_predicts(params, to_version)
     records: list[AuditRecord] = []
     with registry_lock(params):

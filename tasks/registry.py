@@ -22,6 +22,7 @@ instead of registering a second one. Promotion is the promote stage's (``python 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -36,6 +37,7 @@ from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError, load_params
 from tasks.contracts.checkpoints import CHECKPOINT_SHA256
+from tasks.contracts.license_record import RECORD_TAG, kind_tags, record_json
 from tasks.contracts.lineage import git_commit, training_data_lineage
 from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.model_version import (
@@ -50,9 +52,11 @@ from tasks.contracts.model_version import (
 )
 from tasks.contracts.reports import load_report_json, report_path, write_report
 from tasks.contracts.reports.registry import RegistryResult
-from tasks.contracts.train_files import parent_path, parent_record_path, write_parent
+from tasks.contracts.train_files import parent_path, parent_record_path, read_dataset_record, write_parent
 from tasks.core.hashing import file_md5, file_sha256
+from tasks.decisions.license_gate import check_licenses, verdict_tags
 from tasks.io import write_bytes_atomic
+from tasks.targets.license_components import build_record
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +198,7 @@ def run(
         lineage=lineage,
         export_report=export_report,
     )
+    result = _record_licenses(params, result, train=train, export_report=export_report)
     write_report(reports_dir, "registry", result, params)
     log.info(
         "%s %s version %s, deploys %s",
@@ -203,6 +208,34 @@ def run(
         result.tags.get(DEPLOY_ARTIFACT, "nothing selected (predict falls back to ONNX)"),
     )
     return result
+
+
+def _record_licenses(
+    params: Params, result: RegistryResult, *, train: Mapping[str, Any], export_report: Mapping[str, Any] | None
+) -> RegistryResult:
+    """Tag the version with its license record (``license.record``, one ``license.<kind>`` per kind) and the license
+    gate's verdict under ``gate.license`` as configured now; the promote stage judges the record again when it moves
+    an alias (:func:`tasks.promote.license_refusal`)."""
+    record = build_record(
+        params,
+        train=train,
+        export=export_report,
+        dataset=read_dataset_record(params),
+        registered=mlflow_adapter.checkpoint_hashes(params) if train.get("base_weights_sha256") else None,
+    )
+    verdict = check_licenses(record, params.gate.license)
+    tags = {RECORD_TAG: record_json(record)} | kind_tags(record) | verdict_tags(verdict)
+    mlflow_adapter.set_version_tags(params, result.version, tags)
+    for line in verdict.reasons():
+        log.warning("license gate (%s): v%s %s", verdict.policy, result.version, line)
+    log.info(
+        "v%s license record: %d components, %s under %s",
+        result.version,
+        len(record.components),
+        "allowed" if verdict.allowed else "refused",
+        verdict.policy,
+    )
+    return dataclasses.replace(result, tags={**result.tags, **tags})
 
 
 RESTORABLE = "dvc.restorable"  # "true": the version's data and engines are in the DVC remote at its pin

@@ -84,7 +84,13 @@ def _dataset_views(params: Params, root: Path) -> TrainData:
             _dataset_view(paths.train, root / "train") / "images",
             _dataset_view(paths.val, root / "val") / "images",
         )
-        info = {"mode": "source", "train": str(paths.train), "val": str(paths.val)}
+        images = [sum(1 for p in entry.iterdir() if p.is_file()) for entry in entries]  # the mirrors' images
+        info = {
+            "mode": "source",
+            "train": str(paths.train),
+            "val": str(paths.val),
+            "sources": {merged_manifest.HISTORICAL: sum(images)},
+        }
     write_json_atomic(root / DATASET_RECORD, info)
     return TrainData(train=entries[0], val=entries[1], classes=tuple(params.base.classes))
 
@@ -185,6 +191,8 @@ def run(params: Params) -> TrainResult:
     reports = params.base.paths.reports
     start = time.perf_counter()
     base_weights = str(params.train.weights) if params.train.weights else f"scratch:{params.train.model}"
+    # which bytes it started from: the license record tells the project's checkpoints from third-party ones by it
+    base_sha256 = file_sha256(params.train.weights) if params.train.weights and params.train.weights.is_file() else None
     rows: list[dict[str, float]] = []
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -220,6 +228,7 @@ def run(params: Params) -> TrainResult:
         mlflow_run_id=run_id,
         wall_s=round(time.perf_counter() - start, 2),
         checkpoint_sha256=checkpoint_sha256,
+        base_weights_sha256=base_sha256,
     )
     write_report(reports, "train", result, params)
     log.info("trained %s for %d epochs in %.0f s -> %s", model.name, result.epochs, result.wall_s, target)

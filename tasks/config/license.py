@@ -16,6 +16,7 @@ NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)
 """A string with something in it besides spaces (kept stripped)."""
 
 LicensePolicy = Literal["open-source", "commercial"]
+Sha256 = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
 
 
 class LicenseException(Section):
@@ -38,10 +39,14 @@ class LicenseParams(Section):
     unclassified or unknown licenses is refused unless an exception covers them (LGPL passes with its obligation);
     under ``open-source`` nothing is refused and the obligations and warnings are shown.
 
-    ``data`` maps each training data source to its declared license (an SPDX expression); a source missing here has
-    no declared license, which the gate treats as unknown.
+    ``data`` maps each training data source (the merged manifest's ``source``: ``historical``, ``production``) to its
+    declared license (an SPDX expression; ``LicenseRef-Owned`` for data the team owns); a source missing here has
+    no declared license, which the gate treats as unknown. ``weights`` maps the SHA-256 of a third-party checkpoint
+    (a ``train.weights`` file the project did not train) to the license its publisher declares; one missing here
+    has no declared origin (unknown).
     """
 
     policy: LicensePolicy = "open-source"
     exceptions: tuple[LicenseException, ...] = ()
-    data: dict[str, NonEmpty] = Field(default_factory=lambda: {"world": "CC0-1.0"})
+    data: dict[str, NonEmpty] = Field(default_factory=lambda: {"historical": "CC0-1.0", "production": "CC0-1.0"})
+    weights: dict[Sha256, NonEmpty] = Field(default_factory=dict)

@@ -17,8 +17,9 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -89,6 +90,7 @@ class DatasetView:
     val_images: int
     shards_extracted: int
     shards_reused: int
+    sources: dict[str, int] = field(default_factory=dict)  # training + validation images per data source
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -231,4 +233,5 @@ def materialize_view(merged: Path, view: Path) -> DatasetView:
         val_images=len(lines[VAL]),
         shards_extracted=extracted,
         shards_reused=reused,
+        sources=dict(Counter(r.source for r in rows if r.split in lines and r.shard_md5)),
     )

@@ -152,9 +152,18 @@ FAMILIES: tuple[Family, ...] = (
             "CNRI-Python",
             "TCL",
             "ZPL-2.*",
+            # licenses of libraries wheels vendor (tasks.targets.inference_licenses.BUNDLED_LIBRARIES)
+            "OpenSSL",
+            "libpng-2.0",
+            "Libpng",
+            "IJG",
+            "libtiff",
+            "FTL",
         ),
         obligation=_ATTRIBUTION,
     ),
+    # what the team declares as its own (its cameras' images, its annotations): nothing to do
+    Family("owned", ("LicenseRef-Owned", "LicenseRef-Owned-*"), obligation="", burden=0),
 )
 UNKNOWN_FAMILY = Family("unknown", (), obligation="", burden=8, refusal="no license declared")
 UNCLASSIFIED = Family("unclassified", (), obligation="", burden=7, refusal="the gate has no rule for this license")
@@ -464,3 +473,18 @@ def check_licenses(record: LicenseRecord, params: LicenseParams) -> LicenseVerdi
         excepted=tuple(excepted for excepted, _ in outcome.excepted),
         unused_exceptions=tuple(e for e in params.exceptions if e not in used),
     )
+
+
+def verdict_tags(verdict: LicenseVerdict) -> dict[str, str]:
+    """The verdict as MLflow version tags (``license.policy``, ``license.verdict``: ``allowed``/``refused``, and
+    ``license.refused`` / ``license.obligations`` / ``license.excepted`` / ``license.warnings`` when there are
+    any), each at most 4000 characters."""
+    tags = {"license.policy": verdict.policy, "license.verdict": "allowed" if verdict.allowed else "refused"}
+    parts = {
+        "license.refused": verdict.reasons(),
+        "license.obligations": list(dict.fromkeys(f"{o.family}: {o.what}" for o in verdict.obligations)),
+        "license.excepted": [f"{e.component}: {e.license} under {e.reference}" for e in verdict.excepted],
+        "license.warnings": list(verdict.warnings),
+    }
+    tags |= {key: " | ".join(lines)[:4000] for key, lines in parts.items() if lines}
+    return tags

@@ -5,9 +5,14 @@
 - :func:`runtime_component`: the runtime an export target runs on (:data:`RUNTIME_MODULES`), from the installed
   package's metadata, or declared where the package cannot be read (TensorRT: NVIDIA's terms);
 - :func:`model_code_component`: a model family's code, from the metadata of the package it names
-  (:attr:`tasks.models.base.ModelFamily.package`).
+  (:attr:`tasks.models.base.ModelFamily.package`);
+- :func:`bundled_components`: the shared libraries a wheel vendors (FFmpeg inside opencv-python, the GCC runtime
+  inside numpy) that the artifact's inference path had loaded.
 
-Nothing here is a hand-written list of licenses: what is installed says. The entries are
+Nothing here is a hand-written list of package licenses: what is installed says. The one exception is
+:data:`BUNDLED_LIBRARIES`: a vendored ``.so`` carries no metadata, so the projects it comes from are named here by
+file name, with the license each project publishes; a vendored library not in that table is unknown (refused
+under ``commercial`` until someone reads its notice and adds it). The entries are
 :class:`tasks.contracts.license_record.Component`; judging them is :mod:`tasks.decisions` work.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,6 +52,33 @@ RUNTIME_MODULES: dict[str, str] = {
 DECLARED_RUNTIMES: dict[str, tuple[str, str]] = {
     "tensorrt": ("NVIDIA TensorRT license", "declared: NVIDIA Software License Agreement"),
 }
+
+
+# vendored shared library (file name, without auditwheel's hash) -> the project it comes from and its license
+# as that project publishes it (the wheels' third-party notices, e.g. opencv-python's LICENSE-3RD-PARTY.txt)
+_GCC_RUNTIME = "GPL-3.0-or-later WITH GCC-exception-3.1"
+BUNDLED_LIBRARIES: tuple[tuple[str, str, str], ...] = (
+    (r"libav(codec|format|util|device|filter)|libsw(scale|resample)|libpostproc", "FFmpeg", "LGPL-2.1-or-later"),
+    (r"libQt[56]\w*", "Qt", "LGPL-3.0-only"),
+    (r"lib(ssl|crypto)\S*\.so\.1\.[01]", "OpenSSL 1.x", "OpenSSL"),
+    (r"lib(ssl|crypto)\S*\.so\.3", "OpenSSL 3", "Apache-2.0"),
+    (r"libgfortran|libgomp|libgcc_s|libstdc\+\+", "GCC runtime", _GCC_RUNTIME),
+    (r"libquadmath", "GCC libquadmath", "LGPL-2.1-or-later"),
+    (r"lib(scipy_)?openblas", "OpenBLAS", "BSD-3-Clause"),
+    (r"libpng", "libpng", "libpng-2.0"),
+    (r"libvpx", "libvpx", "BSD-3-Clause"),
+    (r"libaom|libavif|libdav1d|libopenjp2", "AOM / AVIF / dav1d / OpenJPEG codecs", "BSD-2-Clause"),
+    (r"libX\w*|libxcb\S*|libxkbcommon\S*", "X.Org / XCB / xkbcommon", "MIT"),
+    (r"libjpeg", "libjpeg-turbo", "IJG AND BSD-3-Clause AND Zlib"),
+    (r"libz\b|libz\.|libz-", "zlib", "Zlib"),
+    (r"libzstd|libwebp\w*|libsharpyuv|libssh2|libpcre", "zstd / WebP / libssh2 / PCRE", "BSD-3-Clause"),
+    (r"liblzma", "xz", "0BSD"),
+    (r"libtiff", "libtiff", "libtiff"),
+    (r"libfreetype", "FreeType", "FTL OR GPL-2.0-or-later"),
+    (r"libharfbuzz|liblcms2|libbrotli\w*", "HarfBuzz / Little CMS / Brotli", "MIT"),
+    (r"libyajl", "YAJL", "ISC"),
+    (r"libde265|libheif", "libde265 / libheif", "LGPL-3.0-or-later"),
+)
 
 
 class InferenceProbeError(RuntimeError):
@@ -109,7 +142,51 @@ def inference_packages(
         Component("package", f"{p['name']} {p['version']}", p["license"], p["source"]) for p in found["packages"]
     ]
     unowned = [Component("package", f"module {m}", None, "no distribution owns it") for m in found["unowned"]]
-    return tuple(sorted([*packages, *unowned], key=lambda c: c.name.casefold()))
+    listed = tuple(sorted([*packages, *unowned], key=lambda c: c.name.casefold()))
+    return listed + bundled_components(found.get("bundled", []))
+
+
+def _library_name(file: str) -> str:
+    """``opencv_python.libs/libavcodec-e0dd92b8.so.59.37.100`` -> ``libavcodec`` (auditwheel's hash and the
+    version dropped)."""
+    name = file.rsplit("/", 1)[-1].split(".so")[0]
+    return re.sub(r"-[0-9a-f]{8}([-.].*)?$", "", name)
+
+
+def bundled_project(file: str) -> tuple[str, str] | None:
+    """The project and license of a vendored library file (:data:`BUNDLED_LIBRARIES`); ``None``: not known."""
+    base = file.rsplit("/", 1)[-1]
+    for pattern, project, license_ in BUNDLED_LIBRARIES:
+        if re.match(rf"(?:{pattern})\d*(?:[-._]|$)", base):
+            return project, license_
+    return None
+
+
+def bundled_components(found: list[dict[str, str]]) -> tuple[Component, ...]:
+    """``bundled`` components for the vendored libraries the probe saw loaded (``{"file", "distribution"}``):
+    one per (distribution, project), naming the library files; an unknown library is its own component with
+    license ``None``."""
+    groups: dict[tuple[str, str, str | None], list[str]] = {}
+    for entry in found:
+        dist = entry["distribution"] or "an unknown distribution"
+        known = bundled_project(entry["file"])
+        project, license_ = known if known is not None else (_library_name(entry["file"]), None)
+        groups.setdefault((dist, project, license_), []).append(entry["file"])
+    components = []
+    for (dist, project, license_), files in groups.items():
+        try:
+            where = f"{dist} {metadata.version(dist)}"
+        except (metadata.PackageNotFoundError, ValueError):
+            where = dist
+        libraries = ", ".join(sorted({_library_name(f) for f in files}))
+        folders = ", ".join(sorted({f.rsplit("/", 1)[0] for f in files}))
+        source = (
+            f"vendored in {folders}: license as {project} publishes it"
+            if license_ is not None
+            else f"vendored {files[0]}: not in tasks.targets.inference_licenses.BUNDLED_LIBRARIES"
+        )
+        components.append(Component("bundled", f"{project} in {where} ({libraries})", license_, source))
+    return tuple(sorted(components, key=lambda c: c.name.casefold()))
 
 
 def distributions_component(kind: Kind, names: list[str]) -> Component:

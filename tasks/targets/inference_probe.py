@@ -5,7 +5,9 @@
 (:func:`tasks.runtimes.detectors.load_detector`), predicts one synthetic image, and writes to ``FILE`` (JSON) the
 distributions owning the top-level modules imported since it started, each with its license as its metadata
 declares it (:func:`read_license`). The standard library, the project's own packages and what the interpreter
-imported before the probe ran (``site`` and ``.pth`` hooks) are left out.
+imported before the probe ran (``site`` and ``.pth`` hooks) are left out. It also lists the shared libraries a
+wheel vendors (auditwheel's ``<distribution>.libs/`` folders: FFmpeg inside opencv-python, libgfortran inside
+numpy) that the process had mapped by then (:func:`loaded_bundled_libraries`): they carry no metadata of their own.
 
 This module imports the standard library only at its top, so everything it reports was imported by loading and
 running the artifact. :func:`read_license` is also used in-process for the model code and the runtimes.
@@ -14,6 +16,7 @@ running the artifact. :func:`read_license` is also used in-process for the model
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -112,6 +115,48 @@ def _files_of(name: str) -> set[Path]:
     return {Path(str(dist.locate_file(f))).resolve() for f in dist.files or ()}
 
 
+def _mapped_files() -> set[Path]:
+    """The files this process has mapped (Linux ``/proc/self/maps``); empty where that cannot be read."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    return {Path(parts[5]) for line in lines if len(parts := line.split(maxsplit=5)) == 6 and parts[5].startswith("/")}
+
+
+def loaded_bundled_libraries(mapped: Iterable[Path] | None = None) -> list[dict[str, str]]:
+    """The vendored shared libraries among the mapped files: those in a ``<top>.libs/`` folder some distribution
+    ships (auditwheel's layout), with the distribution that ships them.
+
+    Args:
+        mapped: the mapped files (default: this process's, :func:`_mapped_files`).
+
+    Returns:
+        ``[{"file": "opencv_python.libs/libavcodec-e0dd92b8.so.59.37.100", "distribution": "opencv-python"}...]``,
+        sorted by file; a folder no distribution owns gives distribution ``""``.
+    """
+    found = []
+    for path in sorted(set(mapped if mapped is not None else _mapped_files())):
+        folder = path.parent.name
+        if folder.endswith(".libs") and ".so" in path.name:
+            found.append({"file": f"{folder}/{path.name}", "distribution": _libs_owner(folder, path.name)})
+    return found
+
+
+def _libs_owner(folder: str, file: str) -> str:
+    """The distribution whose record lists ``<folder>/<file>`` (auditwheel names the folder after the
+    distribution, so that one is tried first); ``""`` when none does."""
+    wanted = f"{folder}/{file}"
+    named = folder.removesuffix(".libs")
+    candidates: list[Any] = []
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        candidates.append(metadata.distribution(named))
+    for dist in [*candidates, *metadata.distributions()]:
+        if any(str(f) == wanted for f in dist.files or ()):
+            return str(dist.metadata["Name"])
+    return ""
+
+
 def describe_distributions(modules: Iterable[str]) -> dict[str, Any]:
     """The distributions owning ``modules`` (top-level names), with version and license, and the modules no
     distribution owns.
@@ -155,7 +200,8 @@ def probe(artifact: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
 
     image = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (48, 1, 3))  # 48x64 horizontal gradient
     predict_images(detector, [image])
-    return describe_distributions(third_party_modules(set(sys.modules) - before))
+    described = describe_distributions(third_party_modules(set(sys.modules) - before))
+    return described | {"bundled": loaded_bundled_libraries()}
 
 
 def main(argv: list[str] | None = None) -> int:

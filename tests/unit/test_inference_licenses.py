@@ -21,6 +21,8 @@ from tasks.targets.builders import TARGETS
 from tasks.targets.inference_licenses import (
     RUNTIME_MODULES,
     InferenceProbeError,
+    bundled_components,
+    bundled_project,
     inference_packages,
     model_code_component,
     probe_env,
@@ -62,9 +64,15 @@ def test_an_onnx_artifact_runs_on_onnxruntime_numpy_and_opencv_not_on_the_traini
     assert packages["numpy"] == ("BSD License", "package metadata classifiers")
     assert packages["opencv-python"] == as_read("opencv-python")  # the loader's letterbox and NMS import cv2
     assert not NOT_ON_THE_PATH & set(packages)
-    assert {c.kind for c in found} == {"package"}
-    assert [c.name for c in found] == sorted((c.name for c in found), key=str.casefold)
-    assert all(version == metadata.version(dist) for dist, version in (c.name.rsplit(" ", 1) for c in found))
+    listed = [c for c in found if c.kind == "package"]
+    assert [c.name for c in listed] == sorted((c.name for c in listed), key=str.casefold)
+    assert all(version == metadata.version(dist) for dist, version in (c.name.rsplit(" ", 1) for c in listed))
+    # the FFmpeg opencv-python's wheel vendors is loaded with cv2: LGPL, named with the files that showed it
+    ffmpeg = [c for c in found if c.kind == "bundled" and c.name.startswith("FFmpeg in opencv-python")]
+    assert len(ffmpeg) == 1 and ffmpeg[0].license == "LGPL-2.1-or-later"
+    assert "libavcodec" in ffmpeg[0].name and "opencv_python.libs" in ffmpeg[0].source
+    bundled = [c for c in found if c.kind == "bundled"]
+    assert all(c.license is not None for c in bundled), [c for c in bundled if c.license is None]
 
 
 def test_an_openvino_artifact_runs_on_openvino_not_on_onnxruntime(onnx_artifact, tmp_path):
@@ -91,6 +99,61 @@ def test_an_artifact_the_probe_cannot_run_fails_naming_it(tmp_path, content, pro
         artifact.write_bytes(content)
     with pytest.raises(InferenceProbeError, match=rf"{artifact}: the inference license probe failed .*{problem}"):
         inference_packages(artifact, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("file", "expected"),
+    [
+        pytest.param("cv.libs/libavcodec-e0dd92b8.so.59.37.100", ("FFmpeg", "LGPL-2.1-or-later"), id="ffmpeg"),
+        pytest.param("cv.libs/libswscale-95ddd674.so.6.7.100", ("FFmpeg", "LGPL-2.1-or-later"), id="swscale"),
+        pytest.param("opencv_python.libs/libQt5Core-e7f476e2.so.5.15.16", ("Qt", "LGPL-3.0-only"), id="qt"),
+        pytest.param("opencv_python.libs/libssl-28bef1ac.so.1.1", ("OpenSSL 1.x", "OpenSSL"), id="openssl-1"),
+        pytest.param("pkg.libs/libcrypto-01067bc0.so.3", ("OpenSSL 3", "Apache-2.0"), id="openssl-3"),
+        pytest.param(
+            "numpy.libs/libgfortran-040039e1-0352e75f.so.5.0.0",
+            ("GCC runtime", "GPL-3.0-or-later WITH GCC-exception-3.1"),
+            id="gfortran-two-hashes",
+        ),
+        pytest.param("numpy.libs/libscipy_openblas64_-56d6093b.so", ("OpenBLAS", "BSD-3-Clause"), id="openblas"),
+        pytest.param("opencv_python.libs/libpng16-04239421.so.16.48.0", ("libpng", "libpng-2.0"), id="png-version"),
+        pytest.param("torchvision.libs/libz.915b4635.so.1", ("zlib", "Zlib"), id="zlib-dot-hash"),
+        pytest.param("x.libs/libzstd-1a2b3c4d.so.1", ("zstd / WebP / libssh2 / PCRE", "BSD-3-Clause"), id="not-zlib"),
+        pytest.param("x.libs/libmystery-1a2b3c4d.so.1", None, id="unknown"),
+        pytest.param("x.libs/libavcodecx-1a2b3c4d.so.1", None, id="prefix-is-not-enough"),
+    ],
+)
+def test_vendored_libraries_are_known_by_file_name(file, expected):
+    assert bundled_project(file) == expected
+
+
+def test_vendored_libraries_group_per_project_and_unknown_ones_stay_unknown():
+    found = [
+        {"file": "cv.libs/libavcodec-e0dd92b8.so.59.37.100", "distribution": "opencv-python"},
+        {"file": "opencv_python.libs/libavutil-734d06dd.so.57.28.100", "distribution": "opencv-python"},
+        {"file": "numpy.libs/libmystery-1a2b3c4d.so.1", "distribution": "numpy"},
+        {"file": "orphan.libs/libavutil-00000000.so.57", "distribution": ""},
+    ]
+    components = {c.name: c for c in bundled_components(found)}
+    version = metadata.version("opencv-python")
+    ffmpeg = components[f"FFmpeg in opencv-python {version} (libavcodec, libavutil)"]
+    assert (ffmpeg.kind, ffmpeg.license) == ("bundled", "LGPL-2.1-or-later")
+    mystery = components[f"libmystery in numpy {metadata.version('numpy')} (libmystery)"]
+    assert mystery.license is None and "not in tasks.targets.inference_licenses.BUNDLED_LIBRARIES" in mystery.source
+    assert "FFmpeg in an unknown distribution (libavutil)" in components
+    assert bundled_components([]) == ()
+
+
+def test_the_probe_lists_only_libraries_from_vendored_folders(tmp_path):
+    mapped = [
+        Path("/venv/site-packages/opencv_python.libs/libavcodec-e0dd92b8.so.59.37.100"),
+        Path("/usr/lib/x86_64-linux-gnu/libc.so.6"),  # the system's: not shipped by a wheel
+        Path("/venv/site-packages/cv2/cv2.abi3.so"),  # the package's own extension: its metadata covers it
+        Path("/venv/site-packages/numpy.libs/README.txt"),
+    ]
+    found = inference_probe.loaded_bundled_libraries(mapped)
+    assert [f["file"] for f in found] == ["cv.libs/libavcodec-e0dd92b8.so.59.37.100"]
+    assert found[0]["distribution"] == "opencv-python"
+    assert inference_probe.loaded_bundled_libraries([]) == []
 
 
 def test_a_probe_past_its_timeout_fails_naming_the_artifact(onnx_artifact):

@@ -421,7 +421,8 @@ def test_default_license_params():
     params = load_params(PROJECT_ROOT / "params.yaml")
     assert params.gate.license.policy == "open-source"  # the default demo trains YOLO (AGPL)
     assert params.gate.license.exceptions == ()
-    assert params.gate.license.data == {"world": "CC0-1.0"}
+    assert params.gate.license.data == {"historical": "CC0-1.0", "production": "CC0-1.0"}
+    assert params.gate.license.weights == {}
     assert LicenseParams() == params.gate.license
 
 
@@ -434,13 +435,16 @@ exceptions:
     reference: "{REF}"
     note: renewed yearly
 data:
-  world: CC0-1.0
+  historical: CC0-1.0
   customer-a: LicenseRef-Customer-A-Agreement
+weights:
+  {"A" * 64}: Apache-2.0
 """
     params = load_params(write_license(tmp_path, yaml.safe_load(text)))
     (exception,) = params.gate.license.exceptions
     assert (exception.license, exception.component, exception.reference) == ("AGPL-*", "ultralytics", REF)
     assert params.gate.license.data["customer-a"] == "LicenseRef-Customer-A-Agreement"
+    assert params.gate.license.weights == {"a" * 64: "Apache-2.0"}  # hashes kept lower case
 
 
 GOOD = {"license": "AGPL-*", "reference": REF}

@@ -24,6 +24,7 @@ class TrainResult:
         wall_s: seconds the stage took.
         checkpoint_sha256: SHA-256 of ``weights`` as written: the record that lets the project open it again
             (:mod:`tasks.contracts.checkpoints`); None in reports written before checkpoints were hashed.
+        base_weights_sha256: SHA-256 of the warm-start checkpoint; None from scratch (and in older reports).
     """
 
     weights: str
@@ -35,3 +36,4 @@ class TrainResult:
     mlflow_run_id: str
     wall_s: float
     checkpoint_sha256: str | None = None
+    base_weights_sha256: str | None = None
