@@ -52,6 +52,7 @@ from tasks.contracts.sample_manifest import manifest_path
 from tasks.cycle import CycleState, Status, candidate_lineage, read_report
 from tasks.cycle import lease as cycle_lease
 from tasks.decisions import approval
+from tasks.decisions.license_gate import refusals_in_tags
 from tasks.env import apply_env
 from tasks.registry import describe_pin
 
@@ -182,7 +183,7 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
     print(describe_pin(version.version, stages.dvc_pin(params, version.version)))
     stages.promote(params, version.version, "challenge", [f"cycle {name} candidate"], who=who)
 
-    outcome = _decide(params, gate, version.version)
+    outcome = _decide(params, gate, version.version, license_refusals=refusals_in_tags(version.tags))
     applied = stages.promote(  # compare-and-set: only over the champion the gate judged against
         params,
         version.version,
@@ -242,16 +243,21 @@ def _label_until_enough(params: Params, cycle: str) -> LabelResult:
     return labeled
 
 
-def _decide(params: Params, gate: GateReport, version: str) -> approval.Outcome:
-    """The gate's decision, after a reviewer's answer when ``promote.require_approval`` asks for one."""
+def _decide(params: Params, gate: GateReport, version: str, *, license_refusals: list[str]) -> approval.Outcome:
+    """The gate's decision, after a reviewer's answer when ``promote.require_approval`` asks for one; a version
+    the license gate refused is rejected without asking anyone."""
     answer = None
-    if approval.needs_approval(gate.decision, require_approval=params.promote.require_approval):
+    needs = approval.needs_approval(
+        gate.decision, require_approval=params.promote.require_approval, license_refused=bool(license_refusals)
+    )
+    if needs:
         answer = _ask_approval(params, version)
     return approval.decide(
         gate.decision,
         [(r.passed, r.message) for r in gate.reasons],
         require_approval=params.promote.require_approval,
         answer=answer,
+        license_refusals=license_refusals,
     )
 
 

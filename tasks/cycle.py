@@ -50,6 +50,7 @@ from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts.cycle_history import HISTORY, record_cycle
 from tasks.contracts.deployed import Deployed
+from tasks.contracts.license_record import RECORD_TAG, LicenseRecordError, parse_record
 from tasks.contracts.model_version import CHAMPION
 from tasks.contracts.names import check_cycle_name
 from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
@@ -349,7 +350,34 @@ def summarise(cycle: str, outcome: str, stages: dict[str, dict[str, Any]]) -> di
         "deploy_artifact": (export.get("selected") or {}).get("target"),
         "candidate_version": registered.get("version"),
         "alias_moves": promote.get("moves", {}),
+        "license_verdict": (registered.get("tags") or {}).get("license.verdict"),
+        "license_refused": [
+            r["why"] for r in promote.get("records", []) if r.get("action") == "reject" and "license gate" in r["why"]
+        ],
     }
+
+
+def license_section(tags: dict[str, str]) -> list[str]:
+    """The report's "Licenses" section from the candidate's ``license.*`` tags: the verdict, what was refused
+    and why, the exceptions used, the obligations, and one row per component of the record."""
+    if RECORD_TAG not in tags:
+        return []
+    try:
+        record = parse_record(tags[RECORD_TAG], where="the candidate's tags")
+    except LicenseRecordError as exc:
+        return ["## Licenses", "", f"record unreadable: {exc}", ""]
+    lines = ["## Licenses", "", f"policy **{tags.get('license.policy', '?')}**: {tags.get('license.verdict', '?')}", ""]
+    for key, title in (
+        ("license.refused", "Refused"),
+        ("license.excepted", "Covered by an exception"),
+        ("license.obligations", "Obligations"),
+        ("license.warnings", "Warnings"),
+    ):
+        if tags.get(key):
+            lines += [f"{title}:", "", *(f"- {part}" for part in tags[key].split(" | ")), ""]
+    lines += ["| kind | component | license | declared in |", "|---|---|---|---|"]
+    lines += [f"| {c.kind} | {c.name} | {c.license or 'UNKNOWN'} | {c.source} |" for c in record.components]
+    return [*lines, ""]
 
 
 def _fmt(value: float | None) -> str:
@@ -393,6 +421,9 @@ def render_markdown(summary: dict[str, Any], stages: dict[str, dict[str, Any]], 
         for reason in stages["gate"].get("reasons", []):
             lines.append(f"- {'pass' if reason.get('passed') else '**FAIL**'} `{reason['code']}`: {reason['message']}")
         lines.append("")
+    if summary.get("license_refused"):
+        lines += ["Not promoted:", "", *(f"- {why}" for why in summary["license_refused"]), ""]
+    lines += license_section(stages.get("registry", {}).get("tags") or {})
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
     return "\n".join(lines)

@@ -30,9 +30,10 @@ class Outcome:
     reasons: list[str]
 
 
-def needs_approval(decision: Verdict, *, require_approval: bool) -> bool:
-    """Whether a reviewer must answer first: only a promotion waits, and only with ``promote.require_approval``."""
-    return decision == "promote" and require_approval
+def needs_approval(decision: Verdict, *, require_approval: bool, license_refused: bool = False) -> bool:
+    """Whether a reviewer must answer first: only a promotion waits, only with ``promote.require_approval``, and
+    never one the license gate refused."""
+    return decision == "promote" and require_approval and not license_refused
 
 
 def gate_reasons(decision: Verdict, rules: Sequence[tuple[bool, str]]) -> list[str]:
@@ -46,16 +47,26 @@ def gate_reasons(decision: Verdict, rules: Sequence[tuple[bool, str]]) -> list[s
 
 
 def decide(
-    decision: Verdict, rules: Sequence[tuple[bool, str]], *, require_approval: bool, answer: Answer | None = None
+    decision: Verdict,
+    rules: Sequence[tuple[bool, str]],
+    *,
+    require_approval: bool,
+    answer: Answer | None = None,
+    license_refusals: Sequence[str] = (),
 ) -> Outcome:
-    """The final decision: the gate's, unless a required approval was refused or never given.
+    """The final decision: the gate's, unless the license gate refused the version, or a required approval was
+    refused or never given.
 
     Args:
         decision: the gate's verdict.
         rules: ``(passed, message)`` of every checked rule.
         require_approval: ``promote.require_approval``.
         answer: the reviewer's answer; ``None`` when nobody was asked or nobody answered.
+        license_refusals: why the license gate refused the version (empty: it did not); nobody is asked to
+            approve a version that may not ship.
     """
+    if license_refusals:
+        return Outcome("reject", list(license_refusals))
     reasons = gate_reasons(decision, rules)
     if not needs_approval(decision, require_approval=require_approval):
         return Outcome(decision, reasons)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -488,3 +488,12 @@ def verdict_tags(verdict: LicenseVerdict) -> dict[str, str]:
     }
     tags |= {key: " | ".join(lines)[:4000] for key, lines in parts.items() if lines}
     return tags
+
+
+def refusals_in_tags(tags: Mapping[str, str]) -> list[str]:
+    """The refusals :func:`verdict_tags` wrote (``license gate (<policy>): <line>`` each); empty when allowed or
+    when the version has no verdict."""
+    if tags.get("license.verdict") != "refused":
+        return []
+    policy = tags.get("license.policy", "?")
+    return [f"license gate ({policy}): {line}" for line in tags.get("license.refused", "").split(" | ") if line]

@@ -74,3 +74,24 @@ def test_gate_reasons(decision, rules, expected):
 )
 def test_decide(decision, require, answer, expected):
     assert decide(decision, RULES, require_approval=require, answer=answer) == expected
+
+
+LICENSE = ["license gate (commercial): yolo: ultralytics 8.4.190 (model_code): AGPL-3.0-only [AGPL] refused: ..."]
+
+
+@pytest.mark.parametrize(
+    ("decision", "require", "answer"),
+    [
+        pytest.param("promote", False, None, id="gate-promote"),
+        pytest.param("promote", True, Answer(approve=True, reviewer="alice"), id="even-approved"),
+        pytest.param("reject", False, None, id="gate-reject-too"),
+    ],
+)
+def test_a_license_refusal_rejects_whatever_the_gate_and_the_reviewer_said(decision, require, answer):
+    outcome = decide(decision, RULES, require_approval=require, answer=answer, license_refusals=LICENSE)
+    assert outcome == Outcome("reject", LICENSE)
+
+
+@pytest.mark.parametrize(("refused", "expected"), [pytest.param(True, False, id="refused"), (False, True)])
+def test_nobody_is_asked_to_approve_a_version_the_license_gate_refused(refused, expected):
+    assert needs_approval("promote", require_approval=True, license_refused=refused) is expected

@@ -178,3 +178,29 @@ def test_candidate_lineage(tiny_params, champion, warm_start, parent, warm):
     assert (lineage["cycle"], lineage["gate_decision"], lineage["gx_report"]) == ("c1", "reject", "gx.json")
     assert files["validate"] == Path("gx.json") and files["sample_manifest"].name == "manifest.parquet"
     assert set(files) == {"sample", "validate", "merge", "gate", "sample_manifest"}
+
+
+def test_the_licenses_section_shows_the_verdict_the_refusal_and_every_component():
+    from tasks.contracts.license_record import RECORD_TAG, Component, LicenseRecord, record_json
+
+    record = LicenseRecord(
+        (
+            Component("model_code", "yolo: ultralytics 8.4.190", "AGPL-3.0", "package metadata License"),
+            Component("package", "mystery 1.0", None, "no license field"),
+        )
+    )
+    tags = {
+        RECORD_TAG: record_json(record),
+        "license.policy": "commercial",
+        "license.verdict": "refused",
+        "license.refused": "yolo: ultralytics 8.4.190 (model_code): AGPL-3.0-only [AGPL] refused: x | mystery 1.0 (p)",
+        "license.obligations": "AGPL: offer the source",
+    }
+    lines = cycle.license_section(tags)
+    text = "\n".join(lines)
+    assert lines[:3] == ["## Licenses", "", "policy **commercial**: refused"]
+    assert "Refused:\n\n- yolo: ultralytics 8.4.190 (model_code): AGPL-3.0-only [AGPL] refused: x\n- mystery" in text
+    assert "| model_code | yolo: ultralytics 8.4.190 | AGPL-3.0 | package metadata License |" in text
+    assert "| package | mystery 1.0 | UNKNOWN | no license field |" in text
+    assert cycle.license_section({}) == []  # a version registered before records: no section
+    assert "record unreadable" in cycle.license_section({RECORD_TAG: "{"})[2]
