@@ -10,6 +10,9 @@ One world, four cycles in a row (each fixture continues where the previous one s
    the real gate rejects.
 3. approval approved: a reviewer resumes the paused run with ``approve=True``: promoted, the reviewer in the audit.
 4. approval timeout: nobody answers within ``promote.approval_timeout_s``: not promoted, the champion stays.
+5. license refusal: ``gate.license.policy: commercial``, the gate passing anything and approval required: the YOLO
+   candidate (AGPL model code and weights) is rejected by the license gate without asking a reviewer; the refused
+   components reach the version's tags, the audit entry and the cycle report.
 
 Cycles 3 and 4 are about what happens after the gate, so their gate passes anything (as in
 ``test_continuous_learning``'s approval tests); cycles 1 and 2 run the gate of ``params.yaml`` unchanged. A refused
@@ -288,6 +291,20 @@ def timed_out(approved: dict[str, Any], relaxed: Path) -> dict[str, Any]:
     return _run_cycle(short, epochs=1)
 
 
+@pytest.fixture(scope="module")
+def license_refused(timed_out: dict[str, Any], relaxed: Path) -> dict[str, Any]:
+    """Cycle 5: a proprietary product's policy; approval required (nobody should be asked)."""
+    gcc = {"license": "GPL-3.0-or-later WITH GCC-exception-3.1", "reference": "GCC runtime exception, reviewed"}
+    commercial = _variant(
+        relaxed,
+        "commercial",
+        gate={"license": {"policy": "commercial", "exceptions": [gcc]}},
+        promote={"require_approval": True, "approval_timeout_s": 600},
+    )
+    _open_and_label(commercial)
+    return _run_cycle(commercial, epochs=1)
+
+
 # ------------------------------------------------------------------------------------------------- tests
 
 
@@ -377,3 +394,25 @@ def test_nobody_answering_in_time_promotes_nothing(timed_out):
 
 def test_an_approval_timeout_ends_the_run_completed(timed_out):
     assert timed_out["state"].is_completed(), timed_out["states"]
+
+
+def test_under_a_commercial_policy_the_agpl_candidate_is_refused_naming_it(license_refused):
+    summary, params = license_refused["summary"], license_refused["params"]
+    assert license_refused["state"].is_completed() and license_refused["state"].name == "Completed"
+    assert not any(t == "PAUSED" for t, _, _ in license_refused["states"])  # no reviewer was asked
+    assert summary["decision"] == "promote"  # the (relaxed) gate passed it ...
+    assert summary["outcome"] == "reject" and summary["promote_action"] == "reject"  # ... the license gate did not
+    assert license_refused["champion_after"] == license_refused["champion_before"]
+    version = summary["candidate_version"]
+    tags = MlflowClient(params.registry.tracking_uri).get_model_version(params.registry.model_name, version).tags
+    assert tags["license.verdict"] == "refused" and tags["license.policy"] == "commercial"
+    assert "yolo: ultralytics" in tags["license.refused"] and "[AGPL]" in tags["license.refused"]
+    assert "under GCC runtime exception, reviewed" in tags["license.excepted"]
+    assert "FFmpeg in opencv-python" in tags["license.bundled"] and "LGPL: " in tags["license.obligations"]
+    last = license_refused["audit"][-1]
+    assert (last.action, last.to_version) == ("reject", version)
+    assert last.why.startswith("license gate (commercial): ") and "yolo: ultralytics" in last.why
+    assert summary["license_refused"] and "AGPL" in summary["license_refused"][0]
+    report = (params.base.paths.reports / "cycles" / summary["cycle"] / "report.md").read_text()
+    assert "## Licenses" in report and "policy **commercial**: refused" in report
+    assert "| model_code | yolo: ultralytics" in report and "Not promoted:" in report
