@@ -41,6 +41,7 @@ from tasks.contracts.license_record import RECORD_TAG, kind_tags, record_json
 from tasks.contracts.lineage import git_commit, training_data_lineage
 from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.model_version import (
+    CLASSES_TAG,
     DEPLOY_ARTIFACT,
     DEPLOY_TARGET,
     TRAIN_RUN_ID,
@@ -66,7 +67,8 @@ class RegistryError(VisionloopError, FileNotFoundError):
 
 
 def version_lineage(params: Params, train: Mapping[str, Any], evaluate: Mapping[str, Any] | None) -> dict[str, str]:
-    """The lineage tags of the candidate: data, code, params, base weights, family, license, golden mAP."""
+    """The lineage tags of the candidate: data, code, params, base weights, family, license, its class list (JSON;
+    a champion trained on other classes cannot be gated against it), golden mAP."""
     return (
         training_data_lineage(params)
         | {
@@ -75,6 +77,7 @@ def version_lineage(params: Params, train: Mapping[str, Any], evaluate: Mapping[
             "base_weights": str(train["base_weights"]),
             "model_family": str(train["family"]),
             "license": str(train["license"]),
+            CLASSES_TAG: json.dumps(list(params.base.classes)),
             TRAIN_RUN_ID: str(train["mlflow_run_id"]),
         }
         | {f"map50_95.{name}": f"{s['map50_95']:.4f}" for name, s in ((evaluate or {}).get("sets") or {}).items()}

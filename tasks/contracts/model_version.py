@@ -31,6 +31,35 @@ from typing import Any
 from tasks.contracts.deployed import artifact_files
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+CLASSES_TAG = "classes"  # the version's class list, JSON (index = class id)
+
+
+class ClassListError(ValueError):
+    """A version was trained on other classes than ``base.classes``: its detections cannot be scored on our labels."""
+
+
+def check_classes(tags: Mapping[str, str], classes: Sequence[str], *, where: str) -> None:
+    """Raise :class:`ClassListError` when ``tags`` record a class list other than ``classes``; a version registered
+    before the list was recorded passes (nothing to compare).
+
+    Args:
+        tags: the version's tags (:data:`CLASSES_TAG`).
+        classes: ``base.classes``.
+        where: the version, for the message (``champion v3 of visionloop-detector``).
+    """
+    recorded = tags.get(CLASSES_TAG)
+    if recorded is None:
+        return
+    try:
+        theirs = json.loads(recorded)
+    except json.JSONDecodeError:
+        raise ClassListError(f"{where}: tag {CLASSES_TAG!r} is not a JSON list: {recorded[:80]!r}") from None
+    if list(theirs) != list(classes):
+        raise ClassListError(
+            f"{where} was trained on classes {theirs}, base.classes is {list(classes)}: the two models cannot be "
+            "scored on the same labels. Keep base.classes as the champion's, or promote a model trained on the new "
+            "list by hand (python -m tasks.promote --version N --decision promote) after checking it"
+        )
 EXPORT_FOLDER = "export"  # run artifact folder of the export artifacts, one sub-folder per target
 EXPORT_TABLE = f"{EXPORT_FOLDER}/table.json"
 DEPLOY_TARGET, DEPLOY_ARTIFACT, DEPLOY_PRECISION = "deploy.target", "deploy.artifact", "deploy.precision"
