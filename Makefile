@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 PARAMS ?= params.yaml
+DEMO_FLOW ?= flows.demo
 # PARAMS may name several files: the base first, then overlays layered over it (later wins), e.g.
 # `make demo PARAMS="params.yaml site.yaml"`; every command gets one --params per file.
 PARAMS_ARGS := $(foreach p,$(PARAMS),--params $(p))
@@ -35,7 +36,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo test test-all test-reliability test-slow-reliability soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
+.PHONY: help setup demo demo-commercial test test-all test-reliability test-slow-reliability soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -60,10 +61,13 @@ demo: setup labelstudio  ## the whole loop: world → champion → predict → l
 	if ! curl -sf -o /dev/null "http://127.0.0.1:$(LABEL_STUDIO_PORT)/health"; then \
 	  $(MAKE) --no-print-directory labelstudio-up || exit 1; started=1; fi; \
 	failure=.cache/demo-failure.txt; rm -f $$failure; \
-	$(RUN) $(PY) -m flows.demo $(PARAMS_ARGS) --failure-file $$failure; rc=$$?; \
+	$(RUN) $(PY) -m $(DEMO_FLOW) $(PARAMS_ARGS) --failure-file $$failure; rc=$$?; \
 	if [ $$started = 1 ]; then $(MAKE) --no-print-directory labelstudio-down; fi; \
 	if [ $$rc != 0 ]; then echo "make demo: FAILED (exit $$rc): $$(cat $$failure 2>/dev/null || echo 'see the error above')" >&2; fi; \
 	exit $$rc
+
+demo-commercial:  ## the loop under a proprietary product's license policy: RF-DETR champion, a YOLO candidate refused (longer: see README Licenses)
+	@$(MAKE) --no-print-directory demo DEMO_FLOW=flows.demo_commercial PARAMS="params.yaml params.commercial.yaml"
 
 test: setup  ## the default test suite (≤ 15 min on 2 cores)
 	$(RUN) $(PY) -m pytest -m "not slow" tests
@@ -74,8 +78,9 @@ test-all: setup  ## every test, slow ones included
 test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
 	$(RUN) $(PY) -m pytest tests/reliability
 
-test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (seeded kills, clones, the 30-cycle soak) and the loop decisions: what CI adds to `make test` (~25 min)
-	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py
+test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (seeded kills, clones, the 30-cycle soak), the loop decisions and the RF-DETR smoke test: what CI adds to `make test` (~35 min)
+	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py \
+	  tests/integration/test_rfdetr_smoke.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))

@@ -51,12 +51,12 @@ from tasks.config import Params, VisionloopError
 from tasks.contracts.cycle_history import HISTORY, record_cycle
 from tasks.contracts.deployed import Deployed
 from tasks.contracts.license_record import RECORD_TAG, LicenseRecordError, parse_record
-from tasks.contracts.model_version import CHAMPION
+from tasks.contracts.model_version import CHAMPION, ModelVersionInfo
 from tasks.contracts.names import check_cycle_name
 from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.sample_manifest import manifest_path
-from tasks.contracts.train_files import write_parent
+from tasks.contracts.train_files import parent_path, parent_record_path, write_parent
 from tasks.core import plots
 from tasks.io import write_bytes_atomic, write_json_atomic
 
@@ -235,6 +235,34 @@ def finish(params: Params, state: CycleState, *, status: Status, outcome: str) -
 # ------------------------------------------------------------------------------------------------ champion
 
 
+def write_family_parent(params: Params, champion: ModelVersionInfo, weights: Path, folder: Path) -> Path | None:
+    """Write the parent checkpoint train warm-starts from (a DVC dependency of train) and its record; its path.
+
+    The champion's own ``weights`` when its ``model_family`` tag is ``train.family`` (or untagged). A warm start
+    cannot cross model families: otherwise the newest version of ``train.family`` (downloaded below ``folder``),
+    else no parent (``None``: the parent files are removed and training starts from scratch). The record
+    (``parent.json``) says which, and why.
+    """
+    wanted, found = params.train.family, champion.tags.get("model_family", params.train.family)
+    own = [] if found == wanted else mlflow_adapter.versions_tagged(params, "model_family", wanted)
+    source = champion if found == wanted else max(own, key=lambda v: int(v.version), default=None)
+    if source is None:
+        for stale in (parent_path(params), parent_record_path(params)):
+            stale.unlink(missing_ok=True)
+        why = f"champion v{champion.version} is {found}, train.family is {wanted} and no {wanted} version is registered"
+        write_json_atomic(parent_record_path(params), {"name": champion.name, "reason": why})  # no version: no parent
+        log.info("%s: the candidate trains from scratch", why)
+        return None
+    if source is not champion:
+        weights = mlflow_adapter.download_weights(params, source, folder / "parent")
+    parent = write_parent(params, weights.read_bytes(), name=source.name, version=source.version)
+    if source is not champion:
+        why = f"champion v{champion.version} is {found}, train.family is {wanted}: its newest version v{source.version}"
+        write_json_atomic(parent_record_path(params), {"version": source.version, "name": source.name, "reason": why})
+        log.info("%s is the parent checkpoint", why)
+    return parent
+
+
 def fetch_champion(params: Params) -> ChampionFiles | None:
     """Download the current champion's checkpoint, ONNX file and deployed artifact; ``None`` without a champion.
 
@@ -250,8 +278,7 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
     weights = mlflow_adapter.download_weights(params, info, folder)
     onnx = mlflow_adapter.download_onnx(params, info, folder)
     deployed = find_deployed(params, info)  # the same lookup (and ONNX fallback) the predict stage runs
-    # what train warm-starts from (cycle.warm_start); a DVC dependency of train
-    parent = write_parent(params, weights.read_bytes(), name=info.name, version=info.version)
+    parent = write_family_parent(params, info, weights, folder)  # what train warm-starts from (cycle.warm_start)
     log.info("champion v%s fetched into %s (parent checkpoint %s)", info.version, folder, parent)
     return ChampionFiles(version=info.version, weights=str(weights), onnx=str(onnx), deployed=deployed)
 

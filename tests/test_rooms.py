@@ -141,7 +141,7 @@ def test_only_adapters_talk_to_mlflow():
 
 
 # The world stage is the demo's data source: it renders the synthetic world, so it alone may import tasks.sim.
-SIM_IMPORTERS = {"tasks/world.py", "flows/demo.py"}
+SIM_IMPORTERS = {"tasks/world.py", "flows/demo.py", "flows/demo_commercial.py"}
 
 
 def test_sim_is_imported_only_by_the_demo_and_the_world_stage():

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
 from tasks.config.license import LicenseParams
@@ -67,6 +67,67 @@ class YoloParams(Section):
         return None
 
 
+# RF-DETR sizes (tasks/models/rfdetr.py, which holds the per-size table): the ones whose constructor builds without
+# a download, and the ones that need the Hugging Face hub (or rfdetr_plus and its PML-1.0 license) and are refused
+RFDETR_OFFLINE_SIZES = ("nano", "small", "medium", "large")
+RFDETR_HUB_SIZES = ("base", "xlarge", "2xlarge")
+RfdetrSize = Literal["nano", "small", "medium", "large"]
+# RF-DETR train() arguments visionloop sets from its own keys: extra_args may not set them a second way
+RFDETR_OWNED_ARGS = {
+    "dataset_dir": "the train stage's dataset view",
+    "output_dir": "base.paths.models",
+    "pretrain_weights": "train.weights (a warm start)",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch",
+    "resolution": "base.imgsz",
+    "device": "base.device",
+    "seed": "base.seed",
+    "lr": "train.rfdetr.lr",
+    "lr_encoder": "train.rfdetr.lr_encoder",
+    "num_workers": "train.rfdetr.workers",
+    "progress_bar": "train.rfdetr.progress_bar",
+    "class_names": "base.classes",
+    "num_classes": "base.classes",
+    "tensorboard": "off: the train stage logs to MLflow",
+    "wandb": "off: the train stage logs to MLflow",
+    "mlflow": "off: the train stage logs to MLflow",
+    "early_stopping": "train.patience",
+    "early_stopping_patience": "train.patience",
+    "resume": "train.weights",
+}
+
+
+class RfdetrParams(Section):
+    """Settings only the RF-DETR family (Roboflow's ``rfdetr``, ``tasks/models/rfdetr.py``) reads: ``train.rfdetr``."""
+
+    # the architecture; train.model must then read "rfdetr-<size>" (what the lineage records name)
+    size: RfdetrSize = "nano"
+    lr: float | None = Field(default=None, gt=0)  # None: rfdetr's default, 1e-4
+    lr_encoder: float | None = Field(default=None, gt=0)  # None: rfdetr's default, 1.5e-4 (the DINOv2 backbone)
+    workers: int = Field(default=0, ge=0)  # dataloader worker processes (rfdetr's num_workers)
+    progress_bar: Literal["tqdm", "rich"] | None = None  # rfdetr's own bar; a log line per epoch is always written
+    extra_args: dict[str, Any] = Field(default_factory=dict)  # more rfdetr train() arguments
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _builds_offline(cls, value: Any) -> Any:
+        if value not in RFDETR_OFFLINE_SIZES:
+            why = (
+                "needs a download from the Hugging Face hub (XL/2XL also the rfdetr_plus package, PML-1.0 license)"
+                if value in RFDETR_HUB_SIZES
+                else "is not an RF-DETR detection size"
+            )
+            raise ValueError(f"size {value!r} {why}; sizes that build offline: {', '.join(RFDETR_OFFLINE_SIZES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _every_key_takes_effect(self) -> RfdetrParams:
+        owned = [f"{key} (use {RFDETR_OWNED_ARGS[key]})" for key in self.extra_args if key in RFDETR_OWNED_ARGS]
+        if owned:
+            raise ValueError(f"extra_args sets what another key owns: {', '.join(owned)}")
+        return self
+
+
 Sha256 = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
 """A file's SHA-256: 64 hex digits (upper case accepted, kept lower case)."""
 
@@ -74,8 +135,10 @@ Sha256 = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, 
 class TrainParams(Section):
     """Training: model family (``tasks/models/<family>.py``), architecture or checkpoint, schedule."""
 
-    family: Literal["yolo"] = "yolo"
-    model: str = "yolo26n.yaml"  # the family's architecture name (Ultralytics: a model yaml, trained from scratch)
+    family: Literal["yolo", "rfdetr"] = "yolo"
+    # the family's architecture name: Ultralytics, a model yaml (trained from scratch); RF-DETR, "rfdetr-<size>"
+    # naming train.rfdetr.size (the lineage records it as the base of a scratch run)
+    model: str = "yolo26n.yaml"
     weights: Path | None = None
     epochs: PositiveInt = 30
     batch: PositiveInt = 32
@@ -83,6 +146,17 @@ class TrainParams(Section):
     # SHA-256 of checkpoints the project did not train but may open (tasks.contracts.checkpoints); default none
     trusted_checkpoints: tuple[Sha256, ...] = ()
     yolo: YoloParams = YoloParams()
+    rfdetr: RfdetrParams = RfdetrParams()
+
+    @model_validator(mode="after")
+    def _model_names_the_rfdetr_size(self) -> TrainParams:
+        wanted = f"rfdetr-{self.rfdetr.size}"
+        if self.family == "rfdetr" and self.model != wanted:
+            raise ValueError(
+                f"train.model {self.model!r} with train.family rfdetr: set train.model: {wanted} "
+                f"(train.rfdetr.size {self.rfdetr.size!r} chooses the architecture, train.model names it in records)"
+            )
+        return self
 
 
 class EvaluateParams(Section):

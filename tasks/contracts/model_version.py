@@ -60,6 +60,8 @@ def check_classes(tags: Mapping[str, str], classes: Sequence[str], *, where: str
             "scored on the same labels. Keep base.classes as the champion's, or promote a model trained on the new "
             "list by hand (python -m tasks.promote --version N --decision promote) after checking it"
         )
+
+
 EXPORT_FOLDER = "export"  # run artifact folder of the export artifacts, one sub-folder per target
 EXPORT_TABLE = f"{EXPORT_FOLDER}/table.json"
 DEPLOY_TARGET, DEPLOY_ARTIFACT, DEPLOY_PRECISION = "deploy.target", "deploy.artifact", "deploy.precision"

@@ -1,4 +1,4 @@
-"""Model families: the only importers of a model library (Ultralytics), behind one ``ModelFamily`` protocol.
+"""Model families: the only importers of a model library (Ultralytics, rfdetr), behind one ``ModelFamily`` protocol.
 
 :data:`FAMILIES` is the table ``train.family`` chooses from; :func:`family` looks one up. A second family is
 one module here (a class meeting :class:`~tasks.models.base.ModelFamily`), its line in :data:`FAMILIES`, its
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from tasks.config import ConfigError, Params
 from tasks.models.base import ModelFamily, trust_params
+from tasks.models.rfdetr import RfdetrFamily
 from tasks.models.yolo import YoloFamily
 from tasks.runtimes.detectors import register_loader
 
-FAMILIES: dict[str, ModelFamily] = {"yolo": YoloFamily()}
+FAMILIES: dict[str, ModelFamily] = {"yolo": YoloFamily(), "rfdetr": RfdetrFamily()}
 
 
 def family(params: Params) -> ModelFamily:

@@ -1,4 +1,4 @@
-"""The model-family protocol: everything that differs between detector libraries (YOLO today, RF-DETR later).
+"""The model-family protocol: everything that differs between detector libraries (YOLO, RF-DETR).
 
 A family trains a checkpoint from a YOLO-layout data set, exports it to ONNX, opens its own checkpoints as a
 runtime :class:`~tasks.runtimes.detectors.Detector`, and tells the rest of the loop the few facts that depend
@@ -12,6 +12,8 @@ Metric names a family reports (per epoch and at the end) are family-neutral: ``v
 
 from __future__ import annotations
 
+import pickletools
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -41,6 +43,47 @@ def trusted_in_context() -> dict[str, str]:
     of the params given to :func:`trust_params`; none when it was not called in this context)."""
     params = _TRUST.get()
     return trusted_checkpoints(params) if params is not None else {}
+
+
+FAMILY_KEY = "visionloop_family"
+"""First key of a checkpoint a family writes as a plain ``torch.save`` dict: its value names the family."""
+
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_SNIFF_BYTES = 1 << 16
+
+
+def declared_family(path: Path) -> str | None:
+    """The family a checkpoint declares (``{FAMILY_KEY: name, ...}`` saved first by ``torch.save``), else ``None``.
+
+    Reads the first kilobytes only and never unpickles: a ``torch.save`` file is a zip whose first record is the
+    pickle of the saved object; its opcodes are scanned (:mod:`pickletools`) for the first dict key and its value.
+    An Ultralytics ``.pt`` (first key ``date``), a file of another format or garbage declare nothing; so does a
+    file cut before that first record ends. A truncated checkpoint whose head survives still declares its family,
+    so its own loader reports it.
+    """
+    try:
+        with Path(path).open("rb") as file:
+            head = file.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    if len(head) < 30 or not head.startswith(_ZIP_LOCAL_HEADER):
+        return None
+    method, name_len, extra_len = struct.unpack("<H", head[8:10])[0], *struct.unpack("<HH", head[26:30])
+    start = 30 + name_len + extra_len
+    if method != 0 or not head[30 : 30 + name_len].endswith(b"data.pkl"):  # torch stores records uncompressed
+        return None
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(head[start:]):
+            if opcode.name in {"GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "STOP"}:
+                break  # an object before the first key: not a plain dict of ours
+            if isinstance(arg, str) and "UNICODE" in opcode.name:
+                strings.append(arg)
+                if len(strings) == 2:
+                    break
+    except ValueError:  # cut or not a pickle
+        return None
+    return strings[1] if len(strings) == 2 and strings[0] == FAMILY_KEY else None
 
 
 @dataclass(frozen=True)

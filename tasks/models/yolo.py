@@ -29,7 +29,15 @@ import yaml
 from tasks.config import ConfigError, Params
 from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
 from tasks.io import write_bytes_atomic
-from tasks.models.base import EpochLogger, Fitted, InferenceHints, TrainData, WeightsLicense, trusted_in_context
+from tasks.models.base import (
+    EpochLogger,
+    Fitted,
+    InferenceHints,
+    TrainData,
+    WeightsLicense,
+    declared_family,
+    trusted_in_context,
+)
 from tasks.runtimes.detectors import InferenceSettings, Loader
 
 log = logging.getLogger(__name__)
@@ -150,7 +158,8 @@ class TorchDetector:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return path.suffix == ".pt"
+    # a .pt another family declares (tasks.models.base.declared_family) is that family's, never unpickled here
+    return path.suffix == ".pt" and declared_family(path) is None
 
 
 def open_checkpoint(path: Path, settings: InferenceSettings) -> TorchDetector:

@@ -103,7 +103,7 @@ def test_expected_log_pairs(champions, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # 30 cycles: 10-14 min on 2 cores, up to twice that on a busy host; the suite default is 900 s
+@pytest.mark.timeout(2700)  # 30 cycles: 10-14 min on 2 cores, twice that on a busy host (suite default 900 s)
 @pytest.mark.integration
 def test_soak(labelstudio_env, prefect_harness, monkeypatch):  # noqa: F811 (fixtures imported above)
     root = labelstudio_env.root / "soak"

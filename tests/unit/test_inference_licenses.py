@@ -151,7 +151,7 @@ def test_the_probe_lists_only_libraries_from_vendored_folders(tmp_path):
         Path("/venv/site-packages/numpy.libs/README.txt"),
     ]
     found = inference_probe.loaded_bundled_libraries(mapped)
-    assert [f["file"] for f in found] == ["cv.libs/libavcodec-e0dd92b8.so.59.37.100"]
+    assert [f["file"] for f in found] == ["opencv_python.libs/libavcodec-e0dd92b8.so.59.37.100"]
     assert found[0]["distribution"] == "opencv-python"
     assert inference_probe.loaded_bundled_libraries([]) == []
 
