@@ -51,7 +51,7 @@ from tasks.config import Params, VisionloopError
 from tasks.contracts.cycle_history import HISTORY, record_cycle
 from tasks.contracts.deployed import Deployed
 from tasks.contracts.license_record import RECORD_TAG, LicenseRecordError, parse_record
-from tasks.contracts.model_version import CHAMPION, ModelVersionInfo
+from tasks.contracts.model_version import CHAMPION, ModelVersionInfo, check_classes
 from tasks.contracts.names import check_cycle_name
 from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
 from tasks.contracts.reports.cycle import CycleReport
@@ -268,6 +268,7 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
 
     Raises:
         BrokenAliasError: the champion's version was deleted, or its files are gone: never judged as no champion.
+        ClassListError: the champion was trained on other classes than ``base.classes`` (its ``classes`` tag).
     """
     try:
         info = mlflow_adapter.get_alias(params, CHAMPION)
@@ -277,6 +278,8 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
     folder = params.base.paths.models / "champion" / f"v{info.version}"
     weights = mlflow_adapter.download_weights(params, info, folder)
     onnx = mlflow_adapter.download_onnx(params, info, folder)
+    # a champion trained on other classes cannot be scored on these labels: stop before anything is written
+    check_classes(info.tags, params.base.classes, where=f"champion v{info.version} of {info.name}")
     deployed = find_deployed(params, info)  # the same lookup (and ONNX fallback) the predict stage runs
     parent = write_family_parent(params, info, weights, folder)  # what train warm-starts from (cycle.warm_start)
     log.info("champion v%s fetched into %s (parent checkpoint %s)", info.version, folder, parent)
@@ -284,6 +287,18 @@ def fetch_champion(params: Params) -> ChampionFiles | None:
 
 
 # ------------------------------------------------------------------------------------------------ lineage
+
+
+def _parent_version(params: Params, champion: ChampionFiles | None) -> str | None:
+    """The version :func:`write_family_parent` left in the parent folder: ``parent.json``'s, which differs from the
+    champion's when the champion is of another family (``None`` there: no version of the family, scratch)."""
+    if champion is None:
+        return None
+    record = parent_record_path(params)
+    if not record.is_file():
+        return champion.version
+    version = json.loads(record.read_text()).get("version")
+    return str(version) if version is not None else None
 
 
 def candidate_lineage(
@@ -303,10 +318,12 @@ def candidate_lineage(
     """
     reports = params.base.paths.reports
     manifest = manifest_path(params.base.paths.samples, cycle)
+    parent = _parent_version(params, champion)
     lineage = {
         "cycle": cycle,
-        "parent_version": champion.version if champion else "none",
-        "warm_start": str(bool(params.cycle.warm_start and champion)),
+        "parent_version": parent or "none",  # whose checkpoint the parent folder (a dep of train) held
+        "champion_version": champion.version if champion else "none",  # what the candidate was gated against
+        "warm_start": str(bool(params.cycle.warm_start and parent)),
         "sample_manifest": str(manifest),
         "merge_manifest_md5": merge_manifest_md5 or "none",
         "gx_report": str(gx_report),

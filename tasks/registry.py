@@ -366,7 +366,8 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
         named = f"; the remote lacks {', '.join(missing)}" if missing else ""
         raise RestoreError(f"version {version}: dvc pull from {pulled.remote} failed: {pulled.error}{named}")
     restored = load_params(root / dvc.EFFECTIVE_PARAMS)
-    _restore_parent(params, restored, tags.get("parent_version"))
+    parent = tags.get("parent_version")
+    _restore_parent(params, restored, None if parent in (None, "none") else parent)  # "none": trained from scratch
     outputs = dvc.lock_outs(root)
     problems = [
         f"{path}: tag {md5}, dvc.lock {outputs.get(path)}" for path, md5 in expected.items() if outputs.get(path) != md5

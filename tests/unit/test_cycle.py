@@ -204,3 +204,22 @@ def test_the_licenses_section_shows_the_verdict_the_refusal_and_every_component(
     assert "| package | mystery 1.0 | UNKNOWN | no license field |" in text
     assert cycle.license_section({}) == []  # a version registered before records: no section
     assert "record unreadable" in cycle.license_section({RECORD_TAG: "{"})[2]
+
+
+@pytest.mark.parametrize(
+    ("record", "parent", "warm"),
+    [
+        pytest.param({"version": "2", "name": "m", "reason": "champion v5 is yolo"}, "2", "True", id="own-family"),
+        pytest.param({"name": "m", "reason": "no rfdetr version is registered"}, "none", "False", id="scratch"),
+    ],
+)
+def test_the_lineage_names_the_parent_the_train_stage_read_not_the_champion(tiny_params, record, parent, warm):
+    from tasks.contracts.train_files import parent_record_path
+    from tasks.io import write_json_atomic
+
+    write_json_atomic(parent_record_path(tiny_params), record)
+    champion = cycle.ChampionFiles(version="5", weights="w.pt", onnx="m.onnx")
+    lineage, _ = cycle.candidate_lineage(
+        tiny_params, cycle="c1", champion=champion, merge_manifest_md5=None, gx_report=Path("g"), gate_decision="x"
+    )
+    assert (lineage["parent_version"], lineage["champion_version"], lineage["warm_start"]) == (parent, "5", warm)
