@@ -8,7 +8,8 @@ batch with its oracle labels; the selected artifacts of both (and each family's 
 interleaved pass (``tasks.targets.timing.time_artifacts``: turns, rounds) at batch 1 with ``base.threads``.
 Prints a table and writes ``<out>`` (JSON).
 
-    python benchmarks/families.py [--params params.yaml] [--families yolo rfdetr] [--epochs 10] [--images 300]
+    python benchmarks/families.py [--params params.yaml [--params overlay.yaml]] [--families yolo rfdetr]
+        [--epochs 10] [--images 300]
         [--root DIR] [--out reports/benchmarks/families.json] [--rounds 5] [--runs 20]
 
 Costs on 2 CPU cores (RF-DETR Nano at 160 px dominates): see ``benchmarks/README.md``.
@@ -134,7 +135,7 @@ def time_selected(params: Params, rows: list[dict[str, Any]], *, rounds: int, ru
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python benchmarks/families.py", description=__doc__)
-    parser.add_argument("--params", type=Path, default=PROJECT_ROOT / "params.yaml")
+    parser.add_argument("--params", type=Path, action="append", default=None, help="params file(s), later wins")
     parser.add_argument("--families", nargs="+", default=["yolo", "rfdetr"], choices=sorted(MODELS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--images", type=int, default=None, help="training images (default: the world's)")
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     apply_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    base = load_params(args.params).model_dump(mode="json")
+    base = load_params(args.params or [PROJECT_ROOT / "params.yaml"]).model_dump(mode="json")
     if args.images:
         base["world"].update(train_images=args.images)
     root = args.root or Path(tempfile.mkdtemp(prefix="visionloop-families-"))
