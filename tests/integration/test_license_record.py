@@ -24,7 +24,9 @@ from tasks.io import write_json_atomic
 from tests.conftest import tiny_params_dict
 from tests.onnx_models import constant_detector
 
-pytestmark = pytest.mark.integration
+# ~5 s a test (a registration, a clean-interpreter probe, MLflow): the default suite is at its 15-minute budget, so
+# these run in CI's slow part (make test-slow-reliability); the gate's own table tests stay in the default suite
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GCC = "GPL-3.0-or-later WITH GCC-exception-3.1"
 ENTERPRISE = {"license": "AGPL-*", "reference": "Ultralytics Enterprise, contract T-1"}
