@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import cycle, evaluate, export, registry, train, world
+from tasks import cycle, evaluate, export, promote, registry, train, world
 from tasks.adapters import mlflow as mlflow_adapter
-from tasks.config import Params
+from tasks.config import LicenseException, LicenseParams, Params
 from tasks.contracts.model_version import CHAMPION
 from tasks.contracts.reports import load_report, write_report
 from tasks.contracts.reports.train import TrainResult
@@ -96,9 +96,18 @@ def test_rfdetr_trains_exports_evaluates_and_registers(tmp_path):
     assert torch_rows.shape == onnx_rows.shape and torch_rows.shape[1:] == (rfdetr.TOP_K, 6)
     assert same_rows(torch_rows, onnx_rows, atol=1e-3) >= 0.99  # top-K may order near-equal scores differently
 
-    version = registry.run(params)
+    # a proprietary product's policy: the RF-DETR version ships (Apache-2.0 code and weights; the vendored GCC
+    # runtime covered by a named review, as in params.commercial.yaml) and becomes champion
+    gcc = LicenseException(license="GPL-3.0-or-later WITH GCC-exception-3.1", reference="GCC runtime exception, read")
+    policy = LicenseParams(policy="commercial", exceptions=(gcc,))
+    commercial = params.model_copy(update={"gate": params.gate.model_copy(update={"license": policy})})
+    version = registry.run(commercial)
     tags = mlflow_adapter.get_version(params, version.version).tags
     assert tags["model_family"] == "rfdetr"
+    assert tags["license.verdict"] == "allowed", tags.get("license.refused")
+    assert tags["license.model_code"].startswith("rfdetr: rfdetr ") and "Apache" in tags["license.model_code"]
+    assert tags["license.weights"] == "trained from scratch here (rfdetr-nano) = Apache-2.0"
+    assert promote.run(commercial, version=version.version, decision="promote").action == "promote"
     loaded = load_report(params.base.paths.reports, "train")
     assert loaded.checkpoint_sha256
     print(f"rfdetr smoke: train {train_s:.0f} s, golden mAP50-95 {golden:.4f}")  # README: time per tiny epoch
