@@ -52,8 +52,9 @@ def _params(root: str) -> Params:
 def _act(root: str, action: str, version: str | None, start: float, results: multiprocessing.Queue) -> None:
     """One contender: wait for the common start, then roll back or promote; report what happened."""
     params = _params(root)
-    # the versions are empty placeholders: the load-and-predict check is the slow step a race hides behind
-    promote.check_loads_and_predicts = lambda params, version: (time.sleep(0.2), 1)[1]  # type: ignore[assignment]
+    # the versions are empty placeholders: the load-and-predict check is the slow step a race hides behind (1 s: both
+    # contenders must have read the aliases before either takes the lock, however late one of them got going)
+    promote.check_loads_and_predicts = lambda params, version: (time.sleep(1.0), 1)[1]  # type: ignore[assignment]
     time.sleep(max(0.0, start - time.time()))
     try:
         if action == "rollback":
