@@ -56,7 +56,7 @@ from tasks.contracts.names import check_cycle_name
 from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.sample_manifest import manifest_path
-from tasks.contracts.train_files import parent_path, parent_record_path, write_parent
+from tasks.contracts.train_files import parent_path, parent_record_path, read_parent_record, write_parent
 from tasks.core import plots
 from tasks.io import write_bytes_atomic, write_json_atomic
 
@@ -294,10 +294,10 @@ def _parent_version(params: Params, champion: ChampionFiles | None) -> str | Non
     champion's when the champion is of another family (``None`` there: no version of the family, scratch)."""
     if champion is None:
         return None
-    record = parent_record_path(params)
-    if not record.is_file():
+    record = read_parent_record(params)
+    if record is None:
         return champion.version
-    version = json.loads(record.read_text()).get("version")
+    version = record.get("version")
     return str(version) if version is not None else None
 
 

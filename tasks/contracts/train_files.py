@@ -41,6 +41,12 @@ def parent_record_path(params: Params) -> Path:
     return parent_path(params).with_name(PARENT_RECORD)
 
 
+def read_parent_record(params: Params) -> dict[str, Any] | None:
+    """``parent.json`` (``name``, ``version`` unless training starts from scratch, ``reason``); ``None`` when absent."""
+    path = parent_record_path(params)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_parent(params: Params, weights: bytes, *, name: str, version: str) -> Path:
     """Write the parent checkpoint and its record (which registered version it is), each atomically."""
     parent = parent_path(params)

@@ -18,7 +18,6 @@ judges it (:mod:`tasks.decisions.license_gate`). Components, in order:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from tasks.config import Params
 from tasks.contracts.license_record import KINDS, Component, LicenseRecord
 from tasks.contracts.reports.export import FALLBACK_TARGET
-from tasks.contracts.train_files import parent_path, parent_record_path
+from tasks.contracts.train_files import parent_path, read_parent_record
 from tasks.models import family
 from tasks.runtimes.detectors import InferenceSettings
 from tasks.targets.inference_licenses import (
@@ -79,10 +78,9 @@ def weights_components(
 
 def _parent_version(params: Params, base: str) -> str | None:
     """``<model> v<N>`` when ``base`` is the parent checkpoint the loop fetched and its record names the version."""
-    record = parent_record_path(params)
-    if Path(base).resolve() != parent_path(params).resolve() or not record.is_file():
+    info = read_parent_record(params)
+    if Path(base).resolve() != parent_path(params).resolve() or info is None:
         return None
-    info = json.loads(record.read_text())
     return f"{info.get('name', params.registry.model_name)} v{info['version']}" if "version" in info else None
 
 
