@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -167,19 +168,33 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     apply_env()
-    try:
-        result = demo(
+    run_reporting_failure(
+        lambda: demo(
             params_path=args.params or DEFAULT_PARAMS,
             epochs=args.epochs,
             cycles=args.cycles,
             label_wait_s=args.label_wait,
-        )
+        ),
+        args.failure_file,
+    )
+
+
+def run_reporting_failure(run: Callable[[], dict[str, Any]], failure_file: Path | None) -> dict[str, Any]:
+    """Run a demo flow; on an exception or a result whose ``problem`` is set, say why and fail.
+
+    The reason is printed (``demo FAILED: ...``) and, with ``failure_file``, written there atomically so that
+    ``make demo`` can repeat it last, after the servers have stopped. An exception is re-raised (its traceback
+    stays in the log); a problem exits with status 1.
+    """
+    try:
+        result = run()
     except Exception as exc:
-        _fail(args.failure_file, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        _fail(failure_file, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise
     if result["problem"]:
-        _fail(args.failure_file, result["problem"])
+        _fail(failure_file, result["problem"])
         sys.exit(1)
+    return result
 
 
 def _fail(path: Path | None, reason: str) -> None:

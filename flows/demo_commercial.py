@@ -14,7 +14,6 @@ Prints one block per version (family, license verdict, what was refused, the cyc
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +22,7 @@ from prefect import flow
 
 from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
-from flows.demo import _fail
+from flows.demo import run_reporting_failure
 from flows.predict import predict
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import load_params
@@ -114,14 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--failure-file", type=Path, default=None, help="on failure, also write the reason here")
     args = parser.parse_args(argv)
     apply_env()
-    try:
-        result = demo_commercial(params_path=args.params, epochs=args.epochs, label_wait_s=args.label_wait)
-    except Exception as exc:
-        _fail(args.failure_file, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        raise
-    if result["problem"]:
-        _fail(args.failure_file, result["problem"])
-        sys.exit(1)
+    run_reporting_failure(
+        lambda: demo_commercial(params_path=args.params, epochs=args.epochs, label_wait_s=args.label_wait),
+        args.failure_file,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from flows import demo_commercial
 from flows.demo_commercial import DEFAULT, YOLO_OVERLAY, problems, version_lines
 from tasks.config import load_params
 from tasks.env import PROJECT_ROOT
@@ -59,3 +60,14 @@ def test_the_overlays_load_and_say_what_the_demo_needs():
     assert commercial.gate.license.policy == "commercial"
     yolo = load_params([*(PROJECT_ROOT / f for f in DEFAULT), PROJECT_ROOT / YOLO_OVERLAY])
     assert (yolo.train.family, yolo.gate.license.policy) == ("yolo", "commercial")
+
+
+def test_main_exits_non_zero_and_writes_the_reason(monkeypatch, tmp_path, capsys):
+    failure = tmp_path / "failure.txt"
+    monkeypatch.setattr(demo_commercial, "apply_env", lambda: None)
+    monkeypatch.setattr(demo_commercial, "demo_commercial", lambda **_: {"problem": "v2 was not refused"})
+    with pytest.raises(SystemExit) as exited:
+        demo_commercial.main(["--failure-file", str(failure)])
+    assert exited.value.code == 1
+    assert failure.read_text() == "v2 was not refused\n"
+    assert capsys.readouterr().out.splitlines()[-1] == "demo FAILED: v2 was not refused"
