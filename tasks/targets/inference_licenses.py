@@ -2,6 +2,7 @@
 
 - :func:`inference_packages`: the distributions imported when the artifact is loaded and run, read in a clean
   interpreter (:mod:`tasks.targets.inference_probe`) from ``sys.modules``, each license as its metadata declares it;
+  :func:`cached_inference_packages` keeps the answer per inference path (:func:`inference_path_key`);
 - :func:`runtime_component`: the runtime an export target runs on (:data:`RUNTIME_MODULES`), from the installed
   package's metadata, or declared where the package cannot be read (TensorRT: NVIDIA's terms);
 - :func:`model_code_component`: a model family's code, from the metadata of the package it names
@@ -18,7 +19,10 @@ under ``commercial`` until someone reads its notice and adds it). The entries ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import re
@@ -30,6 +34,7 @@ from pathlib import Path
 
 from tasks.contracts.license_record import Component, Kind
 from tasks.env import PROJECT_ROOT, read_env_file
+from tasks.io import write_json_atomic
 from tasks.models.base import ModelFamily
 from tasks.runtimes.detectors import InferenceSettings
 from tasks.targets.inference_probe import read_license
@@ -144,6 +149,66 @@ def inference_packages(
     unowned = [Component("package", f"module {m}", None, "no distribution owns it") for m in found["unowned"]]
     listed = tuple(sorted([*packages, *unowned], key=lambda c: c.name.casefold()))
     return listed + bundled_components(found.get("bundled", []))
+
+
+def cache_dir() -> Path:
+    """Where probe answers are kept: ``$XDG_CACHE_HOME/visionloop/license-probe`` (``~/.cache`` without it),
+    beside the project's venvs."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "visionloop" / "license-probe"
+
+
+@functools.cache
+def _environment_fingerprint() -> str:
+    """The interpreter, every installed distribution with its version, and the project's own code (the loader the
+    probe runs): what decides which packages an inference path imports. Computed once per process."""
+    digest = hashlib.sha256(f"{sys.executable}\n{sys.prefix}\n{sys.version}\n".encode())
+    names = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    digest.update("\n".join(names).encode())
+    for source in sorted((PROJECT_ROOT / "tasks").rglob("*.py")):
+        digest.update(f"{source.relative_to(PROJECT_ROOT)}\n".encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
+def inference_path_key(target: str, settings: InferenceSettings) -> str:
+    """What the packages of an artifact's inference path depend on: its export target (the format and runtime
+    that load it), the inference settings, the probe's environment variables and :func:`_environment_fingerprint`.
+    Not the weights: two artifacts of one target run the same code."""
+    parts = {
+        "target": target,
+        "settings": dataclasses.asdict(settings),
+        "env": sorted(read_env_file().items()),
+        "environment": _environment_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def cached_inference_packages(
+    artifact: Path, settings: InferenceSettings, target: str, *, folder: Path | None = None
+) -> tuple[Component, ...]:
+    """:func:`inference_packages` of ``artifact``, probed once per inference path (:func:`inference_path_key`).
+
+    The clean-interpreter probe costs seconds and every registration asks for it; what it answers depends on the
+    runtime code path, not on the weights. A missing artifact is always probed (and fails naming it); a cache
+    file that cannot be read is probed again and rewritten. Only successful answers are kept.
+
+    Args:
+        artifact: the selected artifact (it passed the export stage's load, parity and accuracy checks).
+        settings: the inference settings it is opened with.
+        target: its export target (``onnx``, ``openvino_int8``, ...).
+        folder: the cache folder (default :func:`cache_dir`).
+    """
+    if not Path(artifact).exists():
+        return inference_packages(artifact, settings)
+    file = (folder or cache_dir()) / f"{inference_path_key(target, settings)}.json"
+    try:
+        return tuple(Component(**entry) for entry in json.loads(file.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    found = inference_packages(artifact, settings)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next registration another probe
+        write_json_atomic(file, [dataclasses.asdict(c) for c in found])
+    return found
 
 
 def _library_name(file: str) -> str:

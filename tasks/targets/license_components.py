@@ -31,7 +31,7 @@ from tasks.models import family
 from tasks.runtimes.detectors import InferenceSettings
 from tasks.targets.inference_licenses import (
     InferenceProbeError,
-    inference_packages,
+    cached_inference_packages,
     model_code_component,
     runtime_component,
 )
@@ -131,7 +131,7 @@ def build_record(
     target, artifact = selected_artifact(params, export)
     settings = InferenceSettings(imgsz=params.base.imgsz, threads=params.base.threads, device=params.base.device)
     try:
-        packages = inference_packages(artifact, settings)
+        packages = cached_inference_packages(artifact, settings, target)
     except InferenceProbeError as exc:
         log.warning("inference packages of %s unknown: %s", artifact, exc)
         packages = (Component("package", f"inference path of {artifact.name}", None, str(exc)),)

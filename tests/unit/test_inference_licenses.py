@@ -23,7 +23,9 @@ from tasks.targets.inference_licenses import (
     InferenceProbeError,
     bundled_components,
     bundled_project,
+    cached_inference_packages,
     inference_packages,
+    inference_path_key,
     model_code_component,
     probe_env,
     runtime_component,
@@ -317,3 +319,43 @@ def test_a_family_whose_package_is_not_installed_has_an_unknown_code_license():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_family_names_an_installed_package(name):
     assert metadata.version(FAMILIES[name].package)
+
+
+# ------------------------------------------------------------------ the probe's answer, kept per inference path
+
+
+def test_the_probe_answers_once_per_inference_path(onnx_artifact, tmp_path, monkeypatch):
+    from tasks.targets import inference_licenses
+
+    calls: list[Path] = []
+    real = inference_licenses.inference_packages
+
+    def counted(artifact, settings, **kwargs):
+        calls.append(Path(artifact))
+        return real(artifact, settings, **kwargs)
+
+    monkeypatch.setattr(inference_licenses, "inference_packages", counted)
+    first = cached_inference_packages(onnx_artifact, SETTINGS, "onnx", folder=tmp_path)
+    other_weights = tmp_path / "other.onnx"
+    other_weights.write_bytes(onnx_artifact.read_bytes())
+    again = cached_inference_packages(other_weights, SETTINGS, "onnx", folder=tmp_path)
+    assert again == first and calls == [onnx_artifact]  # same target, settings, environment: one probe
+    cached_inference_packages(onnx_artifact, InferenceSettings(imgsz=SIZE, threads=1), "onnx", folder=tmp_path)
+    assert len(calls) == 2  # other settings: probed again
+    (tmp_path / f"{inference_path_key('onnx', SETTINGS)}.json").write_text("{not json")
+    assert cached_inference_packages(onnx_artifact, SETTINGS, "onnx", folder=tmp_path) == first
+    assert len(calls) == 3  # an unreadable cache file is probed again and rewritten
+    with pytest.raises(InferenceProbeError, match="model artifact not found"):  # a missing artifact never hits
+        cached_inference_packages(tmp_path / "gone.onnx", SETTINGS, "onnx", folder=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        pytest.param(lambda t, s: (t, s), True, id="nothing"),
+        pytest.param(lambda t, s: ("openvino", s), False, id="target"),
+        pytest.param(lambda t, s: (t, InferenceSettings(imgsz=SIZE * 2)), False, id="settings"),
+    ],
+)
+def test_the_cache_key_names_what_the_inference_path_depends_on(change, same):
+    assert (inference_path_key(*change("onnx", SETTINGS)) == inference_path_key("onnx", SETTINGS)) is same
