@@ -178,8 +178,9 @@ def default_remote_url() -> str:
 def ensure_remote(root: Path) -> str:
     """The name of the remote pushes go to, configured for this clone when it has none.
 
-    ``$VISIONLOOP_DVC_REMOTE`` always wins (written to ``.dvc/config.local``, which git ignores); otherwise a
-    default remote the user configured (``dvc remote add -d``) is kept; otherwise the per-user folder.
+    ``$VISIONLOOP_DVC_REMOTE`` always wins (written to ``.dvc/config.local``, which git ignores; an ``s3://`` URL
+    with the endpoint from the environment, see :func:`remote_config`); otherwise a default remote the user
+    configured (``dvc remote add -d``) is kept; otherwise the per-user folder.
     """
     from dvc.repo import Repo
 
@@ -188,9 +189,35 @@ def ensure_remote(root: Path) -> str:
         if configured and not os.environ.get(REMOTE_ENV):
             return str(configured)
         with repo.config.edit("local") as conf:
-            conf["remote"][REMOTE_NAME] = {"url": default_remote_url()}
+            conf["remote"][REMOTE_NAME] = remote_config(default_remote_url())
             conf["core"]["remote"] = REMOTE_NAME
     return REMOTE_NAME
+
+
+def remote_config(url: str) -> dict[str, str]:
+    """The DVC remote section for ``url``: an ``s3://`` one also gets the endpoint of the environment.
+
+    ``endpointurl`` is ``$AWS_ENDPOINT_URL_S3`` (else ``$AWS_ENDPOINT_URL``), rewritten at every push and pull so
+    it follows the environment; credentials are never written: DVC's S3 client reads them from the environment
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` or ``AWS_PROFILE``), as boto3 does.
+    """
+    from tasks.adapters.s3 import endpoint_from_env
+
+    endpoint = endpoint_from_env() if url.startswith("s3://") else None
+    return {"url": url, "endpointurl": endpoint} if endpoint else {"url": url}
+
+
+def _where(root: Path, remote: str) -> str:
+    """`` (remote <name>: <url> at <endpoint>)`` for an error message: DVC's own S3 errors name neither."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            section = repo.config["remote"].get(remote, {})
+    except Exception:  # the message is a courtesy: a config DVC cannot read must not hide the real error
+        return ""
+    endpoint = f" at {section['endpointurl']}" if section.get("endpointurl") else ""
+    return f" (remote {remote}: {section.get('url', '?')}{endpoint})"
 
 
 @dataclass(frozen=True)
@@ -212,7 +239,7 @@ def push(root: Path, *, revs: Sequence[str] = ()) -> Pushed:
     try:
         sent = _in_repo(root, lambda repo: repo.push(remote=remote, revs=list(revs) or None, workspace=True))
     except Exception as exc:  # any failure (DVC's, the filesystem's, the network's) leaves the version unpushed
-        error = f"{type(exc).__name__}: {exc}".strip()
+        error = f"{type(exc).__name__}: {exc}".strip() + _where(root, remote)
         log.warning("dvc: push to %s failed: %s", remote, error)
         return Pushed(ok=False, remote=remote, seconds=time.perf_counter() - start, error=error)
     seconds = time.perf_counter() - start
@@ -329,7 +356,7 @@ def pull(root: Path) -> Pulled:
     try:
         _in_repo(root, lambda repo: repo.pull(targets=locked, remote=remote, force=True))
     except Exception as exc:  # DVC's, the filesystem's or the network's: the caller names the version and hashes
-        error = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}" + _where(root, remote)
         return Pulled(ok=False, remote=remote, seconds=time.perf_counter() - start, error=error)
     return Pulled(ok=True, remote=remote, seconds=time.perf_counter() - start)
 
