@@ -41,7 +41,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Running, State
 
-from flows import stages
+from flows import fanout, stages
 from flows.alerts import alert, labels_overdue, on_failed_run
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.contracts.reports.cycle import CycleReport
@@ -131,7 +131,7 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
         return read_report(params, name) or {"cycle": name, "outcome": state.outcome}
 
     if params.cycle.predict_first:
-        stages.predict(params)
+        fanout.predict(params)  # predict.shards > 1: over Dask
     if not manifest_path(params.base.paths.samples, name).is_file():
         sampled = stages.sample(params, name)
         if sampled.selected == 0:
@@ -157,7 +157,7 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
     validated = stages.validate(params, name)
     merged = stages.merge(params, name)
     stages.train(params)
-    stages.evaluate(params)
+    fanout.evaluate(params)  # evaluate.shards > 1: over Dask
     exported = stages.export(params)
     stages.dvc_record(params, ["merge", "train", "evaluate", "export"])
     candidate = exported.check(FALLBACK_TARGET)  # FP32 ONNX: both models scored on the same runtime ...

@@ -29,6 +29,7 @@ import tasks.evaluate
 import tasks.export
 import tasks.forget
 import tasks.gate
+import tasks.ingest
 import tasks.label
 import tasks.merge
 import tasks.monitor
@@ -41,11 +42,13 @@ import tasks.validate
 import tasks.world
 from tasks.config import Params
 from tasks.contracts.deployed import Deployed
+from tasks.contracts.predict_plan import PredictPlan, PredictShard, ShardResult
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.reports.doctor import DoctorReport
 from tasks.contracts.reports.evaluate import EvaluateReport
 from tasks.contracts.reports.export import ExportReport
 from tasks.contracts.reports.gate import GateReport
+from tasks.contracts.reports.ingest import IngestReport
 from tasks.contracts.reports.label import LabelResult
 from tasks.contracts.reports.merge import MergeResult
 from tasks.contracts.reports.monitor import MonitorReport
@@ -76,6 +79,28 @@ def train(params: Params) -> TrainResult:
 @task(name="evaluate", **_COMMON)
 def evaluate(params: Params, model_path: Path | None = None) -> EvaluateReport:
     return tasks.evaluate.run(params, model_path=model_path)
+
+
+# The shards of a fanned-out evaluation (flows/fanout.py): plan and combine run in the flow, each shard on a worker.
+@task(name="evaluate_plan", **_COMMON)
+def evaluate_plan(
+    params: Params, model_path: Path | None = None, threads: int | None = None
+) -> tasks.evaluate.EvaluatePlan:
+    return tasks.evaluate.plan(params, model_path=model_path, threads=threads)
+
+
+@task(name="evaluate_shard", **_COMMON)
+def evaluate_shard(
+    params: Params, plan: tasks.evaluate.EvaluatePlan, shard: tasks.evaluate.EvaluateShard
+) -> tasks.evaluate.ShardDetections:
+    return tasks.evaluate.run_shard(params, plan, shard)
+
+
+@task(name="evaluate_combine", **_COMMON)
+def evaluate_combine(
+    params: Params, plan: tasks.evaluate.EvaluatePlan, results: list[tasks.evaluate.ShardDetections]
+) -> EvaluateReport:
+    return tasks.evaluate.combine(params, plan, results)
 
 
 @task(name="export", **_COMMON)
@@ -128,6 +153,25 @@ def rollback(
 @task(name="predict", **_COMMON)
 def predict(params: Params, batches: list[str] | None = None, alias: str | None = None) -> PredictResult:
     return tasks.predict.run(params, batches=batches, alias=alias)
+
+
+# The shards of a fanned-out prediction (flows/fanout.py): plan and combine run in the flow, each shard on a worker;
+# only combine writes the log.
+@task(name="predict_plan", **_COMMON)
+def predict_plan(
+    params: Params, batches: list[str] | None = None, alias: str | None = None, threads: int | None = None
+) -> PredictPlan:
+    return tasks.predict.plan(params, batches=batches, alias=alias, threads=threads)
+
+
+@task(name="predict_shard", **_COMMON)
+def predict_shard(params: Params, plan: PredictPlan, shard: PredictShard) -> ShardResult:
+    return tasks.predict.run_shard(params, plan, shard)
+
+
+@task(name="predict_combine", **_COMMON)
+def predict_combine(params: Params, plan: PredictPlan, results: list[ShardResult]) -> PredictResult:
+    return tasks.predict.combine(params, plan, results)
 
 
 @task(name="gate", **_COMMON)
@@ -197,6 +241,11 @@ def cycle(params: Params, cycle: str, outcome: str, since: dt.datetime | None = 
 @task(name="monitor", **_COMMON)  # no retries: it decides; the monitor flow acts and records what it did
 def monitor(params: Params, cycle_open: str | None = None) -> MonitorReport:
     return tasks.monitor.run(params, cycle_open=cycle_open)
+
+
+@task(name="ingest", **_COMMON)  # no retries: a second run of the same file adds nothing, but a failure repeats
+def ingest(params: Params, path: Path) -> IngestReport:
+    return tasks.ingest.run(params, path=path)
 
 
 @task(name="baseline", **_COMMON)

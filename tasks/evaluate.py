@@ -11,25 +11,130 @@ Contract:
 Metrics come from faster-coco-eval (identical to pycocotools, :mod:`tasks.core.cocoeval`); detections from
 :mod:`tasks.runtimes.detectors` through :func:`tasks.targets.scoring.evaluate_set`, so every artifact format is
 scored by the same code.
+
+Shards (``evaluate.shards`` > 1): :func:`plan` reads the sets once and cuts their images into at most that many
+shards of whole ``evaluate.batch`` chunks (:mod:`tasks.core.shards`); :func:`run_shard` detects one shard, opening
+the model once; :func:`combine` scores each set from its detections in image order with the same COCO code, so the
+numbers equal the single-process run's. :func:`run` does the three in this process; ``flows/fanout.py`` maps
+:func:`run_shard` over Dask workers (``base.dask``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.cli import stage_main
 from tasks.config import Params
 from tasks.contracts.reports import write_report
-from tasks.contracts.reports.evaluate import EvaluateReport
-from tasks.targets.scoring import default_model_path, evaluate_set, inference_settings
+from tasks.contracts.reports.evaluate import EvaluateReport, SetEvaluation
+from tasks.contracts.yolo_labels import LabeledImage, load_rgb, read_labeled_set
+from tasks.core import shards
+from tasks.runtimes.detectors import Detections, load_detector, predict_images
+from tasks.targets.scoring import default_model_path, evaluate_set, inference_settings, score_detections
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
+
+
+@dataclass(frozen=True)
+class EvaluateShard:
+    """A contiguous run of whole chunks of ``evaluate.batch`` images: ``(set name, images)`` per chunk, in order."""
+
+    index: int
+    chunks: tuple[tuple[str, tuple[LabeledImage, ...]], ...]
+
+
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """What the shards of one evaluation need (picklable, no model): the artifact, the sets read once, the shards."""
+
+    model_path: Path
+    threads: int
+    sets: dict[str, tuple[Path, tuple[LabeledImage, ...]]]
+    shards: tuple[EvaluateShard, ...]
+    started: float
+
+
+@dataclass(frozen=True)
+class ShardDetections:
+    """One shard's detections: per chunk, ``(set name, detections in image order, model ms for the chunk)``."""
+
+    index: int
+    chunks: tuple[tuple[str, tuple[Detections, ...], float], ...]
+
+
+def plan(params: Params, *, model_path: Path | None = None, threads: int | None = None) -> EvaluatePlan:
+    """Read every set in ``evaluate.sets`` once and cut their images into at most ``evaluate.shards`` shards.
+
+    ``threads``: intra-op threads of each shard's session (default ``base.threads``; ``base.dask.threads`` when
+    a flow fans out).
+    """
+    started = time.time()
+    sets = {}
+    for name in params.evaluate.sets:
+        root = getattr(params.base.paths, name)
+        sets[name] = (root, tuple(read_labeled_set(root, num_classes=len(params.base.classes))))
+    planned = shards.plan_shards(
+        [(name, len(images)) for name, (_, images) in sets.items()],
+        chunk=params.evaluate.batch,
+        shards=params.evaluate.shards,
+    )
+    return EvaluatePlan(
+        model_path=model_path or default_model_path(params),
+        threads=threads or params.base.threads,
+        sets=sets,
+        shards=tuple(
+            EvaluateShard(i, tuple((c.group, sets[c.group][1][c.start : c.stop]) for c in chunks))
+            for i, chunks in enumerate(planned)
+        ),
+        started=started,
+    )
+
+
+def run_shard(params: Params, plan: EvaluatePlan, shard: EvaluateShard) -> ShardDetections:
+    """Detect one shard's images, chunk by chunk as the single-process run does, with the model opened once."""
+    settings = dataclasses.replace(inference_settings(params), threads=plan.threads)
+    detector = load_detector(plan.model_path, settings)
+    chunks = []
+    for name, images in shard.chunks:
+        detections, ms = predict_images(detector, [load_rgb(item.path) for item in images])
+        chunks.append((name, tuple(detections), ms))
+    log.info("shard %d: %d images", shard.index, sum(len(images) for _, images in shard.chunks))
+    return ShardDetections(shard.index, tuple(chunks))
+
+
+def combine(
+    params: Params, plan: EvaluatePlan, results: list[ShardDetections], *, report_path: Path | None = None
+) -> EvaluateReport:
+    """Score every set from its shards' detections (in image order, whatever order the shards finished in).
+
+    Raises:
+        ValueError: the results are not exactly the plan's shards.
+    """
+    indices = sorted(r.index for r in results)
+    if indices != [s.index for s in plan.shards]:
+        raise ValueError(f"evaluate: shard results {indices} do not match the plan's {len(plan.shards)} shards")
+    found: dict[str, list[Detections]] = {name: [] for name in plan.sets}
+    total_ms = dict.fromkeys(plan.sets, 0.0)
+    for result in sorted(results, key=lambda r: r.index):
+        for name, detections, ms in result.chunks:
+            found[name] += detections
+            total_ms[name] += ms
+    sets = {}
+    for name, (root, images) in plan.sets.items():
+        ms = total_ms[name] / max(len(images), 1)
+        sets[name] = score_detections(
+            images, found[name], ms, classes=params.base.classes, set_root=root, set_name=name
+        )
+        _log_set(plan.model_path, sets[name])
+    return _report(params, plan.model_path, sets, wall_s=time.time() - plan.started, report_path=report_path)
 
 
 def run(params: Params, *, model_path: Path | None = None, report_path: Path | None = None) -> EvaluateReport:
@@ -40,6 +145,10 @@ def run(params: Params, *, model_path: Path | None = None, report_path: Path | N
         model_path: artifact to score (default: the ``train`` stage's ``best.pt``).
         report_path: where to write JSON (default ``<reports>/evaluate.json``; ``None`` keeps the default).
     """
+    if params.evaluate.shards > 1:  # the fan-out's plan → shards → combine, here one shard after another
+        planned = plan(params, model_path=model_path)
+        results = [run_shard(params, planned, shard) for shard in planned.shards]
+        return combine(params, planned, results, report_path=report_path)
     model_path = model_path or default_model_path(params)
     settings = inference_settings(params)
     start = time.perf_counter()
@@ -49,17 +158,25 @@ def run(params: Params, *, model_path: Path | None = None, report_path: Path | N
         sets[name] = evaluate_set(
             model_path, root, classes=params.base.classes, settings=settings, batch=params.evaluate.batch, set_name=name
         )
-        log.info(
-            "%s on %s: mAP50-95 %.4f  mAP50 %.4f  (%d images)",
-            model_path.name,
-            name,
-            sets[name].map50_95,
-            sets[name].map50,
-            sets[name].images,
-        )
-    report = EvaluateReport(
-        model=str(model_path), sets=sets, params_digest=params.digest(), wall_s=round(time.perf_counter() - start, 2)
+        _log_set(model_path, sets[name])
+    return _report(params, model_path, sets, wall_s=time.perf_counter() - start, report_path=report_path)
+
+
+def _log_set(model_path: Path, scored: SetEvaluation) -> None:
+    log.info(
+        "%s on %s: mAP50-95 %.4f  mAP50 %.4f  (%d images)",
+        model_path.name,
+        scored.set_name,
+        scored.map50_95,
+        scored.map50,
+        scored.images,
     )
+
+
+def _report(
+    params: Params, model_path: Path, sets: dict[str, SetEvaluation], *, wall_s: float, report_path: Path | None
+) -> EvaluateReport:
+    report = EvaluateReport(model=str(model_path), sets=sets, params_digest=params.digest(), wall_s=round(wall_s, 2))
     write_report(params.base.paths.reports, STAGE, report, params, path=report_path)
     return report
 

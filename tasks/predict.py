@@ -34,14 +34,21 @@ champion. Its rows go to their own part ``batch=<b>__model=<name>-v<n>__shadow``
 the shadow alias); the champion's rows are never changed by it, and shadow rows never mark the batch as predicted
 by that version (:func:`tasks.contracts.prediction_log.logged_batches`). An alias that names no version is logged
 once at INFO; a shadow version that cannot be opened is logged as a warning; either way the champion goes on.
+
+Shards (``predict.shards``, 1 = one shard): :func:`plan` resolves the run once and cuts the batches' images into at
+most that many shards of whole chunks (:mod:`tasks.core.shards`: never one task per image); :func:`run_shard`
+predicts one shard, opening the model once, and hands its records back without writing; :func:`combine` logs each
+batch once all its shards are in, in image order, so the log is the same however the shards ran. :func:`run` does
+the three in this process (``python -m tasks.predict``, ``dvc repro``); ``flows/fanout.py`` maps
+:func:`run_shard` over Dask workers when ``predict.shards`` > 1 (``base.dask``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import re
@@ -49,14 +56,10 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
 from tqdm import tqdm
 
 from tasks.adapters import mlflow as mlflow_adapter
@@ -65,14 +68,28 @@ from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
 from tasks.contracts.batch_sources import read_sources, sources_path
-from tasks.contracts.deployed import Deployed
 from tasks.contracts.model_version import ModelVersionInfo
+from tasks.contracts.predict_plan import (
+    ImageChunk,
+    PredictedChunk,
+    PredictPlan,
+    PredictShard,
+    ShadowPlan,
+    ShardResult,
+)
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.predict import BatchResult, PredictResult
 from tasks.contracts.yolo_labels import list_images
-from tasks.core.image_stats import ImageStats, image_stats
-from tasks.core.pixels import to_rgb
-from tasks.runtimes.detectors import Detections, Detector, InferenceSettings, predict_images
+from tasks.core import shards
+from tasks.runtimes.detectors import Detector, InferenceSettings, load_detector
+from tasks.targets.chunk_inference import (
+    ImageRead,
+    Inferred,
+    chunk_records,
+    infer_chunk,
+    read_image,
+    unread_record,
+)
 from tasks.targets.scoring import predict_settings
 
 log = logging.getLogger(__name__)
@@ -114,14 +131,10 @@ def pending_batches(params: Params, info: ModelVersionInfo) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Shadow:
-    """A version predicting a share of the images beside the champion (``predict.shadow``), opened for the run."""
+class Shadow(ShadowPlan):
+    """The shadow version with its artifact opened for the run."""
 
     detector: Detector
-    info: ModelVersionInfo
-    alias: str
-    deployed: Deployed
-    share: float
 
 
 def open_shadow(params: Params, champion: ModelVersionInfo, settings: InferenceSettings) -> Shadow | None:
@@ -157,141 +170,69 @@ def shadow_draw(seed: int, image_sha256: str) -> float:
     return int.from_bytes(digest[:8], "big") / float(1 << 64)
 
 
-@dataclass(frozen=True, eq=False)
-class ImageRead:
-    """One production image as read for prediction: one read gives its hash, its pixels and their statistics.
-
-    Attributes:
-        path, image_id, uri, source: where it is, its id (file stem), its ``file://`` URI and its source.
-        sha256: hex SHA-256 of the bytes read (:data:`prediction_log.EMPTY_SHA256` when none could be).
-        rgb: ``(H, W, 3)`` uint8 RGB, None when it could not be read or decoded.
-        stats: its input statistics, None with ``rgb``.
-        error: ``unreadable`` or ``decode`` when ``rgb`` is None, else None.
-        why: the reason behind ``error`` (empty otherwise).
-    """
-
-    path: Path
-    image_id: str
-    uri: str
-    source: str
-    sha256: str
-    rgb: npt.NDArray[np.uint8] | None
-    stats: ImageStats | None
-    error: str | None = None
-    why: str = ""
-
-
-def read_image(path: Path, *, source: str) -> ImageRead:
-    """Read one image file once: bytes -> SHA-256, decode (Pillow) -> RGB pixels -> statistics; never raises."""
-    uri = path.resolve().as_uri()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:  # gone since it was listed, no permission, a folder
-        why = f"{path}: cannot read the file ({type(exc).__name__}: {exc})"
-        return ImageRead(path, path.stem, uri, source, prediction_log.EMPTY_SHA256, None, None, "unreadable", why)
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = to_rgb(img)
-        stats = image_stats(rgb)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        why = f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})"
-        return ImageRead(path, path.stem, uri, source, sha, None, None, "decode", why)
-    return ImageRead(path, path.stem, uri, source, sha, rgb, stats)
-
-
-@dataclass(frozen=True)
-class Inferred:
-    """One chunk's model call: its detections (None when it failed), its time, and why it failed."""
-
-    detections: list[Detections] | None
-    ms: float
-    error: str | None = None
-    why: str = ""
-
-
-def infer_chunk(
-    detector: Detector,
-    arrays: Sequence[npt.NDArray[np.uint8]],
-    *,
-    pool: ThreadPoolExecutor | None,
-    timeout_s: float | None,
-) -> Inferred:
-    """Run the detector on one chunk; a raise becomes ``inference``, a call past ``timeout_s`` ``timeout``.
-
-    With ``timeout_s`` the call runs on ``pool`` (one worker); on a timeout this waits for the worker to finish
-    (a model call cannot be interrupted) and drops its late result, so chunks never overlap.
-    """
-    if not arrays:
-        return Inferred([], 0.0)
-    start = time.perf_counter()
-    future = None if pool is None or timeout_s is None else pool.submit(predict_images, detector, arrays)
-    try:
-        detections, ms = predict_images(detector, arrays) if future is None else future.result(timeout=timeout_s)
-    except TimeoutError as exc:
-        elapsed = (time.perf_counter() - start) * 1000.0
-        if future is None or future.done():  # the model itself raised TimeoutError
-            return Inferred(None, elapsed, "inference", f"{type(exc).__name__}: {exc}")
-        wait_for([future])
-        why = f"the model call on a chunk of {len(arrays)} images ran past predict.timeout_s = {timeout_s} s"
-        return Inferred(None, elapsed, "timeout", why)
-    except Exception as exc:  # any failure of the model call: the chunk's images get error rows, the batch goes on
-        return Inferred(None, (time.perf_counter() - start) * 1000.0, "inference", f"{type(exc).__name__}: {exc}")
-    return Inferred(detections, ms)
-
-
-def chunk_records(images: Sequence[ImageRead], inferred: Inferred) -> list[prediction_log.ImageDetections]:
-    """The log records of decoded images after their chunk's model call (error records when it failed)."""
-    per_image_ms = inferred.ms / max(len(images), 1)
-    if inferred.detections is None:
-        assert inferred.error is not None  # a failed call always says how
-        return [
-            prediction_log.ImageDetections.failed(
-                image_id=image.image_id,
-                image_uri=image.uri,
-                image_sha256=image.sha256,
-                error=inferred.error,
-                source=image.source,
-                width=_shape(image)[1],
-                height=_shape(image)[0],
-                latency_ms=per_image_ms,
-            )
-            for image in images
-        ]
-    return [
-        prediction_log.ImageDetections(
-            image_id=image.image_id,
-            image_uri=image.uri,
-            image_sha256=image.sha256,
-            width=_shape(image)[1],
-            height=_shape(image)[0],
-            latency_ms=per_image_ms,
-            boxes_xyxy=det.boxes_xyxy,
-            confidence=det.confidence,
-            class_id=det.class_id,
-            source=image.source,
-            stats=image.stats,
-        )
-        for image, det in zip(images, inferred.detections, strict=True)
-    ]
-
-
-def _shape(image: ImageRead) -> tuple[int, ...]:
-    return (0, 0) if image.rgb is None else image.rgb.shape[:2]
-
-
-def unread_record(image: ImageRead) -> prediction_log.ImageDetections:
-    """The error record of an image that could not be read or decoded (size 0, latency 0)."""
-    assert image.error is not None
-    return prediction_log.ImageDetections.failed(
-        image_id=image.image_id, image_uri=image.uri, image_sha256=image.sha256, error=image.error, source=image.source
-    )
-
-
 def _failures(images: Sequence[ImageRead], inferred: Inferred, skipped: dict[str, str], what: str) -> None:
     if inferred.error is not None:
         log.warning("%s: %d image(s) get %s rows: %s", what, len(images), inferred.error, inferred.why)
         skipped.update({str(image.path): f"{inferred.error}: {inferred.why}" for image in images})
+
+
+def batch_chunks(params: Params, batch: str) -> list[ImageChunk]:
+    """A batch's images cut into chunks of ``predict.batch_size``, with their sources.
+
+    Raises:
+        SourcesError: the batch's ``sources.csv`` is malformed (names the file and line).
+    """
+    folder = params.base.paths.production / batch
+    images = list_images(folder / "images")
+    sources = read_sources(sources_path(folder))
+    named = [sources.get(path.stem, prediction_log.DEFAULT_SOURCE) for path in images]
+    size = params.predict.batch_size
+    return [
+        ImageChunk(batch, tuple(images[i : i + size]), tuple(named[i : i + size])) for i in range(0, len(images), size)
+    ]
+
+
+def plan_shards(params: Params, batches: Sequence[str]) -> tuple[PredictShard, ...]:
+    """At most ``predict.shards`` shards of whole chunks over the batches' images (never one task per image)."""
+    chunks = {batch: batch_chunks(params, batch) for batch in batches}
+    sizes = [(batch, len(found)) for batch, found in chunks.items()]
+    planned = shards.plan_shards(sizes, chunk=1, shards=params.predict.shards)  # units: whole chunks
+    return tuple(
+        PredictShard(i, tuple(chunks[unit.group][unit.start] for unit in units)) for i, units in enumerate(planned)
+    )
+
+
+def predict_chunk(
+    detector: Detector,
+    chunk: ImageChunk,
+    *,
+    seed: int,
+    timeout_s: float | None,
+    shadow: Shadow | None = None,
+    pool: ThreadPoolExecutor | None = None,
+) -> PredictedChunk:
+    """Read one chunk's images once, run the detector (and the shadow on its share) on the decoded ones."""
+    images = [read_image(path, source=source) for path, source in zip(chunk.paths, chunk.sources, strict=True)]
+    records: list[prediction_log.ImageDetections] = []
+    skipped: dict[str, str] = {}
+    for image in images:
+        if image.error is not None:
+            log.warning("%s: %s row (%s)", image.path, image.error, image.why)
+            skipped[str(image.path)] = f"{image.error}: {image.why}"
+            records.append(unread_record(image))
+    decoded = [image for image in images if image.rgb is not None]
+    inferred = infer_chunk(detector, [i.rgb for i in decoded if i.rgb is not None], pool=pool, timeout_s=timeout_s)
+    _failures(decoded, inferred, skipped, f"batch {chunk.batch}")
+    records += chunk_records(decoded, inferred)
+    shadow_records: list[prediction_log.ImageDetections] = []
+    if shadow is not None:
+        chosen = [i for i in decoded if shadow_draw(seed, i.sha256) < shadow.share]
+        found = infer_chunk(
+            shadow.detector, [i.rgb for i in chosen if i.rgb is not None], pool=pool, timeout_s=timeout_s
+        )
+        _failures(chosen, found, {}, f"batch {chunk.batch} shadow v{shadow.info.version}")
+        shadow_records = chunk_records(chosen, found)
+    return PredictedChunk(chunk.batch, records, shadow_records, skipped)
 
 
 def predict_batch(
@@ -309,31 +250,25 @@ def predict_batch(
     Raises:
         SourcesError: the batch's ``sources.csv`` is malformed (names the file and line).
     """
-    folder = params.base.paths.production / batch
-    images = list_images(folder / "images")
-    sources = read_sources(sources_path(folder))
-    records: list[prediction_log.ImageDetections] = []
-    shadow_records: list[prediction_log.ImageDetections] = []
-    skipped: dict[str, str] = {}
-    size, timeout_s = params.predict.batch_size, params.predict.timeout_s
-    for start in tqdm(range(0, len(images), size), desc=f"predict {batch}", unit="chunk", leave=False):
-        paths = images[start : start + size]
-        chunk = [read_image(path, source=sources.get(path.stem, prediction_log.DEFAULT_SOURCE)) for path in paths]
-        for image in chunk:
-            if image.error is not None:
-                log.warning("%s: %s row (%s)", image.path, image.error, image.why)
-                skipped[str(image.path)] = f"{image.error}: {image.why}"
-                records.append(unread_record(image))
-        decoded = [image for image in chunk if image.rgb is not None]
-        inferred = infer_chunk(detector, [i.rgb for i in decoded if i.rgb is not None], pool=pool, timeout_s=timeout_s)
-        _failures(decoded, inferred, skipped, f"batch {batch}")
-        records += chunk_records(decoded, inferred)
-        if shadow is not None:
-            chosen = [i for i in decoded if shadow_draw(params.base.seed, i.sha256) < shadow.share]
-            arrays = [i.rgb for i in chosen if i.rgb is not None]
-            found = infer_chunk(shadow.detector, arrays, pool=pool, timeout_s=timeout_s)
-            _failures(chosen, found, {}, f"batch {batch} shadow v{shadow.info.version}")
-            shadow_records += chunk_records(chosen, found)
+    seed, timeout_s = params.base.seed, params.predict.timeout_s
+    chunks = tqdm(batch_chunks(params, batch), desc=f"predict {batch}", unit="chunk", leave=False)
+    predicted = [predict_chunk(detector, c, seed=seed, timeout_s=timeout_s, shadow=shadow, pool=pool) for c in chunks]
+    return log_batch(params, predicted, info=info, alias=alias, batch=batch, shadow=shadow)
+
+
+def log_batch(
+    params: Params,
+    chunks: Sequence[PredictedChunk],
+    *,
+    info: ModelVersionInfo,
+    alias: str,
+    batch: str,
+    shadow: ShadowPlan | None,
+) -> BatchResult:
+    """Append a batch's records (its chunks in order) to the log, one part per version, and sum them up."""
+    records = [r for chunk in chunks for r in chunk.records]
+    shadow_records = [r for chunk in chunks for r in chunk.shadow_records]
+    skipped = {path: why for chunk in chunks for path, why in chunk.skipped.items()}
     date = batch_date(batch)
     files = _log(params, records, info=info, alias=alias, batch=batch, date=date)
     shadow_files = [] if shadow is None else _log_shadow(params, shadow, shadow_records, batch=batch, date=date)
@@ -378,7 +313,7 @@ def _log(
 
 
 def _log_shadow(
-    params: Params, shadow: Shadow, records: Sequence[prediction_log.ImageDetections], *, batch: str, date: dt.date
+    params: Params, shadow: ShadowPlan, records: Sequence[prediction_log.ImageDetections], *, batch: str, date: dt.date
 ) -> list[Path]:
     """Log the shadow's records; a log contract failure (e.g. a class outside ``base.classes``) is only a warning."""
     try:
@@ -388,14 +323,27 @@ def _log_shadow(
         return []
 
 
-def run(params: Params, *, batches: list[str] | None = None, alias: str | None = None) -> PredictResult:
-    """Predict the given batches (default: every batch this model version has not logged yet).
+def plan(
+    params: Params, *, batches: list[str] | None = None, alias: str | None = None, threads: int | None = None
+) -> PredictPlan:
+    """Resolve the run once (version, artifact, shadow, batches) and cut its images into shards.
+
+    The artifacts are opened here once (so that the fallback to ONNX is decided once for every shard) and let go;
+    each shard opens them again from the plan. ``threads``: the intra-op threads of the shards' sessions (default
+    ``base.threads``; ``base.dask.threads`` when the flow fans out).
 
     Raises:
         mlflow_adapter.AliasNotFoundError: no model under the alias (message names the flow that creates it).
         PredictError: a named batch does not exist.
         SourcesError: a batch's ``sources.csv`` is malformed.
     """
+    return _plan(params, batches=batches, alias=alias, threads=threads)[0]
+
+
+def _plan(
+    params: Params, *, batches: list[str] | None, alias: str | None, threads: int | None = None
+) -> tuple[PredictPlan, Detector, Shadow | None]:
+    started = time.time()
     alias = alias or params.predict.alias
     info = mlflow_adapter.get_alias(params, alias)
     available = list_batches(params.base.paths.production)
@@ -403,51 +351,122 @@ def run(params: Params, *, batches: list[str] | None = None, alias: str | None =
     if missing:
         raise PredictError(f"batches {missing} not found under {params.base.paths.production} (available: {available})")
     todo = batches if batches is not None else pending_batches(params, info)
-    settings = predict_settings(params)
+    settings = shard_settings(params, threads or params.base.threads)
     detector, deployed = open_deployed(params, info, settings)
     shadow = open_shadow(params, info, settings) if todo else None
-    start = time.perf_counter()
-    results = []
+    shadow_plan = None if shadow is None else ShadowPlan(shadow.info, shadow.alias, shadow.deployed, shadow.share)
+    shards_ = plan_shards(params, todo)
+    planned = PredictPlan(info, alias, deployed, shadow_plan, settings.threads, tuple(todo), shards_, started)
+    return planned, detector, shadow
+
+
+def shard_settings(params: Params, threads: int) -> InferenceSettings:
+    """``predict``'s inference settings with ``threads`` intra-op threads."""
+    return dataclasses.replace(predict_settings(params), threads=threads)
+
+
+def run_shard(
+    params: Params, plan: PredictPlan, shard: PredictShard, *, opened: tuple[Detector, Shadow | None] | None = None
+) -> ShardResult:
+    """Predict one shard's chunks; its records come back, nothing is written (:func:`combine` logs them).
+
+    The model (and the shadow's) is opened once per shard from the plan's artifact, unless ``opened`` hands in
+    the sessions the plan opened (the single-process run). A shadow that cannot be opened here is a warning.
+    """
+    detector, shadow = opened if opened is not None else _open_planned(params, plan)
+    timeout_s = params.predict.timeout_s
     # with a timeout, model calls run on one worker thread so that a stuck call can be given up on
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") if params.predict.timeout_s else None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") if timeout_s else None
+    start = time.perf_counter()
     try:
-        for batch in todo:
-            result = predict_batch(
-                detector, params=params, info=info, alias=alias, batch=batch, shadow=shadow, pool=pool
-            )
-            log.info(
-                "batch %s: %d images, %d detections, %.1f ms/image with %s v%s (%s); errors %s; shadow %d images",
-                batch,
-                result.images,
-                result.detections,
-                result.ms_per_image,
-                info.name,
-                info.version,
-                deployed.target,
-                result.errors or "none",
-                result.shadow_images,
-            )
-            results.append(result)
+        chunks = tuple(
+            predict_chunk(detector, c, seed=params.base.seed, timeout_s=timeout_s, shadow=shadow, pool=pool)
+            for c in tqdm(shard.chunks, desc=f"predict shard {shard.index}", unit="chunk", leave=False)
+        )
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
+    images = sum(len(c.paths) for c in shard.chunks)
+    log.info("shard %d: %d images in %.2f s", shard.index, images, time.perf_counter() - start)
+    return ShardResult(shard.index, chunks)
+
+
+def _open_planned(params: Params, plan: PredictPlan) -> tuple[Detector, Shadow | None]:
+    settings = shard_settings(params, plan.threads)
+    detector = load_detector(plan.deployed.path, settings)
+    if plan.shadow is None:
+        return detector, None
+    try:
+        opened = load_detector(plan.shadow.deployed.path, settings)
+    except Exception as exc:  # the shadow must never stop the champion's predictions
+        log.warning("shadow v%s cannot be opened here (%s: %s)", plan.shadow.info.version, type(exc).__name__, exc)
+        return detector, None
+    return detector, Shadow(plan.shadow.info, plan.shadow.alias, plan.shadow.deployed, plan.shadow.share, opened)
+
+
+def combine(params: Params, plan: PredictPlan, results: Sequence[ShardResult]) -> PredictResult:
+    """Log every batch of the plan from its shards' records (in image order, whatever order shards finished in).
+
+    Each batch is written once, after all its shards are in, one atomic part per version (re-runs replace it).
+
+    Raises:
+        ValueError: the results are not exactly the plan's shards (one missing, or one twice).
+    """
+    indices = sorted(r.index for r in results)
+    if indices != [s.index for s in plan.shards]:
+        raise ValueError(f"predict: shard results {indices} do not match the plan's {len(plan.shards)} shards")
+    by_batch: dict[str, list[PredictedChunk]] = {batch: [] for batch in plan.batches}
+    for result in sorted(results, key=lambda r: r.index):
+        for chunk in result.chunks:
+            by_batch[chunk.batch].append(chunk)
+    batches: list[BatchResult] = []
+    for batch, chunks in by_batch.items():
+        logged = log_batch(params, chunks, info=plan.info, alias=plan.alias, batch=batch, shadow=plan.shadow)
+        log.info(
+            "batch %s: %d images, %d detections, %.1f ms/image with %s v%s (%s); errors %s; shadow %d images",
+            batch,
+            logged.images,
+            logged.detections,
+            logged.ms_per_image,
+            plan.info.name,
+            plan.info.version,
+            plan.deployed.target,
+            logged.errors or "none",
+            logged.shadow_images,
+        )
+        batches.append(logged)
     report = PredictResult(
-        model_name=info.name,
-        model_version=info.version,
-        alias=alias,
-        batches=results,
-        target=deployed.target,
-        precision=deployed.precision,
-        artifact=str(deployed.path),
-        fallback=deployed.fallback,
-        wall_s=round(time.perf_counter() - start, 2),
-        shadow=_shadow_summary(shadow, results),
+        model_name=plan.info.name,
+        model_version=plan.info.version,
+        alias=plan.alias,
+        batches=batches,
+        target=plan.deployed.target,
+        precision=plan.deployed.precision,
+        artifact=str(plan.deployed.path),
+        fallback=plan.deployed.fallback,
+        wall_s=round(time.time() - plan.started, 2),
+        shadow=_shadow_summary(plan.shadow, batches),
     )
     write_report(params.base.paths.reports, "predict", report, params)
     return report
 
 
-def _shadow_summary(shadow: Shadow | None, results: Sequence[BatchResult]) -> dict[str, Any] | None:
+def run(params: Params, *, batches: list[str] | None = None, alias: str | None = None) -> PredictResult:
+    """Predict the given batches (default: every batch this model version has not logged yet), in this process.
+
+    The same plan → shards → combine as a fanned-out run (``flows/fanout.py``): here the shards run one after
+    another on the sessions the plan opened.
+
+    Raises:
+        mlflow_adapter.AliasNotFoundError: no model under the alias (message names the flow that creates it).
+        PredictError: a named batch does not exist.
+        SourcesError: a batch's ``sources.csv`` is malformed.
+    """
+    planned, detector, shadow = _plan(params, batches=batches, alias=alias)
+    return combine(params, planned, [run_shard(params, planned, s, opened=(detector, shadow)) for s in planned.shards])
+
+
+def _shadow_summary(shadow: ShadowPlan | None, results: Sequence[BatchResult]) -> dict[str, Any] | None:
     if shadow is None:
         return None
     return {

@@ -60,6 +60,8 @@ from tasks.config.sections import (  # noqa: F401
     GateParams,
     GateSpeedParams,
     Hardware,
+    IngestFormat,
+    IngestParams,
     LabelParams,
     LowConfidenceStrategy,
     MarginStrategy,
@@ -113,6 +115,7 @@ class Params(Section):
     cycle: CycleParams = CycleParams()
     monitor: MonitorParams = MonitorParams()
     forget: ForgetParams = ForgetParams()
+    ingest: IngestParams = IngestParams()
     doctor: DoctorParams = DoctorParams()
 
     @model_validator(mode="after")

@@ -40,6 +40,19 @@ class Paths(Section):
     reports: Path = Path("reports")
 
 
+class DaskParams(Section):
+    """Where the ``predict`` and ``evaluate`` shards run when a flow fans them out (``<stage>.shards`` > 1).
+
+    The scheduler address comes from ``DASK_SCHEDULER_ADDRESS`` when set, else ``address``; with neither, a
+    LocalCluster of ``workers`` processes (one task thread each) starts on 127.0.0.1 for the flow run (~4 s).
+    """
+
+    address: str | None = None  # an existing scheduler, e.g. tcp://10.0.0.5:8786; None: a LocalCluster
+    workers: PositiveInt = 2  # LocalCluster worker processes, one task thread each
+    threads: PositiveInt = 1  # intra-op threads of each shard's inference session (workers x threads = cores)
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0  # connecting to the scheduler
+
+
 class BaseParams(Section):
     """Settings shared by every stage."""
 
@@ -50,6 +63,7 @@ class BaseParams(Section):
     device: str = "cpu"
     threads: PositiveInt = 2  # intra-op threads of every inference session (predict, evaluate, export checks)
     paths: Paths = Paths()
+    dask: DaskParams = DaskParams()
 
     @model_validator(mode="after")
     def _unique_classes(self) -> BaseParams:

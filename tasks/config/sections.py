@@ -167,6 +167,7 @@ class EvaluateParams(Section):
     iou: Fraction = 0.7
     max_det: PositiveInt = 100
     batch: PositiveInt = 16
+    shards: PositiveInt = 1  # > 1: flows fan the images out over Dask in this many shards (base.dask)
 
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -305,6 +306,7 @@ class PredictParams(Section):
     max_det: PositiveInt = 100
     batch_size: PositiveInt = 8
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # per chunk; slower inference logs error "timeout"
+    shards: PositiveInt = 1  # > 1: flows fan the images out over Dask in this many shards (base.dask)
     shadow: ShadowParams = ShadowParams()
 
 
@@ -559,3 +561,21 @@ class DoctorParams(Section):
     required_tags: list[str] = Field(
         default_factory=lambda: ["train_run_id", "dataset_md5", "git_commit", "params_hash"]
     )  # lineage tags every registered version must carry
+
+
+IngestFormat = Literal["jsonl", "json", "parquet"]
+
+
+class IngestParams(Section):
+    """``python -m tasks.ingest FILE`` and its HTTP endpoint (``--serve``, 127.0.0.1 only): prediction records from
+    another serving stack into the log (``tasks/ingest.py``)."""
+
+    formats: list[IngestFormat] = Field(default=["jsonl", "json", "parquet"], min_length=1)
+    # <ingest id>.jsonl: each refused record, its line, its reasons; None: <base.paths.quarantine>/ingest
+    quarantine: Path | None = None
+    default_source: str = Field(default="default", min_length=1)  # ``source`` of records that name none
+    box_tolerance_px: NonNegativeFloat = 0.5  # a box corner may lie this far outside the image (float rounding)
+    lock_timeout_s: PositiveInt = 60  # wait for another ingest appending to the same log
+    port: Annotated[int, Field(ge=1024, le=65535)] = 9110  # --serve: http://127.0.0.1:<port>/predictions
+    max_request_rows: PositiveInt = 10_000  # a POST with more records is refused whole (413)
+    max_request_bytes: PositiveInt = 16 * 1024 * 1024  # a POST body larger than this is refused unread (413)

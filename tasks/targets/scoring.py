@@ -101,6 +101,19 @@ def evaluate_set(
     """COCO-evaluate one model artifact on one YOLO-format set."""
     images = read_labeled_set(set_root, num_classes=len(classes))
     detections, ms = detect_set(model_path, images, settings, batch=batch, desc=f"evaluate {set_name or set_root}")
+    return score_detections(images, detections, ms, classes=classes, set_root=set_root, set_name=set_name)
+
+
+def score_detections(
+    images: Sequence[LabeledImage],
+    detections: Sequence[Detections],
+    ms: float,
+    *,
+    classes: Sequence[str],
+    set_root: Path,
+    set_name: str = "",
+) -> SetEvaluation:
+    """COCO numbers of one set from its detections (``detections[i]`` of ``images[i]``; ``ms`` per image)."""
     result = coco_metrics(coco_ground_truth(images, classes), coco_detections(detections))
     return SetEvaluation(
         set_name=set_name or set_root.name,

@@ -38,6 +38,7 @@ RECORDS: dict[str, str] = {
     "cycle": "tasks.contracts.reports.cycle:CycleReport",
     "monitor": "tasks.contracts.reports.monitor:MonitorReport",
     "forget": "tasks.contracts.reports.forget:ForgetReport",
+    "ingest": "tasks.contracts.reports.ingest:IngestReport",
     "doctor": "tasks.contracts.reports.doctor:DoctorReport",
 }
 

@@ -1,0 +1,84 @@
+"""The records a fanned-out ``predict`` run passes between its plan, its shards (on Dask workers) and its combine.
+
+Small and picklable: paths, names and log records, never a model. :func:`tasks.predict.plan` makes a
+:class:`PredictPlan`; :func:`tasks.predict.run_shard` turns one :class:`PredictShard` into a :class:`ShardResult`;
+:func:`tasks.predict.combine` logs them. The single-process run passes the very same records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.contracts.deployed import Deployed
+from tasks.contracts.model_version import ModelVersionInfo
+from tasks.contracts.prediction_log import ImageDetections
+
+
+@dataclass(frozen=True)
+class ShadowPlan:
+    """A version predicting a share of the images beside the champion (``predict.shadow``): which, and its artifact."""
+
+    info: ModelVersionInfo
+    alias: str
+    deployed: Deployed
+    share: float
+
+
+@dataclass(frozen=True)
+class ImageChunk:
+    """One model call's images of one batch, in listing order, with their sources: what a shard carries."""
+
+    batch: str
+    paths: tuple[Path, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PredictShard:
+    """A contiguous run of whole chunks (:func:`tasks.core.shards.plan_shards`): one task of a fanned-out run."""
+
+    index: int
+    chunks: tuple[ImageChunk, ...]
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """Everything the shards of one run need, resolved once: small and picklable (paths and records, no model).
+
+    Attributes:
+        info, alias, deployed: the predicting version, the alias it was found by, and the artifact it runs (the
+            fallback decided when the plan opened it).
+        shadow: the shadow version (its opened artifact), None when off.
+        threads: the intra-op threads of every shard's inference session (the rest is ``predict``'s settings).
+        batches: the batches of the run, in order (a batch without images has no chunk but is still logged).
+        shards: the shards in order; their chunks, concatenated, are every image of every batch once, in order.
+        started: wall-clock time (epoch s) the run started, for the report's ``wall_s``.
+    """
+
+    info: ModelVersionInfo
+    alias: str
+    deployed: Deployed
+    shadow: ShadowPlan | None
+    threads: int
+    batches: tuple[str, ...]
+    shards: tuple[PredictShard, ...]
+    started: float
+
+
+@dataclass(frozen=True)
+class PredictedChunk:
+    """One chunk's log records (the champion's and the shadow's) and the images that got error rows, with why."""
+
+    batch: str
+    records: list[ImageDetections]
+    shadow_records: list[ImageDetections]
+    skipped: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard hands back to :func:`combine`: its chunks' records, in chunk order."""
+
+    index: int
+    chunks: tuple[PredictedChunk, ...]

@@ -1,0 +1,76 @@
+"""Where flows/fanout.py sends shards (env over params over a LocalCluster) and how an unreachable scheduler fails."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from flows import fanout
+from tasks.config import Params
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_dask(params: Params, **dask: object) -> Params:
+    base = params.base.model_copy(update={"dask": params.base.dask.model_copy(update=dask)})
+    return params.model_copy(update={"base": base})
+
+
+@pytest.mark.parametrize(
+    ("env", "in_params", "expected"),
+    [
+        pytest.param(None, None, (None, "a LocalCluster on 127.0.0.1"), id="neither-local-cluster"),
+        pytest.param(None, "tcp://10.0.0.5:8786", ("tcp://10.0.0.5:8786", "params base.dask.address"), id="params"),
+        pytest.param(
+            "tcp://10.0.0.6:8786",
+            "tcp://10.0.0.5:8786",
+            ("tcp://10.0.0.6:8786", "environment variable DASK_SCHEDULER_ADDRESS"),
+            id="env-wins",
+        ),
+        pytest.param("", "tcp://10.0.0.5:8786", ("tcp://10.0.0.5:8786", "params base.dask.address"), id="empty-env"),
+    ],
+)
+def test_scheduler_address(tiny_params, monkeypatch, env, in_params, expected) -> None:
+    if env is None:
+        monkeypatch.delenv(fanout.ADDRESS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(fanout.ADDRESS_ENV, env)
+    assert fanout.scheduler_address(with_dask(tiny_params, address=in_params)) == expected
+
+
+def test_the_local_cluster_binds_127_0_0_1_without_a_dashboard(tiny_params, monkeypatch) -> None:
+    monkeypatch.delenv(fanout.ADDRESS_ENV, raising=False)
+    runner = fanout.dask_runner(with_dask(tiny_params, workers=3))
+    assert runner.address is None and runner.cluster_kwargs == {
+        "n_workers": 3,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": None,
+    }
+
+
+@pytest.mark.parametrize("where", ["params", "env"])
+def test_an_unreachable_scheduler_is_named_with_its_origin(tiny_params, monkeypatch, where) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    params = with_dask(tiny_params, timeout_s=1.0, address=address if where == "params" else None)
+    if where == "env":
+        monkeypatch.setenv(fanout.ADDRESS_ENV, address)
+    else:
+        monkeypatch.delenv(fanout.ADDRESS_ENV, raising=False)
+    origin = "params base.dask.address" if where == "params" else "environment variable DASK_SCHEDULER_ADDRESS"
+    with (
+        pytest.raises(fanout.FanOutError, match=rf"cannot reach the Dask scheduler at '{address}' \(from {origin}\)"),
+        fanout.started_runner(params),
+    ):
+        pass
+
+
+def test_no_shards_start_no_cluster(tiny_params, monkeypatch) -> None:
+    monkeypatch.setenv(fanout.ADDRESS_ENV, f"tcp://127.0.0.1:{free_port()}")  # would fail if it were reached
+    assert fanout.map_shards(tiny_params, fanout.stages.predict_shard, object(), ()) == []
