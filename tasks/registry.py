@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tasks.adapters import dvc
@@ -44,12 +44,14 @@ from tasks.contracts.model_version import (
     CLASSES_TAG,
     DEPLOY_ARTIFACT,
     DEPLOY_TARGET,
+    EXPORT_LINEAGE,
     TRAIN_RUN_ID,
     ModelVersionInfo,
+    deploy_tags,
     export_attachments,
+    export_lineage,
     export_metrics,
     export_table,
-    export_tags,
 )
 from tasks.contracts.reports import load_report_json, report_path, write_report
 from tasks.contracts.reports.registry import RegistryResult
@@ -120,29 +122,27 @@ def register(
 ) -> RegistryResult:
     """The version of training run ``run_id``: found when the run has one, else registered; tags brought up to date.
 
-    The export report's checked artifacts are attached to the run (overwriting: safe to repeat) before any version
-    names them; its numbers go to the run as metrics and, once per version, as a table row block.
+    The export report's checked artifacts and its INT8 lineage (``export/lineage.json``) are attached to the run
+    (overwriting: safe to repeat) before any version names them; its numbers go to the run as metrics and, once per
+    version, as a table row block. The version's tags are the lineage and ``deploy.*`` only (no per-target figures:
+    :mod:`tasks.contracts.model_version`).
 
     Raises:
         FileNotFoundError: an artifact the export report lists as checked is missing.
         ValueError: the export report selects an artifact that did not pass its checks.
     """
     attachments = export_attachments(export_report) if export_report is not None else []
-    tags = export_tags(export_report, attachments) if export_report is not None else {}  # checks before writing
+    tags = deploy_tags(export_report, attachments) if export_report is not None else {}  # checks before writing
     attach = [(file, a.artifact_path_of(file)) for a in attachments for file in a.files]
     metrics = export_metrics(export_report) if export_report is not None else {}
-    existing = mlflow_adapter.find_version_by_run(params, run_id)
-    if existing is None:
-        info = mlflow_adapter.register_model(
-            params, run_id=run_id, weights=weights, onnx=onnx, reports=reports, attach=attach, metrics=metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        if export_report is not None:
+            lineage_file = Path(tmp) / PurePosixPath(EXPORT_LINEAGE).name
+            write_bytes_atomic(lineage_file, json.dumps(export_lineage(export_report), indent=1).encode())
+            attach.append((lineage_file, str(PurePosixPath(EXPORT_LINEAGE).parent)))
+        info, existing = _register_or_find(
+            params, run_id, weights=weights, onnx=onnx, reports=reports, attach=attach, metrics=metrics
         )
-    else:
-        log.info("training run %s is already version %s: reusing it", run_id, existing.version)
-        with mlflow_adapter.mlflow_run(params, run_name="", run_id=run_id):
-            for file, folder in attach:
-                mlflow_adapter.log_artifacts([file], folder)
-            mlflow_adapter.log_metrics(metrics)
-        info = existing
     if export_report is not None:
         mlflow_adapter.log_version_table(params, info, export_table(export_report, attachments))
     mlflow_adapter.set_version_tags(params, info.version, dict(lineage) | tags)
@@ -154,6 +154,32 @@ def register(
     )
     fresh: ModelVersionInfo = mlflow_adapter.get_version(params, info.version)
     return RegistryResult(**asdict(fresh), reused=existing is not None)
+
+
+def _register_or_find(
+    params: Params,
+    run_id: str,
+    *,
+    weights: Path,
+    onnx: Path,
+    reports: Mapping[str, Path],
+    attach: list[tuple[Path, str]],
+    metrics: Mapping[str, float],
+) -> tuple[ModelVersionInfo, ModelVersionInfo | None]:
+    """The version of ``run_id`` (registered now, or the one it has: then its artifacts and metrics are logged
+    again) and the one it had (``None``: registered now)."""
+    existing = mlflow_adapter.find_version_by_run(params, run_id)
+    if existing is None:
+        info = mlflow_adapter.register_model(
+            params, run_id=run_id, weights=weights, onnx=onnx, reports=reports, attach=attach, metrics=metrics
+        )
+        return info, None
+    log.info("training run %s is already version %s: reusing it", run_id, existing.version)
+    with mlflow_adapter.mlflow_run(params, run_name="", run_id=run_id):
+        for file, folder in attach:
+            mlflow_adapter.log_artifacts([file], folder)
+        mlflow_adapter.log_metrics(metrics)
+    return existing, existing
 
 
 def run(
@@ -242,13 +268,34 @@ def _record_licenses(
 
 
 RESTORABLE = "dvc.restorable"  # "true": the version's data and engines are in the DVC remote at its pin
+DVC_MD5 = "dvc.md5"  # JSON {DVC output path: md5 as in dvc.lock} of the pin
+
+
+def pinned_md5s(tags: Mapping[str, str]) -> dict[str, str]:
+    """``{output path: md5}`` a version's pin recorded: the ``dvc.md5`` JSON tag, plus the ``dvc.md5.<path>`` tags
+    versions pinned before it was one tag carry.
+
+    Raises:
+        RestoreError: the ``dvc.md5`` tag is not a JSON object.
+    """
+    found = {k.removeprefix(f"{DVC_MD5}."): v for k, v in tags.items() if k.startswith(f"{DVC_MD5}.")}
+    if DVC_MD5 in tags:
+        try:
+            recorded = json.loads(tags[DVC_MD5])
+        except json.JSONDecodeError:
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise RestoreError(f"tag {DVC_MD5} is not a JSON object of output md5s: {tags[DVC_MD5][:80]!r}")
+        found |= {str(k): str(v) for k, v in recorded.items()}
+    return found
 
 
 def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> dict[str, str]:
     """Make ``version`` restorable: pin the run's ``dvc.lock`` in git, push its outputs, tag the version.
 
-    Tags: ``dvc.commit`` / ``dvc.ref`` (the pin), ``dvc.md5.<out path>`` (each DVC output's md5 in ``dvc.lock``,
-    ``.dir`` hashes for folders), ``dvc.remote``, ``dvc.restorable`` (``true`` once the push succeeded), and
+    Tags: ``dvc.commit`` / ``dvc.ref`` (the pin), ``dvc.md5`` (JSON ``{out path: md5}``: each DVC output's md5 in
+    ``dvc.lock``, ``.dir`` hashes for folders; one tag, not one per output, so the version stays one line per
+    decision in MLflow's version table), ``dvc.remote``, ``dvc.restorable`` (``true`` once the push succeeded), and
     ``dvc.dirty`` / ``dvc.why`` when something is off. ``dvc.lock`` and the effective params also go to the
     version's run (``dvc/``). A version whose push failed stays ``dvc.restorable=false`` and is pushed again by
     the next pin. Outside a git checkout nothing is pinned: the version is tagged not restorable, with why.
@@ -266,7 +313,7 @@ def pin(params: Params, version: str, *, name: str, root: Path = Path(".")) -> d
     retried = _push_pending(params, root)
     pushed = dvc.push(root)
     tags = {"dvc.commit": pinned.commit, "dvc.ref": pinned.ref, "dvc.remote": pushed.remote}
-    tags |= {f"dvc.md5.{path}": md5 for path, md5 in dvc.lock_outs(root).items()}
+    tags[DVC_MD5] = json.dumps(dvc.lock_outs(root), sort_keys=True, separators=(",", ":"))
     tags[RESTORABLE] = "true" if pushed.ok else "false"
     if pinned.dirty:
         tags["dvc.dirty"] = ", ".join(pinned.dirty)[:500]
@@ -341,7 +388,7 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
     From the MLflow store: the version's tags and its pinned ``dvc.lock`` and effective params (``dvc/`` of its
     run); from the DVC remote: every output that ``dvc.lock`` names (``dvc pull --force``: the merged shards and
     manifest, holdouts, the world with the golden set, the checkpoint, the export folder). ``dvc.lock`` and
-    ``params.effective.yaml`` in ``root`` are replaced by the version's. Checked: each ``dvc.md5.<path>`` tag
+    ``params.effective.yaml`` in ``root`` are replaced by the version's. Checked: each md5 of the ``dvc.md5`` tag
     equals the restored ``dvc.lock``, DVC re-hashes the workspace and finds no output changed, and in merged mode
     the merged manifest file's md5 equals the ``dataset_md5`` tag.
 
@@ -359,7 +406,7 @@ def restore(params: Params, version: str, *, root: Path = Path(".")) -> Restored
         for name in dvc.PINNED_FILES:
             local = mlflow_adapter.download_run_file(params, info.run_id, f"dvc/{name}", Path(tmp))
             write_bytes_atomic(root / name, local.read_bytes())
-    expected = {k.removeprefix("dvc.md5."): v for k, v in tags.items() if k.startswith("dvc.md5.")}
+    expected = pinned_md5s(tags)
     pulled = dvc.pull(root)
     if not pulled.ok:
         missing = [f"{path} (md5 {md5})" for path, md5 in expected.items() if path in (pulled.error or "")]

@@ -7,11 +7,13 @@ translation of an export report into run artifacts, metrics, a table and version
 
 Export artifacts: every artifact the export stage built and re-checked successfully is attached to the version's
 run under ``export/<target>/`` (OpenVINO: ``.xml`` + ``.bin``); the export numbers go to the run as metrics
-(``export/<target>/<metric>``) and as a table (``export/table.json``, one row per target and registration). The
-version is tagged with the deployable artifact the export stage selected: ``deploy.target``, ``deploy.artifact``
-(run-relative path of the file to load), ``deploy.precision`` (as built), plus ``export.<target>.map50_95`` /
-``export.<target>.p50_ms`` per built target and the INT8 lineage (``export.calibration``, ``export.quantization``,
-``export.versions``). The pyfunc stays on FP32 ONNX.
+(``export/<target>/<metric>``) and as a table (``export/table.json``, one row per target and registration), the INT8
+lineage (calibration sample, quantization settings, runtime versions) as ``export/lineage.json``. The version is
+tagged only with the deployable artifact the export stage selected: ``deploy.target``, ``deploy.artifact``
+(run-relative path of the file to load), ``deploy.precision`` (as built). Per-target figures are not version tags:
+MLflow's version table draws every tag as one line, and ~35 export tags made each version one tall column (a
+reviewer decides on lineage, license, deploy target, gate decision and cycle; the figures are one click away, in the
+run). The pyfunc stays on FP32 ONNX.
 
 The export report is read as the JSON object ``reports/export.json`` holds (``Mapping``): these functions look at
 its ``artifacts`` (``target``, ``status``, ``passed``, ``parity``, ``path``, ``precision``, ``details``,
@@ -64,6 +66,7 @@ def check_classes(tags: Mapping[str, str], classes: Sequence[str], *, where: str
 
 EXPORT_FOLDER = "export"  # run artifact folder of the export artifacts, one sub-folder per target
 EXPORT_TABLE = f"{EXPORT_FOLDER}/table.json"
+EXPORT_LINEAGE = f"{EXPORT_FOLDER}/lineage.json"  # run artifact: INT8 calibration, quantization, versions
 DEPLOY_TARGET, DEPLOY_ARTIFACT, DEPLOY_PRECISION = "deploy.target", "deploy.artifact", "deploy.precision"
 TRAIN_RUN_ID = "train_run_id"  # lineage tag: the training run a version was logged in (one version per run)
 
@@ -152,34 +155,28 @@ def _built(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [c for c in report.get("artifacts", []) if c.get("status") == "built"]
 
 
-def _p50(check: Mapping[str, Any]) -> float | None:
-    speed = check.get("speed")
-    return None if speed is None else float(speed["latency_ms"]["p50"])
-
-
-def export_tags(report: Mapping[str, Any], attachments: Sequence[ExportAttachment]) -> dict[str, str]:
-    """Version tags from an export report: the deployable artifact, per-target numbers, INT8 lineage.
-
-    ``export.<target>.map50_95`` is measured on the first evaluation set; further sets get a
-    ``export.<target>.map50_95.<set>`` tag each. Nothing is tagged ``deploy.*`` when nothing was selected.
+def deploy_tags(report: Mapping[str, Any], attachments: Sequence[ExportAttachment]) -> dict[str, str]:
+    """Version tags from an export report: the deployable artifact (``deploy.*``); none when nothing was selected.
 
     Raises:
         ValueError: the selected target is not among ``attachments`` (did not pass its checks).
     """
-    tags: dict[str, str] = {}
     selected = (report.get("selected") or {}).get("target")
-    if selected:
-        chosen = next((a for a in attachments if a.target == selected), None)
-        if chosen is None:
-            raise ValueError(f"export report selects {selected!r}, not a built artifact that passed its checks")
-        tags |= {DEPLOY_TARGET: chosen.target, DEPLOY_ARTIFACT: chosen.artifact, DEPLOY_PRECISION: chosen.precision}
-    for check in _built(report):
-        prefix = f"export.{check['target']}"
-        for index, (name, value) in enumerate((check.get("map50_95") or {}).items()):
-            tags[f"{prefix}.map50_95" if index == 0 else f"{prefix}.map50_95.{name}"] = f"{value:.4f}"
-        p50 = _p50(check)
-        if p50 is not None:
-            tags[f"{prefix}.p50_ms"] = f"{p50:.3f}"
+    if not selected:
+        return {}
+    chosen = next((a for a in attachments if a.target == selected), None)
+    if chosen is None:
+        raise ValueError(f"export report selects {selected!r}, not a built artifact that passed its checks")
+    return {DEPLOY_TARGET: chosen.target, DEPLOY_ARTIFACT: chosen.artifact, DEPLOY_PRECISION: chosen.precision}
+
+
+def export_lineage(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The INT8 lineage of an export report, as ``export/lineage.json`` of the version's run holds it.
+
+    ``calibration``: source, seed, count and the sha256 of the calibration image ids (one per line; the ids
+    themselves stay in ``reports/export.json``, attached to the version), ``null`` when no INT8 target was built;
+    ``quantization``: the quantization and calibration settings; ``versions``: the export runtimes installed.
+    """
     lineage = report.get("lineage") or {}
     calibration = lineage.get("calibration")
     if calibration is not None:
@@ -187,15 +184,14 @@ def export_tags(report: Mapping[str, Any], attachments: Sequence[ExportAttachmen
         calibration = {k: v for k, v in calibration.items() if k != "image_ids"} | {
             "image_ids_sha256": hashlib.sha256(ids.encode()).hexdigest()
         }
-    tags["export.calibration"] = json.dumps(calibration, sort_keys=True)
-    tags["export.quantization"] = json.dumps(
-        {"quantization": lineage.get("quantization"), "calibration": lineage.get("calibration_settings")},
-        sort_keys=True,
-    )
-    tags["export.versions"] = json.dumps(
-        {k: v for k, v in (lineage.get("versions") or {}).items() if v}, sort_keys=True
-    )
-    return tags
+    return {
+        "calibration": calibration,
+        "quantization": {
+            "quantization": lineage.get("quantization"),
+            "calibration": lineage.get("calibration_settings"),
+        },
+        "versions": {k: v for k, v in (lineage.get("versions") or {}).items() if v},
+    }
 
 
 def export_metrics(report: Mapping[str, Any]) -> dict[str, float]:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks import registry
 from tasks.config import Params
 from tasks.contracts import lineage, model_version
 from tasks.contracts.reports import write_report
@@ -110,7 +111,7 @@ def test_no_artifacts_no_attachments_and_an_empty_table():
     assert model_version.export_attachments(empty) == []
     assert model_version.export_table(empty, []) == {"target": []}
     assert model_version.export_metrics(empty) == {}
-    assert not {k for k in model_version.export_tags(empty, []) if k.startswith("deploy.")}
+    assert model_version.deploy_tags(empty, []) == {}
 
 
 @pytest.mark.parametrize("missing", ["model.onnx", "openvino/model.bin"], ids=["onnx-file", "openvino-weights"])
@@ -122,26 +123,50 @@ def test_a_checked_artifact_missing_on_disk_is_a_clear_error(files, missing):
     assert missing in str(err.value)
 
 
-def test_deploy_tags_name_the_selected_artifact_as_built(files):
+def test_deploy_tags_name_the_selected_artifact_as_built_and_nothing_else(files):
+    """Per-target figures and INT8 lineage are no version tags (they made MLflow's version table one tall column)."""
     checks = [
         check("onnx", files["onnx"]),
         check("openvino", files["xml"]),
         check("tensorrt_int8", None, status="skipped", passed=False),
     ]
     data = report(checks, "openvino")
-    tags = model_version.export_tags(data, model_version.export_attachments(data))
-    assert {k: v for k, v in tags.items() if k.startswith("deploy.")} == {
+    tags = model_version.deploy_tags(data, model_version.export_attachments(data))
+    assert tags == {
         "deploy.target": "openvino",
         "deploy.artifact": "export/openvino/model.xml",
         "deploy.precision": "fp32",
     }
-    assert tags["export.onnx.map50_95"] == "0.4900" and tags["export.onnx.map50_95.holdout"] == "0.4100"
-    assert tags["export.openvino.p50_ms"] == "10.000"
-    assert not any(k.startswith("export.tensorrt_int8.") for k in tags), "skipped targets carry no numbers"
-    calibration = json.loads(tags["export.calibration"])
-    assert calibration["count"] == 2 and "image_ids" not in calibration and len(calibration["image_ids_sha256"]) == 64
-    assert json.loads(tags["export.quantization"])["calibration"]["method"] == "minmax"
-    assert json.loads(tags["export.versions"]) == {"onnxruntime": "1.32.0", "nncf": "3.4.0", "openvino": "2026.4.1"}
+    metrics = model_version.export_metrics(data)
+    assert metrics["export/onnx/map50_95.golden"] == 0.49 and metrics["export/onnx/map50_95.holdout"] == 0.41
+    assert metrics["export/openvino/p50_ms"] == 10.0
+    assert not any(k.startswith("export/tensorrt_int8/") for k in metrics), "skipped targets carry no numbers"
+
+
+@pytest.mark.parametrize(
+    ("lineage", "expected"),
+    [
+        pytest.param(
+            LINEAGE,
+            {
+                "count": 2,
+                "method": "minmax",
+                "versions": {"onnxruntime": "1.32.0", "nncf": "3.4.0", "openvino": "2026.4.1"},
+            },
+            id="int8-built",
+        ),
+        pytest.param({}, {"count": None, "method": None, "versions": {}}, id="no-int8-lineage"),
+    ],
+)
+def test_export_lineage_is_a_json_artifact_without_the_image_ids(lineage, expected):
+    found = model_version.export_lineage(report([], None) | {"lineage": lineage})
+    json.dumps(found)  # what export/lineage.json holds
+    calibration = found["calibration"]
+    assert (calibration or {}).get("count") == expected["count"]
+    if calibration is not None:
+        assert "image_ids" not in calibration and len(calibration["image_ids_sha256"]) == 64
+    assert (found["quantization"]["calibration"] or {}).get("method") == expected["method"]
+    assert found["versions"] == expected["versions"], "runtimes not installed are left out"
 
 
 def test_deploy_precision_is_what_the_engine_built(files):
@@ -149,20 +174,20 @@ def test_deploy_precision_is_what_the_engine_built(files):
     engine.write_bytes(b"x")
     int8 = check("tensorrt_int8", engine, details={"built_precision": "fp16"}, hardware=("cuda",))
     data = report([check("onnx", files["onnx"]), int8], "tensorrt_int8")
-    tags = model_version.export_tags(data, model_version.export_attachments(data))
+    tags = model_version.deploy_tags(data, model_version.export_attachments(data))
     assert tags["deploy.precision"] == "fp16" and tags["deploy.artifact"] == "export/tensorrt_int8/model_int8.engine"
 
 
 def test_selecting_an_artifact_that_failed_its_checks_is_refused(files):
     data = report([check("onnx", files["onnx"]), check("onnx_int8", files["onnx_int8"], passed=False)], "onnx_int8")
     with pytest.raises(ValueError, match="'onnx_int8', not a built artifact that passed its checks"):
-        model_version.export_tags(data, model_version.export_attachments(data))
+        model_version.deploy_tags(data, model_version.export_attachments(data))
 
 
-def test_nothing_selected_means_no_deploy_tags_and_no_int8_lineage_is_null(files):
+def test_nothing_selected_means_no_deploy_tags(files):
     data = report([check("onnx", files["onnx"])], None) | {"lineage": {}}
-    tags = model_version.export_tags(data, model_version.export_attachments(data))
-    assert "deploy.target" not in tags and tags["export.calibration"] == "null" and "export.onnx.p50_ms" in tags
+    assert model_version.deploy_tags(data, model_version.export_attachments(data)) == {}
+    assert "export/onnx/p50_ms" in model_version.export_metrics(data)
 
 
 def test_metrics_and_table_per_target(files):
@@ -239,3 +264,31 @@ def test_dataset_md5_is_the_data_training_read(tiny_params: Params, record, merg
     assert found["dataset_md5"] == (md5 or lineage.dataset_md5(paths.train))
     if mode == "source":
         assert found["dataset_md5"].endswith(".dir")
+
+
+# --------------------------------------------------------------------------------------------- DVC pin hashes
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        pytest.param({}, {}, id="never-pinned"),
+        pytest.param(
+            {"dvc.md5": '{"data/world":"a.dir","models/export":"b.dir"}'},
+            {"data/world": "a.dir", "models/export": "b.dir"},
+            id="one-json-tag",
+        ),
+        pytest.param(
+            {"dvc.md5.data/world": "a.dir", "dvc.commit": "c"}, {"data/world": "a.dir"}, id="pinned-before-one-tag"
+        ),
+        pytest.param({"dvc.md5": "{}"}, {}, id="empty-lock"),
+    ],
+)
+def test_pinned_md5s_read_both_tag_forms(tags, expected):
+    assert registry.pinned_md5s(tags) == expected
+
+
+@pytest.mark.parametrize("bad", ["{", '["a.dir"]', "null"], ids=["not-json", "a-list", "null"])
+def test_an_unreadable_dvc_md5_tag_is_a_clear_restore_error(bad):
+    with pytest.raises(registry.RestoreError, match=r"tag dvc\.md5 is not a JSON object"):
+        registry.pinned_md5s({"dvc.md5": bad})
