@@ -18,6 +18,24 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 RUN := $(PY) -m tasks.env exec --
 
+# The server stack (deploy/local/stack.py): PostgreSQL, S3 (moto; STACK_S3=s3rver persists), MLflow, Prefect server +
+# worker on 127.0.0.1, data in STACK_DIR. STACK=server on any target runs it against the stack: the stack's env file
+# is applied (python -m deploy.local.stack exec) and params.server.yaml is layered over PARAMS.
+STACK ?=
+STACK_DIR ?= $(CURDIR)/.cache/stack
+STACK_S3 ?= moto
+STACK_PG_PORT ?= 54329
+STACK_S3_PORT ?= 59000
+STACK_MLFLOW_PORT ?= 55000
+STACK_PREFECT_PORT ?= 54200
+export STACK_DIR STACK_S3 STACK_PG_PORT STACK_S3_PORT STACK_MLFLOW_PORT STACK_PREFECT_PORT
+ifeq ($(STACK),server)
+PARAMS_ARGS += --params params.server.yaml
+RUN := $(PY) -m deploy.local.stack exec -- $(RUN)
+else ifneq ($(STACK),)
+$(error STACK=$(STACK): say STACK=server (the stack of make stack-up) or leave it unset (embedded stores))
+endif
+
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
 
@@ -86,9 +104,9 @@ soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))
 
 lint: setup  ## ruff + mypy
-	$(RUN) $(PY) -m ruff check tasks flows tests benchmarks
-	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks
-	$(RUN) $(PY) -m mypy tasks flows benchmarks
+	$(RUN) $(PY) -m ruff check tasks flows tests benchmarks deploy
+	$(RUN) $(PY) -m ruff format --check tasks flows tests benchmarks deploy
+	$(RUN) $(PY) -m mypy tasks flows benchmarks deploy
 
 repro: setup  ## dvc repro (params, world, merge, train, evaluate, export); overlays: PARAMS="params.yaml site.yaml"
 	mkdir -p data/labels models/parent  # deps of merge and train: empty before the first loop cycle
@@ -139,6 +157,20 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the proje
 
 prefect-ui: setup  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) over the project's PREFECT_HOME
 	$(RUN) .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+.PHONY: stack-up stack-down stack-status test-stack
+
+stack-up: setup  ## server stack on 127.0.0.1: PostgreSQL 15 (apt-get installs it if missing), S3, MLflow, Prefect + worker
+	$(PY) -m deploy.local.stack up
+
+stack-down:  ## stop what stack-up started (idempotent; data stays in STACK_DIR)
+	@if [ -x $(PY) ]; then $(PY) -m deploy.local.stack down; else echo "stack-down: no venv, nothing to stop"; fi
+
+stack-status:  ## each service of the server stack: up or down, address, log
+	$(PY) -m deploy.local.stack status
+
+test-stack: setup  ## the server stack's tests: a real stack up on free ports (~1.5 min, slow) + the deploy consistency checks
+	$(RUN) $(PY) -m pytest tests/stack
 
 .PHONY: labelstudio labelstudio-up labelstudio-down
 

@@ -1,0 +1,159 @@
+"""The local server stack, started for real (``python -m deploy.local.stack up``) on free ports and stopped again.
+
+The stock clients talk to it the way flows do with ``stack.env`` applied: MLflow logs a run and an artifact through
+the server and the artifact lands in S3 (boto3 against moto); Prefect's client sees the process work pool and its
+worker; PostgreSQL holds both servers' records; ``down`` leaves no process behind. ~60 s cold: marked slow.
+Under ``CI=true`` a stack that cannot start fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.local import stack
+from tasks.env import PROJECT_ROOT
+from tests.integration.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def run_stack(
+    command: str, env: dict[str, str], timeout: float = 400
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.local.stack", command],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def settings() -> Iterator[dict[str, str]]:
+    # Below the project, not pytest's tmp (mode 0700): as root the cluster runs as the postgres user, who must
+    # reach its folder.
+    root = Path(tempfile.mkdtemp(prefix="stack-test-", dir=PROJECT_ROOT / ".cache"))
+    root.chmod(0o755)
+    env = {"STACK_DIR": str(root), "STACK_S3": "moto"}
+    for name in stack.SERVICES:
+        variable = stack.SERVICES[name].port_env
+        if variable:
+            env[variable] = str(free_port())
+    yield env
+    run_stack("down", env)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local(settings: dict[str, str]) -> stack.Stack:
+    done, seconds = run_stack("up", settings)
+    if done.returncode != 0:
+        why = f"the local stack did not start ({seconds:.0f} s): {(done.stdout + done.stderr)[-2000:]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    print(f"stack up (cold) {seconds:.1f} s:\n{done.stdout}")
+    return stack.Stack.from_env(settings)
+
+
+@pytest.fixture
+def client_env(local: stack.Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = stack.read_env_file(local.env_file)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def pg(local: stack.Stack, database: str, query: str, *args: object) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(local.database_url(database, driver="psycopg").replace("+psycopg", "")) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def test_up_again_is_a_noop(local: stack.Stack, settings: dict[str, str]):
+    done, seconds = run_stack("up", settings, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "already up" in done.stdout
+    assert seconds < 15
+    status, _ = run_stack("status", settings, timeout=60)
+    assert status.returncode == 0, status.stdout
+
+
+def test_mlflow_logs_through_the_server_into_s3_and_postgres(local: stack.Stack, client_env, tmp_path: Path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    assert client_env["MLFLOW_TRACKING_URI"] == local.url("mlflow")
+    client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
+    experiment = client.create_experiment(f"stack-{time.time_ns()}")
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "map50_95", 0.5)
+    artifact = tmp_path / "report.json"
+    artifact.write_text('{"ok": true}')
+    client.log_artifact(run.info.run_id, str(artifact))
+    client.set_terminated(run.info.run_id)
+
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "clients upload through the server"
+    key = f"mlartifacts/{experiment}/{run.info.run_id}/artifacts/report.json"
+    body = stack.s3_client(local).get_object(Bucket=stack.BUCKETS["mlflow"], Key=key)["Body"].read()
+    assert body == b'{"ok": true}'
+    mlflow.set_tracking_uri(client_env["MLFLOW_TRACKING_URI"])
+    assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["report.json"]
+    # PostgreSQL is MLflow's backend store
+    rows = pg(local, "mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run.info.run_id)
+    assert rows == [("FINISHED",)]
+    assert pg(local, "mlflow", "SELECT value FROM metrics WHERE run_uuid = %s", run.info.run_id) == [(0.5,)]
+
+
+def test_prefect_client_sees_the_work_pool_and_its_worker(local: stack.Stack, client_env):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: client_env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        pool = client.read_work_pool(stack.WORK_POOL)
+        workers = client.read_workers_for_work_pool(stack.WORK_POOL)
+    assert pool.type == "process"
+    assert [worker.name for worker in workers] == [f"{stack.WORK_POOL}-worker"]
+    # PostgreSQL is Prefect's database
+    assert pg(local, "prefect", "SELECT type FROM work_pool WHERE name = %s", stack.WORK_POOL) == [("process",)]
+    assert pg(local, "prefect", "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'") == [("pg_trgm",)]
+
+
+def test_the_stack_listens_on_127_0_0_1_only(local: stack.Stack):
+    import psutil
+
+    pids = [int(local.pid_file(name).read_text()) for name in ("s3", "mlflow", "prefect-server")]
+    pids.append(int((local.pg_data / "postmaster.pid").read_text().splitlines()[0]))
+    listening = set()
+    for pid in pids:
+        for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            listening |= {c.laddr.ip for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+
+
+def test_down_stops_every_process_it_started(local: stack.Stack, settings: dict[str, str]):
+    groups = [int(local.pid_file(name).read_text()) for name in ("s3", "mlflow", "prefect-server", "prefect-worker")]
+    postmaster = int((local.pg_data / "postmaster.pid").read_text().splitlines()[0])
+    done, seconds = run_stack("down", settings, timeout=120)
+    assert done.returncode == 0, done.stderr
+    print(f"stack down {seconds:.1f} s: {done.stdout}")
+    assert [pgid for pgid in groups if stack._group_alive(pgid)] == []
+    assert not stack._alive(postmaster)
+    assert all(stack._port_free(port) for port in local.ports.values())
+    assert not local.env_file.exists()
+    again, _ = run_stack("down", settings, timeout=60)
+    assert again.returncode == 0 and "nothing was running" in again.stdout
