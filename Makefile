@@ -158,7 +158,7 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the proje
 prefect-ui: setup  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) over the project's PREFECT_HOME
 	$(RUN) .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-.PHONY: stack-up stack-down stack-status test-stack
+.PHONY: stack-up stack-down stack-status test-stack test-slow-stack
 
 stack-up: setup  ## server stack on 127.0.0.1: PostgreSQL 15 (apt-get installs it if missing), S3, MLflow, Prefect + worker
 	$(PY) -m deploy.local.stack up
@@ -171,6 +171,9 @@ stack-status:  ## each service of the server stack: up or down, address, log
 
 test-stack: setup  ## the server stack's tests: a real stack up on free ports (~1.5 min, slow) + the deploy consistency checks
 	$(RUN) $(PY) -m pytest tests/stack
+
+test-slow-stack: setup  ## what CI adds for the server stack: the real stack + migration (tests/stack), the browser test of the MLflow and Prefect UIs, the Dask fan-out (~7 min)
+	$(RUN) $(PY) -m pytest -m slow tests/stack tests/browser tests/integration/test_fanout.py
 
 .PHONY: labelstudio labelstudio-up labelstudio-down
 

@@ -145,6 +145,37 @@ def test_the_stack_listens_on_127_0_0_1_only(local: stack.Stack):
     assert listening == {"127.0.0.1"}
 
 
+def test_an_embedded_project_moves_onto_the_stack_keeping_its_ids(local: stack.Stack, client_env, tmp_path: Path):
+    """tasks/adapters/migration.py into a fresh database of the stack's PostgreSQL and its S3: ids, numbers and
+    aliases kept, every row and artifact checked, and PostgreSQL's sequences moved past the copied ids."""
+    import psycopg
+    from mlflow import MlflowClient
+
+    from tasks.adapters import migration, s3
+    from tests.integration.test_migration import MODEL, make_source
+
+    database = f"migrated_{time.time_ns()}"
+    admin = local.database_url("postgres").replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    target = local.database_url(database)
+    MlflowClient(target).search_experiments()  # what mlflow server does on its first start: tables, default experiment
+    source, artifacts, runs = make_source(tmp_path)
+    destination = f"s3://{stack.BUCKETS['mlflow']}/{database}"
+    result = migration.migrate(
+        source_url=source, target_url=target, artifact_root=artifacts, conn=s3.connect(), trees={artifacts: destination}
+    )
+    assert result.ok, result.problems + result.trees[0].problems
+    moved = MlflowClient(target)
+    champion = moved.get_model_version_by_alias(MODEL, "champion")
+    assert (str(champion.version), champion.run_id) == ("2", runs[1])
+    assert moved.get_run(runs[0]).info.artifact_uri == f"mlflow-artifacts:/{runs[0]}/artifacts"
+    copied = [int(e.experiment_id) for e in moved.search_experiments()]
+    assert int(moved.create_experiment("after-the-move")) > max(copied)  # the sequence moved past the copied ids
+    new = moved.create_model_version(MODEL, source=f"mlflow-artifacts:/{runs[0]}/artifacts/weights", run_id=runs[0])
+    assert str(new.version) == "4"
+
+
 def test_down_stops_every_process_it_started(local: stack.Stack, settings: dict[str, str]):
     groups = [int(local.pid_file(name).read_text()) for name in ("s3", "mlflow", "prefect-server", "prefect-worker")]
     postmaster = int((local.pg_data / "postmaster.pid").read_text().splitlines()[0])
