@@ -158,7 +158,7 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the proje
 prefect-ui: setup  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) over the project's PREFECT_HOME
 	$(RUN) .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-.PHONY: stack-up stack-down stack-status test-stack test-slow-stack
+.PHONY: stack-up stack-down stack-status test-stack test-slow-stack chromium
 
 stack-up: setup  ## server stack on 127.0.0.1: PostgreSQL 15 (apt-get installs it if missing), S3, MLflow, Prefect + worker
 	$(PY) -m deploy.local.stack up
@@ -172,7 +172,12 @@ stack-status:  ## each service of the server stack: up or down, address, log
 test-stack: setup  ## the server stack's tests: a real stack up on free ports (~1.5 min, slow) + the deploy consistency checks
 	$(RUN) $(PY) -m pytest tests/stack
 
-test-slow-stack: setup  ## what CI adds for the server stack: the real stack + migration (tests/stack), the browser test of the MLflow and Prefect UIs, the Dask fan-out (~7 min)
+chromium:  ## the Debian Chromium the browser test drives (apt-get when root; Playwright downloads nothing)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && echo "chromium: installing the Debian package" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "chromium: missing; install the Debian package chromium (apt-get install chromium)" >&2; exit 1; }
+
+test-slow-stack: setup chromium  ## what CI adds for the server stack: the real stack + migration (tests/stack), the browser test of the MLflow and Prefect UIs, the Dask fan-out (~7 min)
 	$(RUN) $(PY) -m pytest -m slow tests/stack tests/browser tests/integration/test_fanout.py
 
 .PHONY: labelstudio labelstudio-up labelstudio-down
