@@ -158,7 +158,7 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the proje
 prefect-ui: setup  ## Prefect server + UI on http://127.0.0.1:$(PREFECT_PORT) over the project's PREFECT_HOME
 	$(RUN) .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-.PHONY: stack-up stack-down stack-status test-stack test-slow-stack chromium
+.PHONY: stack-up stack-down stack-status test-stack test-slow-stack chromium migrate-to-stack
 
 stack-up: setup  ## server stack on 127.0.0.1: PostgreSQL 15 (apt-get installs it if missing), S3, MLflow, Prefect + worker
 	$(PY) -m deploy.local.stack up
@@ -171,6 +171,14 @@ stack-status:  ## each service of the server stack: up or down, address, log
 
 test-stack: setup  ## the server stack's tests: a real stack up on free ports (~1.5 min, slow) + the deploy consistency checks
 	$(RUN) $(PY) -m pytest tests/stack
+
+migrate-to-stack: setup  ## move this project's MLflow store (ids kept), artifacts and DVC remote onto a fresh make stack-up, then check -> reports/migration.json
+	@url=$$($(PY) -c 'from deploy.local.stack import Stack; print(Stack.from_env().database_url("mlflow"))') || exit 1; \
+	remote="$(VENV_HOME)/dvc-remote"; \
+	VISIONLOOP_MLFLOW_DB_URL="$$url" $(PY) -m deploy.local.stack exec -- $(RUN) $(PY) -m tasks.adapters.migration \
+	  --source sqlite:///mlflow.db --artifact-root mlartifacts --artifacts-destination s3://visionloop-mlflow/mlartifacts \
+	  $$( [ -d "$$remote" ] && echo --dvc-remote "$$remote" --dvc-remote-destination s3://visionloop-dvc/remote ) \
+	  --out reports/migration.json
 
 chromium:  ## the Debian Chromium the browser test drives (apt-get when root; Playwright downloads nothing)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && echo "chromium: installing the Debian package" && \
