@@ -24,6 +24,7 @@ from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
 from flows.monitor import monitor
 from flows.predict import predict
+from tasks.adapters.labelstudio import label_studio_url
 from tasks.adapters.mlflow import tracking_uri
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.contracts.reports import load_report_json
@@ -146,7 +147,8 @@ def demo(
                 f"  monitor       : {paths.reports}/monitor.json, {paths.reports / params.monitor.metrics.textfile} "
                 "(make metrics serves it), plots in reports/monitor/",
                 f"  summary       : {paths.reports}/demo.json; alias audit: make audit",
-                "  labeling      : Label Studio project visionloop (make labelstudio-up, http://127.0.0.1:8080)",
+                f"  labeling      : Label Studio project {params.label.project_title} "
+                f"(make labelstudio-up, {label_studio_url(params.label)})",
                 "  flow runs     : make prefect-ui",
             ]
         )
