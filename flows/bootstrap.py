@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from flows import stages
 from flows.alerts import on_failed_run
+from flows.preflight import require_servers
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.registry import describe_pin
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     bootstrap(params_path=args.params or DEFAULT_PARAMS, epochs=args.epochs)
 
 

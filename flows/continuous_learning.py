@@ -43,6 +43,7 @@ from prefect.states import Completed, Running, State
 
 from flows import fanout, stages
 from flows.alerts import alert, labels_overdue, on_failed_run
+from flows.preflight import require_servers
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.reports.export import FALLBACK_TARGET
@@ -302,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drift-batch", action="append", default=None, help="flag a batch as drifted (repeatable)")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     continuous_learning(
         params_path=args.params or DEFAULT_PARAMS,
         cycle=args.cycle,

@@ -24,6 +24,7 @@ from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
 from flows.monitor import monitor
 from flows.predict import predict
+from flows.preflight import require_servers
 from tasks.adapters.labelstudio import label_studio_url
 from tasks.adapters.mlflow import tracking_uri
 from tasks.config import DEFAULT_PARAMS, load_params
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     run_reporting_failure(
         lambda: demo(
             params_path=args.params or DEFAULT_PARAMS,

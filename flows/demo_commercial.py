@@ -24,6 +24,7 @@ from flows.bootstrap import bootstrap
 from flows.continuous_learning import continuous_learning
 from flows.demo import run_reporting_failure
 from flows.predict import predict
+from flows.preflight import require_servers
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import load_params
 from tasks.env import apply_env
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--failure-file", type=Path, default=None, help="on failure, also write the reason here")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     run_reporting_failure(
         lambda: demo_commercial(params_path=args.params, epochs=args.epochs, label_wait_s=args.label_wait),
         args.failure_file,

@@ -15,6 +15,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows import stages
 from flows.alerts import on_failed_run
+from flows.preflight import require_servers
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.contracts.reports.ingest import IngestReport
 from tasks.env import apply_env
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", action="append", default=None, help="params file; repeat to layer overlays")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     ingest(path=args.path, params_path=args.params or DEFAULT_PARAMS)
 
 

@@ -29,6 +29,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from flows import stages
 from flows.alerts import alert
 from flows.continuous_learning import continuous_learning
+from flows.preflight import require_servers
 from flows.trigger import TriggerError, start_cycle
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.contracts.reports.monitor import MonitorReport
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", choices=["deployment", "subflow", "none"], default="deployment")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     monitor(params_path=args.params or DEFAULT_PARAMS, start=args.start)
 
 

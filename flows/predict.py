@@ -13,6 +13,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows import fanout
 from flows.alerts import on_failed_run
+from flows.preflight import require_servers
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.contracts.reports.predict import PredictResult
 from tasks.env import apply_env
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=None, help="> 1: fan out over Dask (default: predict.shards)")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     predict(params_path=args.params or DEFAULT_PARAMS, batches=args.batch, alias=args.alias, shards=args.shards)
 
 

@@ -12,6 +12,7 @@ import argparse
 from prefect import flow
 
 from flows import stages
+from flows.preflight import require_servers
 from tasks.adapters.dvc import EFFECTIVE_PARAMS
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retrain", action="store_true", help="then train, evaluate and export on the restored data")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     restore(params_path=args.params or DEFAULT_PARAMS, version=args.version, retrain=args.retrain)
 
 

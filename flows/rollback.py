@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from flows import stages
 from flows.alerts import alert, on_failed_run
+from flows.preflight import require_servers
 from tasks.config import DEFAULT_PARAMS, load_params
 from tasks.env import apply_env
 from tasks.promote import format_audit
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--why", default="manual rollback")
     args = parser.parse_args(argv)
     apply_env()
+    require_servers()
     rollback(params_path=args.params or DEFAULT_PARAMS, to_version=args.to, why=args.why)
 
 

@@ -176,6 +176,31 @@ def test_an_embedded_project_moves_onto_the_stack_keeping_its_ids(local: stack.S
     assert str(new.version) == "4"
 
 
+def test_postgres_down_when_a_flow_starts_stops_it_before_anything_is_written(
+    local: stack.Stack, client_env, tmp_path: Path
+):
+    """Both servers still answer their health checks; the flow's preflight asks what needs the database."""
+    predictions = tmp_path / "predictions"
+    overlay = tmp_path / "paths.yaml"
+    overlay.write_text(f"base:\n  paths:\n    predictions: {predictions}\n")
+    assert stack.stop_postgres(local)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.predict", "--params", "params.yaml", "--params", str(overlay)],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **client_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stack.start_postgres(local)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "answers 503 to" in done.stderr and "Database is not available" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not predictions.exists()
+
+
 def test_down_stops_every_process_it_started(local: stack.Stack, settings: dict[str, str]):
     groups = [int(local.pid_file(name).read_text()) for name in ("s3", "mlflow", "prefect-server", "prefect-worker")]
     postmaster = int((local.pg_data / "postmaster.pid").read_text().splitlines()[0])
