@@ -156,7 +156,7 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
     # also the parent checkpoint train warm-starts from (cycle.warm_start)
     champion = stages.champion(params)
     validated = stages.validate(params, name)
-    merged = stages.merge(params, name)
+    stages.merge(params, name)
     stages.train(params)
     fanout.evaluate(params)  # evaluate.shards > 1: over Dask
     exported = stages.export(params)
@@ -176,7 +176,6 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
         params,
         cycle=name,
         champion=champion,
-        merge_manifest_md5=merged.manifest_md5,
         gx_report=Path(validated.report),
         gate_decision=gate.decision,
     )

@@ -306,15 +306,14 @@ def candidate_lineage(
     *,
     cycle: str,
     champion: ChampionFiles | None,
-    merge_manifest_md5: str | None,
     gx_report: Path,
     gate_decision: str,
 ) -> tuple[dict[str, str], dict[str, Path]]:
     """What the cycle adds to the candidate's version: lineage tags, and the reports it carries as files.
 
     Returns:
-        ``(lineage, reports)``: tags (cycle, parent version, warm start, sample manifest, merged manifest MD5, GX
-        report, gate decision) and name -> file (the sample, validate, merge and gate reports, the manifest).
+        ``(lineage, reports)``: tags (cycle, parent and champion version, warm start, gate decision) and name ->
+        file (the sample, validate, merge and gate reports, the sample manifest).
     """
     reports = params.base.paths.reports
     manifest = manifest_path(params.base.paths.samples, cycle)
@@ -324,11 +323,8 @@ def candidate_lineage(
         "parent_version": parent or "none",  # whose checkpoint the parent folder (a dep of train) held
         "champion_version": champion.version if champion else "none",  # what the candidate was gated against
         "warm_start": str(bool(params.cycle.warm_start and parent)),
-        "sample_manifest": str(manifest),
-        "merge_manifest_md5": merge_manifest_md5 or "none",
-        "gx_report": str(gx_report),
         "gate_decision": gate_decision,
-    }
+    }  # the sample manifest, GX report and merged manifest travel as files; the manifest's MD5 is dataset_md5
     files = {
         "sample": report_path(reports, "sample"),
         "validate": gx_report,

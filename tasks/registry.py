@@ -37,7 +37,7 @@ from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError, load_params
 from tasks.contracts.checkpoints import CHECKPOINT_SHA256
-from tasks.contracts.license_record import RECORD_TAG, kind_tags, record_json
+from tasks.contracts.license_record import RECORD_TAG, record_json
 from tasks.contracts.lineage import git_commit, training_data_lineage
 from tasks.contracts.merged_manifest import MANIFEST
 from tasks.contracts.model_version import (
@@ -69,14 +69,14 @@ class RegistryError(VisionloopError, FileNotFoundError):
 
 
 def version_lineage(params: Params, train: Mapping[str, Any], evaluate: Mapping[str, Any] | None) -> dict[str, str]:
-    """The lineage tags of the candidate: data, code, params, base weights, family, license, its class list (JSON;
-    a champion trained on other classes cannot be gated against it), golden mAP."""
+    """The lineage tags of the candidate: data, code, params, family, license, its class list (JSON; a champion
+    trained on other classes cannot be gated against it), golden mAP. What it started from is ``parent_version``
+    (the loop) and the train report attached to the version (``base_weights``), not a local path as a tag."""
     return (
         training_data_lineage(params)
         | {
             "git_commit": git_commit(),
             "params_hash": params.digest(),
-            "base_weights": str(train["base_weights"]),
             "model_family": str(train["family"]),
             "license": str(train["license"]),
             CLASSES_TAG: json.dumps(list(params.base.classes)),
@@ -253,7 +253,7 @@ def _record_licenses(
         registered=mlflow_adapter.checkpoint_hashes(params) if train.get("base_weights_sha256") else None,
     )
     verdict = check_licenses(record, params.gate.license)
-    tags = {RECORD_TAG: record_json(record)} | kind_tags(record) | verdict_tags(verdict)
+    tags = {RECORD_TAG: record_json(record)} | verdict_tags(verdict)  # per-kind summaries: the cycle report
     mlflow_adapter.set_version_tags(params, result.version, tags)
     for line in verdict.reasons():
         log.warning("license gate (%s): v%s %s", verdict.policy, result.version, line)

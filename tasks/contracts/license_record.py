@@ -91,10 +91,10 @@ def parse_record(text: str, *, where: str) -> LicenseRecord:
     return LicenseRecord(tuple(components))
 
 
-def kind_tags(record: LicenseRecord) -> dict[str, str]:
-    """One readable tag per kind for the registry UI: ``license.model_code`` = ``yolo: ultralytics 8.4.190 =
-    AGPL-3.0``, several components joined by ``; `` (cut at 500 characters)."""
-    tags: dict[str, list[str]] = {}
+def kind_summaries(record: LicenseRecord) -> dict[str, str]:
+    """One readable line per kind: ``model_code`` -> ``yolo: ultralytics 8.4.190 = AGPL-3.0``, several components
+    joined by ``; `` (what the cycle report's table lists row by row)."""
+    found: dict[str, list[str]] = {}
     for c in record.components:
-        tags.setdefault(f"{TAG_PREFIX}{c.kind}", []).append(f"{c.name} = {c.license or 'UNKNOWN'}")
-    return {key: "; ".join(parts)[:500] for key, parts in tags.items()}
+        found.setdefault(c.kind, []).append(f"{c.name} = {c.license or 'UNKNOWN'}")
+    return {kind: "; ".join(parts) for kind, parts in found.items()}

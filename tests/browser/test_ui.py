@@ -167,6 +167,18 @@ def write_export_report(params: Params) -> None:
     write_report(params.base.paths.reports, "export", report, params)
 
 
+def later_tags(version: str) -> dict[str, str]:
+    """The tags the pin and the monitor add to a loop champion, with values shaped as theirs."""
+    return {
+        "dvc.commit": "9dfe0ce4052cfa71a160aeccf99ce8664f72f05c",
+        "dvc.ref": f"refs/visionloop/pins/visionloop-detector-v{version}",
+        "dvc.remote": "visionloop",
+        "dvc.restorable": "true",
+        "dvc.md5": json.dumps({output: "d41d8cd98f00b204e9800998ecf8427e.dir" for output in DVC_OUTPUTS}),
+        "monitor.baseline": "monitor/baseline.parquet",
+    }
+
+
 def old_tags() -> dict[str, str]:
     """What a version carried before the registry moved per-target figures off its tags (shape as
     ``export_tags`` wrote them; one ``dvc.md5.<output>`` tag per DVC output)."""
@@ -211,11 +223,12 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         trained(params)  # a new training run: a new version
         gx = root / "gx-validation.json"
         gx.write_text("{}")
-        lineage, _ = cycle.candidate_lineage(
-            params, cycle=CYCLE, champion=None, merge_manifest_md5=None, gx_report=gx, gate_decision="promote"
-        )
+        lineage, _ = cycle.candidate_lineage(params, cycle=CYCLE, champion=None, gx_report=gx, gate_decision="promote")
         candidate = registry.run(params, extra_lineage=lineage)
         promote.promote(params, version=candidate.version, why="browser test: gate passed")
+        # what a loop champion gets after registration and that this test does not run: the DVC pin and push
+        # (tasks.registry.pin) and the monitoring baseline (tasks.monitor): the row is measured with all of them
+        mlflow_adapter.set_version_tags(params, candidate.version, later_tags(candidate.version))
         written = cycle.run(params, cycle=CYCLE, outcome="promote")
         api = prefect_ready()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

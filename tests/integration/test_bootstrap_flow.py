@@ -57,7 +57,7 @@ def test_version_carries_artifacts_and_lineage(tiny_run, tmp_path):
     params = load_params(params_file)
     client = MlflowClient(params.registry.tracking_uri)
     mv = client.get_model_version_by_alias(params.registry.model_name, "champion")
-    for tag in ("dataset_md5", "git_commit", "params_hash", "base_weights", "model_family", "license"):
+    for tag in ("dataset_md5", "git_commit", "params_hash", "model_family", "license"):
         assert mv.tags.get(tag), f"lineage tag {tag} missing"
     assert mv.tags["dataset_md5"].endswith(".dir")
     # the effective params of bootstrap: the file, with the loop's warm start off (a first champion is from the yaml)

@@ -101,8 +101,7 @@ def test_challenger_is_registered_with_lineage_and_the_decision_is_applied(loop)
     candidate = client.get_model_version(name, "2")
     tags = candidate.tags
     assert tags["parent_version"] == "1" and tags["cycle"] == loop["cycle"] and tags["warm_start"] == "True"
-    assert tags["base_weights"].endswith(".pt")  # warm-started from the champion's checkpoint
-    assert Path(tags["sample_manifest"]).name == "manifest.parquet" and tags["gx_report"]
+    assert not {"base_weights", "sample_manifest", "gx_report", "merge_manifest_md5"} & set(tags)  # files, not tags
     assert tags["gate_decision"] in {"promote", "reject"}
     trail = promote.read_audit(params)
     actions = [(r.action, r.alias, r.to_version) for r in trail]

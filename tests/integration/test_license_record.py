@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from tasks import promote, registry
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import Params
-from tasks.contracts.license_record import RECORD_TAG, parse_record
+from tasks.contracts.license_record import RECORD_TAG, kind_summaries, parse_record
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.train import TrainResult
 from tasks.contracts.train_files import dataset_record_path
@@ -81,12 +81,14 @@ def test_the_version_carries_its_record_and_the_obligations(tmp_path):
     record = parse_record(tags[RECORD_TAG], where="test")
     kinds = {c.kind for c in record.components}
     assert kinds == {"model_code", "weights", "data", "runtime", "package", "bundled"}
-    assert tags["license.model_code"].startswith("yolo: ultralytics ")
-    assert "AGPL" in tags["license.model_code"]
-    assert tags["license.weights"] == "trained from scratch here (yolo26n.yaml) = AGPL-3.0-only"
-    assert tags["license.data"] == "historical (40 images) = CC0-1.0; production (8 images) = CC0-1.0"
-    assert tags["license.runtime"].startswith("onnxruntime ") and tags["license.runtime"].endswith("= MIT License")
-    assert "FFmpeg in opencv-python" in tags["license.bundled"]
+    summary = kind_summaries(record)  # the record is one tag: no tag per kind (one line each in the UI's table)
+    assert not {f"license.{kind}" for kind in kinds} & set(tags)
+    assert summary["model_code"].startswith("yolo: ultralytics ")
+    assert "AGPL" in summary["model_code"]
+    assert summary["weights"] == "trained from scratch here (yolo26n.yaml) = AGPL-3.0-only"
+    assert summary["data"] == "historical (40 images) = CC0-1.0; production (8 images) = CC0-1.0"
+    assert summary["runtime"].startswith("onnxruntime ") and summary["runtime"].endswith("= MIT License")
+    assert "FFmpeg in opencv-python" in summary["bundled"]
     # open-source: nothing refused, every obligation shown (AGPL's source offer, LGPL's relinking for FFmpeg)
     assert (tags["license.policy"], tags["license.verdict"]) == ("open-source", "allowed")
     assert "AGPL: offer the service's complete source" in tags["license.obligations"]
@@ -195,5 +197,6 @@ def test_third_party_weights_without_origin_only_warn_under_open_source(tmp_path
 def test_a_data_source_without_a_declared_license_is_unknown(tmp_path):
     params = trained(params_with(tmp_path, policy="commercial", exceptions=[ENTERPRISE, GCC_REVIEW], data={}))
     tags = stock_tags(params, registry.run(params).version)
-    assert tags["license.data"] == "historical (40 images) = UNKNOWN; production (8 images) = UNKNOWN"
+    record = parse_record(tags[RECORD_TAG], where="test")
+    assert kind_summaries(record)["data"] == "historical (40 images) = UNKNOWN; production (8 images) = UNKNOWN"
     assert tags["license.verdict"] == "refused" and "historical (40 images) (data): UNKNOWN" in tags["license.refused"]

@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 
 from tasks import promote
 from tasks.config import Params, load_params
+from tasks.contracts.license_record import RECORD_TAG, kind_summaries, parse_record
 from tasks.contracts.reports import load_report
 from tasks.contracts.reports.gate import GateReport
 from tasks.sim import annotator
@@ -408,7 +409,8 @@ def test_under_a_commercial_policy_the_agpl_candidate_is_refused_naming_it(licen
     assert tags["license.verdict"] == "refused" and tags["license.policy"] == "commercial"
     assert "yolo: ultralytics" in tags["license.refused"] and "[AGPL]" in tags["license.refused"]
     assert "under GCC runtime exception, reviewed" in tags["license.excepted"]
-    assert "FFmpeg in opencv-python" in tags["license.bundled"] and "LGPL: " in tags["license.obligations"]
+    bundled = kind_summaries(parse_record(tags[RECORD_TAG], where="test"))["bundled"]
+    assert "FFmpeg in opencv-python" in bundled and "LGPL: " in tags["license.obligations"]
     last = license_refused["audit"][-1]
     assert (last.action, last.to_version) == ("reject", version)
     assert last.why.startswith("license gate (commercial): ") and "yolo: ultralytics" in last.why

@@ -18,6 +18,7 @@ import pytest
 from tasks import cycle, evaluate, export, promote, registry, train, world
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import LicenseException, LicenseParams, Params
+from tasks.contracts.license_record import RECORD_TAG, kind_summaries, parse_record
 from tasks.contracts.model_version import CHAMPION
 from tasks.contracts.reports import load_report, write_report
 from tasks.contracts.reports.train import TrainResult
@@ -105,8 +106,9 @@ def test_rfdetr_trains_exports_evaluates_and_registers(tmp_path):
     tags = mlflow_adapter.get_version(params, version.version).tags
     assert tags["model_family"] == "rfdetr"
     assert tags["license.verdict"] == "allowed", tags.get("license.refused")
-    assert tags["license.model_code"].startswith("rfdetr: rfdetr ") and "Apache" in tags["license.model_code"]
-    assert tags["license.weights"] == "trained from scratch here (rfdetr-nano) = Apache-2.0"
+    kinds = kind_summaries(parse_record(tags[RECORD_TAG], where="test"))
+    assert kinds["model_code"].startswith("rfdetr: rfdetr ") and "Apache" in kinds["model_code"]
+    assert kinds["weights"] == "trained from scratch here (rfdetr-nano) = Apache-2.0"
     assert promote.run(commercial, version=version.version, decision="promote").action == "promote"
     loaded = load_report(params.base.paths.reports, "train")
     assert loaded.checkpoint_sha256
