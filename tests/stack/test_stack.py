@@ -8,6 +8,8 @@ Under ``CI=true`` a stack that cannot start fails the test instead of skipping i
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -199,6 +201,47 @@ def test_postgres_down_when_a_flow_starts_stops_it_before_anything_is_written(
     assert "answers 503 to" in done.stderr and "Database is not available" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not predictions.exists()
+
+
+def test_the_postgres_password_is_a_canary_no_store_log_or_command_line_holds(local: stack.Stack, client_env):
+    """The generated password lives in secrets.env (mode 600) and in the servers' environment only: not in
+    stack.env, a log, a command line, a row of either database (MLflow runs, Prefect runs) or an S3 object."""
+    import psutil
+
+    password = stack.read_env_file(local.secrets_file)["POSTGRES_PASSWORD"]
+    assert len(password) >= 16 and (local.secrets_file.stat().st_mode & 0o077) == 0
+    assert password not in local.env_file.read_text() and password not in json.dumps(client_env)
+    logs = [p for p in local.root.joinpath("logs").rglob("*") if p.is_file()]
+    assert logs and not [p.name for p in logs if password.encode() in p.read_bytes()]
+    groups = [int(local.pid_file(name).read_text()) for name in ("s3", "mlflow", "prefect-server", "prefect-worker")]
+    for pid in [member for pgid in groups for member in stack._group_members(pgid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert password not in " ".join(psutil.Process(pid).cmdline()), f"pid {pid} has it on its command line"
+    for database in ("mlflow", "prefect"):
+        dump = subprocess.run(
+            [
+                str(local.pg_bin / "pg_dump"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(local.ports["postgres"]),
+                "-U",
+                "visionloop",
+                "--data-only",
+                database,
+            ],
+            env={**os.environ, "PGPASSWORD": password},
+            capture_output=True,
+            timeout=120,
+        )
+        assert dump.returncode == 0 and len(dump.stdout) > 1000, dump.stderr[-500:]
+        assert password.encode() not in dump.stdout, f"the {database} database holds the password"
+    client = stack.s3_client(local)
+    for bucket in stack.BUCKETS.values():
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                assert password.encode() not in body, f"s3://{bucket}/{item['Key']} holds the password"
 
 
 def test_down_stops_every_process_it_started(local: stack.Stack, settings: dict[str, str]):
