@@ -96,9 +96,9 @@ test-all: setup  ## every test, slow ones included
 test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
 	$(RUN) $(PY) -m pytest tests/reliability
 
-test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (seeded kills, clones, the 30-cycle soak), the loop decisions, the RF-DETR smoke test and the license record on MLflow: what CI adds to `make test` (~35 min)
+test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (killed stages, races, seeded kills, clones, the 30-cycle soak), the loop decisions, the RF-DETR smoke test, the license record on MLflow, dvc repro end to end: what CI adds to `make test` (~42 min)
 	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py \
-	  tests/integration/test_rfdetr_smoke.py tests/integration/test_license_record.py
+	  tests/integration/test_rfdetr_smoke.py tests/integration/test_license_record.py tests/integration/test_dvc_repro.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))

@@ -14,7 +14,8 @@ import yaml
 from tasks.env import PROJECT_ROOT
 from tests.conftest import tiny_params_dict
 
-pytestmark = pytest.mark.integration
+# ~1.5 min: dvc repro end to end twice; CI runs it in its slow part (make test-slow-reliability)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def sh(*cmd: str, cwd: Path) -> str:

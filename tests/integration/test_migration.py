@@ -37,7 +37,7 @@ def make_source(root: Path) -> tuple[str, Path, list[str]]:
 
     artifacts = root / "mlartifacts"
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("visionloop", artifact_location=artifacts.as_uri())
     runs = []
     for i in range(3):
@@ -63,7 +63,7 @@ def make_target(root: Path) -> str:
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{root / 'target.db'}"
-    MlflowClient(uri).search_experiments()
+    MlflowClient(uri, registry_uri=uri).search_experiments()
     return uri
 
 
@@ -102,7 +102,7 @@ def test_everything_moves_with_its_ids_and_the_check_proves_it(stores, conn, tmp
     assert result.trees[0].files == 3
     counts = {t.table: t.target_rows for t in result.tables}
     assert counts["runs"] == 3 and counts["model_versions"] == 3 and counts["registered_model_aliases"] == 2
-    moved = MlflowClient(target)
+    moved = MlflowClient(target, registry_uri=target)
     champion = moved.get_model_version_by_alias(MODEL, "champion")
     assert (str(champion.version), champion.run_id) == ("2", runs[1])  # same number, same run id
     assert champion.tags["train_run_id"] == runs[1]

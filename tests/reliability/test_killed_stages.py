@@ -56,7 +56,8 @@ from tests.conftest import tiny_params_dict
 from tests.integration.conftest import CYCLE, Server, build_cycle, labelstudio_env, make_params, server  # noqa: F401
 from tests.integration.test_predict_shadow import CHAMPION_ROWS, SHADOW_ROWS, constant_detector
 
-pytestmark = pytest.mark.integration
+# ~3 min in all: every stage killed and resumed for real; CI runs them in its slow part (make test-slow-reliability)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 12
 LINEAGE = {"dataset_md5": "d" * 32, "git_commit": "c" * 40, "params_hash": "p" * 16, "model_family": "yolo"}

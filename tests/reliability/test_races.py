@@ -39,7 +39,8 @@ from tasks.env import PROJECT_ROOT
 from tests.conftest import tiny_params_dict
 from tests.integration.conftest import prefect_harness  # noqa: F401  (a session fixture)
 
-pytestmark = pytest.mark.integration
+# ~2 min: real processes racing on real stores; CI runs them in its slow part (make test-slow-reliability)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with the test
 

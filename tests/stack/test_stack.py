@@ -161,14 +161,16 @@ def test_an_embedded_project_moves_onto_the_stack_keeping_its_ids(local: stack.S
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     target = local.database_url(database)
-    MlflowClient(target).search_experiments()  # what mlflow server does on its first start: tables, default experiment
+    MlflowClient(
+        target, registry_uri=target
+    ).search_experiments()  # what mlflow server does on its first start: tables, default experiment
     source, artifacts, runs = make_source(tmp_path)
     destination = f"s3://{stack.BUCKETS['mlflow']}/{database}"
     result = migration.migrate(
         source_url=source, target_url=target, artifact_root=artifacts, conn=s3.connect(), trees={artifacts: destination}
     )
     assert result.ok, result.problems + result.trees[0].problems
-    moved = MlflowClient(target)
+    moved = MlflowClient(target, registry_uri=target)
     champion = moved.get_model_version_by_alias(MODEL, "champion")
     assert (str(champion.version), champion.run_id) == ("2", runs[1])
     assert moved.get_run(runs[0]).info.artifact_uri == f"mlflow-artifacts:/{runs[0]}/artifacts"
