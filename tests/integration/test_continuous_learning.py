@@ -185,6 +185,7 @@ def _relaxed(params_file: Path) -> Path:
     return relaxed
 
 
+@pytest.mark.slow  # ~40-80 s: a paused flow run resumed through the Prefect API; CI's slow part runs it
 def test_promotion_waits_for_approval_and_a_refusal_keeps_the_champion(loop):
     from flows.continuous_learning import continuous_learning
 
@@ -215,6 +216,7 @@ def test_promotion_waits_for_approval_and_a_refusal_keeps_the_champion(loop):
     assert last.action == "reject" and "not approved by qa-lead: holdout too small" in last.why
 
 
+@pytest.mark.slow  # ~35 s: a second paused run; CI's slow part runs it
 def test_a_champion_moved_while_the_cycle_waits_for_approval_is_not_overwritten(loop):
     from flows.continuous_learning import continuous_learning
 

@@ -107,6 +107,7 @@ def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield started
 
 
+@pytest.mark.slow  # ~22 s: two processes on a fresh Label Studio server; CI's slow part runs it
 def test_label_stage_and_annotator_racing_in_two_processes_make_one_project(fresh_server: Server) -> None:
     params = build_cycle(make_params(fresh_server.root, title=TITLE))
     n_tasks = len(pq.read_table(label.manifest_path(params, CYCLE)))
