@@ -99,7 +99,8 @@ test-reliability: setup  ## the reliability and security suite, slow parts inclu
 test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (killed stages, races, seeded kills, clones, the 30-cycle soak), the loop decisions, the RF-DETR smoke test, the license record on MLflow, dvc repro end to end: what CI adds to `make test` (~42 min)
 	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py \
 	  tests/integration/test_rfdetr_smoke.py tests/integration/test_license_record.py tests/integration/test_dvc_repro.py \
-	  tests/integration/test_continuous_learning.py tests/integration/test_labelstudio_race.py
+	  tests/integration/test_continuous_learning.py tests/integration/test_labelstudio_race.py \
+	  tests/integration/test_monitor_flow.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))

@@ -154,6 +154,7 @@ def test_a_trigger_that_cannot_start_is_reported_and_retried(world):
     assert again.trigger is not None and again.trigger.fire, "a pending trigger fires again on the next run"
 
 
+@pytest.mark.slow  # ~26 s: two promotions watched and one rolled back for real; CI's slow part runs it
 def test_a_promoted_regression_is_rolled_back_and_a_good_one_is_kept(world):
     from flows.bootstrap import bootstrap
     from flows.monitor import monitor

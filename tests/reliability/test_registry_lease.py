@@ -148,6 +148,7 @@ def _hold_and_hang(root: str, url: str, model: str, ready) -> None:
         time.sleep(600)
 
 
+@pytest.mark.slow  # ~25 s: a holder process killed on a real MLflow server; CI's slow part runs it
 def test_a_lease_whose_holder_was_killed_is_broken_naming_it(mlflow_server, model, tmp_path, caplog):
     params = _clone(str(tmp_path), mlflow_server, model, lease_ttl_s=600, lock_timeout_s=20)
     ready = SPAWN.Event()
