@@ -295,8 +295,12 @@ def _key(prefix: str, relative: str) -> str:
     return f"{prefix.rstrip('/')}/{relative}" if prefix else relative
 
 
-def copy_tree(conn: s3.S3Connection, root: Path, destination: str) -> int:
+def copy_tree(
+    conn: s3.S3Connection, root: Path, destination: str, files: Mapping[str, tuple[int, str]] | None = None
+) -> int:
     """Upload every file under ``root`` to ``destination`` (``s3://bucket/prefix``), same relative paths.
+
+    ``files`` is :func:`local_files` of ``root`` when the caller has it (hashed once for the copy and the check).
 
     Returns:
         files uploaded. An object already there with the same size and sha256 is skipped (a re-run resumes).
@@ -304,7 +308,7 @@ def copy_tree(conn: s3.S3Connection, root: Path, destination: str) -> int:
     where = s3.parse_uri(destination)
     present = {o.key: o.size for o in s3.list_objects(conn, where)}
     uploaded = 0
-    for relative, (size, sha) in local_files(root).items():
+    for relative, (size, sha) in (local_files(root) if files is None else files).items():
         key = _key(where.prefix, relative)
         if present.get(key) == size and s3.sha256_object(conn, where.bucket, key).sha256 == sha:
             continue
@@ -342,9 +346,11 @@ def check_store(source_url: str, target_url: str, artifact_root: Path) -> tuple[
     return tables, problems
 
 
-def check_tree(conn: s3.S3Connection, root: Path, destination: str) -> tuple[int, int, list[str]]:
+def check_tree(
+    conn: s3.S3Connection, root: Path, destination: str, files: Mapping[str, tuple[int, str]] | None = None
+) -> tuple[int, int, list[str]]:
     """Every file under ``root`` against its object under ``destination``: (files, bytes, problems)."""
-    files = local_files(root)
+    files = local_files(root) if files is None else files
     where = s3.parse_uri(destination)
     problems: list[str] = []
     for relative, (size, sha) in files.items():
@@ -376,13 +382,15 @@ def migrate(
         trees: local folder -> ``s3://bucket/prefix``: the artifact root and, when moved, the DVC remote.
         copy: false = only compare (``--check-only``).
     """
+    hashed = {root: local_files(root) for root in trees}  # once for the copy and the check
     if copy:
         copied = copy_store(source_url, target_url, artifact_root)
         log.info("copied %d rows in %d tables", sum(copied.values()), len(copied))
         for root, destination in trees.items():
-            log.info("%s -> %s: %d files uploaded", root, destination, copy_tree(conn, root, destination))
+            uploaded = copy_tree(conn, root, destination, hashed[root])
+            log.info("%s -> %s: %d files uploaded", root, destination, uploaded)
     tables, problems = check_store(source_url, target_url, artifact_root)
-    checked = [TreeCheck(str(root), dest, *check_tree(conn, root, dest)) for root, dest in trees.items()]
+    checked = [TreeCheck(str(root), dest, *check_tree(conn, root, dest, hashed[root])) for root, dest in trees.items()]
     return MigrationCheck(tables, checked, problems)
 
 

@@ -75,6 +75,18 @@ def stores(tmp_path, conn):
     return source, make_target(tmp_path), artifacts, runs, f"s3://{bucket}/mlartifacts"
 
 
+def move(stores, conn, *, copy: bool = True) -> migration.MigrationCheck:
+    source, target, artifacts, _, destination = stores
+    return migration.migrate(
+        source_url=source,
+        target_url=target,
+        artifact_root=artifacts,
+        conn=conn,
+        trees={artifacts: destination},
+        copy=copy,
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -95,9 +107,7 @@ def test_everything_moves_with_its_ids_and_the_check_proves_it(stores, conn, tmp
     from mlflow import MlflowClient
 
     source, target, artifacts, runs, destination = stores
-    result = migration.migrate(
-        source_url=source, target_url=target, artifact_root=artifacts, conn=conn, trees={artifacts: destination}
-    )
+    result = move(stores, conn)
     assert result.ok, result.problems + result.trees[0].problems
     assert result.trees[0].files == 3
     counts = {t.table: t.target_rows for t in result.tables}
@@ -114,22 +124,13 @@ def test_everything_moves_with_its_ids_and_the_check_proves_it(stores, conn, tmp
     key = f"{where.prefix}/{runs[0]}/artifacts/weights/w0.bin"
     assert s3.read_bytes(conn, where.bucket, key) == (tmp_path / "w0.bin").read_bytes()
     # a re-run changes nothing and uploads nothing
-    again = migration.migrate(
-        source_url=source,
-        target_url=target,
-        artifact_root=artifacts,
-        conn=conn,
-        trees={artifacts: destination},
-        copy=False,
-    )
+    again = move(stores, conn, copy=False)
     assert again.ok and migration.copy_tree(conn, artifacts, destination) == 0
 
 
 def test_the_check_fails_on_a_lost_row_a_changed_tag_and_a_lost_artifact(stores, conn):
     source, target, artifacts, runs, destination = stores
-    migration.migrate(
-        source_url=source, target_url=target, artifact_root=artifacts, conn=conn, trees={artifacts: destination}
-    )
+    move(stores, conn)
     engine = sa.create_engine(target)
     with engine.begin() as db:
         db.execute(sa.text("DELETE FROM registered_model_aliases WHERE alias = 'previous'"))
@@ -137,14 +138,7 @@ def test_the_check_fails_on_a_lost_row_a_changed_tag_and_a_lost_artifact(stores,
     engine.dispose()
     where = s3.parse_uri(destination)
     s3.delete_object(conn, where.bucket, f"{where.prefix}/{runs[2]}/artifacts/weights/w2.bin")
-    result = migration.migrate(
-        source_url=source,
-        target_url=target,
-        artifact_root=artifacts,
-        conn=conn,
-        trees={artifacts: destination},
-        copy=False,
-    )
+    result = move(stores, conn, copy=False)
     assert not result.ok
     assert any(p.startswith("table registered_model_aliases: 2 rows before, 1 after") for p in result.problems)
     assert any(p.startswith("table model_version_tags: 3 rows before, 3 after, rows differ") for p in result.problems)
