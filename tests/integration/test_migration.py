@@ -106,7 +106,7 @@ def test_locations_under_the_artifact_root_move_to_the_proxied_scheme(value, exp
 def test_everything_moves_with_its_ids_and_the_check_proves_it(stores, conn, tmp_path):
     from mlflow import MlflowClient
 
-    source, target, artifacts, runs, destination = stores
+    _, target, artifacts, runs, destination = stores
     result = move(stores, conn)
     assert result.ok, result.problems + result.trees[0].problems
     assert result.trees[0].files == 3
@@ -129,7 +129,7 @@ def test_everything_moves_with_its_ids_and_the_check_proves_it(stores, conn, tmp
 
 
 def test_the_check_fails_on_a_lost_row_a_changed_tag_and_a_lost_artifact(stores, conn):
-    source, target, artifacts, runs, destination = stores
+    _, target, _, runs, destination = stores
     move(stores, conn)
     engine = sa.create_engine(target)
     with engine.begin() as db:
