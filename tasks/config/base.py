@@ -53,6 +53,29 @@ class DaskParams(Section):
     timeout_s: Annotated[float, Field(gt=0)] = 10.0  # connecting to the scheduler
 
 
+S3_LOCATION = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
+
+
+class StorageParams(Section):
+    """Object storage (S3 through boto3) instead of local folders, for what grows every night.
+
+    Each value is ``s3://bucket/prefix`` or null (the local folder under ``paths`` is the store). Endpoint, region
+    and credentials come only from the environment (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_REGION``,
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), never from params.
+
+    Attributes:
+        production: production batches ``<prefix>/<batch>/images/*`` (+ optional ``sources.csv``); the world stage
+            uploads the batches it renders there, ``predict`` lists and streams them from there. ``paths.production``
+            is then only the world's local staging folder.
+        predictions: the prediction log as the same hive-partitioned Parquet dataset (unique part objects made
+            visible by a manifest: S3 has no rename). ``paths.predictions`` then holds a read-through mirror of the
+            published (immutable) parts that the local readers scan.
+    """
+
+    production: Annotated[str, Field(pattern=S3_LOCATION)] | None = None
+    predictions: Annotated[str, Field(pattern=S3_LOCATION)] | None = None
+
+
 class BaseParams(Section):
     """Settings shared by every stage."""
 
@@ -64,6 +87,7 @@ class BaseParams(Section):
     threads: PositiveInt = 2  # intra-op threads of every inference session (predict, evaluate, export checks)
     paths: Paths = Paths()
     dask: DaskParams = DaskParams()
+    storage: StorageParams = StorageParams()
 
     @model_validator(mode="after")
     def _unique_classes(self) -> BaseParams:
