@@ -47,6 +47,9 @@ LABEL_STUDIO_PORT ?= 8080
 LABEL_STUDIO_DATA ?= $(CURDIR)/.cache/labelstudio
 LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT ?= $(CURDIR)
 LABEL_STUDIO_START_TIMEOUT ?= 180
+# Label Studio's SSRF protection (SSRF_PROTECTION_ENABLED, on by default) refuses an S3 storage endpoint on a local or
+# private address, e.g. moto on 127.0.0.1. Off only for this local server (it binds 127.0.0.1); a deployment keeps it on.
+LABEL_STUDIO_SSRF_PROTECTION ?= false
 # Local dev credentials of the embedded demo server only, seeded on the first start of a fresh data dir.
 # Never a real server's: set LABEL_STUDIO_API_KEY in the environment for those (see .env.example).
 LABEL_STUDIO_USERNAME ?= admin@visionloop.local
@@ -226,6 +229,7 @@ labelstudio-up: labelstudio  ## start Label Studio on http://127.0.0.1:$(LABEL_S
 	LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \
 	LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="$(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)" \
 	LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true \
+	SSRF_PROTECTION_ENABLED="$(LABEL_STUDIO_SSRF_PROTECTION)" \
 	LABEL_STUDIO_USERNAME="$(LABEL_STUDIO_USERNAME)" LABEL_STUDIO_PASSWORD="$(LABEL_STUDIO_PASSWORD)" \
 	LABEL_STUDIO_USER_TOKEN="$$LABEL_STUDIO_API_KEY" \
 	  nohup "$(LS_VENV)/bin/label-studio" start --no-browser --internal-host 127.0.0.1 --port $(LABEL_STUDIO_PORT) \

@@ -25,6 +25,7 @@ from flows.continuous_learning import continuous_learning
 from flows.monitor import monitor
 from flows.predict import predict
 from flows.preflight import require_servers
+from tasks.adapters import log_store
 from tasks.adapters.labelstudio import label_studio_url
 from tasks.adapters.mlflow import tracking_uri
 from tasks.config import DEFAULT_PARAMS, load_params
@@ -143,7 +144,8 @@ def demo(
                 *monitor_lines(final_monitor, "after the final predict"),
                 f"  champion      : models:/{final.model_name}@champion (v{final.model_version}, was "
                 f"v{first.model_version}) in {tracking_uri(params)}  -> make mlflow-ui",
-                f"  predictions   : {paths.predictions}/date=*/ (re-run by the final champion: {rerun or 'none'})",
+                f"  predictions   : {log_store.describe(params)} date=*/ "
+                f"(re-run by the final champion: {rerun or 'none'})",
                 f"  cycle reports : {paths.reports}/cycles/<cycle>/report.md (+ PNG plots; also in MLflow)",
                 f"  monitor       : {paths.reports}/monitor.json, {paths.reports / params.monitor.metrics.textfile} "
                 "(make metrics serves it), plots in reports/monitor/",

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.adapters import log_store
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.adapters.model_cache import find_deployed
 from tasks.adapters.registry_lease import LeaseHeldError
@@ -474,7 +475,7 @@ def confidence_plot(params: Params, cycle: str, bins: int) -> bytes | None:
     import polars as pl
 
     manifest = manifest_path(params.base.paths.samples, cycle)
-    logs = sorted(params.base.paths.predictions.rglob("*.parquet"))
+    logs = sorted(log_store.log_root(params).rglob("*.parquet"))
     if not manifest.is_file() or not logs:
         return None
     chosen = pl.read_parquet(manifest, columns=["image_sha256", "model_version"])

@@ -20,6 +20,8 @@ The checks:
     ``registry``: the audit trail is a chain per alias and its last move per alias is where MLflow's alias points;
         every version carries ``doctor.required_tags``; no training run has two versions;
     ``prediction_log``: every part reads with the log's reader; no image is logged twice by one model;
+    ``production``: ``base.storage.production`` (S3) answers a listing (a failure names the endpoint, never a
+        secret); with production local, skipped until ``base.paths.production`` exists;
     ``temp_files``: no hidden ``.*.tmp`` file (an atomic write a crash interrupted) under the data roots.
 """
 
@@ -33,6 +35,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tasks.adapters import log_store
+from tasks.adapters.s3 import S3Error
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import audit, prediction_log
@@ -288,11 +292,12 @@ def check_prediction_log(params: Params) -> tuple[str, list[Finding]]:
     """Every part of the prediction log reads with its reader; no image is logged twice by one model."""
     import pyarrow.compute as pc
 
-    root = params.base.paths.predictions
     try:
+        root = log_store.log_root(params)
         table = prediction_log.read(root)
-    except prediction_log.PredictionLogError as exc:
-        return _status([Finding("prediction_log", str(root), str(exc), "move the file named aside, re-run predict")])
+    except (prediction_log.PredictionLogError, log_store.LogStoreError, S3Error) as exc:
+        fix = "move the file named aside, re-run predict"
+        return _status([Finding("prediction_log", log_store.describe(params), str(exc), fix)])
     keys = ["image_sha256", "model_name", "model_version", "shadow"]
     grouped = table.group_by(keys).aggregate([([], "count_all"), ("n_detections", "max"), ("batch", "distinct")])
     expected = pc.max_element_wise(grouped["n_detections_max"], 1)
@@ -358,11 +363,28 @@ def _replace_leftovers(roots: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
+def check_production(params: Params) -> tuple[str, list[Finding]]:
+    """The production location is there: the S3 prefix answers a listing, or the local folder exists."""
+    from tasks.adapters import image_store
+
+    location = params.base.storage.production
+    if location is None:
+        folder = params.base.paths.production
+        return (OK, []) if folder.is_dir() else (f"skipped: no production folder {folder} yet", [])
+    try:
+        log.info("doctor: production %s", image_store.check_location(location))
+    except S3Error as exc:
+        fix = "start the S3 endpoint or fix AWS_ENDPOINT_URL_S3 / credentials / base.storage.production"
+        return _status([Finding("production", location, str(exc), fix)])
+    return OK, []
+
+
 CHECKS: dict[str, Check] = {
     "labels": check_labels,
     "merged": check_merged,
     "registry": check_registry,
     "prediction_log": check_prediction_log,
+    "production": check_production,
     "temp_files": check_temp_files,
 }
 

@@ -3,10 +3,11 @@
 Contract:
     inputs: an image reference, its content hash (64 hex digits) or its id (file stem); every store it may have
         reached: the prediction log (``base.paths.predictions``), production batches (``base.paths.production``,
-        ``base.paths.oracle``), sample manifests (``base.paths.samples``), the label ledger, Label Studio tasks and
-        label folders (``base.paths.labels``), quarantine, merged shards + manifest, holdouts, reports, model
-        folders (dataset views), the DVC cache and remote (when run in a DVC project), the MLflow store's artifacts
-        (runs and logged models: the monitor baseline parquet, tables, attached reports);
+        ``base.paths.oracle``, and the objects under ``base.storage.production`` when production lives on S3),
+        sample manifests (``base.paths.samples``), the label ledger, Label Studio tasks and label folders
+        (``base.paths.labels``), quarantine, merged shards + manifest, holdouts, reports, model folders (dataset
+        views), the DVC cache and remote (when run in a DVC project), the MLflow store's artifacts (runs and
+        logged models: the monitor baseline parquet, tables, attached reports);
     params: ``base`` (paths), ``label`` (the Label Studio connection), ``registry`` (the MLflow store),
         ``forget`` (``audit_log``, ``retention``);
     outputs: ``<reports>/forget.json`` (:class:`~tasks.contracts.reports.forget.ForgetReport`: what was removed
@@ -47,6 +48,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.adapters import image_store, log_store
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import privacy_audit
@@ -78,10 +80,11 @@ class ImageNotFoundError(ForgetError, LookupError):
 
 
 def _roots(params: Params) -> list[Path]:
-    """The local folders that may hold an image or its rows, outermost only (no folder twice)."""
+    """The local folders that may hold an image or its rows, outermost only (no folder twice); the prediction log's
+    mirror is synced from S3 first when the log lives there."""
     paths = params.base.paths
     folders = [
-        paths.world, paths.production, paths.oracle, paths.train, paths.val, paths.golden, paths.predictions,
+        paths.world, paths.production, paths.oracle, paths.train, paths.val, paths.golden, log_store.log_root(params),
         paths.samples, paths.labels, paths.quarantine, paths.holdouts, paths.merged, paths.models, paths.reports,
     ]  # fmt: skip
     resolved = sorted({p.resolve() for p in folders}, key=lambda p: len(p.parts))
@@ -143,6 +146,9 @@ def resolve(params: Params, ref: str) -> ImageKey | None:
     for sha, paths in by_hash.items():
         if any(p.stem == ref for p in paths):
             hashes.add(sha)
+    s3_copy = _s3_copy(params, ref) if not hashes else None  # only on S3 (the staging folder cleaned): hash it there
+    if s3_copy is not None:
+        hashes.add(s3_copy.sha256)
     if not hashes:
         return None
     if len(hashes) > 1:
@@ -152,7 +158,28 @@ def resolve(params: Params, ref: str) -> ImageKey | None:
     ids |= {p.stem for p in copies} | ({ref} if ref != sha else set())
     if not ids and not copies and not _seen_anywhere(params, sha):
         return None
-    return ImageKey(sha256=sha, ids=frozenset(ids), data=copies[0].read_bytes() if copies else None)
+    data = copies[0].read_bytes() if copies else (s3_copy.data if s3_copy is not None else None)
+    return ImageKey(sha256=sha, ids=frozenset(ids), data=data)
+
+
+def _s3_copy(params: Params, ref: str) -> image_store.FetchedImage | None:
+    """The bytes and hash of the S3 production image whose id is ``ref`` (None: production is local, or no such)."""
+    location = params.base.storage.production
+    if location is None or _SHA256.match(ref):
+        return None
+    found = image_store.find_images(location, {ref})
+    return image_store.fetch_image(found[0]) if found else None
+
+
+def _forget_s3_production(params: Params, key: ImageKey, *, dry: bool = False) -> list[str]:
+    """Delete the image's objects under ``base.storage.production`` (those named by one of its ids)."""
+    location = params.base.storage.production
+    if location is None or not key.ids:
+        return []
+    found = image_store.find_images(location, key.ids)
+    for uri in [] if dry else found:
+        image_store.delete_image(uri)
+    return [f"{uri} (deleted)" for uri in found]
 
 
 def _seen_anywhere(params: Params, sha: str) -> bool:
@@ -273,10 +300,15 @@ def forget(params: Params, ref: str, *, root: Path = Path(".")) -> tuple[ForgetR
     removed["merged"] = [*merged.rows, *(f"{s} (deleted)" for s in merged.deleted_shards)]
     removed["merged"] += [f"{s} (new generation)" for s in merged.new_shards] + list(merged.holdout_files)
     removed["files"] = _sweep(params, key)
+    removed["production_s3"] = _forget_s3_production(params, key)
+    republished = log_store.publish_local_changes(params)  # an S3 log: the rewritten parts replace the old objects
+    if republished is not None:
+        notes.append(f"prediction log {log_store.describe(params)}: {len(republished.parts)} part(s) republished")
     removed["dvc"], dvc_notes = _forget_dvc(params, key, root)
     notes += dvc_notes
     removed["mlflow"] = _forget_mlflow(params, key)
-    left = {"files": _sweep(params, key, dry=True)}
+    left = {"files": _sweep(params, key, dry=True), "production_s3": _forget_s3_production(params, key, dry=True)}
+    left["s3_prediction_log"] = log_store.traces(params, lambda blob: contains(blob, key))
     if _mlflow_store_exists(params):
         from tasks.adapters.mlflow_artifacts import edit_artifacts
 
@@ -315,7 +347,10 @@ def retain(params: Params, *, today: dt.date | None = None) -> ForgetReport:
     today = today or dt.datetime.now(dt.UTC).date()
     policy, paths = params.forget.retention, params.base.paths
     removed: dict[str, list[str]] = {}
-    targets = [(policy.prediction_log_days, paths.predictions, "prediction_log", r"date=(\d{4}-\d{2}-\d{2})$")]
+    targets: list[tuple[int | None, Path, str, str]] = []
+    if policy.prediction_log_days is not None:  # an S3 log: its mirror is synced, then what is removed withdrawn
+        log_root = log_store.log_root(params)
+        targets.append((policy.prediction_log_days, log_root, "prediction_log", r"date=(\d{4}-\d{2}-\d{2})$"))
     targets.append((policy.production_image_days, paths.production, "production", _DATED.pattern))
     for days, folder, store, pattern in targets:
         if days is None or not folder.is_dir():
@@ -326,6 +361,17 @@ def retain(params: Params, *, today: dt.date | None = None) -> ForgetReport:
             if match and dt.date.fromisoformat(match.group(1)) < cutoff:
                 _remove_tree(child)
                 removed.setdefault(store, []).append(f"{child} (older than {cutoff})")
+    if policy.production_image_days is not None and params.base.storage.production is not None:
+        location, cutoff = params.base.storage.production, today - dt.timedelta(days=policy.production_image_days)
+        for batch in image_store.list_batches(location):
+            match = _DATED.match(batch)
+            if match and dt.date.fromisoformat(match.group(1)) < cutoff:
+                count = image_store.delete_batch(location, batch)
+                removed.setdefault("production_s3", []).append(
+                    f"{location}/{batch} ({count} objects, older than {cutoff})"
+                )
+    if "prediction_log" in removed:
+        log_store.publish_local_changes(params)
     return ForgetReport(
         mode="retention", image_sha256="", removed=removed, wall_s=round(time.perf_counter() - start, 3)
     )

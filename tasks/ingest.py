@@ -15,6 +15,9 @@ Contract:
     side effects: the lock file ``<base.paths.predictions>/.ingest.lock`` (held while checking for duplicates and
         appending, so two ingests never both append the same prediction).
 
+With ``base.storage.predictions`` set the parts are published to the S3 log and the duplicate check reads its
+synced mirror (:mod:`tasks.adapters.log_store`); the lock is then per host, so run one ingest endpoint per log.
+
 Atomic: each part file is written to a hidden temp file, fsynced and renamed (what every writer of the log does), so
 a reader sees all of a part or none of it; a crash mid-write leaves only an ignored temp file, removed by the next
 write of that part. An ingest spanning several dates writes one part per date; one interrupted between two dates is
@@ -45,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.adapters import ingest_http
+from tasks.adapters import ingest_http, log_store
 from tasks.adapters.registry_lease import LeaseHeldError, file_lease
 from tasks.cli import stage_main
 from tasks.config import Params
@@ -95,7 +98,7 @@ def ingest(params: Params, rows: Sequence[InputRow], *, source: str, fmt: str) -
     part = PART_PREFIX + ident
     by_line = {row.line: row for row in rows}
     good, refused = check_rows(rows, rules)
-    root = params.base.paths.predictions
+    root = log_store.log_root(params)
     with file_lease(
         root / LOCK_FILE,
         timeout_s=config.lock_timeout_s,
@@ -117,7 +120,7 @@ def ingest(params: Params, rows: Sequence[InputRow], *, source: str, fmt: str) -
         targets = [root / f"{prediction_log.PARTITION_KEY}={d.isoformat()}" / f"{part}.parquet" for d in _dates(fresh)]
         already = bool(targets) and all(target.is_file() for target in targets)
         if not already:
-            prediction_log.append(root, table, part=part)
+            log_store.append(params, table, part=part)
     reasons = [reason for _, items in refused for reason in items]
     report = IngestReport(
         input=source,

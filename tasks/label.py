@@ -9,7 +9,8 @@ Contract:
     params: ``base`` (classes, paths), ``label``;
     outputs: the ledger ``<base.paths.labels>/ledger.parquet`` (one row per image ever queued;
         :mod:`tasks.contracts.ledger`),
-        labeled images ``<base.paths.labels>/<cycle>/images/<image_id>.<ext>`` (hard link, else copy) with
+        labeled images ``<base.paths.labels>/<cycle>/images/<image_id>.<ext>`` (hard link, else copy; an
+        ``s3://`` image's bytes written atomically) with
         ``<base.paths.labels>/<cycle>/labels/<image_id>.txt`` (YOLO, classes in ``base.classes`` order; an empty
         file = annotated, no objects), ``<cycle>`` being the cycle that sampled the image;
         ``<base.paths.reports>/label.json``; backend ``files``: task JSON in the outbox folder;
@@ -17,7 +18,9 @@ Contract:
         labeling config generated from ``base.classes`` and records its id in ``<base.paths.labels>/projects.json``
         (per server URL and title, under a file lock: one project per title whatever runs at once; every later
         run and the annotator simulator read it from there), registers a Local Files import storage per image
-        folder (never synced: tasks are imported by this stage) and imports tasks.
+        folder, or for ``s3://`` images one S3 import storage per bucket with presigned URLs
+        (:mod:`tasks.adapters.labelstudio_s3`; keys from the environment go to the server, nowhere else), never
+        synced (tasks are imported by this stage), and imports tasks.
 
 Idempotent: an image (by SHA-256) already in the ledger, or already a task of the project, is never imported
 again; the ledger records only tasks the server confirmed (re-listed after the import) and is replaced
@@ -48,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.adapters import image_store, log_store
 from tasks.adapters.label_files import FilesBackend
 from tasks.adapters.labelstudio import (
     DOCUMENT_ROOT_ENV,
@@ -57,11 +61,21 @@ from tasks.adapters.labelstudio import (
     document_root,
     projects_path,
 )
+from tasks.adapters.s3 import S3ObjectMissing
 from tasks.cli import stage_main
 from tasks.config import Params
 from tasks.contracts import annotations as ls
 from tasks.contracts import sample_manifest
-from tasks.contracts.label_tasks import LabelBackend, LabelError, TaskRef, build_task, image_path, load_predictions
+from tasks.contracts.label_tasks import (
+    LabelBackend,
+    LabelError,
+    TaskRef,
+    build_task,
+    image_path,
+    image_suffix,
+    is_s3_uri,
+    load_predictions,
+)
 from tasks.contracts.ledger import LABELED, QUEUED, SKIPPED, LedgerRow, ledger_path, read_ledger, write_ledger
 from tasks.contracts.names import check_cycle_name, check_image_id
 from tasks.contracts.reports import write_report
@@ -109,6 +123,7 @@ class _Tasks:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     folders: set[Path] = field(default_factory=set)
     present: list[SampleRow] = field(default_factory=list)  # rows whose image file still exists
+    phashes: dict[str, str | None] = field(default_factory=dict)  # s3:// images hashed while checked
     missing: list[str] = field(default_factory=list)
     without_predictions: list[str] = field(default_factory=list)
 
@@ -135,7 +150,8 @@ def queue_images(
     for row in built.present:
         ref = confirmed.get(row.image_sha256)
         if ref is not None:
-            ledger[row.image_sha256] = _queued_row(row, cycle=cycle, backend=backend, ref=ref, now=now)
+            phash = row.phash or built.phashes.get(row.image_sha256) or perceptual_hash(image_path(row.image_uri))
+            ledger[row.image_sha256] = _queued_row(row, cycle=cycle, backend=backend, ref=ref, now=now, phash=phash)
     write_ledger(ledger_path(params), ledger)
     unconfirmed = [r.image_id for r in built.present if r.image_sha256 not in confirmed]
     if unconfirmed:
@@ -147,21 +163,38 @@ def queue_images(
 
 
 def build_tasks(params: Params, *, cycle: str, rows: Sequence[SampleRow]) -> _Tasks:
-    """The tasks of ``rows`` (pre-annotated from the prediction log); images deleted since sampling are named."""
+    """The tasks of ``rows`` (pre-annotated from the prediction log); images deleted since sampling are named.
+
+    A local image is referenced through Label Studio's local files URL (its folder becomes a Local Files storage);
+    an ``s3://`` image by its URI, which Label Studio presigns through the project's S3 import storage
+    (:mod:`tasks.adapters.labelstudio_s3`). S3 images are read once here: that they still exist, and their pHash.
+    """
     root = document_root(params.label)
-    predictions = load_predictions(params.base.paths.predictions, rows)
+    predictions = load_predictions(log_store.log_root(params), rows)
     built = _Tasks()
     for row in rows:
-        path = image_path(row.image_uri)
-        if not path.is_file():
-            built.missing.append(f"{path}: image {row.image_id} of the sample manifest is gone; not imported")
-            log.warning("%s", built.missing[-1])
-            continue
+        if is_s3_uri(row.image_uri):
+            try:
+                content = image_store.read_image_bytes(row.image_uri)
+            except S3ObjectMissing:
+                built.missing.append(
+                    f"{row.image_uri}: image {row.image_id} of the sample manifest is gone; not imported"
+                )
+                log.warning("%s", built.missing[-1])
+                continue
+            built.phashes[row.image_sha256] = row.phash or perceptual_hash_bytes(content, where=row.image_uri)
+            url = row.image_uri
+        else:
+            path = image_path(row.image_uri)
+            if not path.is_file():
+                built.missing.append(f"{path}: image {row.image_id} of the sample manifest is gone; not imported")
+                log.warning("%s", built.missing[-1])
+                continue
+            url = ls.local_files_url(_relative_to_root(path, root))
+            built.folders.add(path.parent)
         built.present.append(row)
-        url = ls.local_files_url(_relative_to_root(path, root))
         prediction = predictions.get(row.image_sha256)
         built.tasks.append(build_task(row, cycle=cycle, url=url, classes=params.base.classes, prediction=prediction))
-        built.folders.add(path.parent)
     built.without_predictions = [r.image_id for r in built.present if r.image_sha256 not in predictions]
     if built.without_predictions:
         log.warning(
@@ -171,7 +204,9 @@ def build_tasks(params: Params, *, cycle: str, rows: Sequence[SampleRow]) -> _Ta
     return built
 
 
-def _queued_row(row: SampleRow, *, cycle: str, backend: LabelBackend, ref: TaskRef, now: dt.datetime) -> LedgerRow:
+def _queued_row(
+    row: SampleRow, *, cycle: str, backend: LabelBackend, ref: TaskRef, now: dt.datetime, phash: str | None
+) -> LedgerRow:
     return LedgerRow(
         image_sha256=row.image_sha256,
         image_id=row.image_id,
@@ -186,7 +221,7 @@ def _queued_row(row: SampleRow, *, cycle: str, backend: LabelBackend, ref: TaskR
         annotation_updated_at=None,
         task_updated_at=ref.updated_at,
         n_boxes=None,
-        phash=row.phash or perceptual_hash(image_path(row.image_uri)),
+        phash=phash,
         queued_at=now,
         updated_at=now,
     )
@@ -262,10 +297,8 @@ def collect(
         images_dir = labels_root / row["cycle"] / "images"
         label_file = labels_root / row["cycle"] / "labels" / f"{row['image_id']}.txt"
         if label is not None:
-            source = image_path(row["image_uri"])
-            if not source.is_file():
-                raise LabelError(f"{source}: image of task {row['task_id']} not found (image_uri {row['image_uri']})")
-            _link_or_copy(source, images_dir / f"{row['image_id']}{source.suffix.lower()}")
+            target = images_dir / f"{row['image_id']}{image_suffix(row['image_uri'])}"
+            _copy_image(row["image_uri"], target, where=f"image of task {row['task_id']}")
             write_bytes_atomic(label_file, label.to_text().encode())
             done.rejected += label.rejected
             row["status"], row["n_boxes"] = LABELED, len(label.class_id)
@@ -325,6 +358,35 @@ def _plan_collection(
     return plans
 
 
+def _copy_image(uri: str, target: Path, *, where: str) -> None:
+    """Put the image at ``target``: a local file hard-linked (else copied), an S3 object's bytes written atomically.
+
+    Raises:
+        LabelError: the image is gone (``where`` names whose).
+    """
+    if not is_s3_uri(uri):
+        source = image_path(uri)
+        if not source.is_file():
+            raise LabelError(f"{source}: {where} not found (image_uri {uri})")
+        _link_or_copy(source, target)
+        return
+    try:
+        content = image_store.read_image_bytes(uri)
+    except S3ObjectMissing as exc:
+        raise LabelError(f"{uri}: {where} not found ({exc})") from None
+    if not (target.is_file() and target.read_bytes() == content):
+        write_bytes_atomic(target, content)
+
+
+def perceptual_hash_bytes(content: bytes, *, where: str) -> str | None:
+    """The pHash of an image's bytes (:func:`perceptual_hash` for an object read from S3); None when undecodable."""
+    try:
+        return phash.to_hex(phash.phash_bytes(content))
+    except phash.UNREADABLE as exc:
+        log.warning("pHash of %s failed: %s", where, exc)
+        return None
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
@@ -380,6 +442,8 @@ def run(params: Params, *, cycle: str, backend: LabelBackend | None = None) -> L
         SampleManifestError: the sample manifest is missing or malformed.
         LabelStudioUnavailable / LabelStudioAuthError / LabelStudioError: see
             :func:`tasks.adapters.labelstudio.call_with_retries`.
+        LabelStudioStorageError: Label Studio refused the S3 storage of ``s3://`` images (endpoint named; SSRF, keys).
+        S3Error: an ``s3://`` image cannot be read (not a deleted one: that is reported in ``missing``).
     """
     check_cycle_name(cycle, error=LabelError)
     start = time.perf_counter()

@@ -38,6 +38,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.adapters import log_store
 from tasks.adapters import metrics as metrics_adapter
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.adapters.model_cache import cached_onnx, open_deployed
@@ -373,13 +374,14 @@ def run(params: Params, *, cycle_open: str | None = None, now: dt.datetime | Non
     started = time.perf_counter()
     now = now or dt.datetime.now(dt.UTC)
     info = mlflow_adapter.get_alias(params, params.monitor.alias)
-    table = prediction_log.read(params.base.paths.predictions)
+    log_root = log_store.log_root(params)
+    table = prediction_log.read(log_root)
     rules = params.monitor.drift
     log_frames = frames(table, imgsz=params.base.imgsz, low_confidence=rules.low_confidence)
     champion = select(log_frames, model_version=info.version, model_alias=params.monitor.alias)
     if champion.images.is_empty():
         raise MonitorError(
-            f"{params.base.paths.predictions}: no prediction log rows of {info.name} v{info.version} "
+            f"{log_root}: no prediction log rows of {info.name} v{info.version} "
             f"(@{params.monitor.alias}); run the predict flow first (make demo runs it)"
         )
     baseline_rows, baseline_from = ensure_baseline(params, info)

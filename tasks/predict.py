@@ -5,7 +5,10 @@ Contract:
         ``YYYY-MM-DD...`` is dated by its name, otherwise by today's UTC date) and their optional
         ``<batch>/sources.csv`` (:mod:`tasks.contracts.batch_sources`: image -> source, else ``default``); the
         registered model version behind ``predict.alias``, resolved at run time, and the one behind
-        ``predict.shadow.alias`` when shadow is on;
+        ``predict.shadow.alias`` when shadow is on. With ``base.storage.production`` set (``s3://bucket/prefix``)
+        the batches are ``<prefix>/<batch>/images/*`` objects there instead (:mod:`tasks.adapters.image_store`:
+        paginated listings; each image streamed once into memory, hashed as it streams, never written to disk;
+        ``image_uri`` is ``s3://bucket/key``; an object deleted since it was listed is an ``unreadable`` row);
     params: ``base`` (incl. ``device``, ``seed``), ``registry`` (store, model name), ``predict``,
         ``export.speed.static_shapes`` (OpenVINO runs as the export stage timed it);
     outputs: rows appended to the prediction log ``<base.paths.predictions>/date=YYYY-MM-DD/*.parquet``
@@ -62,8 +65,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tasks.adapters import image_store, log_store
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.adapters.model_cache import open_deployed, resolve_version
+from tasks.adapters.s3 import S3ObjectMissing
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
@@ -86,14 +91,17 @@ from tasks.targets.chunk_inference import (
     ImageRead,
     Inferred,
     chunk_records,
+    decode_image,
     infer_chunk,
     read_image,
+    unread_image,
     unread_record,
 )
 from tasks.targets.scoring import predict_settings
 
 log = logging.getLogger(__name__)
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
+S3_READ_THREADS = 8  # a chunk's S3 reads in flight at once: 111 -> 256 images/s from moto on 2 cores (77 kB PNGs)
 SHADOW_SUFFIX = "__shadow"
 """Ends the part name of a shadow version's rows: ``batch=<b>__model=<name>-v<n>__shadow``."""
 
@@ -113,8 +121,12 @@ def batch_date(batch: str) -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def list_batches(production: Path) -> list[str]:
-    """Batch folders (those with an ``images/`` sub-folder), sorted by name."""
+def list_batches(production: Path | str) -> list[str]:
+    """Batch folders (those with an ``images/`` sub-folder), sorted by name; on S3 (``s3://bucket/prefix``) the
+    batch prefixes with ``images/`` objects (:func:`tasks.adapters.image_store.list_batches`)."""
+    if image_store.is_s3(production):
+        return image_store.list_batches(str(production))
+    production = Path(production)
     if not production.is_dir():
         raise PredictError(f"{production}: production folder not found (base.paths.production)")
     return sorted(p.name for p in production.iterdir() if (p / "images").is_dir())
@@ -124,10 +136,10 @@ def pending_batches(params: Params, info: ModelVersionInfo) -> list[str]:
     """Batches this model version has not logged yet (its shadow rows do not count: it predicts those in full)."""
     done = {
         b.batch
-        for b in prediction_log.logged_batches(params.base.paths.predictions)
+        for b in prediction_log.logged_batches(log_store.log_root(params))
         if b.model_name == info.name and b.model_version == info.version
     }
-    return [b for b in list_batches(params.base.paths.production) if b not in done]
+    return [b for b in list_batches(image_store.production_location(params)) if b not in done]
 
 
 @dataclass(frozen=True)
@@ -182,10 +194,16 @@ def batch_chunks(params: Params, batch: str) -> list[ImageChunk]:
     Raises:
         SourcesError: the batch's ``sources.csv`` is malformed (names the file and line).
     """
-    folder = params.base.paths.production / batch
-    images = list_images(folder / "images")
-    sources = read_sources(sources_path(folder))
-    named = [sources.get(path.stem, prediction_log.DEFAULT_SOURCE) for path in images]
+    location = image_store.production_location(params)
+    images: list[Path | str]
+    if image_store.is_s3(location):  # s3://bucket/key URIs, listed page by page; sources.csv read from there
+        images = list(image_store.list_batch_images(str(location), batch))
+        sources = image_store.read_batch_sources(str(location), batch)
+    else:
+        folder = Path(location) / batch
+        images = list(list_images(folder / "images"))
+        sources = read_sources(sources_path(folder))
+    named = [sources.get(image_store.image_stem(image), prediction_log.DEFAULT_SOURCE) for image in images]
     size = params.predict.batch_size
     return [
         ImageChunk(batch, tuple(images[i : i + size]), tuple(named[i : i + size])) for i in range(0, len(images), size)
@@ -212,7 +230,9 @@ def predict_chunk(
     pool: ThreadPoolExecutor | None = None,
 ) -> PredictedChunk:
     """Read one chunk's images once, run the detector (and the shadow on its share) on the decoded ones."""
-    images = [read_image(path, source=source) for path, source in zip(chunk.paths, chunk.sources, strict=True)]
+    started = time.perf_counter()
+    images = _read_chunk(chunk)
+    read_s = time.perf_counter() - started
     records: list[prediction_log.ImageDetections] = []
     skipped: dict[str, str] = {}
     for image in images:
@@ -221,18 +241,48 @@ def predict_chunk(
             skipped[str(image.path)] = f"{image.error}: {image.why}"
             records.append(unread_record(image))
     decoded = [image for image in images if image.rgb is not None]
+    started = time.perf_counter()
     inferred = infer_chunk(detector, [i.rgb for i in decoded if i.rgb is not None], pool=pool, timeout_s=timeout_s)
+    infer_s = time.perf_counter() - started
     _failures(decoded, inferred, skipped, f"batch {chunk.batch}")
     records += chunk_records(decoded, inferred)
     shadow_records: list[prediction_log.ImageDetections] = []
     if shadow is not None:
         chosen = [i for i in decoded if shadow_draw(seed, i.sha256) < shadow.share]
+        started = time.perf_counter()
         found = infer_chunk(
             shadow.detector, [i.rgb for i in chosen if i.rgb is not None], pool=pool, timeout_s=timeout_s
         )
+        infer_s += time.perf_counter() - started
         _failures(chosen, found, {}, f"batch {chunk.batch} shadow v{shadow.info.version}")
         shadow_records = chunk_records(chosen, found)
-    return PredictedChunk(chunk.batch, records, shadow_records, skipped)
+    return PredictedChunk(chunk.batch, records, shadow_records, skipped, read_s=read_s, infer_s=infer_s)
+
+
+def _read_chunk(chunk: ImageChunk) -> list[ImageRead]:
+    """A chunk's images, in order; S3 objects are fetched by :data:`S3_READ_THREADS` threads at once (each GET
+    waits on the network; one client serves them all), local files one after another."""
+    pairs = list(zip(chunk.paths, chunk.sources, strict=True))
+    if not any(image_store.is_s3(path) for path, _ in pairs):
+        return [_read(path, source=source) for path, source in pairs]
+    with ThreadPoolExecutor(max_workers=min(S3_READ_THREADS, len(pairs)), thread_name_prefix="s3-read") as pool:
+        return list(pool.map(lambda pair: _read(pair[0], source=pair[1]), pairs))
+
+
+def _read(address: Path | str, *, source: str) -> ImageRead:
+    """One image read once: a local file, or an S3 object streamed into memory and hashed as it streams.
+
+    An object deleted since it was listed is ``unreadable`` (its row and reason logged; the batch goes on); any
+    other S3 failure (credentials, bucket, endpoint) concerns every image and stops the run, naming the endpoint.
+    """
+    if not image_store.is_s3(address):
+        return read_image(Path(address), source=source)
+    uri, image_id = str(address), image_store.image_stem(address)
+    try:
+        fetched = image_store.fetch_image(uri)
+    except S3ObjectMissing as exc:
+        return unread_image(uri, image_id=image_id, uri=uri, source=source, why=str(exc))
+    return decode_image(fetched.data, path=uri, image_id=image_id, uri=uri, source=source, sha256=fetched.sha256)
 
 
 def predict_batch(
@@ -309,7 +359,7 @@ def _log(
         shadow=shadow,
     )
     part = f"batch={batch}__model={info.name}-v{info.version}" + (SHADOW_SUFFIX if shadow else "")
-    return prediction_log.append(params.base.paths.predictions, table, part=part)
+    return log_store.append(params, table, part=part)
 
 
 def _log_shadow(
@@ -346,10 +396,11 @@ def _plan(
     started = time.time()
     alias = alias or params.predict.alias
     info = mlflow_adapter.get_alias(params, alias)
-    available = list_batches(params.base.paths.production)
+    location = image_store.production_location(params)
+    available = list_batches(location)
     missing = [b for b in batches or [] if b not in available]
     if missing:
-        raise PredictError(f"batches {missing} not found under {params.base.paths.production} (available: {available})")
+        raise PredictError(f"batches {missing} not found under {location} (available: {available})")
     todo = batches if batches is not None else pending_batches(params, info)
     settings = shard_settings(params, threads or params.base.threads)
     detector, deployed = open_deployed(params, info, settings)
@@ -373,11 +424,12 @@ def run_shard(
     The model (and the shadow's) is opened once per shard from the plan's artifact, unless ``opened`` hands in
     the sessions the plan opened (the single-process run). A shadow that cannot be opened here is a warning.
     """
+    start = time.perf_counter()
     detector, shadow = opened if opened is not None else _open_planned(params, plan)
+    open_s = time.perf_counter() - start
     timeout_s = params.predict.timeout_s
     # with a timeout, model calls run on one worker thread so that a stuck call can be given up on
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") if timeout_s else None
-    start = time.perf_counter()
     try:
         chunks = tuple(
             predict_chunk(detector, c, seed=params.base.seed, timeout_s=timeout_s, shadow=shadow, pool=pool)
@@ -387,8 +439,9 @@ def run_shard(
         if pool is not None:
             pool.shutdown(wait=True)
     images = sum(len(c.paths) for c in shard.chunks)
-    log.info("shard %d: %d images in %.2f s", shard.index, images, time.perf_counter() - start)
-    return ShardResult(shard.index, chunks)
+    wall_s = time.perf_counter() - start
+    log.info("shard %d: %d images in %.2f s", shard.index, images, wall_s)
+    return ShardResult(shard.index, chunks, open_s=open_s, wall_s=wall_s)
 
 
 def _open_planned(params: Params, plan: PredictPlan) -> tuple[Detector, Shadow | None]:

@@ -55,6 +55,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from tasks.adapters import image_store, log_store
+from tasks.adapters.s3 import S3ObjectMissing
 from tasks.cli import stage_main
 from tasks.config import (
     ClassBalancedStrategy,
@@ -139,11 +141,17 @@ def drift_batches(params: Params) -> list[str]:
     return flagged
 
 
+_UNREADABLE: tuple[type[Exception], ...] = (*phash.UNREADABLE, S3ObjectMissing)  # an object deleted since logged
+
+
 def phash_uri(uri: str) -> phash.PackedHashes | None:
-    """The packed 64-bit perceptual hash of a logged image (``image_uri``), None when it cannot be read."""
+    """The packed 64-bit perceptual hash of a logged image (``image_uri``: a local file, or an ``s3://`` object read
+    into memory through :mod:`tasks.adapters.image_store`), None when it cannot be read."""
     try:
+        if image_store.is_s3(uri):
+            return phash.phash_bytes(image_store.read_image_bytes(uri))
         return phash.phash_file(prediction_log.image_file(uri))
-    except phash.UNREADABLE as err:
+    except _UNREADABLE as err:
         log.warning("sample: cannot read %s for the duplicate check (%s); it is not selected", uri, err)
         return None
 
@@ -218,7 +226,7 @@ def _why_nothing(params: Params, parts: list[LogPart], champion: ModelKey | None
     if not enabled_strategies(sample):
         return "every strategy is off (null or budget 0 under sample.strategies)"
     if not parts:
-        return f"the prediction log {params.base.paths.predictions} has no files"
+        return f"the prediction log {log_store.describe(params)} has no files"
     if champion is None:
         first, last = parts[0].date, parts[-1].date
         return f"no rows logged under alias {sample.alias!r} in the window {first}..{last} (sample.alias)"
@@ -336,7 +344,7 @@ def run(params: Params, *, cycle: str) -> SampleResult:
     start = time.perf_counter()
     sample = params.sample
     _warn_band_below_log_floor(params)
-    parts = window_parts(params.base.paths.predictions, days=sample.window_days)
+    parts = window_parts(log_store.log_root(params), days=sample.window_days)
     champion = find_champion(parts, alias=sample.alias)
     reason = _why_nothing(params, parts, champion)
     if reason is None and champion is not None:

@@ -63,6 +63,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.adapters import log_store
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
 from tasks.contracts import prediction_log
@@ -242,7 +243,7 @@ def build_frames(
         if row["width"] is not None
     }
     frames[LABELS] = label_frame(images, labels_dir=labels_dir, sizes=sizes)
-    files = log_files(params.base.paths.predictions)
+    files = log_files(log_store.log_root(params))
     frames[LOG_SCHEMA] = accept_v1_files(log_schema_frame(files))
     bad = schema_failures(frames[LOG_SCHEMA])
     frames[LOG_ROWS] = log_rows([f for f in files if str(f) not in bad], rows_per_file=v.log_sample_rows)
@@ -385,10 +386,10 @@ def _summary(params: Params, cycle: str, run_at: str, found: _Checked) -> Valida
 def _refusal(params: Params, cycle: str, found: _Checked) -> ValidateError | None:
     """Why the cycle is refused whole (a broken prediction log, or too large a share), else None."""
     paths = params.base.paths
-    problems = log_problems(found.results, found.frames) or reader_problems(paths.predictions)
+    problems = log_problems(found.results, found.frames) or reader_problems(log_store.log_root(params))
     if problems:
         return PredictionLogSchemaError(
-            f"prediction log {paths.predictions} does not match tasks.contracts.prediction_log.SCHEMA "
+            f"prediction log {log_store.describe(params)} does not match tasks.contracts.prediction_log.SCHEMA "
             f"({len(problems)} problem(s)); nothing was moved:\n  " + "\n  ".join(problems)
         )
     share = judge_share(

@@ -12,6 +12,10 @@ Contract:
           ``production.drift_start``, then drifting by severity; each batch's images are split between
           ``production.sources`` (cameras / lines with their own scenario and severity scale), named in
           ``paths.production/<YYYY-MM-DD>/sources.csv`` (``image_id,source``, one row per image);
+        - with ``base.storage.production`` set (``s3://bucket/prefix``): ``paths.production`` is only the local
+          staging folder; each batch folder (images + ``sources.csv``) is then uploaded to
+          ``<storage.production>/<YYYY-MM-DD>/`` (:func:`tasks.adapters.image_store.upload_batch`: files already
+          there with the same size and content are skipped, so a re-run costs one listing per batch);
         - ``paths.oracle/<YYYY-MM-DD>/labels``: their ground truth, never next to the production images;
         - ``paths.world/manifest.json``: seed, classes, counts, and per batch the scenario, severity and the
           effective render settings, plus per source (``sources``) its images, scenario, severity and settings
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.adapters import image_store
 from tasks.cli import stage_main
 from tasks.config import Params
 from tasks.contracts.reports import write_report
@@ -127,7 +132,12 @@ def _check_existing(params: Params) -> WorldResult:
                 )
         counts[name] = sum(1 for p in (root / "images").iterdir() if p.is_file())
     batch_ids = []
-    if paths.production.is_dir():
+    location = params.base.storage.production
+    if location is not None:  # the user's batches live on S3: count what is there
+        for batch in image_store.list_batches(location):
+            batch_ids.append(batch)
+            counts[batch] = len(image_store.list_batch_images(location, batch))
+    elif paths.production.is_dir():
         for folder in sorted(paths.production.iterdir()):
             try:
                 dt.date.fromisoformat(folder.name)
@@ -220,6 +230,21 @@ def _render_production(params: Params) -> tuple[dict[str, SetSummary], list[dict
     return summaries, batches
 
 
+def upload_production(params: Params, batch_ids: list[str]) -> list[image_store.UploadedBatch]:
+    """Upload the rendered batches from the staging folder to ``base.storage.production`` (nothing when unset).
+
+    Raises:
+        S3Error: the bucket is missing, the credentials are refused or the endpoint is down (names the endpoint).
+    """
+    location = params.base.storage.production
+    if location is None:
+        return []
+    done = [image_store.upload_batch(params.base.paths.production / batch, location) for batch in batch_ids]
+    new, kept = sum(len(d.uploaded) for d in done), sum(len(d.skipped) for d in done)
+    logger.info("world: %d batches -> %s (%d files uploaded, %d already there)", len(done), location, new, kept)
+    return done
+
+
 def run(params: Params) -> WorldResult:
     """Render the whole world (historical train/val, golden, production batches + oracle labels).
 
@@ -241,6 +266,7 @@ def run(params: Params) -> WorldResult:
     summaries = _render_source_sets(params)
     production, batches = _render_production(params)
     summaries |= production
+    upload_production(params, [b["id"] for b in batches])
 
     counts = {name: summary.images for name, summary in summaries.items()}
     manifest = {

@@ -118,3 +118,31 @@ def test_prefect_retries_only_wrap_idempotent_stages():
     assert {"label", "promote", "registry"} <= set(retries)  # the parser sees the tasks
     retried = {name for name, count in retries.items() if count}
     assert retried <= IDEMPOTENT, f"Prefect retries on non-idempotent tasks: {sorted(retried - IDEMPOTENT)}"
+
+
+LOG_STORE = "tasks/adapters/log_store.py"  # the one reader of base.paths.predictions (a mirror of S3, or the log)
+
+
+def _log_bypasses(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = node.value
+        paths_owner = (isinstance(owner, ast.Attribute) and owner.attr == "paths") or (
+            isinstance(owner, ast.Name) and owner.id == "paths"
+        )
+        if (node.attr == "predictions" and paths_owner) or (
+            node.attr == "append" and isinstance(owner, ast.Name) and owner.id in ("prediction_log", "plog")
+        ):
+            found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_stages_reach_the_prediction_log_only_through_the_log_store():
+    """With ``base.storage.predictions`` set the log lives on S3 and ``base.paths.predictions`` is a mirror that only
+    :func:`tasks.adapters.log_store.log_root` keeps in sync: a stage that reads the folder itself (or appends with
+    ``prediction_log.append``) would miss or lose S3's parts."""
+    files = sorted((PROJECT_ROOT / "tasks").rglob("*.py")) + sorted((PROJECT_ROOT / "flows").rglob("*.py"))
+    bypasses = [hit for f in files if f.relative_to(PROJECT_ROOT).as_posix() != LOG_STORE for hit in _log_bypasses(f)]
+    assert not bypasses, "use tasks.adapters.log_store.log_root(params) / append(params, ...):\n" + "\n".join(bypasses)

@@ -85,7 +85,6 @@ CLIENT_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
-    "VISIONLOOP_S3_BUCKET",
     "VISIONLOOP_HOME",
 )
 
@@ -164,7 +163,6 @@ class Stack:
             "AWS_ACCESS_KEY_ID": key,
             "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": REGION,
-            "VISIONLOOP_S3_BUCKET": BUCKETS["data"],
             "VISIONLOOP_HOME": str(PROJECT_ROOT),
         }
 

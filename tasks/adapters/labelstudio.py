@@ -8,7 +8,8 @@ nowhere else: callers (the label stage, the annotator simulator) never wrap thes
 
 :class:`LabelStudioBackend` implements :class:`tasks.contracts.label_tasks.LabelBackend`: the project of
 ``label.project_title`` (resolved once and recorded in ``<base.paths.labels>/projects.json`` under a file lock: one
-project per title whatever runs at once; readers never create), Local Files storages, one import call per run
+project per title whatever runs at once; readers never create), Local Files storages (S3 import storages for
+``s3://`` images: :mod:`tasks.adapters.labelstudio_s3`), one import call per run
 (re-listed first, never imported twice) and incremental collection (a Data Manager filter on ``updated_at``).
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from tasks.adapters.labelstudio_s3 import ensure_s3_storages
 from tasks.config import LabelParams, Params, VisionloopError
 from tasks.contracts import annotations as ls
 from tasks.contracts.label_tasks import LabelError, TaskRef
@@ -354,8 +356,13 @@ class LabelStudioBackend:
         def fetch(page: int) -> tuple[list[Any], int]:
             def one() -> tuple[list[Any], int]:
                 try:
-                    pager: Any = self.client.tasks.list(
-                        project=project_id, fields=cast(Any, fields), query=query, page=page, page_size=_PAGE_SIZE
+                    pager: Any = self.client.tasks.list(  # resolve_uri off: data as imported (s3:// stays s3://)
+                        project=project_id,
+                        fields=cast(Any, fields),
+                        query=query,
+                        page=page,
+                        page_size=_PAGE_SIZE,
+                        resolve_uri=False,
                     )
                     return _page(pager, "total")
                 except ApiError as exc:
@@ -520,6 +527,8 @@ class LabelStudioBackend:
         the server before the connection dropped never creates its tasks twice.
         """
         self.ensure_storages(folders)
+        urls = [str(t["data"][ls.DATA_KEY]) for t in tasks]
+        ensure_s3_storages(self.client, project_id=cast(int, self.project_id), urls=urls, call=self._call)
         project_id = cast(int, self.project_id)
         wanted = [t["data"]["image_sha256"] for t in tasks]
 

@@ -12,7 +12,10 @@ botocore reads itself; unset: AWS), the region (``AWS_REGION`` / ``AWS_DEFAULT_R
 - :func:`put_bytes` and :func:`upload_file` (multipart above a threshold, for large engines) write one object.
 - S3 has no rename; a single-object PUT is what is atomic. :func:`publish` writes each part under a unique name,
   then one small manifest object that names them; :func:`published_parts` reads the manifests, so a reader never
-  sees a part whose writer died before its manifest (:func:`unpublished_parts` lists those leftovers).
+  sees a part whose writer died before its manifest (:func:`unpublished_parts` lists those leftovers;
+  :func:`incomplete_uploads` the multipart uploads never completed, which are no object at all). A manifest records
+  each part's relative name and may withdraw names (``removed``): the prediction log's store
+  (:mod:`tasks.adapters.log_store`) reads "the latest publish of a name wins" from them.
 
 Errors are :class:`S3Error` subclasses naming the endpoint and ``s3://bucket/key`` and the fix, never a secret:
 :class:`S3AuthError`, :class:`S3BucketMissing`, :class:`S3ObjectMissing` (an object deleted between listing and
@@ -28,7 +31,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +309,26 @@ def list_objects(conn: S3Connection, uri: str | S3Uri, *, page_size: int = 1000)
                 yield S3Object(key=item["Key"], size=int(item["Size"]), etag=str(item["ETag"]).strip('"'))
 
 
+def list_prefixes(conn: S3Connection, uri: str | S3Uri, *, page_size: int = 1000) -> Iterator[str]:
+    """The "folders" directly under ``uri``'s prefix: each common prefix up to the next ``/`` (a full key, no
+    trailing ``/``), key order, page by page (ListObjectsV2 with ``Delimiter="/"``). One request per
+    ``page_size`` folders however many objects lie below them (a flat listing of 100 k keys is 100 pages).
+
+    Raises:
+        S3BucketMissing, S3AuthError, S3Unreachable: as named.
+    """
+    where = parse_uri(uri)
+    prefix = f"{where.prefix}/" if where.prefix else ""
+    paginator = conn.client.get_paginator("list_objects_v2")
+    pages = paginator.paginate(
+        Bucket=where.bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": page_size}
+    )
+    with _errors(conn, "list", where.bucket, prefix):
+        for page in pages:
+            for item in page.get("CommonPrefixes", []):
+                yield str(item["Prefix"]).rstrip("/")
+
+
 def iter_chunks(conn: S3Connection, bucket: str, key: str, *, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """The object's bytes, ``chunk_size`` at a time, as they arrive (never the whole body in memory).
 
@@ -431,20 +454,22 @@ def ensure_bucket(conn: S3Connection, bucket: str) -> None:
 
 @dataclass(frozen=True)
 class Published:
-    """One publish: its id, the manifest's key and the parts it names (key, size, sha256)."""
+    """One publish: its id, the manifest's key, the parts it names and the relative part names it withdraws."""
 
     publish_id: str
     manifest: str
     parts: tuple[PublishedPart, ...]
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class PublishedPart:
-    """A part a manifest names: its full key, size and SHA-256."""
+    """A part a manifest names: full key, size, SHA-256 and the relative name it was published as ("": older)."""
 
     key: str
     size: int
     sha256: str
+    name: str = ""
 
 
 def _unique_name(name: str, publish_id: str) -> str:
@@ -469,6 +494,7 @@ def publish(
     *,
     publish_id: str | None = None,
     multipart_threshold: int = MULTIPART_THRESHOLD,
+    removed: Sequence[str] = (),
 ) -> Published:
     """Write ``parts`` under ``uri``, each under a unique name, then the manifest that makes them visible.
 
@@ -476,7 +502,8 @@ def publish(
     ``<prefix>/<folder>/<stem>-<publish_id>.<suffix>`` and the manifest ``<prefix>/_manifests/<publish_id>.json``
     is written last, in one PUT. A writer killed before that leaves parts no manifest names: readers going through
     :func:`published_parts` never see them. The same ``publish_id`` again (a retried batch) overwrites the same
-    keys: publishing is idempotent.
+    keys: publishing is idempotent. ``removed`` names parts (relative names) this publish withdraws; it is stored
+    in the manifest for readers that resolve publishes in order (:mod:`tasks.adapters.log_store`).
     """
     where = parse_uri(uri)
     publish_id = publish_id or uuid.uuid4().hex
@@ -489,15 +516,20 @@ def publish(
         key = where.key(_unique_name(name, publish_id))
         if isinstance(content, bytes):
             put_bytes(conn, where.bucket, key, content)
-            written.append(PublishedPart(key=key, size=len(content), sha256=hashlib.sha256(content).hexdigest()))
+            sha = hashlib.sha256(content).hexdigest()
+            written.append(PublishedPart(key=key, size=len(content), sha256=sha, name=name.strip("/")))
         else:
             done = upload_file(conn, content, where.bucket, key, multipart_threshold=multipart_threshold)
-            written.append(PublishedPart(key=key, size=done.size, sha256=_sha256_file(content)))
+            sha = _sha256_file(content)
+            written.append(PublishedPart(key=key, size=done.size, sha256=sha, name=name.strip("/")))
     manifest = where.key(f"{MANIFESTS}/{publish_id}.json")
-    document = {"publish_id": publish_id, "parts": [vars(p) for p in written]}
+    withdrawn = tuple(sorted({name.strip("/") for name in removed}))
+    document: dict[str, Any] = {"publish_id": publish_id, "parts": [vars(p) for p in written]}
+    if withdrawn:
+        document["removed"] = list(withdrawn)
     put_bytes(conn, where.bucket, manifest, json.dumps(document, indent=1).encode(), content_type="application/json")
     log.info("s3: published %d part(s) under %s (manifest %s)", len(written), where, manifest)
-    return Published(publish_id=publish_id, manifest=manifest, parts=tuple(written))
+    return Published(publish_id=publish_id, manifest=manifest, parts=tuple(written), removed=withdrawn)
 
 
 def published(conn: S3Connection, uri: str | S3Uri) -> list[Published]:
@@ -513,9 +545,15 @@ def published(conn: S3Connection, uri: str | S3Uri) -> list[Published]:
             continue  # compacted away between listing and reading
         except json.JSONDecodeError as exc:
             raise S3Error(f"s3://{where.bucket}/{item.key} at {conn.endpoint}: not a manifest ({exc})") from None
-        parts = tuple(PublishedPart(**part) for part in document["parts"])
-        found.append(Published(publish_id=document["publish_id"], manifest=item.key, parts=parts))
+        found.append(parse_manifest(document, item.key))
     return found
+
+
+def parse_manifest(document: Mapping[str, Any], key: str) -> Published:
+    """The :class:`Published` a manifest's JSON document describes (``key``: the manifest's own key)."""
+    parts = tuple(PublishedPart(**part) for part in document["parts"])
+    removed = tuple(str(name) for name in document.get("removed", ()))
+    return Published(publish_id=str(document["publish_id"]), manifest=key, parts=parts, removed=removed)
 
 
 def published_parts(conn: S3Connection, uri: str | S3Uri) -> list[PublishedPart]:
@@ -529,3 +567,26 @@ def unpublished_parts(conn: S3Connection, uri: str | S3Uri) -> list[S3Object]:
     named = {part.key for part in published_parts(conn, where)}
     manifests = where.key(MANIFESTS) + "/"
     return [o for o in list_objects(conn, where) if o.key not in named and not o.key.startswith(manifests)]
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A multipart upload started and never completed nor aborted: invisible to every reader, still billed."""
+
+    key: str
+    upload_id: str
+    initiated: str
+
+
+def incomplete_uploads(conn: S3Connection, uri: str | S3Uri) -> list[IncompleteUpload]:
+    """Multipart uploads under ``uri`` that were never completed (a killed writer's): none is an object yet."""
+    where = parse_uri(uri)
+    prefix = f"{where.prefix}/" if where.prefix else ""
+    paginator = conn.client.get_paginator("list_multipart_uploads")
+    found = []
+    with _errors(conn, "list uploads", where.bucket, prefix):
+        for page in paginator.paginate(Bucket=where.bucket, Prefix=prefix):
+            for item in page.get("Uploads", []):
+                initiated = str(item.get("Initiated", ""))
+                found.append(IncompleteUpload(key=item["Key"], upload_id=item["UploadId"], initiated=initiated))
+    return found

@@ -545,8 +545,8 @@ class CycleParams(Section):
     histogram_bins: Annotated[int, Field(ge=2, le=200)] = 20  # confidence histograms of the report
 
 
-DoctorCheck = Literal["labels", "merged", "registry", "prediction_log", "temp_files"]
-DOCTOR_CHECKS: tuple[DoctorCheck, ...] = ("labels", "merged", "registry", "prediction_log", "temp_files")
+DoctorCheck = Literal["labels", "merged", "registry", "prediction_log", "production", "temp_files"]
+DOCTOR_CHECKS: tuple[DoctorCheck, ...] = ("labels", "merged", "registry", "prediction_log", "production", "temp_files")
 
 
 class DoctorParams(Section):

@@ -51,6 +51,20 @@ def read_sources(path: Path) -> dict[str, str]:
         return {}
     except (OSError, UnicodeDecodeError) as err:
         raise SourcesError(f"{path}: cannot read the batch's sources ({err})") from err
+    return parse_sources(text, where=str(path))
+
+
+def parse_sources(text: str, *, where: str) -> dict[str, str]:
+    """Parse the text of a ``sources.csv`` (read from a file or an object store): image id -> source name.
+
+    Args:
+        text: the file's text (a leading BOM is ignored).
+        where: the file or URI it came from (``s3://bucket/prefix/<batch>/sources.csv``), named in errors.
+
+    Raises:
+        SourcesError: as :func:`read_sources`, naming ``where`` and the line.
+    """
+    text = text.removeprefix("\ufeff")
     found: dict[str, str] = {}
     first_line: dict[str, int] = {}
     header_seen = False
@@ -63,22 +77,22 @@ def read_sources(path: Path) -> dict[str, str]:
             cells = [f.strip() for f in fields]
             if not header_seen:
                 if tuple(cells) != HEADER:
-                    raise SourcesError(f"{path} line {line}: header {fields} must be {','.join(HEADER)}")
+                    raise SourcesError(f"{where} line {line}: header {fields} must be {','.join(HEADER)}")
                 header_seen = True
                 continue
             if len(cells) != 2 or not all(cells):
                 raise SourcesError(
-                    f"{path} line {line}: expected 'image_id,source' (two non-empty fields), got {fields}"
+                    f"{where} line {line}: expected 'image_id,source' (two non-empty fields), got {fields}"
                 )
             image_id, source = cells
             if image_id in found:
                 raise SourcesError(
-                    f"{path} line {line}: image {image_id!r} already named on line {first_line[image_id]}"
+                    f"{where} line {line}: image {image_id!r} already named on line {first_line[image_id]}"
                 )
             found[image_id] = source
             first_line[image_id] = line
     except csv.Error as err:
-        raise SourcesError(f"{path} line {reader.line_num}: not valid CSV ({err})") from err
+        raise SourcesError(f"{where} line {reader.line_num}: not valid CSV ({err})") from err
     if not header_seen:
-        raise SourcesError(f"{path}: empty; it needs the header {','.join(HEADER)} (or delete the file)")
+        raise SourcesError(f"{where}: empty; it needs the header {','.join(HEADER)} (or delete the file)")
     return found

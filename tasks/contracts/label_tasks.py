@@ -14,7 +14,7 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -56,16 +56,35 @@ class LabelBackend(Protocol):
         ...
 
 
+S3_SCHEME = "s3"
+
+
+def is_s3_uri(uri: str) -> bool:
+    """True for an ``s3://bucket/key`` image (production images on object storage, ``base.storage.production``)."""
+    return urlparse(uri).scheme == S3_SCHEME
+
+
 def image_path(uri: str) -> Path:
     """The local path of a ``file://`` URI or a plain path.
 
     Raises:
-        LabelError: a URI of another scheme (only local files can be labeled).
+        LabelError: an ``s3://`` URI (read its bytes: :func:`tasks.adapters.image_store.read_image_bytes`)
+            or a URI of any other scheme (only local files and S3 objects can be labeled).
     """
     scheme = urlparse(uri).scheme
+    if scheme == S3_SCHEME:
+        raise LabelError(f"image {uri}: an S3 object has no local path (read its bytes from S3)")
     if scheme not in ("", "file") and len(scheme) > 1:  # one letter: a Windows drive
-        raise LabelError(f"image {uri}: only local files (file:// or a path) can be labeled, got scheme {scheme!r}")
+        raise LabelError(
+            f"image {uri}: only local files (file:// or a path) and S3 objects (s3://bucket/key) can be labeled, "
+            f"got scheme {scheme!r}"
+        )
     return prediction_log.image_file(uri)
+
+
+def image_suffix(uri: str) -> str:
+    """The image's file suffix, lower case (``.png``), of a local path or an ``s3://`` key (labeled copies keep it)."""
+    return PurePosixPath(urlparse(uri).path).suffix.lower() if is_s3_uri(uri) else image_path(uri).suffix.lower()
 
 
 @dataclass(frozen=True)

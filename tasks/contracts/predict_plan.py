@@ -27,10 +27,14 @@ class ShadowPlan:
 
 @dataclass(frozen=True)
 class ImageChunk:
-    """One model call's images of one batch, in listing order, with their sources: what a shard carries."""
+    """One model call's images of one batch, in listing order, with their sources: what a shard carries.
+
+    ``paths``: local files, or ``s3://bucket/key`` URIs when production lives on S3 (``base.storage.production``;
+    the shard reads its own images from there, in the worker).
+    """
 
     batch: str
-    paths: tuple[Path, ...]
+    paths: tuple[Path | str, ...]
     sources: tuple[str, ...]
 
 
@@ -68,17 +72,29 @@ class PredictPlan:
 
 @dataclass(frozen=True)
 class PredictedChunk:
-    """One chunk's log records (the champion's and the shadow's) and the images that got error rows, with why."""
+    """One chunk's log records (the champion's and the shadow's) and the images that got error rows, with why.
+
+    ``read_s``: seconds reading and decoding its images (wall; S3 reads overlap on threads); ``infer_s``: seconds
+    in the model calls (the champion's and the shadow's).
+    """
 
     batch: str
     records: list[ImageDetections]
     shadow_records: list[ImageDetections]
     skipped: dict[str, str]
+    read_s: float = 0.0
+    infer_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class ShardResult:
-    """What one shard hands back to :func:`combine`: its chunks' records, in chunk order."""
+    """What one shard hands back to :func:`combine`: its chunks' records, in chunk order.
+
+    ``open_s``: seconds opening the model(s) in the shard (0 when the plan's sessions were handed in); ``wall_s``:
+    the whole shard, opening included (with its chunks' ``read_s`` and ``infer_s``: where a run's time went).
+    """
 
     index: int
     chunks: tuple[PredictedChunk, ...]
+    open_s: float = 0.0
+    wall_s: float = 0.0

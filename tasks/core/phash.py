@@ -70,6 +70,23 @@ def phash_file(path: Path, *, size: int = HASH_SIZE) -> PackedHashes:
         return phash_image(upright(image), size=size)  # as shown: EXIF orientation applied (tasks.core.pixels)
 
 
+def phash_bytes(data: bytes, *, size: int = HASH_SIZE) -> PackedHashes:
+    """The perceptual hash of an image file's bytes (read from an object store), packed; equal to
+    :func:`phash_file` on a file holding the same bytes.
+
+    Raises:
+        The :data:`UNREADABLE` errors when the bytes do not decode.
+    """
+    import io
+
+    from PIL import Image
+
+    from tasks.core.pixels import upright
+
+    with Image.open(io.BytesIO(data)) as image:
+        return phash_image(upright(image), size=size)
+
+
 def to_hex(packed: PackedHashes, *, size: int = HASH_SIZE) -> str:
     """One packed hash as text, identical to ``str(imagehash.ImageHash(bits))`` (``ceil(size**2 / 4)`` hex digits)."""
     bits = size * size

@@ -18,6 +18,7 @@ so a task gets the same answer whatever order or batch it is answered in.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import threading
@@ -30,7 +31,7 @@ from tasks.adapters.labelstudio import LabelStudioBackend, projects_path
 from tasks.cli import stage_main
 from tasks.config import AnnotatorSimParams, Params
 from tasks.contracts import annotations as ls
-from tasks.contracts.label_tasks import image_path
+from tasks.contracts.label_tasks import image_path, is_s3_uri
 from tasks.contracts.yolo_labels import image_size, read_label_file
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def answer_task(
     class_id, boxes = read_label_file(label_file, num_classes=len(classes))
     width, height = data.get("image_width"), data.get("image_height")
     if not width or not height:
-        width, height = image_size(image_path(str(data["image_uri"])))
+        width, height = _image_size(str(data["image_uri"]))
     kept, noisy = noisy_boxes(boxes, width=int(width), height=int(height), noise=noise, rng=rng)
     regions = ls.rectangle_regions(
         ls.xywhn_to_xywhp(noisy),
@@ -122,6 +123,20 @@ def answer_task(
         id_prefix="sim",
     )
     return regions, False, int((~kept).sum())
+
+
+def _image_size(uri: str) -> tuple[int, int]:
+    """``(width, height)`` as shown, of a local image or an ``s3://`` one (its bytes read from S3)."""
+    if not is_s3_uri(uri):
+        return image_size(image_path(uri))
+    from PIL import Image
+
+    from tasks.adapters.image_store import read_image_bytes
+    from tasks.core.pixels import upright_size
+
+    with Image.open(io.BytesIO(read_image_bytes(uri))) as image:
+        image.load()
+        return upright_size(image)
 
 
 def run(params: Params, *, limit: int | None = None, client: LabelStudio | None = None) -> SimResult:

@@ -34,7 +34,8 @@ class ImageRead:
     """One production image as read for prediction: one read gives its hash, its pixels and their statistics.
 
     Attributes:
-        path, image_id, uri, source: where it is, its id (file stem), its ``file://`` URI and its source.
+        path, image_id, uri, source: where it is (a local path, or the ``s3://`` URI of an object), its id (file
+            stem), its URI (``file://`` or ``s3://bucket/key``, the log's ``image_uri``) and its source.
         sha256: hex SHA-256 of the bytes read (:data:`prediction_log.EMPTY_SHA256` when none could be).
         rgb: ``(H, W, 3)`` uint8 RGB, None when it could not be read or decoded.
         stats: its input statistics, None with ``rgb``.
@@ -42,7 +43,7 @@ class ImageRead:
         why: the reason behind ``error`` (empty otherwise).
     """
 
-    path: Path
+    path: Path | str
     image_id: str
     uri: str
     source: str
@@ -60,16 +61,34 @@ def read_image(path: Path, *, source: str) -> ImageRead:
         data = path.read_bytes()
     except OSError as exc:  # gone since it was listed, no permission, a folder
         why = f"{path}: cannot read the file ({type(exc).__name__}: {exc})"
-        return ImageRead(path, path.stem, uri, source, prediction_log.EMPTY_SHA256, None, None, "unreadable", why)
-    sha = hashlib.sha256(data).hexdigest()
+        return unread_image(path, image_id=path.stem, uri=uri, source=source, why=why)
+    return decode_image(data, path=path, image_id=path.stem, uri=uri, source=source)
+
+
+def decode_image(
+    data: bytes, *, path: Path | str, image_id: str, uri: str, source: str, sha256: str | None = None
+) -> ImageRead:
+    """An image already read into memory (e.g. streamed from S3): decode (Pillow) -> RGB -> statistics; never raises.
+
+    Args:
+        data: the image file's bytes.
+        path, image_id, uri, source: as :class:`ImageRead`'s.
+        sha256: the bytes' hex SHA-256 when it was computed while they streamed (else computed here).
+    """
+    sha = sha256 or hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as img:
             rgb = to_rgb(img)
         stats = image_stats(rgb)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         why = f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})"
-        return ImageRead(path, path.stem, uri, source, sha, None, None, "decode", why)
-    return ImageRead(path, path.stem, uri, source, sha, rgb, stats)
+        return ImageRead(path, image_id, uri, source, sha, None, None, "decode", why)
+    return ImageRead(path, image_id, uri, source, sha, rgb, stats)
+
+
+def unread_image(path: Path | str, *, image_id: str, uri: str, source: str, why: str) -> ImageRead:
+    """An image whose bytes could not be read (``unreadable``: gone since it was listed, refused): ``why`` says so."""
+    return ImageRead(path, image_id, uri, source, prediction_log.EMPTY_SHA256, None, None, "unreadable", why)
 
 
 @dataclass(frozen=True)

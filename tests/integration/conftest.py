@@ -55,8 +55,10 @@ def run_make(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def label_studio_server(root: Path) -> Iterator[Server]:
+def label_studio_server(root: Path, *, settings: tuple[str, ...] = ()) -> Iterator[Server]:
     """Start a real Label Studio with a fresh data dir under ``root`` (its document root) and stop it afterwards.
+
+    ``settings``: more ``make labelstudio-up`` variables (``LABEL_STUDIO_SSRF_PROTECTION=true``).
 
     Skips only when its venv cannot be built, and not even then under ``CI=true``: a green CI run must have
     exercised the real server.
@@ -68,14 +70,15 @@ def label_studio_server(root: Path) -> Iterator[Server]:
             pytest.fail(why)
         pytest.skip(why)
     port, data = free_port(), root / "server-data"
-    settings = [
+    make_vars = [
+        *settings,
         f"LABEL_STUDIO_PORT={port}",
         f"LABEL_STUDIO_DATA={data}",
         f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}",
         f"LABEL_STUDIO_API_KEY={TOKEN}",
         "LABEL_STUDIO_START_TIMEOUT=240",
     ]
-    up = run_make("labelstudio-up", *settings, timeout=300)
+    up = run_make("labelstudio-up", *make_vars, timeout=300)
     try:
         log = (data / "server.log").read_text()[-2000:] if (data / "server.log").exists() else ""
         assert up.returncode == 0, f"make labelstudio-up failed:\n{up.stdout}\n{up.stderr}\n{log}"
