@@ -67,11 +67,14 @@ class Service:
     compose: str
 
 
+# Default ports sit below Linux's default ephemeral range (32768-60999): a port in it can be held for a moment by an
+# outgoing connection's local end (a busy S3 client makes thousands), and the stack then fails to start on it.
+EPHEMERAL_START = 32768
 SERVICES: dict[str, Service] = {
-    "postgres": Service("STACK_PG_PORT", 54329, "postgres"),
-    "s3": Service("STACK_S3_PORT", 59000, "minio"),
-    "mlflow": Service("STACK_MLFLOW_PORT", 55000, "mlflow"),
-    "prefect-server": Service("STACK_PREFECT_PORT", 54200, "prefect-server"),
+    "postgres": Service("STACK_PG_PORT", 25432, "postgres"),
+    "s3": Service("STACK_S3_PORT", 29000, "minio"),
+    "mlflow": Service("STACK_MLFLOW_PORT", 25000, "mlflow"),
+    "prefect-server": Service("STACK_PREFECT_PORT", 24200, "prefect-server"),
     "prefect-worker": Service(None, None, "prefect-worker"),
 }
 # What clients (flows, tests, the stock MLflow/Prefect/boto3 clients) need, written to stack.env: the same names as

@@ -179,13 +179,20 @@ def test_the_server_overlay_points_at_the_stacks_mlflow():
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({}, {"postgres": 54329, "s3": 59000, "mlflow": 55000, "prefect-server": 54200}),
-        ({"STACK_MLFLOW_PORT": "6123"}, {"postgres": 54329, "s3": 59000, "mlflow": 6123, "prefect-server": 54200}),
+        ({}, {"postgres": 25432, "s3": 29000, "mlflow": 25000, "prefect-server": 24200}),
+        ({"STACK_MLFLOW_PORT": "6123"}, {"postgres": 25432, "s3": 29000, "mlflow": 6123, "prefect-server": 24200}),
     ],
     ids=["defaults", "override"],
 )
 def test_ports_from_the_environment(environ, expected):
     assert stack.Stack.from_env(environ).ports == expected
+
+
+def test_default_ports_avoid_the_ephemeral_range():
+    """An outgoing connection may hold a port of 32768-60999 for a moment: a default there fails to start at random."""
+    defaults = {name: s.default_port for name, s in stack.SERVICES.items() if s.default_port is not None}
+    inside = {name: port for name, port in defaults.items() if port >= stack.EPHEMERAL_START}
+    assert not inside, f"default ports inside the ephemeral range: {inside}"
 
 
 @pytest.mark.parametrize(
@@ -207,9 +214,9 @@ def test_env_file_has_the_client_variables_and_no_password(tmp_path: Path, backe
     local = stack.Stack.from_env({"STACK_DIR": str(tmp_path), "STACK_S3": backend})
     values = stack.read_env_file(stack.write_env_file(local))
     assert set(stack.CLIENT_ENV) <= set(values)
-    assert values["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:55000"
-    assert values["PREFECT_API_URL"] == "http://127.0.0.1:54200/api"
-    assert values["AWS_ENDPOINT_URL_S3"] == values["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:59000"
+    assert values["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:25000"
+    assert values["PREFECT_API_URL"] == "http://127.0.0.1:24200/api"
+    assert values["AWS_ENDPOINT_URL_S3"] == values["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:29000"
     assert not any("POSTGRES" in key for key in values)
     # the DVC remote moves onto the stack only where the S3 endpoint persists
     assert ("VISIONLOOP_DVC_REMOTE" in values) == (backend == "s3rver")
