@@ -177,13 +177,13 @@ stack-status:  ## each service of the server stack: up or down, address, log
 test-stack: setup  ## the server stack's tests: a real stack up on free ports (~1.5 min, slow) + the deploy consistency checks
 	$(RUN) $(PY) -m pytest tests/stack
 
-migrate-to-stack: setup  ## move this project's MLflow store (ids kept), artifacts and DVC remote onto a fresh make stack-up, then check -> reports/migration.json
+migrate-to-stack: setup  ## move this project's MLflow store (ids kept), artifacts, DVC remote, prediction log and production batches onto a fresh make stack-up, then check -> reports/migration.json
 	@url=$$($(PY) -c 'from deploy.local.stack import Stack; print(Stack.from_env().database_url("mlflow"))') || exit 1; \
 	remote="$(VENV_HOME)/dvc-remote"; \
 	VISIONLOOP_MLFLOW_DB_URL="$$url" $(PY) -m deploy.local.stack exec -- $(RUN) $(PY) -m tasks.adapters.migration \
 	  --source sqlite:///mlflow.db --artifact-root mlartifacts --artifacts-destination s3://visionloop-mlflow/mlartifacts \
 	  $$( [ -d "$$remote" ] && echo --dvc-remote "$$remote" --dvc-remote-destination s3://visionloop-dvc/remote ) \
-	  --out reports/migration.json
+	  $(PARAMS_ARGS) --params params.server.yaml --out reports/migration.json
 
 chromium:  ## the Debian Chromium the browser test drives (apt-get when root; Playwright downloads nothing)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && echo "chromium: installing the Debian package" && \

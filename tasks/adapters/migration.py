@@ -17,12 +17,19 @@ model, version, version tag and alias keeps its key.
 - :func:`check_store` (row counts and a hash of every table's rows, locations compared after the rewrite) and
   :func:`check_tree` (every file's sha256 read back from S3): the proof that nothing was lost.
 
-The prediction log, the audit trail and the label ledger stay in the project folder on the stack (the same
-files the flows read there): nothing to move.
+- :func:`move_log`: the local prediction log onto ``base.storage.predictions`` when the target params put it on
+  S3, published as its readers read it (unique parts + a manifest, :mod:`tasks.adapters.log_store`), then checked
+  part by part (every local part live on S3 with the same sha256, nothing else live, the same row count read back
+  through PyArrow's S3 filesystem). Production batches move as a folder (``base.paths.production`` ->
+  ``base.storage.production``, same ``<batch>/images/...`` layout) with :func:`copy_tree` / :func:`check_tree`.
+
+The audit trail and the label ledger stay in the project folder on the stack (the same files the flows read
+there): nothing to move.
 
 Run: ``python -m tasks.adapters.migration --artifacts-destination s3://b/mlartifacts [--dvc-remote-destination
-s3://b/dvc]``; the target database URL (it holds a password) only from the environment variable named by
-``--target-db-env``.
+s3://b/dvc] [--params params.yaml --params params.server.yaml]`` (the params, with the stack's overlay, name the
+log's and the production batches' S3 locations); the target database URL (it holds a password) only from the
+environment variable named by ``--target-db-env``.
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from urllib.parse import unquote, urlparse
 
 import sqlalchemy as sa
 
-from tasks.adapters import s3
-from tasks.config import VisionloopError
+from tasks.adapters import log_store, s3
+from tasks.config import Params, VisionloopError, load_params
 from tasks.core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -94,16 +101,29 @@ class TreeCheck:
 
 
 @dataclass(frozen=True)
+class LogCheck:
+    """The local prediction log against the one on S3: parts, rows and what differs."""
+
+    source: str
+    destination: str
+    parts: int
+    rows: int
+    problems: list[str]
+
+
+@dataclass(frozen=True)
 class MigrationCheck:
     """Every table and every copied folder compared; ``problems`` empty means nothing was lost or changed."""
 
     tables: list[TableCheck]
     trees: list[TreeCheck]
     problems: list[str] = field(default_factory=list)
+    logs: list[LogCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not any(t.problems for t in self.trees)
+        checks: list[TreeCheck | LogCheck] = [*self.trees, *self.logs]
+        return not self.problems and not any(c.problems for c in checks)
 
 
 def location_rewriter(root: Path) -> Callable[[str | None], str | None]:
@@ -365,6 +385,65 @@ def check_tree(
     return len(files), sum(size for size, _ in files.values()), problems
 
 
+def _log_parts(root: Path) -> dict[str, Path]:
+    """The local log's part files by logical name (``date=YYYY-MM-DD/<part>.parquet``; temp and hidden files not)."""
+    return {
+        path.relative_to(root).as_posix(): path
+        for path in sorted(Path(root).glob("date=*/*.parquet"))
+        if not path.name.startswith((".", "_"))
+    }
+
+
+def move_log(params: Params, conn: s3.S3Connection, *, copy: bool = True) -> LogCheck:
+    """Publish the local prediction log to ``base.storage.predictions`` (unless ``copy`` is false), then check it.
+
+    The local folder (``base.paths.predictions``) becomes the log's read-through mirror. The check reads S3 afresh:
+    every local part must be live there under its name, its manifest entry and its bytes read back with the
+    same sha256, no other part may be live (a target
+    that already held a log is reported), and the dataset read straight from S3 must hold as many rows.
+
+    Raises:
+        MigrationError: the params keep the log local (nothing to move).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    location = params.base.storage.predictions
+    root = Path(params.base.paths.predictions)
+    if location is None:
+        raise MigrationError("base.storage.predictions is null in these params: the log stays local, nothing to move")
+    local = _log_parts(root)
+    if copy and local:
+        done = log_store.publish_local_changes(params)
+        log.info("%s -> %s: %d part(s) published", root, location, len(done.parts) if done else 0)
+    live = log_store.live_parts(location, conn=conn)
+    problems = []
+    for name, path in local.items():
+        part = live.get(name)
+        if part is None:
+            problems.append(f"{root}/{name}: not live in {location}")
+        else:  # the bytes on S3, not only what the manifest says about them
+            bucket, want = s3.parse_uri(location).bucket, file_sha256(path)
+            try:
+                same = part.sha256 == want and s3.sha256_object(conn, bucket, part.key).sha256 == want
+            except s3.S3ObjectMissing:
+                problems.append(f"{root}/{name}: s3://{bucket}/{part.key} is named by a manifest but gone")
+                continue
+            if not same:
+                problems.append(f"{root}/{name}: s3://{bucket}/{part.key} differs (sha256)")
+    problems += [f"{location}: {name} is live on S3 but not in {root}" for name in sorted(set(live) - set(local))]
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in local.values())
+    if live:
+        try:
+            read_back = log_store.open_dataset(location, conn=conn).count_rows()
+        except (OSError, pa.ArrowException) as exc:  # a part that is not Parquet (anymore)
+            problems.append(f"{location}: cannot be read back from S3 ({exc})")
+        else:
+            if read_back != rows:
+                problems.append(f"{location}: {read_back} rows read back from S3, {rows} in {root}")
+    return LogCheck(str(root), location, len(local), rows, problems)
+
+
 def migrate(
     *,
     source_url: str,
@@ -373,6 +452,7 @@ def migrate(
     conn: s3.S3Connection,
     trees: Mapping[Path, str],
     copy: bool = True,
+    params: Params | None = None,
 ) -> MigrationCheck:
     """Copy the store and the folders (unless ``copy`` is false), then check everything.
 
@@ -381,6 +461,7 @@ def migrate(
         conn: the S3 connection (endpoint and credentials from the environment).
         trees: local folder -> ``s3://bucket/prefix``: the artifact root and, when moved, the DVC remote.
         copy: false = only compare (``--check-only``).
+        params: the stack's params: the prediction log moves (:func:`move_log`) when they put it on S3.
     """
     hashed = {root: local_files(root) for root in trees}  # once for the copy and the check
     if copy:
@@ -391,7 +472,10 @@ def migrate(
             log.info("%s -> %s: %d files uploaded", root, destination, uploaded)
     tables, problems = check_store(source_url, target_url, artifact_root)
     checked = [TreeCheck(str(root), dest, *check_tree(conn, root, dest, hashed[root])) for root, dest in trees.items()]
-    return MigrationCheck(tables, checked, problems)
+    logs = []
+    if params is not None and params.base.storage.predictions is not None:
+        logs.append(move_log(params, conn, copy=copy))
+    return MigrationCheck(tables, checked, problems, logs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,6 +490,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts-destination", required=True, help="the MLflow server's s3://bucket/prefix")
     parser.add_argument("--dvc-remote", type=Path, default=None, help="the local DVC remote folder to move")
     parser.add_argument("--dvc-remote-destination", default=None, help="the S3 DVC remote (s3://bucket/prefix)")
+    parser.add_argument(
+        "--params",
+        action="append",
+        type=Path,
+        default=None,
+        help="the stack's params (repeat: base, then overlays): base.storage moves the log and production batches",
+    )
     parser.add_argument("--check-only", action="store_true", help="compare only, copy nothing")
     parser.add_argument("--out", type=Path, default=None, help="write the check as JSON here")
     args = parser.parse_args(argv)
@@ -421,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dvc_remote is not None:
         trees[args.dvc_remote] = args.dvc_remote_destination
     try:
+        params = load_params(args.params) if args.params else None
+        if params is not None and params.base.storage.production is not None:
+            production = Path(params.base.paths.production)
+            if production.is_dir():
+                trees[production] = params.base.storage.production
         result = migrate(
             source_url=args.source,
             target_url=target,
@@ -428,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
             conn=s3.connect(),
             trees=trees,
             copy=not args.check_only,
+            params=params,
         )
-    except (MigrationError, s3.S3Error) as exc:
+    except (VisionloopError, s3.S3Error) as exc:
         print(f"migration FAILED: {exc}", file=sys.stderr)
         return 1
     if args.out is not None:
@@ -441,7 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     for tree in result.trees:
         state = "OK" if not tree.problems else "FAILED"
         print(f"  {tree.source} -> {tree.destination}: {tree.files} files, {tree.bytes / 1e6:.1f} MB: {state}")
-    for problem in [*result.problems, *(p for t in result.trees for p in t.problems)]:
+    for moved in result.logs:
+        state = "OK" if not moved.problems else "FAILED"
+        print(f"  {moved.source} -> {moved.destination}: {moved.parts} log parts, {moved.rows} rows: {state}")
+    checks: list[TreeCheck | LogCheck] = [*result.trees, *result.logs]
+    for problem in [*result.problems, *(p for c in checks for p in c.problems)]:
         print(f"  {problem}")
     return 0 if result.ok else 1
 

@@ -169,3 +169,82 @@ def test_the_command_reads_the_target_only_from_the_environment(monkeypatch, cap
     monkeypatch.delenv("VISIONLOOP_MLFLOW_DB_URL", raising=False)
     assert migration.main(["--artifacts-destination", "s3://b/p"]) == 2
     assert "set VISIONLOOP_MLFLOW_DB_URL" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the prediction log
+
+
+def local_log(root: Path):
+    """A local log of two dates and a shadow part (the embedded default), and params that move it to S3."""
+    from tasks.contracts import prediction_log as plog
+    from tests.integration.test_s3_log import DAY2, make_params, table
+
+    params = make_params(root, None)
+    plog.append(params.base.paths.predictions, table(range(6)), part="b1")
+    plog.append(params.base.paths.predictions, table(range(6, 9), date=DAY2, batch="b2"), part="b2")
+    plog.append(params.base.paths.predictions, table(range(3), version="4", shadow=True), part="b1__shadow")
+    return params
+
+
+def on_s3(params, location: str):
+    return params.model_copy(
+        update={
+            "base": params.base.model_copy(
+                update={"storage": params.base.storage.model_copy(update={"predictions": location})}
+            )
+        }
+    )
+
+
+def test_the_local_log_moves_to_s3_part_by_part_and_the_check_proves_it(conn, tmp_path):
+    from tasks.adapters import log_store
+    from tasks.contracts import prediction_log as plog
+
+    params = local_log(tmp_path)
+    before = plog.read(params.base.paths.predictions)
+    bucket = unique_bucket()
+    s3.ensure_bucket(conn, bucket)
+    stack = on_s3(params, f"s3://{bucket}/predictions")
+    moved = migration.move_log(stack, conn)
+    assert (moved.parts, moved.rows, moved.problems) == (3, before.num_rows, [])
+    assert migration.move_log(stack, conn, copy=False).problems == []  # check-only reads S3 afresh
+    assert log_store.open_dataset(f"s3://{bucket}/predictions", conn=conn).count_rows() == before.num_rows
+    assert plog.read(log_store.log_root(stack)).sort_by("image_id").equals(before.sort_by("image_id"))
+
+
+@pytest.mark.parametrize("damage", ["object-replaced", "object-deleted", "part-withdrawn", "extra-part"])
+def test_the_log_check_fails_on_a_changed_lost_or_extra_part(conn, tmp_path, damage):
+    from tasks.adapters import log_store
+    from tests.integration.test_s3_log import table
+
+    params = local_log(tmp_path)
+    bucket = unique_bucket()
+    s3.ensure_bucket(conn, bucket)
+    location = f"s3://{bucket}/predictions"
+    stack = on_s3(params, location)
+    assert migration.move_log(stack, conn).problems == []
+    live = log_store.live_parts(location, conn=conn)
+    name = sorted(live)[0]
+    if damage == "object-replaced":
+        s3.put_bytes(conn, bucket, live[name].key, b"not the part that was published")
+        expected = f"{name}: s3://{bucket}/{live[name].key} differs (sha256)"
+    elif damage == "object-deleted":
+        s3.delete_object(conn, bucket, live[name].key)
+        expected = f"{name}: s3://{bucket}/{live[name].key} is named by a manifest but gone"
+    elif damage == "part-withdrawn":
+        s3.publish(conn, location, {}, publish_id=log_store.new_publish_id(), removed=[name])
+        expected = f"{name}: not live in {location}"
+    else:
+        other = tmp_path / "other.parquet"
+        import pyarrow.parquet as pq
+
+        pq.write_table(table(range(100, 102)), other)
+        s3.publish(conn, location, {"date=2026-01-09/stray.parquet": other}, publish_id=log_store.new_publish_id())
+        expected = "date=2026-01-09/stray.parquet is live on S3 but not in"
+    problems = migration.move_log(stack, conn, copy=False).problems
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_log_the_params_keep_local_is_refused(conn, tmp_path):
+    with pytest.raises(migration.MigrationError, match=r"base\.storage\.predictions is null"):
+        migration.move_log(local_log(tmp_path), conn)
