@@ -81,3 +81,13 @@ def each_test_starts_on_its_own_mlflow_store():
 
     mlflow_adapter._user_tracking_uri.cache_clear()
     mlflow_adapter._user_env.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """One moto_server (any credentials accepted) for the whole run: each test makes its own bucket
+    (``tests.s3_server.unique_bucket``), so tests share the server, not state; ~1.6 s saved per module."""
+    from tests.s3_server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("moto")) as running:
+        yield running

@@ -42,12 +42,12 @@ TITLE = "visionloop-s3"
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory, labelstudio_env: Server) -> Iterator[S3Server]:
+def moto(moto_s3: S3Server, labelstudio_env: Server) -> Iterator[S3Server]:
     """moto_server, with this module's AWS clients pointed at it and the canary as the secret key."""
-    with s3_server(tmp_path_factory.mktemp("moto")) as running, pytest.MonkeyPatch.context() as mp:
-        running.apply(mp)
+    with pytest.MonkeyPatch.context() as mp:
+        moto_s3.apply(mp)
         mp.setenv("AWS_SECRET_ACCESS_KEY", CANARY)
-        yield running
+        yield moto_s3
 
 
 @pytest.fixture(autouse=True)

@@ -14,15 +14,14 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.adapters import migration, s3
-from tests.s3_server import S3Server, s3_server, unique_bucket
+from tests.s3_server import S3Server, unique_bucket
 
 MODEL = "visionloop-detector"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> S3Server:
-    with s3_server(tmp_path_factory.mktemp("moto")) as running:
-        yield running
+def server(moto_s3) -> S3Server:
+    return moto_s3
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks.adapters import s3
-from tests.s3_server import S3Server, s3_server, unique_bucket
+from tests.s3_server import S3Server, unique_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +21,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> S3Server:
-    with s3_server(tmp_path_factory.mktemp("moto")) as running:
-        yield running
+def server(moto_s3) -> S3Server:
+    return moto_s3
 
 
 @pytest.fixture

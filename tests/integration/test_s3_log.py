@@ -29,7 +29,7 @@ from tasks.contracts import prediction_log as plog
 from tasks.contracts.model_version import ModelVersionInfo
 from tests.conftest import tiny_params_dict
 from tests.reliability.faultproxy import FaultProxy
-from tests.s3_server import S3Server, s3_server, unique_bucket
+from tests.s3_server import S3Server, unique_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +39,8 @@ TS = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> S3Server:
-    with s3_server(tmp_path_factory.mktemp("moto")) as running:
-        yield running
+def server(moto_s3) -> S3Server:
+    return moto_s3
 
 
 @pytest.fixture

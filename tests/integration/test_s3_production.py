@@ -52,9 +52,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> S3Server:
-    with s3_server(tmp_path_factory.mktemp("moto")) as running:
-        yield running
+def server(moto_s3) -> S3Server:
+    return moto_s3
 
 
 @pytest.fixture(scope="module")
