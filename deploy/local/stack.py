@@ -581,6 +581,8 @@ def _start_prefect_server(stack: Stack, env: dict[str, str]) -> int | None:
         "PREFECT_API_DATABASE_CONNECTION_URL": stack.database_url("prefect", driver="asyncpg"),
         "PREFECT_HOME": str(stack.root / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the API the UI's pages call from the browser; unset, they call the default port and show "Can't connect"
+        "PREFECT_UI_API_URL": f"{stack.url('prefect-server')}/api",
     }
     env.pop("PREFECT_API_URL", None)
     command = [str(stack.bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1"]

@@ -453,6 +453,18 @@ def _entry(path: Path, part: s3.PublishedPart) -> dict[str, Any]:
     return {"key": part.key, "sha256": part.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def local_folder(params: Params) -> Path:
+    """The local folder (``base.paths.predictions``) as it is now, not synced: the whole log when it is local,
+    the mirror when it is on S3. Readers use :func:`log_root`; this is for moving a local log (the migration)."""
+    return Path(params.base.paths.predictions)
+
+
+def local_parts(params: Params) -> dict[str, Path]:
+    """The part files in :func:`local_folder` by logical name (``date=YYYY-MM-DD/<part>.parquet``), not synced."""
+    root = local_folder(params)
+    return {p.relative_to(root).as_posix(): p for p in _mirror_files(root)}
+
+
 def _mirror_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob(f"*{prediction_log.PART_SUFFIX}") if p.is_file()) if root.is_dir() else []
 

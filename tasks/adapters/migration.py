@@ -385,15 +385,6 @@ def check_tree(
     return len(files), sum(size for size, _ in files.values()), problems
 
 
-def _log_parts(root: Path) -> dict[str, Path]:
-    """The local log's part files by logical name (``date=YYYY-MM-DD/<part>.parquet``; temp and hidden files not)."""
-    return {
-        path.relative_to(root).as_posix(): path
-        for path in sorted(Path(root).glob("date=*/*.parquet"))
-        if not path.name.startswith((".", "_"))
-    }
-
-
 def move_log(params: Params, conn: s3.S3Connection, *, copy: bool = True) -> LogCheck:
     """Publish the local prediction log to ``base.storage.predictions`` (unless ``copy`` is false), then check it.
 
@@ -409,10 +400,10 @@ def move_log(params: Params, conn: s3.S3Connection, *, copy: bool = True) -> Log
     import pyarrow.parquet as pq
 
     location = params.base.storage.predictions
-    root = Path(params.base.paths.predictions)
     if location is None:
         raise MigrationError("base.storage.predictions is null in these params: the log stays local, nothing to move")
-    local = _log_parts(root)
+    root = log_store.local_folder(params)
+    local = log_store.local_parts(params)
     if copy and local:
         done = log_store.publish_local_changes(params)
         log.info("%s -> %s: %d part(s) published", root, location, len(done.parts) if done else 0)

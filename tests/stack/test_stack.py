@@ -246,6 +246,61 @@ def test_the_postgres_password_is_a_canary_no_store_log_or_command_line_holds(lo
                 assert password.encode() not in body, f"s3://{bucket}/{item['Key']} holds the password"
 
 
+def test_the_stacks_mlflow_and_prefect_uis_show_the_champion_and_the_last_cycle(
+    local: stack.Stack, client_env, tmp_path: Path
+):
+    """Issue 14 item 5 on the stack itself: a cycle's champion registered, promoted and reported through the stack's
+    MLflow (PostgreSQL, artifacts in S3 through the server) and published to its Prefect (PostgreSQL), then seen in
+    headless Chromium by tests/browser/pages.py: the champion's row (alias, reviewer's tags, fits 1366×768), the
+    latest version's lineage and cycle report, the last cycle's flow run and its report artifact. Screenshots:
+    reports/test-artifacts/browser/stack-*.png. Placed before ``down``, which stops the module's stack."""
+    from mlflow import MlflowClient
+
+    from tasks.config import Params
+    from tests.browser import loop_data, pages
+    from tests.conftest import tiny_params_dict
+
+    start = time.monotonic()
+    mlflow_url = client_env["MLFLOW_TRACKING_URI"]
+    prefect_api = client_env["PREFECT_API_URL"]
+    model = f"ui-detector-{time.time_ns()}"  # the module's other tests share the stack's registry
+    params = Params.model_validate(
+        tiny_params_dict(
+            tmp_path / "project",
+            registry={"tracking_uri": mlflow_url, "model_name": model, "experiment": f"ui-{time.time_ns()}"},
+        )
+    )
+    cycle = "c-stack-ui-0001"
+    made = loop_data.make_cycle(params, cycle_name=cycle, prefect_api=lambda: prefect_api, home=tmp_path)
+    made_s = time.monotonic() - start
+    # the cycle report went through the server into S3
+    experiment = MlflowClient(mlflow_url).get_run(made.run_id).info.experiment_id
+    key = f"mlartifacts/{experiment}/{made.run_id}/artifacts/cycles/{cycle}/report.md"
+    body = stack.s3_client(local).get_object(Bucket=stack.BUCKETS["mlflow"], Key=key)["Body"].read()
+    assert body.startswith(f"# Cycle {cycle}: promote".encode())
+
+    shots = PROJECT_ROOT / "reports" / "test-artifacts" / "browser"
+    try:
+        outcome = pages.check_stack(mlflow_url, prefect_api, model, shots, prefix="stack-")
+    except FileNotFoundError as error:  # no Chromium: CI fails, a laptop skips
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    print(f"ui on the stack: data {made_s:.1f} s, browser {time.monotonic() - start - made_s:.1f} s")
+    for name, what in outcome.found.items():
+        print(f"  {name}: {what}")
+    assert outcome.missing == {}, outcome.missing
+    assert set(outcome.found) == {
+        "mlflow-champion-row",
+        "mlflow-latest-version",
+        "mlflow-cycle-report",
+        "prefect-cycle-run",
+    }
+    assert f"version {made.champion}: @champion" in outcome.found["mlflow-champion-row"]
+    assert f"flow run {made.flow_run['name']} (newest first: #0)" in outcome.found["prefect-cycle-run"]
+    assert all(shot.is_file() for shot in outcome.shots), outcome.shots
+
+
 def test_down_stops_every_process_it_started(local: stack.Stack, settings: dict[str, str]):
     groups = [int(local.pid_file(name).read_text()) for name in ("s3", "mlflow", "prefect-server", "prefect-worker")]
     postmaster = int((local.pg_data / "postmaster.pid").read_text().splitlines()[0])
