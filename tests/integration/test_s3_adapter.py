@@ -79,6 +79,7 @@ def test_the_endpoint_comes_from_the_environment_service_specific_first(server, 
 # ------------------------------------------------------------------ listing
 
 
+@pytest.mark.slow  # ~12 s of PUTs (CI: make test-slow-stack)
 def test_listing_pages_past_1000_keys(conn, bucket):
     keys = [f"batch/img-{i:05d}.jpg" for i in range(1100)]
     with ThreadPoolExecutor(max_workers=8) as pool:  # boto3 clients are thread-safe
