@@ -12,6 +12,7 @@ and writes it to ``reports/demo.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,17 @@ from tasks.sim.annotator import BackgroundAnnotator
 
 FINISHED = ("promote", "reject")
 """Cycle outcomes of a demo that worked: the gate decided (labels came, a candidate was trained and judged)."""
+
+
+def _ui_hint(uri: str) -> str:
+    """Where to see the registry: a tracking server is its own UI; an embedded store needs ``make mlflow-ui``."""
+    return f"open {uri}" if uri.startswith(("http://", "https://")) else "make mlflow-ui"
+
+
+def _prefect_ui_hint() -> str:
+    """A Prefect server named by ``PREFECT_API_URL`` (the stack) serves its UI beside its API; else make prefect-ui."""
+    api = os.environ.get("PREFECT_API_URL", "")
+    return f"open {api.removesuffix('/api')}" if api.startswith(("http://", "https://")) else "make prefect-ui"
 
 
 def monitor_lines(report: dict[str, Any], label: str) -> list[str]:
@@ -143,7 +155,7 @@ def demo(
                 summary_table(summaries),
                 *monitor_lines(final_monitor, "after the final predict"),
                 f"  champion      : models:/{final.model_name}@champion (v{final.model_version}, was "
-                f"v{first.model_version}) in {tracking_uri(params)}  -> make mlflow-ui",
+                f"v{first.model_version}) in {tracking_uri(params)}  -> {_ui_hint(tracking_uri(params))}",
                 f"  predictions   : {log_store.describe(params)} date=*/ "
                 f"(re-run by the final champion: {rerun or 'none'})",
                 f"  cycle reports : {paths.reports}/cycles/<cycle>/report.md (+ PNG plots; also in MLflow)",
@@ -152,7 +164,7 @@ def demo(
                 f"  summary       : {paths.reports}/demo.json; alias audit: make audit",
                 f"  labeling      : Label Studio project {params.label.project_title} "
                 f"(make labelstudio-up, {label_studio_url(params.label)})",
-                "  flow runs     : make prefect-ui",
+                f"  flow runs     : {_prefect_ui_hint()}",
             ]
         )
     )

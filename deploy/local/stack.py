@@ -729,8 +729,9 @@ def up(stack: Stack) -> dict[str, float]:
         _say(f"s3 ({stack.s3_backend}) on {stack.url('s3')}, buckets {', '.join(BUCKETS.values())}")
         if stack.s3_backend == "moto" and not fresh:
             _say(
-                "note: moto_server starts empty: objects of earlier sessions (MLflow artifacts) are gone while "
-                "PostgreSQL kept their records; down --purge for a clean stack, STACK_S3=s3rver to keep them"
+                "note: moto_server starts empty: objects of earlier sessions (MLflow artifacts, production batches, "
+                "the prediction log) are gone while PostgreSQL kept their records; down --purge (and a fresh clone "
+                "or data/ folder) for a clean stack, STACK_S3=s3rver to keep them"
             )
     mark = time.monotonic()
     # MLflow and Prefect migrate their databases on first start: start both, then wait for both
