@@ -131,7 +131,9 @@ def make_params(root: Path, *, title: str, labels: str = "labels", **simulator: 
 def build_cycle(params: Params) -> Params:
     """A tiny world, champion predictions (the oracle, shifted a little) in the log, and a sample manifest."""
     world.run(params)
-    paths, records_by_batch, rows = params.base.paths, {}, []
+    paths = params.base.paths
+    records_by_batch: dict[str, list[prediction_log.ImageDetections]] = {}
+    rows: list[dict[str, object]] = []
     rng = np.random.default_rng(0)
     for batch_dir in sorted(p for p in paths.production.iterdir() if p.is_dir()):
         batch = batch_dir.name

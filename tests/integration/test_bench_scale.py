@@ -29,17 +29,19 @@ def dask_row(workers: int, *, images: int = 1000, work: float = 100.0, fixed: fl
 
 
 @pytest.mark.parametrize(
-    ("runs", "per_core"),
+    ("runs", "images", "per_core"),
     [
-        ([dask_row(1)], [10.0] * 5),  # no overhead: every worker adds a core's throughput
-        ([dask_row(1, plan=10.0)], [9.09, 8.33, 7.14, 5.56, 3.85]),  # a serial plan caps it (Amdahl): 10 + 100/W s
-        ([dask_row(1, fixed=2.0), dask_row(2, fixed=10.0)], [9.09, 8.33, 7.14, 5.56, 3.85]),  # the larger fixed cost
-        ([dask_row(1, model_open=40.0)], [7.14, 5.56, 3.85, 2.38, 1.39]),  # 4 openings of 10 s per worker: 100/W + 40
+        ([dask_row(1)], None, [10.0] * 5),  # no overhead: every worker adds a core's throughput
+        ([dask_row(1, plan=10.0)], None, [9.09, 8.33, 7.14, 5.56, 3.85]),  # a serial plan caps it: 10 + 100/W s
+        ([dask_row(1, fixed=2.0), dask_row(2, fixed=10.0)], None, [9.09, 8.33, 7.14, 5.56, 3.85]),  # the larger one
+        ([dask_row(1, fixed=10.0)], 10_000, [9.90, 9.80, 9.62, 9.26, 8.62]),  # fixed: 10 + 1000/W s for 10x images
+        ([dask_row(1, plan=10.0)], 10_000, [9.09, 8.33, 7.14, 5.56, 3.85]),  # the plan grows with the images
+        ([dask_row(1, model_open=40.0)], None, [7.14, 5.56, 3.85, 2.38, 1.39]),  # 4 openings of 10 s per worker
     ],
-    ids=["no-overhead", "serial-plan", "fixed-fan-out", "per-shard-open"],
+    ids=["no-overhead", "serial-plan", "fixed-fan-out", "fixed-amortised", "serial-per-image", "per-shard-open"],
 )
-def test_the_scaling_model(runs, per_core):
-    model = scale.scaling_model(runs, 10.0, shards_per_worker=4)
+def test_the_scaling_model(runs, images, per_core):
+    model = scale.scaling_model(runs, 10.0, shards_per_worker=4, images=images)
     assert [m["workers"] for m in model] == list(scale.MODEL_WORKERS)
     assert [m["shards"] for m in model] == [4 * w for w in scale.MODEL_WORKERS]
     assert [m["per_core"] for m in model] == pytest.approx(per_core, abs=0.051)
