@@ -190,11 +190,12 @@ chromium:  ## the Debian Chromium the browser test drives (apt-get when root; Pl
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "chromium: missing; install the Debian package chromium (apt-get install chromium)" >&2; exit 1; }
 
-test-slow-stack: setup chromium  ## what CI adds for the server stack: the real stack + migration + its UIs in Chromium (tests/stack), the browser test, the Dask fan-out, S3 at scale (production, log), the quick runs of the stack's benchmarks (~12 min)
+test-slow-stack: setup chromium labelstudio  ## what CI adds for the server stack: the real stack + migration + its UIs in Chromium (tests/stack), the browser test, the Dask fan-out, S3 at scale (production, log), the quick runs of the stack's benchmarks (~12 min)
 	$(RUN) $(PY) -m pytest -m slow tests/stack tests/browser tests/integration/test_fanout.py \
 	  tests/integration/test_s3_adapter.py tests/integration/test_s3_production.py tests/integration/test_s3_log.py \
 	  tests/integration/test_s3_log_stages.py tests/integration/test_bench_dvc_scale.py \
-	  tests/integration/test_bench_prefect_backends.py tests/integration/test_bench_scale.py
+	  tests/integration/test_bench_prefect_backends.py tests/integration/test_bench_scale.py \
+	  tests/integration/test_labelstudio_s3.py
 
 .PHONY: labelstudio labelstudio-up labelstudio-down
 

@@ -240,6 +240,7 @@ def test_wrong_keys_are_refused_naming_the_endpoint_not_the_secret(server, auth_
     assert list(backend.client.import_storage.s3.list(project=backend.project_id)) == []
 
 
+@pytest.mark.slow  # a second Label Studio server (~10-20 s); CI: make test-slow-stack
 def test_with_ssrf_protection_on_the_local_endpoint_is_refused_unless_it_is_the_servers_own(
     moto, tmp_path, monkeypatch
 ):
