@@ -24,8 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
-import re
 import shutil
 import signal
 import socket
@@ -40,6 +38,8 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+
+from dvc_scale import host  # noqa: E402  (beside this script: sys.path[0] when run)
 
 START_TIMEOUT_S = 120.0
 
@@ -347,14 +347,6 @@ def print_row(backend: str, row: dict[str, Any]) -> None:
         f"{row.get('runs_per_s', 0):>8.1f}{row.get('warnings', 0):>9}  {stalled}",
         flush=True,
     )
-
-
-def host() -> dict[str, Any]:
-    """The CPU model, its widest vector ISA (AVX-512 VNNI or AVX2) and the core count."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else platform.machine()
-    model = re.search(r"model name\s*:\s*(.+)", flags)
-    return {"cpu": model[1] if model else platform.processor(), "isa": isa, "cores": os.cpu_count()}
 
 
 def run(
