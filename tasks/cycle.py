@@ -2,16 +2,17 @@
 
 Contract:
     inputs: ``<base.paths.samples>/<cycle>/`` (the cycle's folder, opened by :func:`start`); the reports the loop's
-        stages wrote under ``<base.paths.reports>`` (``sample``, ``label``, ``validate``, ``merge``, ``train``,
-        ``export``, ``gate``, ``registry``, ``promote`` JSON; missing ones are left out of the report); the prediction
-        log (confidence histograms); the registry (the champion's files, :func:`fetch_champion`);
+        stages wrote under ``<base.paths.reports>`` (:data:`STAGE_REPORTS`, ``predict`` to ``promote``, JSON; missing
+        ones are left out of the report); the prediction log (confidence histograms); the registry (the champion's
+        files, :func:`fetch_champion`); the sizes of the stores (cost);
     params: ``base``, ``cycle``;
-    outputs: ``<base.paths.samples>/<cycle>/cycle.json`` (the cycle's state: ``open`` → ``waiting`` → ``closed``,
-        with the outcome); ``<base.paths.reports>/cycles/<cycle>/`` with ``report.md``, ``report.json`` and the plots
-        ``per_class_ap.png`` (champion vs candidate per gate set), ``confidence.png`` (the champion's logged
-        confidences, sampled images vs the rest) and ``strategies.png`` (images per sampling strategy);
-        ``<base.paths.reports>/cycle.json`` (the latest report); the report folder and the gate figures logged to
-        the candidate's MLflow run (``cycles/<cycle>/``);
+    outputs: ``<base.paths.samples>/<cycle>/cycle.json`` (the cycle's state: ``open`` → ``waiting`` → ``closed``, with
+        the outcome and the stores' sizes at opening); ``<base.paths.reports>/cycles/<cycle>/`` with ``report.md``,
+        ``report.json``, ``cost.json`` (:mod:`tasks.decisions.cost`: measured hours, bytes, labels, priced by
+        ``cycle.cost``) and the plots ``per_class_ap.png`` (champion vs candidate per gate set), ``confidence.png`` (the
+        champion's logged confidences, sampled images vs the rest) and ``strategies.png`` (images per sampling
+        strategy); ``<base.paths.reports>/cycle.json`` (the latest report); the report folder and the gate figures
+        logged to the candidate's MLflow run (``cycles/<cycle>/``);
     side effects: :func:`fetch_champion` downloads the champion into ``<base.paths.models>/champion/v<version>/``
         (its deployed artifact into the version cache of :mod:`tasks.adapters.model_cache`,
         ``<base.paths.models>/registry/``) and copies its
@@ -39,7 +40,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,17 +56,19 @@ from tasks.contracts.license_record import RECORD_TAG, LicenseRecordError, parse
 from tasks.contracts.model_version import CHAMPION, ModelVersionInfo, check_classes
 from tasks.contracts.names import check_cycle_name
 from tasks.contracts.reports import load_report, load_report_json, report_path, write_report
+from tasks.contracts.reports.cost import measure_stores, store_paths
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.sample_manifest import manifest_path
 from tasks.contracts.train_files import parent_path, parent_record_path, read_parent_record, write_parent
 from tasks.core import plots
+from tasks.decisions.cost import COST_STAGES, cost_line, price_cycle
 from tasks.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 Status = Literal["open", "waiting", "closed"]
 STATE_FILE = "cycle.json"
-STAGE_REPORTS = ("sample", "label", "validate", "merge", "train", "export", "gate", "registry", "promote")
+STAGE_REPORTS = COST_STAGES  # predict, sample, label, validate, merge, train, evaluate, export, gate, registry, promote
 
 
 class CycleError(VisionloopError, ValueError):
@@ -83,6 +86,7 @@ class CycleState:
         runs: how many loop runs worked on the cycle.
         outcome: how it ended (``promote``, ``reject``, ``waiting for labels``, ``nothing to label``, ...).
         resumed: this run continues a cycle an earlier run opened.
+        sizes: bytes per store when the cycle opened (the cost report diffs them); ``None`` in older states.
     """
 
     cycle: str
@@ -92,6 +96,7 @@ class CycleState:
     runs: int = 1
     outcome: str | None = None
     resumed: bool = False
+    sizes: dict[str, int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,12 @@ def read_state(params: Params, cycle: str) -> CycleState | None:
         raise CycleError(f"{path}: not a cycle state ({exc}); fix or delete it") from exc
 
 
+def store_sizes(params: Params) -> dict[str, int | None]:
+    """Bytes in each store now (:data:`tasks.contracts.reports.cost.STORES`); ``None``: an S3 log, an MLflow server."""
+    log = None if params.base.storage.predictions else log_store.log_root(params)  # S3: the folder is only a mirror
+    return measure_stores(store_paths(params, log=log, mlflow_uri=mlflow_adapter.tracking_uri(params)))
+
+
 def write_state(params: Params, state: CycleState) -> CycleState:
     """Write the cycle's state atomically and return it."""
     write_json_atomic(state_path(params, state.cycle), asdict(state))
@@ -178,7 +189,7 @@ def start(params: Params, *, cycle: str | None = None, now: dt.datetime | None =
     else:
         previous = read_state(params, cycle)
     if previous is None:
-        state = CycleState(cycle=cycle, status="open", started_at=stamp, updated_at=stamp)
+        state = CycleState(cycle=cycle, status="open", started_at=stamp, updated_at=stamp, sizes=store_sizes(params))
         log.info("cycle %s: opened", cycle)
     elif previous.status == "closed":
         log.info(
@@ -194,6 +205,7 @@ def start(params: Params, *, cycle: str | None = None, now: dt.datetime | None =
             runs=previous.runs + 1,
             outcome=None,
             resumed=True,
+            sizes=previous.sizes,
         )
         log.info("cycle %s: continuing (run %d, was %s)", cycle, state.runs, previous.status)
     return write_state(params, state)
@@ -220,15 +232,7 @@ def lease(params: Params, *, holder: str) -> Iterator[str | None]:
 
 def finish(params: Params, state: CycleState, *, status: Status, outcome: str) -> CycleState:
     """Record how this run left the cycle (``waiting`` keeps it open for the next run)."""
-    done = CycleState(
-        cycle=state.cycle,
-        status=status,
-        started_at=state.started_at,
-        updated_at=_now().isoformat(timespec="seconds"),
-        runs=state.runs,
-        outcome=outcome,
-        resumed=state.resumed,
-    )
+    done = replace(state, status=status, updated_at=_now().isoformat(timespec="seconds"), outcome=outcome)
     log.info("cycle %s: %s (%s)", state.cycle, status, outcome)
     return write_state(params, done)
 
@@ -441,6 +445,7 @@ def render_markdown(summary: dict[str, Any], stages: dict[str, dict[str, Any]], 
         f"| export | deploys {summary['deploy_artifact'] or '-'} |",
         f"| registry | candidate v{summary['candidate_version'] or '-'} |",
         f"| decision | {summary['decision'] or '-'}; alias moves {summary['alias_moves'] or '-'} |",
+        f"| cost | {summary.get('cost') or '-'} |",
         "",
     ]
     sets = stages.get("gate", {}).get("sets", {})
@@ -538,7 +543,10 @@ def run(params: Params, *, cycle: str, outcome: str, since: dt.datetime | None =
     stages = read_reports(reports, since)
     folder = reports / "cycles" / cycle
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summarise(cycle, outcome, stages)
+    opened = state.sizes if (state := read_state(params, cycle)) else None
+    cost = price_cycle(cycle=cycle, stages=stages, opened=opened, now=store_sizes(params), prices=params.cycle.cost)
+    write_report(reports, "cost", cost, params, path=folder / "cost.json")
+    summary = summarise(cycle, outcome, stages) | {"cost": cost_line(cost)}
     figures = write_plots(params, cycle, stages, folder)
     markdown = render_markdown(summary, stages, figures)
     write_bytes_atomic(folder / "report.md", markdown.encode())

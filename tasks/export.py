@@ -205,6 +205,7 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
         CalibrationError: an INT8 target is listed and the calibration set is empty or too small.
         ExportCheckError: FP32 ONNX lost more than ``export.max_map_drop.fp32`` or collapsed in parity.
     """
+    start = time.perf_counter()
     weights = weights or default_model_path(params)
     if not weights.is_file():
         raise CheckpointMissing(f"{weights}: checkpoint missing; run the train stage first (python -m tasks.train)")
@@ -251,6 +252,7 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
             "versions": _versions(),
         },
         host=_host(params),
+        wall_s=round(time.perf_counter() - start, 2),
     )
     write_report(params.base.paths.reports, "export", report, params)
     fallback = checks[0]

@@ -27,6 +27,7 @@ import enum
 import getpass
 import logging
 import socket
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
@@ -411,6 +412,7 @@ def run(
     ``expected_champion`` applies to ``promote`` only (see :func:`promote`): a champion that moved turns the
     promotion into a rejection, and the result's ``action`` says ``reject``.
     """
+    start = time.perf_counter()
     reasons = reasons or []
     if decision == "challenge":
         result = challenge(params, version=version, why="; ".join(reasons) or "candidate", who=who)
@@ -421,6 +423,7 @@ def run(
         result = reject(params, version=version, reasons=reasons, who=who)
     else:
         result = rollback(params, to_version=version, why="; ".join(reasons) or "rollback", who=who)
+    result = replace(result, wall_s=round(time.perf_counter() - start, 2))
     write_report(params.base.paths.reports, "promote", result, params)
     return result
 

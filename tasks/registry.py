@@ -198,6 +198,7 @@ def run(
     Raises:
         RegistryError: no training report or no exported model.
     """
+    start = time.perf_counter()
     reports_dir, models_dir = params.base.paths.reports, params.base.paths.models
     if not report_path(reports_dir, "train").is_file():
         raise RegistryError(f"{report_path(reports_dir, 'train')}: no training report; run the train stage first")
@@ -228,6 +229,7 @@ def run(
         export_report=export_report,
     )
     result = _record_licenses(params, result, train=train, export_report=export_report)
+    result = dataclasses.replace(result, wall_s=round(time.perf_counter() - start, 2))
     write_report(reports_dir, "registry", result, params)
     log.info(
         "%s %s version %s, deploys %s",

@@ -33,6 +33,7 @@ from tasks.config.base import (  # noqa: F401
     Section,
     VisionloopError,
 )
+from tasks.config.cost import CostParams  # noqa: F401
 from tasks.config.forget import ForgetParams, RetentionParams  # noqa: F401
 from tasks.config.license import LicenseException, LicenseParams, LicensePolicy  # noqa: F401
 from tasks.config.monitor import (  # noqa: F401

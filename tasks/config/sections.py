@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from tasks.config.base import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Section
+from tasks.config.cost import CostParams
 from tasks.config.license import LicenseParams
 
 # Ultralytics train() arguments visionloop sets from its own keys: extra_args may not set them a second way
@@ -543,6 +544,7 @@ class CycleParams(Section):
     epochs: PositiveInt | None = 10  # retraining epochs per cycle (None: train.epochs)
     predict_first: bool = True  # log the champion's predictions on batches it has not seen before sampling
     histogram_bins: Annotated[int, Field(ge=2, le=200)] = 20  # confidence histograms of the report
+    cost: CostParams = CostParams()  # prices of cost.json (tasks/config/cost.py): null = not shown
 
 
 DoctorCheck = Literal["labels", "merged", "registry", "prediction_log", "production", "temp_files"]

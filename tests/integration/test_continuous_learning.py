@@ -118,7 +118,7 @@ def test_challenger_is_registered_with_lineage_and_the_decision_is_applied(loop)
 def test_cycle_report_is_written_and_logged(loop):
     params = load_params(loop["params_file"])
     folder = params.base.paths.reports / "cycles" / loop["cycle"]
-    for name in ("report.md", "report.json", "per_class_ap.png", "strategies.png", "confidence.png"):
+    for name in ("report.md", "report.json", "cost.json", "per_class_ap.png", "strategies.png", "confidence.png"):
         assert (folder / name).is_file(), name
     markdown = (folder / "report.md").read_text()
     assert "## Gate: candidate vs champion on the same sets" in markdown and "golden" in markdown
@@ -128,7 +128,8 @@ def test_cycle_report_is_written_and_logged(loop):
     client = MlflowClient(params.registry.tracking_uri)
     run_id = client.get_model_version(params.registry.model_name, "2").run_id
     logged = {a.path for a in client.list_artifacts(run_id, f"cycles/{loop['cycle']}")}
-    assert f"cycles/{loop['cycle']}/report.md" in logged
+    assert {f"cycles/{loop['cycle']}/{name}" for name in ("report.md", "cost.json")} <= logged
+    assert "| cost | compute " in markdown and "8 labels" in markdown  # measured; no price set in params.yaml
 
 
 def test_rerunning_a_finished_cycle_changes_nothing(loop):

@@ -36,6 +36,7 @@ RECORDS: dict[str, str] = {
     "predict": "tasks.contracts.reports.predict:PredictResult",
     "promote": "tasks.contracts.reports.promote:PromoteResult",
     "cycle": "tasks.contracts.reports.cycle:CycleReport",
+    "cost": "tasks.contracts.reports.cost:CycleCost",  # reports/cycles/<cycle>/cost.json (the cycle stage)
     "monitor": "tasks.contracts.reports.monitor:MonitorReport",
     "forget": "tasks.contracts.reports.forget:ForgetReport",
     "ingest": "tasks.contracts.reports.ingest:IngestReport",

@@ -122,6 +122,7 @@ class ExportReport:
         lineage: ``calibration`` (source, seed, image ids), ``quantization`` and ``calibration_settings``
             (the params used) and tool ``versions``.
         host: machine, processor, cpus, threads, device of the timing.
+        wall_s: seconds the stage took (``None`` in reports written before it was recorded).
     """
 
     weights: str
@@ -132,6 +133,7 @@ class ExportReport:
     selection: dict[str, str]
     lineage: dict[str, Any]
     host: dict[str, Any]
+    wall_s: float | None = None
 
     def deployed(self) -> Deployed | None:
         """The selected artifact as the version will run it (``None`` when nothing was selected)."""

@@ -26,9 +26,13 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class PromoteResult:
-    """What a promotion, rejection or rollback did (``moves``: alias -> [from version, to version])."""
+    """What a promotion, rejection or rollback did (``moves``: alias -> [from version, to version]).
+
+    ``wall_s``: seconds the stage took (``None`` when a function other than ``run`` made it, and in older reports).
+    """
 
     action: str
     version: str
     moves: dict[str, list[str | None]] = field(default_factory=dict)
     records: list[AuditRecord] = field(default_factory=list)
+    wall_s: float | None = None

@@ -18,6 +18,8 @@ class RegistryResult(ModelVersionInfo):
     Attributes:
         reused: ``True`` when the training run already had a version (a re-run of the same candidate found it
             instead of registering another); its tags were brought up to date.
+        wall_s: seconds the stage took (``None`` in reports written before it was recorded).
     """
 
     reused: bool = False
+    wall_s: float | None = None
