@@ -288,14 +288,21 @@ def sample_now(params: Params, root: Path, label_studio_data: Path | None, cycle
 # ------------------------------------------------------------------ the loop
 
 
+def loop_settings(data: dict[str, Any], *, title: str, budget: int, document_root: Path) -> None:
+    """Label and sample settings (in place) for a loop whose labels the simulator gives at once: a Label Studio
+    project of its own, half the budget labeled is enough, no waiting, every sampled image new (no daily cap, no
+    perceptual-hash dedup)."""
+    data["label"].update(project_title=title, document_root=str(document_root))
+    data["label"].update(min_labeled=max(1, budget // 2), retries=1, retry_delay_s=0.5, wait_timeout_s=0, poll_s=1)
+    data["sample"].update(budget=budget, max_per_day=None, phash_distance=None)
+
+
 def soak_params(root: Path, *, cycles: int, images: int, budget: int, document_root: Path) -> Path:
     """A tiny world with one production batch per cycle, 1-epoch 64 px training, ONNX export only."""
     from tests.conftest import tiny_params_dict
 
     data = tiny_params_dict(root, predict={"conf": 0.001, "max_det": 5})
-    data["label"].update(project_title=f"visionloop-soak-{root.name}", document_root=str(document_root))
-    data["label"].update(min_labeled=max(1, budget // 2), retries=1, retry_delay_s=0.5, wait_timeout_s=0, poll_s=1)
-    data["sample"].update(budget=budget, max_per_day=None, phash_distance=None)
+    loop_settings(data, title=f"visionloop-soak-{root.name}", budget=budget, document_root=document_root)
     data["world"]["production"].update(batches=cycles, images_per_batch=images)
     data["merge"].update(holdout_fraction=0.25)
     data["cycle"].update(epochs=1)

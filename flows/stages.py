@@ -1,4 +1,4 @@
-"""Prefect task wrappers of the stage functions: retries, timeouts, tags. Nothing else.
+"""Prefect task wrappers of the stage functions: retries, timeouts, cache policy. Nothing else.
 
 One task per stage, named like the stage, calling the very function ``python -m tasks.<stage>`` (and so
 ``dvc repro``) calls. Stage code never imports Prefect; this is the only module that wraps it.
@@ -58,7 +58,10 @@ from tasks.contracts.reports.registry import RegistryResult
 from tasks.contracts.reports.sample import SampleResult
 from tasks.contracts.reports.train import TrainResult
 
-_COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "tags": ["visionloop"]}
+# No task tags: Prefect looks up the concurrency limits of a task's tags through the API at every task start once
+# its 5 s "no limits" cache has expired, ~2 s per stage start here (benchmarks/cycle.py; a toy flow: 1.9-2.1 s gaps
+# with a tag, 0.01 s without). The deployments carry the ``visionloop`` tag (prefect.yaml), so runs stay findable.
+_COMMON: dict[str, Any] = {"cache_policy": NO_CACHE}
 
 
 @task(name="forget", **_COMMON)

@@ -145,7 +145,9 @@ def plot_curves(rows: Sequence[dict[str, float]], out_png: Path) -> Path | None:
     left.set(title="training loss", xlabel="epoch")
     left.legend()
     for name in [n for n in ("val/mAP50-95", "val/mAP50") if n in names]:
-        right.plot(epochs, [row.get(name, float("nan")) for row in rows], label=name.removeprefix("val/"))
+        right.plot(  # markers: with train.yolo.val_every > 1 the validated epochs are points apart
+            epochs, [row.get(name, float("nan")) for row in rows], marker="o", label=name.removeprefix("val/")
+        )
     right.set(title="validation", xlabel="epoch", ylim=(0, 1))
     right.legend()
     fig.tight_layout()

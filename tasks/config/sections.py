@@ -26,6 +26,9 @@ YOLO_OWNED_ARGS = {
     "optimizer": "train.yolo.optimizer",
     "lr0": "train.yolo.lr0",
     "workers": "train.yolo.workers",
+    "val": "train.yolo.val_every",
+    "save": "train.yolo.val_every (checkpoints after the validated epochs)",
+    "cache": "train.yolo.cache_ram",
     "project": "base.paths.models",
     "name": "base.paths.models",
 }
@@ -44,6 +47,11 @@ class YoloParams(Section):
     lr0: float | None = Field(default=None, gt=0)  # None with a named optimizer: Ultralytics' default, 0.01
     # dataloader worker processes per CUDA device; on cpu/mps Ultralytics always loads in the main process
     workers: int = Field(default=0, ge=0)
+    # the val-set pass after every val_every-th epoch and always after the last one; best.pt is the best validated
+    # epoch (benchmarks/cycle.py: a pass costs ~6 % of an epoch at 160 px, 1 = Ultralytics' every epoch)
+    val_every: int = Field(default=5, ge=1)
+    # decoded images kept in RAM for all epochs (~77 KB each at 160 px) instead of a PNG decode per image per epoch
+    cache_ram: bool = True
     extra_args: dict[str, Any] = Field(default_factory=dict)  # more Ultralytics train() arguments
 
     @model_validator(mode="after")

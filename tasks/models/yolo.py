@@ -75,6 +75,8 @@ def ultralytics_args(params: Params, *, data_yaml: Path, scratch: Path) -> dict[
         "name": "run",
         "exist_ok": True,
         "plots": False,
+        "val": True,  # switched per epoch by validates_after (train.yolo.val_every)
+        "cache": "ram" if yolo.cache_ram else False,
         "amp": params.base.device != "cpu",
         "verbose": False,
         # False builds the architecture from the yaml (scratch); True keeps the loaded checkpoint (warm start)
@@ -88,6 +90,11 @@ def ultralytics_args(params: Params, *, data_yaml: Path, scratch: Path) -> dict[
 def neutral_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
     """Ultralytics' metric names as the family-neutral ones: ``metrics/mAP50-95(B)`` -> ``val/mAP50-95``."""
     return {key.replace("(B)", "").replace("metrics/", "val/"): float(v) for key, v in (metrics or {}).items()}
+
+
+def validates_after(epoch: int, *, epochs: int, every: int) -> bool:
+    """Whether the val-set pass runs after ``epoch`` (0-based) of ``epochs``: every ``every``-th and the last."""
+    return (epoch + 1) % every == 0 or epoch + 1 >= epochs
 
 
 def _epoch_metrics(trainer: Any) -> dict[str, float]:
@@ -213,11 +220,25 @@ class YoloFamily:
         data_yaml = _write_data_yaml(out_dir / "data.yaml", data)
         model = YOLO(str(cfg.weights) if cfg.weights else cfg.model)
 
+        every = cfg.yolo.val_every
+
+        def _choose_validation(trainer: Any) -> None:  # runs just before Ultralytics' "validate now?" test
+            trainer.args.val = validates_after(trainer.epoch, epochs=trainer.epochs, every=every)
+            # checkpoints (last.pt, best.pt: ~1-2 s a write on 2 cores) only after a validated epoch, the only
+            # ones that can become best.pt; nothing resumes from an unvalidated epoch's last.pt
+            trainer.args.save = trainer.args.val
+            if not trainer.args.val:
+                trainer.fitness = None  # an unvalidated epoch never overwrites best.pt with the last score
+
         def _epoch_end(trainer: Any) -> None:
             if trainer.epoch >= cfg.epochs:  # Ultralytics' final validation of best.pt calls this once more
                 return
-            on_epoch(trainer.epoch + 1, _epoch_metrics(trainer))
+            metrics = _epoch_metrics(trainer)
+            if not validates_after(trainer.epoch, epochs=trainer.epochs, every=every):  # val/: an earlier epoch's
+                metrics = {key: value for key, value in metrics.items() if not key.startswith("val/")}
+            on_epoch(trainer.epoch + 1, metrics)
 
+        model.add_callback("on_train_epoch_end", _choose_validation)
         model.add_callback("on_fit_epoch_end", _epoch_end)
         model.train(**ultralytics_args(params, data_yaml=data_yaml, scratch=out_dir / "ultralytics"))
         trainer: Any = model.trainer

@@ -34,6 +34,9 @@ def params_with(**yolo_settings) -> Params:
         pytest.param({"extra_args": {"epochs": 3}}, r"epochs \(use train.epochs\)", id="extra-args-owned-epochs"),
         pytest.param({"optimizer": "Lion"}, "optimizer", id="unknown-optimizer"),
         pytest.param({"workers": -1}, "workers", id="negative-workers"),
+        pytest.param({"val_every": 0}, "val_every", id="val-every-zero"),
+        pytest.param({"extra_args": {"val": False}}, r"val \(use train.yolo.val_every\)", id="extra-args-owned-val"),
+        pytest.param({"extra_args": {"cache": "ram"}}, r"cache \(use train.yolo.cache_ram\)", id="extra-args-cache"),
     ],
 )
 def test_yolo_settings_that_would_do_nothing_fail_at_load(settings, problem):
@@ -44,7 +47,8 @@ def test_yolo_settings_that_would_do_nothing_fail_at_load(settings, problem):
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        pytest.param({}, {"optimizer": "auto", "workers": 0}, id="defaults"),
+        pytest.param({}, {"optimizer": "auto", "workers": 0, "val": True, "cache": "ram"}, id="defaults"),
+        pytest.param({"cache_ram": False}, {"cache": False}, id="images-read-each-epoch"),
         pytest.param({"optimizer": "SGD", "lr0": 0.02}, {"optimizer": "SGD", "lr0": 0.02}, id="named-optimizer-lr0"),
         pytest.param({"optimizer": "AdamW"}, {"optimizer": "AdamW"}, id="named-optimizer-default-lr0"),
         pytest.param({"extra_args": {"mosaic": 0.0}}, {"mosaic": 0.0}, id="extra-args-pass-through"),
@@ -54,6 +58,22 @@ def test_ultralytics_args_carry_the_settings(settings, expected, tmp_path):
     args = yolo.ultralytics_args(params_with(**settings), data_yaml=tmp_path / "data.yaml", scratch=tmp_path)
     assert {key: args.get(key) for key in expected} == expected
     assert ("lr0" in args) == ("lr0" in settings)  # absent: Ultralytics' own default (or its auto choice)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "every", "validated"),
+    [
+        pytest.param(10, 5, [5, 10], id="every-5-of-10"),
+        pytest.param(10, 1, list(range(1, 11)), id="every-epoch"),
+        pytest.param(7, 3, [3, 6, 7], id="the-last-always"),
+        pytest.param(3, 1000, [3], id="only-the-last"),
+        pytest.param(1, 5, [1], id="one-epoch"),
+        pytest.param(0, 5, [], id="no-epoch"),
+    ],
+)
+def test_the_val_pass_runs_after_every_kth_epoch_and_the_last(epochs, every, validated):
+    runs = [e + 1 for e in range(epochs) if yolo.validates_after(e, epochs=epochs, every=every)]
+    assert runs == validated
 
 
 @pytest.mark.parametrize(
