@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.adapters import image_store, log_store
-from tasks.adapters.label_files import FilesBackend
+from tasks.adapters.label_files import FilesBackend, exchange_folders
 from tasks.adapters.labelstudio import (
     DOCUMENT_ROOT_ENV,
     START_COMMAND,
@@ -413,8 +413,8 @@ def make_backend(params: Params, cycle: str, ledger: Mapping[str, LedgerRow]) ->
     """
     settings = params.label
     if settings.backend == "files":
-        labels = params.base.paths.labels
-        return FilesBackend(settings.outbox or labels / "outbox", settings.inbox or labels / "inbox", cycle)
+        outbox, inbox = exchange_folders(params)
+        return FilesBackend(outbox, inbox, cycle)
     counts = collections.Counter(
         int(r["project_id"]) for r in ledger.values() if r["backend"] == "labelstudio" and r["project_id"] is not None
     )

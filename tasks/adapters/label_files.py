@@ -13,11 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.config import Params
 from tasks.contracts.label_tasks import TaskRef, read_export
 from tasks.contracts.ledger import LedgerRow
 from tasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+
+def exchange_folders(params: Params) -> tuple[Path, Path]:
+    """``(outbox, inbox)`` of the files backend: ``label.outbox``/``label.inbox``, else ``<base.paths.labels>/outbox``
+    and ``/inbox`` (the label stage and the annotator simulator's files mode use the same folders)."""
+    labels = params.base.paths.labels
+    return params.label.outbox or labels / "outbox", params.label.inbox or labels / "inbox"
 
 
 class FilesBackend:

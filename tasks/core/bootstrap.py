@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals: the paired bootstrap of an mAP difference over images, and of a median.
+"""Bootstrap confidence intervals: the paired bootstrap of an mAP difference over images, of one model's mAP, and
+of a median.
 
 :func:`paired_bootstrap` resamples the images of one set (the same images for both models) and re-accumulates
 COCO AP from stored matches (:mod:`tasks.core.coco`) for every resample; :func:`bootstrap_median` resamples
@@ -82,6 +83,44 @@ def paired_bootstrap(
         return Interval(estimate, math.nan, math.nan, level, resamples)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(diff, [alpha, 1.0 - alpha])
+    return Interval(estimate, float(low), float(high), level, resamples)
+
+
+def bootstrap_map(matches: SetMatches, *, resamples: int, seed: int, level: float) -> Interval:
+    """Confidence interval of one model's mAP50-95 on one set, by resampling its images (learning curves).
+
+    Args:
+        matches: the model's stored matches on the set.
+        resamples, seed, level: as :func:`paired_bootstrap` (the same images are drawn for any model on a set of
+            that size and ``seed``).
+
+    Returns:
+        The full-set mAP50-95 and its percentile interval (resamples without any ground truth left out).
+
+    Raises:
+        ValueError: the set is empty, or the arguments are invalid.
+    """
+    if matches.num_images == 0:
+        raise ValueError("bootstrap of an empty set")
+    if resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"need resamples >= 1 and 0 < level < 1, got resamples={resamples}, level={level}")
+    estimate = float(mean_ap(average_precision(matches))[0])
+    rng = np.random.default_rng(seed)
+    values = np.concatenate(
+        [
+            mean_ap(
+                average_precision(
+                    matches, _resample_weights(rng, matches.num_images, min(_DRAW_CHUNK, resamples - start))
+                )
+            )
+            for start in range(0, resamples, _DRAW_CHUNK)
+        ]
+    )
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return Interval(estimate, math.nan, math.nan, level, resamples)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return Interval(estimate, float(low), float(high), level, resamples)
 
 

@@ -12,27 +12,37 @@ noise from ``world.annotator`` (params):
 Randomness is seeded per task from ``simulator.seed`` (``base.seed`` when null) and the image's SHA-256,
 so a task gets the same answer whatever order or batch it is answered in.
 
+With ``label.backend: files`` (no server) it plays the person of the air-gapped exchange instead
+(:func:`run_files`): it reads the task JSON the label stage wrote to the outbox, answers every task no inbox
+export answers yet, the same way, and writes one Label Studio JSON export per run into the inbox, which the label
+stage reads on its next run (:mod:`tasks.adapters.label_files`).
+
 ``python -m tasks.sim.annotator --params P [--limit N]`` answers up to N open tasks (all by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import io
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from tasks.adapters.label_files import exchange_folders
 from tasks.adapters.labelstudio import LabelStudioBackend, projects_path
 from tasks.cli import stage_main
 from tasks.config import AnnotatorSimParams, Params
 from tasks.contracts import annotations as ls
-from tasks.contracts.label_tasks import image_path, is_s3_uri
+from tasks.contracts.label_tasks import image_path, is_s3_uri, read_export
 from tasks.contracts.yolo_labels import image_size, read_label_file
+from tasks.io import write_json_atomic
 
 if TYPE_CHECKING:
     from tasks.adapters.labelstudio import LabelStudio  # the SDK client type (only adapters import the SDK)
@@ -42,9 +52,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SimResult:
-    """What one simulator run did."""
+    """What one simulator run did (``project_id`` None with the files backend; ``task_ids`` are the export's ids
+    there)."""
 
-    project_id: int
+    project_id: int | None
     answered: int
     skipped: int
     boxes: int
@@ -142,10 +153,12 @@ def _image_size(uri: str) -> tuple[int, int]:
 def run(params: Params, *, limit: int | None = None, client: LabelStudio | None = None) -> SimResult:
     """Answer up to ``limit`` open tasks (no annotation yet) of the label stage's project, in task id order.
 
+    With ``label.backend: files`` the outbox tasks are answered into the inbox instead (:func:`run_files`).
+
     Args:
         params: ``base`` and ``label`` (connection, project title, ``world.annotator`` noise).
         limit: most tasks to answer; None answers all open ones.
-        client: an SDK client (default: :func:`tasks.adapters.labelstudio.connect`).
+        client: an SDK client (default: :func:`tasks.adapters.labelstudio.connect`; unused with ``files``).
 
     Returns:
         A :class:`SimResult`.
@@ -155,6 +168,8 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
             simulator never creates one: it answers the project the label stage records in
             ``<base.paths.labels>/projects.json``).
     """
+    if params.label.backend == "files":
+        return run_files(params, limit=limit)
     backend = LabelStudioBackend(
         params.label, params.base.classes, record=projects_path(params), create=False, client=client
     )
@@ -184,6 +199,96 @@ def run(params: Params, *, limit: int | None = None, client: LabelStudio | None 
     )
     return SimResult(
         project_id=project_id, answered=answered, skipped=skipped, boxes=boxes, dropped_boxes=dropped, task_ids=ids
+    )
+
+
+def export_id(image_sha256: str) -> int:
+    """The task and annotation id the files mode gives an image's answer: stable, so a re-read export is the same
+    annotation (the inbox reader de-duplicates annotations by id)."""
+    return int(image_sha256[:12], 16)
+
+
+def outbox_tasks(outbox: Path) -> list[dict[str, Any]]:
+    """Every task of the outbox's task JSON files (the label stage's :func:`~tasks.contracts.label_tasks.build_task`
+    lists), oldest file first, each image once."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for path in sorted(outbox.glob("*.json")) if outbox.is_dir() else []:
+        for task in read_export(path):  # the same shape: a list of tasks, each with data.image_sha256
+            tasks.setdefault(str(task["data"]["image_sha256"]), task)
+    return list(tasks.values())
+
+
+def answered_images(inbox: Path) -> set[str]:
+    """SHA-256 of the images some inbox export already answers (an annotation, cancelled or not)."""
+    done: set[str] = set()
+    for path in sorted(inbox.glob("*.json")) if inbox.is_dir() else []:
+        done |= {str(t["data"]["image_sha256"]) for t in read_export(path) if t.get("annotations")}
+    return done
+
+
+def export_task(task: dict[str, Any], regions: Sequence[dict[str, Any]], *, cancelled: bool, at: str) -> dict[str, Any]:
+    """One task of a Label Studio JSON export: the outbox task's data and predictions with one annotation."""
+    task_id = export_id(str(task["data"]["image_sha256"]))
+    annotation = {
+        "id": task_id,
+        "result": list(regions),
+        "was_cancelled": cancelled,
+        "created_at": at,
+        "updated_at": at,
+        "completed_by": 1,
+    }
+    return {
+        "id": task_id,
+        "data": task["data"],
+        "annotations": [annotation],
+        "predictions": task.get("predictions", []),
+    }
+
+
+def run_files(params: Params, *, limit: int | None = None) -> SimResult:
+    """The files backend's person: answer the outbox tasks no inbox export answers yet, as one new inbox export.
+
+    Reads ``label.outbox`` (default ``<base.paths.labels>/outbox``), answers up to ``limit`` open tasks in outbox
+    order with :func:`answer_task` and writes ``<inbox>/sim-<UTC time>.json`` atomically (nothing when none is
+    open), which the label stage collects on its next run.
+
+    Returns:
+        A :class:`SimResult` (``project_id`` None, ``task_ids`` the export's task ids).
+
+    Raises:
+        tasks.contracts.label_tasks.LabelError: an outbox or inbox file is not a task list (names it).
+        tasks.contracts.yolo_labels.DatasetError: an oracle label file is missing or malformed (names it).
+    """
+    outbox, inbox = exchange_folders(params)
+    done = answered_images(inbox)
+    open_tasks = [t for t in outbox_tasks(outbox) if str(t["data"]["image_sha256"]) not in done]
+    if limit is not None:
+        open_tasks = open_tasks[:limit]
+    now = dt.datetime.now(dt.UTC)
+    exported, skipped, boxes, dropped = [], 0, 0, 0
+    for task in open_tasks:
+        regions, cancelled, lost = answer_task(task, params, params.world.annotator)
+        exported.append(export_task(task, regions, cancelled=cancelled, at=now.isoformat()))
+        skipped += int(cancelled)
+        boxes += len(regions)
+        dropped += lost
+    if exported:
+        path = write_json_atomic(inbox / f"sim-{now.strftime('%Y%m%dT%H%M%S%fZ')}.json", exported)
+        log.info(
+            "annotator simulator: answered %d outbox task(s) into %s (%d skipped, %d boxes, %d dropped)",
+            len(exported),
+            path,
+            skipped,
+            boxes,
+            dropped,
+        )
+    return SimResult(
+        project_id=None,
+        answered=len(exported),
+        skipped=skipped,
+        boxes=boxes,
+        dropped_boxes=dropped,
+        task_ids=[int(t["id"]) for t in exported],
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.core import coco
-from tasks.core.bootstrap import bootstrap_median, paired_bootstrap
+from tasks.core.bootstrap import bootstrap_map, bootstrap_median, paired_bootstrap
 from tasks.core.coco import RECALL_THRESHOLDS, SetMatches, average_precision, match_coco, mean_ap, score_matches
 from tasks.core.cocoeval import coco_metrics
 from tests.unit.test_coco_oracle import OFFICIAL, ORACLE
@@ -291,6 +291,38 @@ def test_bootstrap_refuses_bad_settings(two_models, kwargs, match):
     good, worse = two_models
     with pytest.raises(ValueError, match=match):
         paired_bootstrap(good, worse, **({"resamples": 10, "seed": 0, "level": 0.95} | kwargs))
+
+
+def test_one_model_interval_brackets_its_map_and_matches_the_paired_draws(two_models):
+    good, worse = two_models
+    a = bootstrap_map(good, resamples=300, seed=5, level=0.9)
+    assert a == bootstrap_map(good, resamples=300, seed=5, level=0.9)
+    assert a.estimate == pytest.approx(score_matches("s", good).map50_95, abs=1e-12)
+    assert a.low < a.estimate < a.high
+    # the same seed draws the same images as the paired bootstrap: the difference of the two models' resampled
+    # intervals is not the paired one, but their estimates subtract exactly
+    b = bootstrap_map(worse, resamples=300, seed=5, level=0.9)
+    assert a.estimate - b.estimate == pytest.approx(
+        paired_bootstrap(good, worse, resamples=300, seed=5, level=0.9).estimate
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"resamples": 0}, "resamples", id="no-resamples"),
+        pytest.param({"level": 1.0}, "level", id="level-1"),
+    ],
+)
+def test_one_model_bootstrap_refuses_bad_settings(two_models, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_map(two_models[0], **({"resamples": 10, "seed": 0, "level": 0.95} | kwargs))
+
+
+def test_one_model_bootstrap_refuses_an_empty_set():
+    empty = match_coco({"images": [], "annotations": [], "categories": [{"id": 0, "name": "a"}]}, [])
+    with pytest.raises(ValueError, match="empty set"):
+        bootstrap_map(empty, resamples=10, seed=0, level=0.95)
 
 
 def test_bootstrap_refuses_different_ground_truth(two_models):
