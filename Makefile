@@ -57,7 +57,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo demo-commercial test test-all test-reliability test-slow-reliability soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
+.PHONY: help setup demo demo-commercial test test-all test-reliability test-slow-reliability test-slow-bench soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -104,6 +104,10 @@ test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability 
 	  tests/integration/test_rfdetr_smoke.py tests/integration/test_license_record.py tests/integration/test_dvc_repro.py \
 	  tests/integration/test_continuous_learning.py tests/integration/test_labelstudio_race.py \
 	  tests/integration/test_monitor_flow.py
+
+test-slow-bench: setup labelstudio  ## the --quick runs of the loop's own benchmarks (label efficiency, cycle time, predict end to end) and the sparse-validation training test: what CI adds so they cannot rot (~12 min)
+	$(RUN) $(PY) -m pytest -m slow tests/integration/test_bench_loop.py tests/integration/test_bench_cycle.py \
+	  tests/integration/test_bench_predict.py tests/integration/test_train_validation.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))
