@@ -25,10 +25,11 @@ or whose artifact cannot be fetched or opened here, runs its FP32 ONNX file inst
 say which target ran and why.
 
 Each image file is read once: its bytes give ``image_sha256``, are decoded, and the decoded pixels give the input
-statistics (:func:`tasks.core.image_stats.image_stats`). An image that cannot be read (``unreadable``) or decoded
-(``decode``), or whose chunk's model call raises (``inference``) or runs past ``predict.timeout_s`` (``timeout``:
-the call runs on one worker thread; the next chunk starts once it has finished), gets one error row in the log and
-is named in the report; it never stops the rest of the batch.
+statistics (:func:`tasks.core.image_stats.image_stats`); reader threads do that (and the letterbox) for the next
+chunks while the model runs on the current one (:func:`tasks.targets.chunk_inference.read_ahead`). An image that
+cannot be read (``unreadable``) or decoded (``decode``), or whose chunk's model call raises (``inference``) or runs
+past ``predict.timeout_s`` (``timeout``: the call runs on one worker thread; the next chunk starts once it has
+finished), gets one error row in the log and is named in the report; it never stops the rest of the batch.
 
 Shadow (``predict.shadow``, ``share`` 0 = off): when ``alias`` (an alias or a version number) names a version other
 than the one predicting, that version also predicts the images whose seeded draw ``u(base.seed, image_sha256)``
@@ -57,7 +58,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ from tasks.targets.chunk_inference import (
     chunk_records,
     decode_image,
     infer_chunk,
+    read_ahead,
     read_image,
     unread_image,
     unread_record,
@@ -102,6 +104,10 @@ from tasks.targets.scoring import predict_settings
 log = logging.getLogger(__name__)
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 S3_READ_THREADS = 8  # a chunk's S3 reads in flight at once: 111 -> 256 images/s from moto on 2 cores (77 kB PNGs)
+# local files read, decoded and letterboxed at once beside the model call: the loop's wait for its images went from
+# 24 % of the wall to under 1 % (benchmarks/predict.py, 2 k images, 2 cores)
+LOCAL_READ_THREADS = 2
+PREFETCH_CHUNKS = 2  # chunks whose images are read ahead of the one the model runs on
 SHADOW_SUFFIX = "__shadow"
 """Ends the part name of a shadow version's rows: ``batch=<b>__model=<name>-v<n>__shadow``."""
 
@@ -220,19 +226,42 @@ def plan_shards(params: Params, batches: Sequence[str]) -> tuple[PredictShard, .
     )
 
 
-def predict_chunk(
+def predict_chunks(
     detector: Detector,
-    chunk: ImageChunk,
+    chunks: Sequence[ImageChunk],
     *,
     seed: int,
     timeout_s: float | None,
     shadow: Shadow | None = None,
     pool: ThreadPoolExecutor | None = None,
+) -> Iterator[PredictedChunk]:
+    """Predict chunks in order: each image read once, the detector (and the shadow on its share) on the decoded ones.
+
+    Reader threads read, decode and letterbox the images of the next :data:`PREFETCH_CHUNKS` chunks while the
+    model runs on the current one (:data:`LOCAL_READ_THREADS` threads for local files, :data:`S3_READ_THREADS`
+    for S3 objects); the model calls stay one at a time, in chunk order, and each chunk's images stay in order.
+    A read that raises (an S3 failure other than a missing object) raises here when its chunk's turn comes.
+    """
+    threads = S3_READ_THREADS if chunks and image_store.is_s3(chunks[0].paths[0]) else LOCAL_READ_THREADS
+    reads = read_ahead(chunks, _read, imgsz=detector.settings.imgsz, threads=threads, ahead=PREFETCH_CHUNKS)
+    for chunk, images, read_s in reads:
+        yield _predict_read(
+            detector, chunk, images, read_s=read_s, seed=seed, timeout_s=timeout_s, shadow=shadow, pool=pool
+        )
+
+
+def _predict_read(
+    detector: Detector,
+    chunk: ImageChunk,
+    images: Sequence[ImageRead],
+    *,
+    read_s: float,
+    seed: int,
+    timeout_s: float | None,
+    shadow: Shadow | None,
+    pool: ThreadPoolExecutor | None,
 ) -> PredictedChunk:
-    """Read one chunk's images once, run the detector (and the shadow on its share) on the decoded ones."""
-    started = time.perf_counter()
-    images = _read_chunk(chunk)
-    read_s = time.perf_counter() - started
+    """One chunk's records from its images as read: error rows for the unread, the model on the decoded ones."""
     records: list[prediction_log.ImageDetections] = []
     skipped: dict[str, str] = {}
     for image in images:
@@ -242,34 +271,36 @@ def predict_chunk(
             records.append(unread_record(image))
     decoded = [image for image in images if image.rgb is not None]
     started = time.perf_counter()
-    inferred = infer_chunk(detector, [i.rgb for i in decoded if i.rgb is not None], pool=pool, timeout_s=timeout_s)
+    inferred = infer_chunk(detector, decoded, pool=pool, timeout_s=timeout_s)
     infer_s = time.perf_counter() - started
     _failures(decoded, inferred, skipped, f"batch {chunk.batch}")
     records += chunk_records(decoded, inferred)
     shadow_records: list[prediction_log.ImageDetections] = []
+    calls = [inferred]
     if shadow is not None:
         chosen = [i for i in decoded if shadow_draw(seed, i.sha256) < shadow.share]
         started = time.perf_counter()
-        found = infer_chunk(
-            shadow.detector, [i.rgb for i in chosen if i.rgb is not None], pool=pool, timeout_s=timeout_s
-        )
+        found = infer_chunk(shadow.detector, chosen, pool=pool, timeout_s=timeout_s)
         infer_s += time.perf_counter() - started
         _failures(chosen, found, {}, f"batch {chunk.batch} shadow v{shadow.info.version}")
         shadow_records = chunk_records(chosen, found)
-    return PredictedChunk(chunk.batch, records, shadow_records, skipped, read_s=read_s, infer_s=infer_s)
+        calls.append(found)
+    return PredictedChunk(
+        chunk.batch,
+        records,
+        shadow_records,
+        skipped,
+        read_s=read_s,
+        infer_s=infer_s,
+        file_read_s=sum(image.read_s for image in images),
+        decode_s=sum(image.decode_s for image in images),
+        preprocess_s=sum(call.preprocess_ms for call in calls) / 1000.0,
+        network_s=sum(call.network_ms for call in calls) / 1000.0,
+        postprocess_s=sum(call.postprocess_ms for call in calls) / 1000.0,
+    )
 
 
-def _read_chunk(chunk: ImageChunk) -> list[ImageRead]:
-    """A chunk's images, in order; S3 objects are fetched by :data:`S3_READ_THREADS` threads at once (each GET
-    waits on the network; one client serves them all), local files one after another."""
-    pairs = list(zip(chunk.paths, chunk.sources, strict=True))
-    if not any(image_store.is_s3(path) for path, _ in pairs):
-        return [_read(path, source=source) for path, source in pairs]
-    with ThreadPoolExecutor(max_workers=min(S3_READ_THREADS, len(pairs)), thread_name_prefix="s3-read") as pool:
-        return list(pool.map(lambda pair: _read(pair[0], source=pair[1]), pairs))
-
-
-def _read(address: Path | str, *, source: str) -> ImageRead:
+def _read(address: Path | str, source: str) -> ImageRead:
     """One image read once: a local file, or an S3 object streamed into memory and hashed as it streams.
 
     An object deleted since it was listed is ``unreadable`` (its row and reason logged; the batch goes on); any
@@ -301,8 +332,16 @@ def predict_batch(
         SourcesError: the batch's ``sources.csv`` is malformed (names the file and line).
     """
     seed, timeout_s = params.base.seed, params.predict.timeout_s
-    chunks = tqdm(batch_chunks(params, batch), desc=f"predict {batch}", unit="chunk", leave=False)
-    predicted = [predict_chunk(detector, c, seed=seed, timeout_s=timeout_s, shadow=shadow, pool=pool) for c in chunks]
+    chunks = batch_chunks(params, batch)
+    predicted = list(
+        tqdm(
+            predict_chunks(detector, chunks, seed=seed, timeout_s=timeout_s, shadow=shadow, pool=pool),
+            total=len(chunks),
+            desc=f"predict {batch}",
+            unit="chunk",
+            leave=False,
+        )
+    )
     return log_batch(params, predicted, info=info, alias=alias, batch=batch, shadow=shadow)
 
 
@@ -432,8 +471,15 @@ def run_shard(
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") if timeout_s else None
     try:
         chunks = tuple(
-            predict_chunk(detector, c, seed=params.base.seed, timeout_s=timeout_s, shadow=shadow, pool=pool)
-            for c in tqdm(shard.chunks, desc=f"predict shard {shard.index}", unit="chunk", leave=False)
+            tqdm(
+                predict_chunks(
+                    detector, shard.chunks, seed=params.base.seed, timeout_s=timeout_s, shadow=shadow, pool=pool
+                ),
+                total=len(shard.chunks),
+                desc=f"predict shard {shard.index}",
+                unit="chunk",
+                leave=False,
+            )
         )
     finally:
         if pool is not None:

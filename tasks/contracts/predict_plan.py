@@ -74,8 +74,11 @@ class PredictPlan:
 class PredictedChunk:
     """One chunk's log records (the champion's and the shadow's) and the images that got error rows, with why.
 
-    ``read_s``: seconds reading and decoding its images (wall; S3 reads overlap on threads); ``infer_s``: seconds
-    in the model calls (the champion's and the shadow's).
+    ``read_s``: seconds the loop spent getting its images read and decoded (wall; S3 reads overlap on threads);
+    ``infer_s``: seconds in the model calls (the champion's and the shadow's). Where the work went, summed over its
+    images and calls wherever they ran (a read thread or the loop): ``file_read_s`` (the bytes), ``decode_s``
+    (hash, decode, statistics), ``preprocess_s`` (letterbox), ``network_s`` (forward), ``postprocess_s``
+    (decoding the output, NMS).
     """
 
     batch: str
@@ -84,6 +87,11 @@ class PredictedChunk:
     skipped: dict[str, str]
     read_s: float = 0.0
     infer_s: float = 0.0
+    file_read_s: float = 0.0
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+    network_s: float = 0.0
+    postprocess_s: float = 0.0
 
 
 @dataclass(frozen=True)
