@@ -89,11 +89,13 @@ def prepare_cache(cache: Path, project: Params, *, distinct: int, fresh: bool) -
     """Render the world and register a 1-epoch champion under ``cache`` (or find them there); what it holds."""
     from tasks import evaluate, export, merge, registry, train, world
 
+    cache = cache.expanduser().resolve()  # the cached params hold its paths: absolute, so any working dir reuses it
     wanted = {"imgsz": project.base.imgsz, "image_size": list(project.world.image_size), "distinct": distinct}
     ready = cache / "ready.json"
     if not fresh and ready.is_file():
         found = json.loads(ready.read_text())
-        if {k: found.get(k) for k in wanted} == wanted:
+        absolute = Path(str(found.get("params", {}).get("base", {}).get("paths", {}).get("world", ""))).is_absolute()
+        if {k: found.get(k) for k in wanted} == wanted and absolute:
             print(f"cache {cache}: reused (champion v{found['version']}, {found['target']})", flush=True)
             return dict(found)
     shutil.rmtree(cache, ignore_errors=True)
