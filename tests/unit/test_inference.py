@@ -107,3 +107,49 @@ def test_onnx_file_that_fails_to_load(tmp_path):
     path.write_bytes(b"definitely not protobuf")
     with pytest.raises(ValueError, match="ONNX Runtime cannot load"):
         load_detector(path, S)
+
+
+@pytest.mark.parametrize(
+    "hw",
+    [
+        pytest.param((64, 64), id="same-size"),
+        pytest.param((32, 64), id="wide-padded"),
+        pytest.param((128, 37), id="tall-downscaled-odd-pad"),
+        pytest.param((30, 30), id="upscaled"),
+    ],
+)
+def test_letterbox_one_pass_equals_the_two_pass_conversion(hw):
+    """The one-pass uint8 -> float32 / 255 gives exactly the values of ``astype(float32)`` then ``/ 255.0``."""
+    rgb = np.random.default_rng(sum(hw)).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    chw, _ = letterbox(rgb, 64)
+    padded = np.rint(chw * 255).astype(np.uint8).transpose(1, 2, 0)  # the uint8 letterbox it came from
+    reference = np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    assert chw.flags.c_contiguous and chw.dtype == np.float32 and np.array_equal(chw, reference)
+
+
+def tiny_openvino(folder):
+    """A two-op OpenVINO IR with a dynamic batch: ``(B, 3, 64, 64)`` -> ``(B, 6, 64)`` (no trained model needed)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    image = ops.parameter([-1, 3, 64, 64], np.float32, name="images")
+    rows = ops.reduce_mean(ops.reshape(image, [0, 3, 64, 64], special_zero=True), [2], keep_dims=False)
+    out = ops.concat([rows, rows], 1)
+    ov.save_model(ov.Model([out], [image]), str(folder / "model.xml"))
+    return folder / "model.xml"
+
+
+@pytest.mark.parametrize(
+    ("static_shapes", "batches", "compiled"),
+    [
+        pytest.param(True, [], [], id="static-open-compiles-nothing"),
+        pytest.param(True, [2, 2, 3], [(2, 3, 64, 64), (3, 3, 64, 64)], id="static-one-per-batch-size"),
+        pytest.param(False, [2, 3], [None], id="dynamic-once"),
+    ],
+)
+def test_openvino_compiles_only_what_it_runs(tmp_path, static_shapes, batches, compiled):
+    """Static shapes never pay for the dynamic compilation (it used to be compiled at open and never used)."""
+    detector = load_detector(tiny_openvino(tmp_path), InferenceSettings(imgsz=64, static_shapes=static_shapes))
+    for batch in batches:
+        assert detector.forward(np.ones((batch, 3, 64, 64), np.float32)).shape == (batch, 6, 64)
+    assert list(detector._compiled) == compiled

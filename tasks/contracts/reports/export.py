@@ -30,7 +30,7 @@ class SpeedResult:
         throughput_ips: images per second at ``batch``.
         peak_rss_mb: resident-memory growth while loading and warming up, a run at batch 1 and one at ``batch``
             (libraries already imported count 0).
-        load_s: time to load/compile the artifact.
+        load_s: time to open the artifact (OpenVINO compiles on first use: its compilation is in the warm-up).
         runs: timed batch-1 runs (after ``warmup`` untimed ones).
         warmup: untimed runs before timing.
         rounds: rounds the runs were spread over, taking turns with the other artifacts
