@@ -19,8 +19,9 @@ Where the seconds come from:
   batches (``loader``: decode + augmentation, on cpu in the main process), in forward/backward (``step``), in the
   val passes (``val``, Ultralytics' final validation of best.pt included) and after each epoch's batches
   (``tail``: EMA, metrics, checkpoint writes); wall and this process's CPU seconds (steadier on a busy host);
-* the gaps between two task runs of a flow (Prefect's start of the next task: a tag-concurrency lookup of ~2 s
-  whenever its 5 s "no limits" cache has expired, i.e. after every task longer than that).
+* the gaps between two task runs of a flow (Prefect's start of the next task; while the stage tasks carried a tag,
+  a tag-concurrency lookup of ~2 s whenever its 5 s "no limits" cache had expired, i.e. after every task longer
+  than that: the reason they carry none now).
 
 Bookkeeping = Prefect + MLflow + DVC + Label Studio round trips + the cycle's own records (state, report);
 its share of the cycle (both runs' wall, human time left out) has a goal of ≤ 10 %. Also timed: a re-run of the
