@@ -303,13 +303,14 @@ def fanned_out(params: Params, batches: list[str] | None = None) -> tuple[dict[s
 @contextmanager
 def kept_cluster(params: Params) -> Iterator[tuple[str, float]]:
     """A LocalCluster with ``fanout.dask_runner``'s settings, up until the context ends; (address, start seconds)."""
+    import dask
     from distributed import LocalCluster
 
     from flows import fanout
 
     kwargs = fanout.dask_runner(params).cluster_kwargs
     started = time.perf_counter()
-    with LocalCluster(**kwargs) as cluster:
+    with dask.config.set(fanout.LOCAL_WORKER_CONFIG), LocalCluster(**kwargs) as cluster:
         start_s = time.perf_counter() - started
         yield cluster.scheduler_address, start_s
 

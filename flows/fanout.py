@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 from prefect.tasks import Task
 from prefect.utilities.annotations import unmapped
 from prefect_dask import DaskTaskRunner
@@ -29,6 +30,12 @@ from tasks.contracts.reports.evaluate import EvaluateReport
 from tasks.contracts.reports.predict import PredictResult
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
+
+# Dask settings a LocalCluster's workers start with (the nannies hand the parent's config to them). The statistical
+# profiler samples every thread's stack each 10 ms under the GIL: a shard runs 8 read threads beside its inference,
+# and on busy cores the sampling starved the worker's event loop until a heartbeat missed the scheduler's
+# worker-ttl and the worker, with the shard results it held, was restarted. Nothing here reads the profile.
+LOCAL_WORKER_CONFIG: dict[str, object] = {"distributed.worker.profile.enabled": False}
 
 
 class FanOutError(VisionloopError, RuntimeError):
@@ -64,7 +71,7 @@ def started_runner(params: Params) -> Iterator[DaskTaskRunner]:
     """The started runner, connected (a scheduler that cannot be reached fails here, naming its address)."""
     address, origin = scheduler_address(params)
     runner = dask_runner(params)
-    with runner:
+    with dask.config.set(LOCAL_WORKER_CONFIG if address is None else {}), runner:
         try:
             runner.client  # noqa: B018 (connects now: a bad address fails before any shard is submitted)
         except (OSError, TimeoutError, ValueError) as exc:
