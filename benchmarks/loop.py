@@ -385,7 +385,7 @@ def loop_params_dict(
     data["gate"].update(min_production_gain=-1.0, max_golden_loss=None, max_class_drop=None, max_latency_factor=None)
     data["monitor"]["trigger"].update(enabled=False)  # the benchmark drives the cycles itself
     if settings.quick:  # 1-epoch models: their boxes sit far below predict.conf, and their mAP is noise
-        data["predict"].update(conf=0.001, max_det=5)
+        data["predict"].update(conf=0.001, max_det=5, evidence_conf=None)  # no band below so low a conf
         data["export"].update(max_map_drop=1.0)
     return data
 

@@ -5,8 +5,9 @@ Contract:
         YOLO-format sets named in ``evaluate.sets`` (``base.paths`` entries);
     params: ``base`` (classes, imgsz, device, paths), ``evaluate``, ``base.threads``;
     outputs: ``<reports>/evaluate.json`` (:class:`~tasks.contracts.reports.evaluate.EvaluateReport`) with
-        mAP50-95, mAP50, the 12 COCO stats and per-class AP per set;
-    side effects: none besides the report.
+        mAP50-95, mAP50, the 12 COCO stats and per-class AP per set, and how many sets the detection cache held;
+    side effects: the detection cache (``evaluate.cache``: ``<models>/../.cache/detections``, read and written by
+        the single-process run; the sharded one neither reads nor writes it).
 
 Metrics come from faster-coco-eval (identical to pycocotools, :mod:`tasks.core.cocoeval`); detections from
 :mod:`tasks.runtimes.detectors` through :func:`tasks.targets.scoring.evaluate_set`, so every artifact format is
@@ -36,7 +37,14 @@ from tasks.contracts.reports.evaluate import EvaluateReport, SetEvaluation
 from tasks.contracts.yolo_labels import LabeledImage, load_rgb, read_labeled_set
 from tasks.core import shards
 from tasks.runtimes.detectors import Detections, load_detector, predict_images
-from tasks.targets.scoring import default_model_path, evaluate_set, inference_settings, score_detections
+from tasks.targets.scoring import (
+    DetectionCache,
+    default_model_path,
+    detection_cache_of,
+    evaluate_set,
+    inference_settings,
+    score_detections,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +160,22 @@ def run(params: Params, *, model_path: Path | None = None, report_path: Path | N
     model_path = model_path or default_model_path(params)
     settings = inference_settings(params)
     start = time.perf_counter()
+    cache = detection_cache_of(params)
     sets = {}
     for name in params.evaluate.sets:
         root = getattr(params.base.paths, name)
         sets[name] = evaluate_set(
-            model_path, root, classes=params.base.classes, settings=settings, batch=params.evaluate.batch, set_name=name
+            model_path,
+            root,
+            classes=params.base.classes,
+            settings=settings,
+            batch=params.evaluate.batch,
+            set_name=name,
+            cache=cache,
         )
         _log_set(model_path, sets[name])
-    return _report(params, model_path, sets, wall_s=time.perf_counter() - start, report_path=report_path)
+    wall_s = time.perf_counter() - start
+    return _report(params, model_path, sets, wall_s=wall_s, report_path=report_path, cache=cache)
 
 
 def _log_set(model_path: Path, scored: SetEvaluation) -> None:
@@ -174,9 +190,22 @@ def _log_set(model_path: Path, scored: SetEvaluation) -> None:
 
 
 def _report(
-    params: Params, model_path: Path, sets: dict[str, SetEvaluation], *, wall_s: float, report_path: Path | None
+    params: Params,
+    model_path: Path,
+    sets: dict[str, SetEvaluation],
+    *,
+    wall_s: float,
+    report_path: Path | None,
+    cache: DetectionCache | None = None,
 ) -> EvaluateReport:
-    report = EvaluateReport(model=str(model_path), sets=sets, params_digest=params.digest(), wall_s=round(wall_s, 2))
+    report = EvaluateReport(
+        model=str(model_path),
+        sets=sets,
+        params_digest=params.digest(),
+        wall_s=round(wall_s, 2),
+        cache_hits=cache.hits if cache else 0,
+        cache_misses=cache.misses if cache else 0,
+    )
     write_report(params.base.paths.reports, STAGE, report, params, path=report_path)
     return report
 

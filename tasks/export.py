@@ -10,7 +10,8 @@ Contract:
         ``<reports>/export.json``: per target its mAP, parity with PyTorch, speed on this host, size, peak
         memory and verdict (or why it was skipped), the selected artifact with the reason, and the lineage
         of quantization (calibration image ids, settings, tool versions);
-    side effects: none outside those paths.
+    side effects: the detection cache (``evaluate.cache``): each artifact's detections on each set are stored
+        there, where the gate finds the FP32 ONNX's on golden.
 
 Where the work lives: the builders (``ExportTarget`` and ``TARGETS``, chosen by ``export.targets``) in
 :mod:`tasks.targets.builders`, the INT8 sample in :mod:`tasks.targets.calibration`, the accuracy and parity
@@ -53,7 +54,13 @@ from tasks.runtimes.detectors import load_detector
 from tasks.targets.builders import TARGETS, ExportInputs, ExportTarget
 from tasks.targets.calibration import load_calibration
 from tasks.targets.parity import recheck
-from tasks.targets.scoring import default_model_path, evaluate_set, inference_settings
+from tasks.targets.scoring import (
+    DetectionCache,
+    default_model_path,
+    detection_cache_of,
+    evaluate_set,
+    inference_settings,
+)
 from tasks.targets.timing import probe_images, time_built
 
 log = logging.getLogger(__name__)
@@ -69,7 +76,7 @@ class CheckpointMissing(VisionloopError, FileNotFoundError):
     """The checkpoint to export does not exist (the train stage has not run)."""
 
 
-def _reference_map(params: Params, weights: Path) -> dict[str, float]:
+def _reference_map(params: Params, weights: Path, *, cache: DetectionCache) -> dict[str, float]:
     """PyTorch mAP per set: from ``reports/evaluate.json`` when it scored this checkpoint, else measured now."""
     if report_path(params.base.paths.reports, "evaluate").is_file():
         scored: EvaluateReport = load_report(params.base.paths.reports, "evaluate")
@@ -84,6 +91,7 @@ def _reference_map(params: Params, weights: Path) -> dict[str, float]:
             settings=settings,
             batch=params.evaluate.batch,
             set_name=name,
+            cache=cache,
         ).map50_95
         for name in params.evaluate.sets
     }
@@ -157,6 +165,7 @@ def _export_one(
     reference: dict[str, float],
     reference_output: npt.NDArray[np.float32],
     probe: npt.NDArray[np.float32],
+    cache: DetectionCache | None = None,
 ) -> ArtifactCheck:
     """Build and re-check one target; a target other than the fallback that raises is recorded as failed."""
     if unavailable:
@@ -174,6 +183,7 @@ def _export_one(
             reference_output=reference_output,
             probe=probe,
             export_s=export_s,
+            cache=cache,
         )
     except Exception as exc:
         if target.name == FALLBACK_TARGET:
@@ -217,7 +227,8 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
     calibration = (
         load_calibration(params) if any(t.needs_calibration and not unavailable[t.name] for t in targets) else None
     )
-    reference = _reference_map(params, weights)
+    cache = detection_cache_of(params)
+    reference = _reference_map(params, weights, cache=cache)
     probe = probe_images(params)
     reference_output = load_detector(weights, inference_settings(params)).forward(probe)
     inputs = ExportInputs(weights=weights, calibration=calibration)
@@ -232,6 +243,7 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
             reference=reference,
             reference_output=reference_output,
             probe=probe,
+            cache=cache,
         )
         if target.name == FALLBACK_TARGET:
             inputs = replace(inputs, onnx=Path(check.path))
@@ -253,6 +265,8 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
         },
         host=_host(params),
         wall_s=round(time.perf_counter() - start, 2),
+        cache_hits=cache.hits,
+        cache_misses=cache.misses,
     )
     write_report(params.base.paths.reports, "export", report, params)
     fallback = checks[0]

@@ -12,7 +12,8 @@ Contract:
         (``promote`` / ``reject``) and its reasons, per-set mAP50-95 of both models, the paired-bootstrap
         confidence interval of the difference, per-class AP, and the paired latency pass (both per-round series,
         the per-round ratios, the estimates and bounds, what was timed);
-    side effects: none besides the report (promotion itself belongs to the registry).
+    side effects: the detection cache (``evaluate.cache``; its key holds the set's hash, so both models are
+        still scored on the very same images); promotion itself belongs to the registry.
 
 How: each model's detections are matched to the ground truth once, image by image, with COCO's rules
 (:func:`tasks.core.coco.match_coco`). A paired bootstrap over images (:func:`tasks.core.bootstrap.paired_bootstrap`)
@@ -47,6 +48,7 @@ from tasks.core.coco import SetScore
 from tasks.decisions.gate import GOLDEN, PRODUCTION, Decision, GatePolicy, ModelScores, compare, no_ap
 from tasks.targets.gate_scoring import score_model
 from tasks.targets.latency import measure_latency, runtime_of
+from tasks.targets.scoring import detection_cache_of
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +189,9 @@ def run(
     sets = gate_sets(params)
     if PRODUCTION not in sets:
         log.info("no production holdouts under %s: the gate decides on golden only", params.base.paths.holdouts)
-    cand = score_model(candidate, sets, params=params)
-    champ = score_model(champion, sets, params=params) if champion is not None else None
+    cache = detection_cache_of(params)  # the champion's golden and older holdouts recur every cycle
+    cand = score_model(candidate, sets, params=params, cache=cache)
+    champ = score_model(champion, sets, params=params, cache=cache) if champion is not None else None
     if champ is not None and champion is not None and policy.judges_latency:
         cand_latency, champ_latency = measure_latency(
             params, candidate, champion, candidate_deployed=candidate_deployed, champion_deployed=champion_deployed
@@ -202,6 +205,8 @@ def run(
     report = dataclasses.replace(
         build_report(cand, champ, decision, policy=policy, digest=params.digest()),
         wall_s=round(time.perf_counter() - start, 2),
+        cache_hits=cache.hits,
+        cache_misses=cache.misses,
     )
     write_report(params.base.paths.reports, STAGE, report, params, path=report_path)
     return report

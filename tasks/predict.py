@@ -451,8 +451,8 @@ def _plan(
 
 
 def shard_settings(params: Params, threads: int) -> InferenceSettings:
-    """``predict``'s inference settings with ``threads`` intra-op threads."""
-    return dataclasses.replace(predict_settings(params), threads=threads)
+    """``predict``'s inference settings with ``threads`` intra-op threads and the sampler's evidence band."""
+    return dataclasses.replace(predict_settings(params), threads=threads, evidence_conf=params.predict.evidence_conf)
 
 
 def run_shard(

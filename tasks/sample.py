@@ -22,9 +22,11 @@ Selection, deterministic given ``base.seed`` and the cycle name:
    grouped into per-image runs; a picture logged in two batches is two runs with equal scores and the manifest keeps
    it once). Images whose hash is in the ledger are excluded before anything is ranked.
 2. Scores, each in [0, 1] or none (not a candidate): ``random``, ``low_confidence``, ``entropy``, ``margin``,
-   ``class_balanced``, ``drift`` per image and ``disagreement`` of the champion against every other model version
-   (``aliases``: only rows logged under those) on the same image, among the champion's files on the dates the other
-   version logged; the largest over the other versions. The formulas are in :mod:`tasks.decisions.sampling`.
+   ``class_balanced``, ``drift``, ``diversity`` (k-center over the window, off by default) per image (the
+   uncertainty scores also read the sub-threshold evidence ``predict.evidence_conf`` logs) and ``disagreement`` of
+   the champion against every other model version (``aliases``: only rows logged under those) on the same image,
+   among the champion's files on the dates the other version logged; the largest over the other versions. The
+   formulas are in :mod:`tasks.decisions.sampling`.
 3. Each strategy nominates its best ``POOL_FACTOR x budget`` images (score, then a seeded tie-break). Nominations
    are taken greedily by ``weight x score``: an image goes to its best-weighted strategy that still has budget,
    unless its batch date is full (``max_per_day``) or it is a near-duplicate (perceptual hash, Hamming distance <=
@@ -90,11 +92,13 @@ from tasks.contracts.sample_manifest import manifest_path, write_manifest
 from tasks.core import phash
 from tasks.decisions.sampling import (
     EXCLUSIONS,
+    POOL_FACTOR,
     STRATEGIES,
     enabled_strategies,
     nominate,
     score_class_balanced,
     score_disagreement,
+    score_diversity,
     score_drift,
     score_entropy,
     score_low_confidence,
@@ -255,7 +259,8 @@ def sample_images(params: Params, parts: list[LogPart], *, champion: ModelKey, c
     others = (
         None if disagreement is None else _other_models(parts, champion_paths, champion=champion, config=disagreement)
     )
-    part_rows = read_parts(champion_paths, model=champion, boxes_for=others.champion_parts if others else ())
+    boxes_for = others.champion_parts if others else ()
+    part_rows = read_parts(champion_paths, model=champion, boxes_for=boxes_for, stats="diversity" in enabled)
     rows = concat_rows(part_rows)
     ledger = read_ledger_hashes(ledger_path(params), error=SampleError)
     excluded = rows.images["image_sha256"].is_in(ledger.sha256.implode()).to_numpy()
@@ -264,6 +269,9 @@ def sample_images(params: Params, parts: list[LogPart], *, champion: ModelKey, c
     for name, config in enabled.items():
         if disagreement is not None and others is not None and name == "disagreement":
             scores[name] = _disagreement(rows, part_rows, others, disagreement)
+        elif name == "diversity":
+            k = POOL_FACTOR * config.budget
+            scores[name] = score_diversity(rows, labeled=excluded, k=k, seed=params.base.seed, cycle=cycle)
         else:
             frame = _score(name, config, rows, params=params, cycle=cycle)
             scores[name] = frame["score"].fill_null(np.nan).to_numpy().astype(np.float64, copy=False)

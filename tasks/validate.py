@@ -39,8 +39,8 @@ Suites (each expectation carries ``meta.check``, the name used in reasons and re
     byte copy (SHA-256) or a near-duplicate (perceptual hash, Hamming distance <= ``validate.leak_max_distance``)
     of any golden or holdout image;
     ``prediction_log_schema`` (one row per file and column): readable, each column's Arrow type as in ``SCHEMA``,
-    no missing, extra or repeated column (a file written before the log's version 2, missing exactly
-    ``V2_COLUMNS``, passes: every reader upgrades it); ``prediction_log_rows`` (the first
+    no missing, extra or repeated column (a file written before the log's version 3, missing exactly the newer
+    versions' columns, passes: every reader upgrades it); ``prediction_log_rows`` (the first
     ``validate.log_sample_rows`` rows of each file, old files upgraded): no nulls where ``SCHEMA`` forbids them,
     classes, confidences, normalised corners and input statistics in range, SHA-256 well formed, ``error`` null or
     a known kind; an error row (an image without prediction) has no boxes and no statistics and may have size 0.
@@ -66,7 +66,7 @@ import pyarrow.parquet as pq
 from tasks.adapters import log_store
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
-from tasks.contracts import prediction_log
+from tasks.contracts import prediction_log, prediction_schema
 from tasks.contracts.frozen_images import FrozenImageIndex, frozen_image_folders, index_test_images
 from tasks.contracts.names import check_cycle_name
 from tasks.contracts.quarantine import QUARANTINE_REPORT, Reason, quarantine
@@ -253,12 +253,13 @@ def build_frames(
 def accept_v1_files(frame: pd.DataFrame) -> pd.DataFrame:
     """The schema frame without the rows of a file written before the log's version 2 for its version-2 columns.
 
-    A file missing exactly :data:`prediction_log.V2_COLUMNS` is an old file every reader still accepts (and
-    upgrades); a file missing only some of them, or anything else, keeps its failing rows.
+    A file missing exactly the columns of the versions after its own (:data:`prediction_schema.OLD_MISSING`) is an
+    old file every reader still accepts (and upgrades); a file missing only some of them keeps its failing rows.
     """
-    new = frame["column"].isin(prediction_log.V2_COLUMNS) & (frame["actual_type"] == ABSENT)
+    new = frame["column"].isin(prediction_schema.V2_COLUMNS + prediction_schema.V3_COLUMNS)
+    new &= frame["actual_type"] == ABSENT
     missing = frame[new].groupby("file")["column"].agg(frozenset)
-    old = {file for file, columns in missing.items() if columns == frozenset(prediction_log.V2_COLUMNS)}
+    old = {file for file, columns in missing.items() if columns in prediction_schema.OLD_MISSING}
     return frame[~(new & frame["file"].isin(old))].reset_index(drop=True)
 
 
@@ -268,7 +269,7 @@ def log_rows(files: Sequence[Path], *, rows_per_file: int) -> pd.DataFrame:
     Raises:
         PredictionLogSchemaError: a file's schema reads but its rows do not (names the file).
     """
-    old = [path for path in files if prediction_log.is_v1(pq.read_schema(path))]
+    old = [path for path in files if prediction_schema.is_old(pq.read_schema(path))]
     try:
         frame = log_rows_frame([path for path in files if path not in old], rows_per_file=rows_per_file)
     except FrameError as exc:

@@ -28,6 +28,9 @@ def tiny_params_dict(root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     data["export"].update(max_map_drop=1.0)  # a 1-epoch model's mAP is noise; the gate is tested on its own
     for name, values in sections.items():
         data[name].update(values)
+    predict = data["predict"]  # a 1-epoch model logs at a tiny predict.conf: the evidence band below it is off
+    if predict["evidence_conf"] is not None and predict["conf"] <= predict["evidence_conf"]:
+        predict["evidence_conf"] = None
     return data
 
 

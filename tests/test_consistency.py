@@ -32,6 +32,15 @@ def test_params_yaml_sections_match_config_models():
     load_params(PROJECT_ROOT / "params.yaml")
 
 
+def test_every_sampling_strategy_is_one_name_in_scores_config_and_params():
+    """A strategy is a name in ``STRATEGIES`` (the scores, the report's counts), a ``sample.strategies`` field in the
+    config, and a line in params.yaml, in the same order (the order breaks ties)."""
+    from tasks.config import SampleStrategies
+    from tasks.decisions.sampling import STRATEGIES
+
+    assert list(STRATEGIES) == list(SampleStrategies.model_fields) == list(PARAMS["sample"]["strategies"])
+
+
 @pytest.mark.parametrize("stage", SECTIONS)
 def test_every_section_is_a_stage_module_with_run_and_main(stage):
     module = importlib.import_module(f"tasks.{stage}")

@@ -4,7 +4,7 @@ Every stage ``main()`` and every flow calls :func:`load_params`; nothing else re
 Models forbid unknown keys, so a typo fails with its key path (``train.epoch: extra inputs are not
 permitted``) instead of being silently ignored.
 
-The models live in ``base.py`` (shared blocks), ``world.py`` and ``sections.py``; this module is the one
+The models live in ``base.py`` (shared blocks), ``world.py``, ``sample.py`` and ``sections.py``; this module is the one
 import path (``from tasks.config import TrainParams, load_params``) and holds the root model and the loader.
 """
 
@@ -45,16 +45,25 @@ from tasks.config.monitor import (  # noqa: F401
     TriggerParams,
     WatchParams,
 )
+from tasks.config.sample import (  # noqa: F401
+    ClassBalancedStrategy,
+    DisagreementStrategy,
+    DiversityStrategy,
+    DriftStrategy,
+    EntropyStrategy,
+    LowConfidenceStrategy,
+    MarginStrategy,
+    RandomStrategy,
+    SampleParams,
+    SampleStrategies,
+    SampleStrategy,
+)
 from tasks.config.sections import (  # noqa: F401
     YOLO_OWNED_ARGS,
     CalibrationParams,
-    ClassBalancedStrategy,
     CycleParams,
-    DisagreementStrategy,
     DoctorCheck,
     DoctorParams,
-    DriftStrategy,
-    EntropyStrategy,
     EvaluateParams,
     ExportParams,
     ExportTargetName,
@@ -64,8 +73,6 @@ from tasks.config.sections import (  # noqa: F401
     IngestFormat,
     IngestParams,
     LabelParams,
-    LowConfidenceStrategy,
-    MarginStrategy,
     MergeParams,
     ParityParams,
     PerPrecision,
@@ -73,12 +80,8 @@ from tasks.config.sections import (  # noqa: F401
     PredictParams,
     PromoteParams,
     QuantizationParams,
-    RandomStrategy,
     RecencyParams,
     RegistryParams,
-    SampleParams,
-    SampleStrategies,
-    SampleStrategy,
     ShadowParams,
     SpeedParams,
     TrainParams,

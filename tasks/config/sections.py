@@ -177,6 +177,8 @@ class EvaluateParams(Section):
     max_det: PositiveInt = 100
     batch: PositiveInt = 16
     shards: PositiveInt = 1  # > 1: flows fan the images out over Dask in this many shards (base.dask)
+    cache: bool = True  # reuse a model's detections on an unchanged set (<models>/../.cache/detections; false: never)
+    cache_max_mb: PositiveInt = 1024  # the cache keeps its most recently used files within this size
 
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -311,12 +313,19 @@ class PredictParams(Section):
 
     alias: str = "champion"
     conf: Fraction = 0.25
+    evidence_conf: Fraction | None = 0.05  # boxes in [evidence_conf, conf) summarised per image for the sampler
     iou: Fraction = 0.7
     max_det: PositiveInt = 100
     batch_size: PositiveInt = 8
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # per chunk; slower inference logs error "timeout"
     shards: PositiveInt = 1  # > 1: flows fan the images out over Dask in this many shards (base.dask)
     shadow: ShadowParams = ShadowParams()
+
+    @model_validator(mode="after")
+    def _evidence_below_conf(self) -> PredictParams:
+        if self.evidence_conf is not None and not self.evidence_conf < self.conf:
+            raise ValueError(f"predict.evidence_conf ({self.evidence_conf}) must be below predict.conf ({self.conf})")
+        return self
 
 
 class PromoteParams(Section):
@@ -457,92 +466,6 @@ class MergeParams(Section):
                 f"holdout_fraction ({self.holdout_fraction}) + val_fraction ({self.val_fraction}) must stay below 1"
             )
         return self
-
-
-class SampleStrategy(Section):
-    """What every sampling strategy has: a priority weight and its own image budget (0 = off)."""
-
-    weight: NonNegativeFloat = 1.0
-    budget: NonNegativeInt = 10
-
-
-class RandomStrategy(SampleStrategy):
-    """A seeded uniform share of the window's images (hash of seed, cycle and image SHA-256)."""
-
-    rate: Fraction = 0.01
-
-
-class LowConfidenceStrategy(SampleStrategy):
-    """Images with boxes whose confidence falls in ``band`` (``[low, high)``); more such boxes score higher."""
-
-    band: tuple[Fraction, Fraction] = (0.1, 0.5)
-
-    @model_validator(mode="after")
-    def _ordered_band(self) -> LowConfidenceStrategy:
-        if not self.band[0] < self.band[1]:
-            raise ValueError(f"band = {list(self.band)}: need low < high")
-        return self
-
-
-class EntropyStrategy(SampleStrategy):
-    """Mean binary entropy (bits) of an image's box confidences, at least ``min_score``."""
-
-    min_score: Fraction = 0.8
-
-
-class MarginStrategy(SampleStrategy):
-    """The box closest to the ``threshold`` decision: ``1 - |conf - threshold| / max(threshold, 1 - threshold)``."""
-
-    threshold: Fraction = 0.5
-    min_score: Fraction = 0.8
-
-
-class ClassBalancedStrategy(SampleStrategy):
-    """Images with rarely predicted classes: rarest-class frequency / frequency of the image's rarest class."""
-
-    min_score: Fraction = 0.5
-
-
-class DisagreementStrategy(SampleStrategy):
-    """Champion vs another model version on the same image: ``1 - min(agreeing boxes) / max(box counts)``.
-
-    A box agrees when the other side has a box of the same class at IoU >= ``iou`` (each side counted); ``aliases``
-    limits the other rows to those logged under these aliases (None = any other model version).
-    """
-
-    iou: Fraction = 0.5
-    min_score: Fraction = 0.2
-    aliases: list[str] | None = None
-
-
-class DriftStrategy(SampleStrategy):
-    """A seeded share ``rate`` of the images of batches the drift monitor flagged."""
-
-    rate: Fraction = 0.1
-
-
-class SampleStrategies(Section):
-    """The sampling strategies by name (an unknown name is an error; null or ``budget: 0`` turns one off)."""
-
-    random: RandomStrategy | None = RandomStrategy(weight=0.5, budget=10)
-    low_confidence: LowConfidenceStrategy | None = LowConfidenceStrategy(budget=20)
-    entropy: EntropyStrategy | None = EntropyStrategy(budget=10)
-    margin: MarginStrategy | None = MarginStrategy(budget=10)
-    class_balanced: ClassBalancedStrategy | None = ClassBalancedStrategy(weight=0.8, budget=10)
-    disagreement: DisagreementStrategy | None = DisagreementStrategy(weight=1.5, budget=15)
-    drift: DriftStrategy | None = DriftStrategy(weight=1.2, budget=15)
-
-
-class SampleParams(Section):
-    """Which production images go to labeling each cycle (see ``tasks/sample.py`` for the selection rules)."""
-
-    budget: NonNegativeInt = 60
-    max_per_day: PositiveInt | None = 40
-    window_days: PositiveInt = 7
-    alias: str = "champion"
-    phash_distance: Annotated[int, Field(ge=0, le=64)] | None = 6
-    drift_batches: list[str] = Field(default_factory=list)
-    strategies: SampleStrategies = SampleStrategies()
 
 
 class CycleParams(Section):

@@ -19,9 +19,13 @@ Fields (unknown ones are refused, so a typo never passes silently):
   ``date`` (``YYYY-MM-DD``, the log's partition; default the UTC date of ``ts``); ``source`` (camera / line / site;
   default ``ingest.default_source``); ``error`` (null or ``unreadable``, ``decode``, ``inference``, ``timeout``: then
   no detections and no statistics); ``shadow`` (bool, default false); ``brightness``, ``contrast``, ``sharpness``,
-  ``mean_r``, ``mean_g``, ``mean_b`` (numbers, all six or none; 0-255, contrast and sharpness >= 0).
+  ``mean_r``, ``mean_g``, ``mean_b`` (numbers, all six or none; 0-255, contrast and sharpness >= 0);
+  ``evidence_max`` (number in [0, 1]) and ``evidence_count`` (integer >= 1) together, or neither: the image's boxes
+  scored below the serving stack's own threshold (the sampler's evidence; absent = none measured, logged as null
+  and 0).
 
-A detection is ``{class_id and/or class_name, confidence, x1, y1, x2, y2}``: a known class (``class_id`` in
+A detection is ``{class_id and/or class_name, confidence, x1, y1, x2, y2}`` and an optional ``margin`` (top-1
+minus top-2 class score in [0, 1]; absent = null in the log): a known class (``class_id`` in
 ``[0, len(base.classes))``, ``class_name`` in ``base.classes``, the two agreeing when both are given), confidence in
 [0, 1], pixel corners with ``x1 < x2``, ``y1 < y2`` inside the image (``ingest.box_tolerance_px`` of slack).
 
@@ -61,8 +65,8 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "
 
 TEXT_FIELDS = ("image_id", "image_uri", "batch", "model_name", "model_version")
 REQUIRED = (*TEXT_FIELDS, "image_sha256", "ts", "image_width", "image_height", "latency_ms", "detections")
-OPTIONAL = ("model_alias", "date", "source", "error", "shadow", *STAT_COLUMNS)
-DETECTION_FIELDS = ("class_id", "class_name", "confidence", "x1", "y1", "x2", "y2")
+OPTIONAL = ("model_alias", "date", "source", "error", "shadow", *STAT_COLUMNS, "evidence_max", "evidence_count")
+DETECTION_FIELDS = ("class_id", "class_name", "confidence", "x1", "y1", "x2", "y2", "margin")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _INT16_MAX = int(np.iinfo(np.int16).max)
 
@@ -313,8 +317,9 @@ def _class(item: dict[str, Any], name: str, rules: Rules, problems: _Problems) -
 
 def _detection(
     item: Any, name: str, size: tuple[int, int], rules: Rules, problems: _Problems
-) -> tuple[int, float, list[float]] | None:
-    """``(class, confidence, xyxy)`` of one detection, or None (its problems recorded)."""
+) -> tuple[int, float, list[float], float] | None:
+    """``(class, confidence, xyxy, margin)`` of one detection (margin NaN when not given), or None (its problems
+    recorded)."""
     if not isinstance(item, dict):
         problems.add(name, "type", f"a detection must be an object, got {item!r}")
         return None
@@ -325,6 +330,7 @@ def _detection(
     confidence = _number(item, "confidence", _Renamed(problems, name), low=0.0, high=1.0)
     if item.get("confidence") is None:
         problems.add(f"{name}.confidence", "missing", "confidence is required")
+    margin = _number(item, "margin", _Renamed(problems, name), low=0.0, high=1.0)
     corners = []
     for corner in ("x1", "y1", "x2", "y2"):
         value: Any = item.get(corner)
@@ -341,7 +347,7 @@ def _detection(
     elif min(x1, y1) < -tol or x2 > width + tol or y2 > height + tol:
         problems.add(name, "box", f"box {corners} is outside the {width}x{height} image")
     else:
-        return class_id, confidence, corners
+        return class_id, confidence, corners, math.nan if margin is None else margin
     return None
 
 
@@ -370,6 +376,20 @@ def _stats(row: dict[str, Any], problems: _Problems) -> ImageStats | None:
     if not given or any(v is None for v in values.values()):
         return None
     return ImageStats(**{k: float(v) for k, v in values.items() if v is not None})
+
+
+def _evidence(row: dict[str, Any], problems: _Problems, *, error: Any) -> tuple[float | None, int]:
+    """``(evidence_max, evidence_count)``: both given (count >= 1) or neither (None, 0); none on an error record."""
+    highest, count = _number(row, "evidence_max", problems, low=0.0, high=1.0), row.get("evidence_count")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= _INT16_MAX):
+        problems.add("evidence_count", "type", f"evidence_count must be an integer in [1, {_INT16_MAX}], got {count!r}")
+    elif (count is None) != (row.get("evidence_max") is None):
+        problems.add("evidence_count", "evidence", "evidence_max and evidence_count come together, or neither")
+    elif count is not None and error is not None:
+        problems.add("error", "error_record", f"an error record ({error}) carries no evidence")
+    elif highest is not None and isinstance(count, int):
+        return highest, count
+    return None, 0
 
 
 # long: one pass over a record's fields in contract order, each adding its reasons; split, it reads worse
@@ -410,6 +430,7 @@ def check_record(row: InputRow, rules: Rules) -> Record | list[Reason]:
     if value.get("latency_ms") is None:
         problems.add("latency_ms", "missing", "latency_ms is required (model time for the image, ms)")
     stats = _stats(value, problems)
+    evidence = _evidence(value, problems, error=error)
     items = value.get("detections")
     if items is None and error is None:
         problems.add("detections", "missing", "detections is required ([] for an image with no boxes)")
@@ -443,6 +464,9 @@ def check_record(row: InputRow, rules: Rules) -> Record | list[Reason]:
         source=source,
         error=error,
         stats=stats,
+        margin=np.array([b[3] for b in boxes], dtype=np.float64),
+        evidence_max=evidence[0],
+        evidence_count=evidence[1],
     )
     return Record(
         line=row.line,

@@ -18,8 +18,8 @@ Contract:
     * Side effects: :func:`append` creates folders and files under ``root``; every reader is read-only.
 
 Reading the log elsewhere (all return ``date`` as a proper date column; a log that still holds files written before
-version 2 needs DuckDB's ``union_by_name=true`` / Polars' ``missing_columns="insert", extra_columns="ignore"``,
-which read their version-2 columns as null):
+version 3 needs DuckDB's ``union_by_name=true`` / Polars' ``missing_columns="insert", extra_columns="ignore"``,
+which read their newer columns as null):
     * DuckDB: ``duckdb.sql("select * from read_parquet('<root>/**/*.parquet', hive_partitioning=true)")``.
     * Polars: ``pl.scan_parquet("<root>/**/*.parquet", hive_partitioning=True)`` (use the glob: a directory read also
       lists leftover temp files and refuses the mixed extensions).
@@ -27,9 +27,9 @@ which read their version-2 columns as null):
       Without ``schema=`` PyArrow infers the folder value as a string and fails to merge it with the stored date32.
 
 Schema: :data:`SCHEMA` and its field table live in :mod:`tasks.contracts.prediction_schema` (re-exported here with
-:func:`upgrade`, :data:`V2_COLUMNS`, :data:`ERROR_KINDS`, ...). Every reader accepts files written before version 2
-and returns version-2 rows (:func:`upgrade`); :func:`open_dataset` is lazy and cannot fill defaults: on such a file
-its version-2 columns read as null (``upgrade`` the table it gives).
+:func:`upgrade`, :data:`V2_COLUMNS`, :data:`ERROR_KINDS`, ...). Every reader accepts files written before version 3
+and returns version-3 rows (:func:`upgrade`); :func:`open_dataset` is lazy and cannot fill defaults: on such a file
+its newer columns read as null (``upgrade`` the table it gives).
 
 Shadow parts: rows a version logs in shadow beside the champion (``shadow`` true, part ``...__shadow``) are in the
 log like any other, but :func:`logged_batches` ignores them, so a version that shadowed a batch still predicts it in
@@ -117,6 +117,9 @@ class ImageDetections:
         source: camera / line / site of the image (:data:`DEFAULT_SOURCE` when unknown).
         error: None, or one of :data:`ERROR_KINDS`; then N must be 0 and ``stats`` None.
         stats: the image's input statistics (:func:`tasks.core.image_stats.image_stats`), None when not computed.
+        margin: (N,) top-1 minus top-2 class score per box (NaN = unknown), or None (all unknown); column ``margin``.
+        evidence_max: highest score of the image's sub-threshold boxes in [0, 1], None when none (or not measured).
+        evidence_count: how many sub-threshold boxes (0 when none; then ``evidence_max`` is None, and back).
     """
 
     image_id: str
@@ -131,6 +134,9 @@ class ImageDetections:
     source: str = DEFAULT_SOURCE
     error: str | None = None
     stats: ImageStats | None = None
+    margin: np.ndarray | None = None
+    evidence_max: float | None = None
+    evidence_count: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -150,14 +156,18 @@ class ImageDetections:
             problems.append(f"boxes_xyxy has shape {boxes_shape}, expected (N, 4)")
         else:
             n = boxes_shape[0]
-            for name in ("confidence", "class_id"):
+            for name in ("confidence", "class_id", "margin")[: 2 if self.margin is None else 3]:
                 shape = np.shape(getattr(self, name))
                 if shape != (n,):
                     problems.append(f"{name} has shape {shape}, expected ({n},) to match boxes_xyxy")
             if n > _INT16_MAX:
                 problems.append(f"{n} boxes exceed the int16 n_detections limit {_INT16_MAX}")
-            if self.error is not None and (n or self.stats is not None):
-                problems.append(f"an error record ({self.error}) carries no boxes and no stats")
+            if self.error is not None and (n or self.stats is not None or self.evidence_count):
+                problems.append(f"an error record ({self.error}) carries no boxes and no stats (nor evidence)")
+        if not 0 <= self.evidence_count <= _INT16_MAX or (self.evidence_count > 0) != (self.evidence_max is not None):
+            problems.append(f"evidence_count {self.evidence_count} must be in [0, {_INT16_MAX}], > 0 with evidence_max")
+        elif self.evidence_max is not None and not 0 <= self.evidence_max <= 1:
+            problems.append(f"evidence_max {self.evidence_max} must be in [0, 1]")
         if problems:
             raise PredictionLogError(f"image {self.image_id!r}: " + "; ".join(problems))
 
@@ -323,6 +333,10 @@ def rows_to_table(
     for name in STAT_COLUMNS:
         columns[name] = per_image([None if r.stats is None else getattr(r.stats, name) for r in records], pa.float32())
     columns["shadow"] = constant(shadow, pa.bool_())
+    margin = scatter(_concat([_margin(r) for r in records], (0,)), np.float32)
+    columns["margin"] = pa.array(margin, type=pa.float32(), mask=null_mask | np.isnan(margin))
+    columns["evidence_max"] = per_image([r.evidence_max for r in records], pa.float32())
+    columns["evidence_count"] = per_image([r.evidence_count for r in records], pa.int16())
     return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)
 
 
@@ -378,7 +392,7 @@ def read(root: Path, *, dates: Iterable[dt.date] | None = None) -> pa.Table:
         dates: only these partition dates; None reads all.
 
     Returns:
-        A table with :data:`SCHEMA` (files written before version 2 upgraded, :func:`upgrade`), files in path order
+        A table with :data:`SCHEMA` (files written before version 3 upgraded, :func:`upgrade`), files in path order
         (date, then part name).
 
     Raises:
@@ -434,7 +448,7 @@ def window_files(root: Path, *, days: int) -> list[tuple[Path, dt.date]]:
 
     Raises:
         PredictionLogError: a ``*.parquet`` file outside a ``date=YYYY-MM-DD`` folder, hidden, unreadable or with a
-            schema other than :data:`SCHEMA` or :data:`V1_SCHEMA` (the message names the file).
+            schema other than :data:`SCHEMA` or an older one's (the message names the file).
     """
     files = _part_files(Path(root), None)
     for path, date in files:
@@ -455,9 +469,9 @@ def window_files(root: Path, *, days: int) -> list[tuple[Path, dt.date]]:
 def open_dataset(root: Path) -> ds.Dataset:
     """Open the log as a lazy PyArrow dataset (for filtered scans); ``date`` comes back as date32.
 
-    No validation: use :func:`read` when file schemas may be wrong. A file written before version 2 reads with
-    its version-2 columns null (``source`` and ``shadow`` too): pass a materialised table through :func:`upgrade`
-    to get the defaults (``upgrade(open_dataset(root).to_table())``).
+    No validation: use :func:`read` when file schemas may be wrong. A file written before version 3 reads with
+    its newer columns null (``source``, ``shadow``, ``evidence_count`` too): pass a materialised table through
+    :func:`upgrade` to get the defaults (``upgrade(open_dataset(root).to_table())``).
 
     Args:
         root: existing log root folder.
@@ -470,6 +484,11 @@ def open_dataset(root: Path) -> ds.Dataset:
 
 def _concat(arrays: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.zeros(empty_shape)
+
+
+def _margin(record: ImageDetections) -> np.ndarray:
+    n = record.n_detections
+    return np.full(n, np.nan) if record.margin is None else np.asarray(record.margin, np.float64).reshape(n)
 
 
 def _as_class_ids(record: ImageDetections) -> np.ndarray:
@@ -543,7 +562,7 @@ def _parse_date(text: str) -> dt.date | None:
 
 
 def _check_file_schema(path: Path) -> pa.Schema:
-    """The file's schema after checking it is :data:`SCHEMA` or :data:`V1_SCHEMA`."""
+    """The file's schema after checking it is :data:`SCHEMA` or an older version's (``OLD_SCHEMAS``)."""
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:

@@ -6,15 +6,17 @@ millions of rows per image: the sample stage and its strategies (:mod:`tasks.dec
 * :func:`window_parts` lists the window's files (:func:`prediction_log.window_files`) and the models each holds (from
   the Parquet footer statistics; a scan only for a file holding several); :func:`find_champion` picks the newest
   model under an alias.
-* :func:`read_parts` / :func:`read_image_rows` read only ``image_sha256, batch, date, confidence, class_id`` (plus
-  the normalised corners on request) of one model's rows. Each image's rows are consecutive in a file
+* :func:`read_parts` / :func:`read_image_rows` read only ``image_sha256, batch, date, confidence, class_id`` and the
+  sampler's evidence ``margin, evidence_max, evidence_count`` (plus the normalised corners on request) of one
+  model's rows. Each image's rows are consecutive in a file
   (``prediction_log.rows_to_table`` writes them so), so an image is a run of one hash and per-image features are
   numpy segment reductions over the rows, not a GROUP BY.
 * :func:`image_meta` fetches ``image_id``/``image_uri`` of a few images back by position.
 
 Rows of images that have no prediction (``error`` not null: unreadable, not decoded, inference failed or timed out)
 are left out by every reader here: such images cannot be scored, compared or labeled. Files written before the
-log's version 2 (no ``error`` column) read as they are.
+log's version 2 (no ``error`` column) read as they are; before version 3 (no evidence columns), with ``margin`` and
+``evidence_max`` NaN and ``evidence_count`` 0, as :func:`prediction_log.upgrade` fills them.
 
 Reads only; a file with another schema or a hash that is not 64 hex digits raises
 :class:`~tasks.contracts.prediction_log.PredictionLogError` naming the file or the value.
@@ -43,6 +45,8 @@ from tasks.contracts import prediction_log
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_COLUMNS = ("model_alias", "model_name", "model_version")
 _ROW_COLUMNS = ["image_sha256", "batch", "date", "confidence", "class_id"]
+_EVIDENCE = {"margin": pl.Float32, "evidence_max": pl.Float32, "evidence_count": pl.Int16}  # version 3
+_STATS = list(prediction_log.STAT_COLUMNS)  # version 2: only ``diversity`` reads them
 _BOX_COLUMNS = ["x1n", "y1n", "x2n", "y2n"]
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -88,6 +92,12 @@ class ImageRows:
         sha_prefix: (I,) uint64 value of the first 16 hex digits of ``image_sha256`` (the seeded draws start here).
         boxes_xyxyn: (R, 4) float32 normalised corners ``x1n, y1n, x2n, y2n`` (NaN on a zero-detection row), or
             None when not read (only ``disagreement`` needs them).
+        margin: (R,) float32 top-1 minus top-2 class score of each box; NaN where not logged (zero-detection rows,
+            end-to-end heads, files before version 3), or None: not read (every box unknown).
+        evidence_max: (I,) float32 highest sub-threshold score of each image, NaN when none; None: not read.
+        evidence_count: (I,) int16 number of sub-threshold boxes of each image; None: not read (all 0).
+        stats: (I, 6) float32 input statistics of each image (``prediction_log.STAT_COLUMNS`` order; NaN where not
+            logged), or None when not read (only ``diversity`` needs them).
     """
 
     images: pl.DataFrame
@@ -96,6 +106,10 @@ class ImageRows:
     class_id: npt.NDArray[np.int16]
     sha_prefix: npt.NDArray[np.uint64]
     boxes_xyxyn: npt.NDArray[np.float32] | None = None
+    margin: npt.NDArray[np.float32] | None = None
+    evidence_max: npt.NDArray[np.float32] | None = None
+    evidence_count: npt.NDArray[np.int16] | None = None
+    stats: npt.NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return self.images.height
@@ -193,18 +207,27 @@ def read_image_rows(paths: Sequence[Path], *, model: ModelKey, boxes: bool = Fal
     return concat_rows(parts, boxes=boxes)
 
 
-def read_parts(paths: Sequence[Path], *, model: ModelKey, boxes_for: Collection[int] = ()) -> list[ImageRows]:
+def read_parts(
+    paths: Sequence[Path], *, model: ModelKey, boxes_for: Collection[int] = (), stats: bool = False
+) -> list[ImageRows]:
     """Read one model's rows file by file: one :class:`ImageRows` per file (``part`` = its index in ``paths``).
 
-    Only ``image_sha256, batch, date, class_id, confidence`` are read (plus the corners for the files whose index is
-    in ``boxes_for``), filtered on the model columns, so memory holds one file's hashes per reading thread at most
-    besides the result. Files are read by :func:`map_files` threads (Parquet decoding and Polars release the GIL).
+    Only ``image_sha256, batch, date, class_id, confidence`` and the evidence columns are read (plus the corners for
+    the files whose index is in ``boxes_for``, and the input statistics with ``stats``), filtered on the model
+    columns, so memory holds one file's hashes per reading thread at most besides the result. Files are read by
+    :func:`map_files` threads (Parquet decoding and Polars release the GIL).
     """
 
     def read(i: int) -> ImageRows:
         path = paths[i]
         columns = _ROW_COLUMNS + (_BOX_COLUMNS if i in boxes_for else [])
-        frame = pl.scan_parquet(path).filter(_row_filter(path, model)).select(*columns, _FIRST).collect()
+        names = pq.read_schema(path).names
+        frame = (
+            pl.scan_parquet(path)
+            .filter(_row_filter(path, model))
+            .select(*columns, *_evidence_columns(names), *(_stat_columns(names) if stats else []), _FIRST)
+            .collect()
+        )
         try:
             return _group_frame(frame, part=i, boxes=i in boxes_for)
         except prediction_log.PredictionLogError as err:
@@ -227,22 +250,41 @@ def map_files(read: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
         return list(pool.map(read, items))
 
 
-def image_rows(table: pa.Table, *, boxes: bool = False) -> ImageRows:
+def image_rows(table: pa.Table, *, boxes: bool = False, stats: bool = False) -> ImageRows:
     """Group a prediction log table (e.g. from :func:`tasks.contracts.prediction_log.read`) by image, as the stage does.
 
     Args:
         table: rows with at least ``image_sha256, batch, date, confidence, class_id`` (and ``x1n, y1n, x2n, y2n``
             with ``boxes``); each image's rows consecutive, as in the log. Rows with an ``error`` are left out.
         boxes: also keep the normalised corners.
+        stats: also keep the input statistics (NaN when the table has none).
 
     Returns:
         The rows as :class:`ImageRows` (``part`` 0).
     """
     if "error" in table.column_names:  # images without a prediction are no candidates
         table = table.filter(pc.is_null(table["error"]))
-    frame = pl.from_arrow(table.select(_ROW_COLUMNS + (_BOX_COLUMNS if boxes else [])))
+    columns = _ROW_COLUMNS + (_BOX_COLUMNS if boxes else [])
+    present = [name for name in (*_EVIDENCE, *_STATS) if name in table.column_names]
+    frame = pl.from_arrow(table.select(columns + present))
     assert isinstance(frame, pl.DataFrame)  # a Table converts to a DataFrame, never a Series
+    frame = frame.select(*columns, *_evidence_columns(present), *(_stat_columns(present) if stats else []))
     return _group_frame(frame.with_columns(_FIRST), part=0, boxes=boxes)
+
+
+def _stat_columns(names: Collection[str]) -> list[pl.Expr]:
+    """The input statistics from a frame with ``names`` (float32; null in a version-1 file)."""
+    return [pl.col(n).cast(pl.Float32) if n in names else pl.lit(None, pl.Float32).alias(n) for n in _STATS]
+
+
+def _evidence_columns(names: Collection[str]) -> list[pl.Expr]:
+    """The evidence columns (:data:`_EVIDENCE`) from a frame with ``names``; an older file's as upgrade fills them."""
+    return [
+        (pl.col(name).fill_null(0) if name == "evidence_count" else pl.col(name)).cast(dtype)
+        if name in names
+        else pl.lit(0 if name == "evidence_count" else None, dtype).alias(name)
+        for name, dtype in _EVIDENCE.items()
+    ]
 
 
 def _group_frame(frame: pl.DataFrame, *, part: int, boxes: bool) -> ImageRows:
@@ -250,7 +292,8 @@ def _group_frame(frame: pl.DataFrame, *, part: int, boxes: bool) -> ImageRows:
     first = frame["first"]
     starts = np.flatnonzero(first.to_numpy()).astype(np.int64)
     # through Arrow: a compact copy of the first rows' hashes (Polars' string views would pin the whole file's)
-    images = frame.filter(first).select("image_sha256", "batch", "date").to_arrow()
+    heads = frame.filter(first)
+    images = heads.select("image_sha256", "batch", "date").to_arrow()
     images = images.set_column(0, "image_sha256", images.column(0).cast(pa.large_string()))
     frame_images = pl.from_arrow(images)
     assert isinstance(frame_images, pl.DataFrame)  # a Table converts to a DataFrame, never a Series
@@ -261,6 +304,10 @@ def _group_frame(frame: pl.DataFrame, *, part: int, boxes: bool) -> ImageRows:
         class_id=frame["class_id"].fill_null(-1).cast(pl.Int16).to_numpy(),
         sha_prefix=_sha_prefix(images.column(0)),
         boxes_xyxyn=frame.select(pl.col(_BOX_COLUMNS).cast(pl.Float32)).to_numpy() if boxes else None,
+        margin=frame["margin"].fill_null(np.nan).to_numpy(),
+        evidence_max=heads["evidence_max"].fill_null(np.nan).to_numpy(),
+        evidence_count=heads["evidence_count"].to_numpy(),
+        stats=heads.select(pl.col(_STATS).fill_null(np.nan)).to_numpy() if _STATS[0] in frame.columns else None,
     )
 
 
@@ -280,7 +327,18 @@ def concat_rows(parts: Sequence[ImageRows], *, boxes: bool = False) -> ImageRows
         boxes_xyxyn=np.concatenate([np.zeros((0, 4), np.float32)] + [c for c in corners if c is not None])
         if boxes
         else None,
+        margin=np.concatenate([np.zeros(0, np.float32)] + [_or(p.margin, len(p.class_id), np.nan) for p in parts]),
+        evidence_max=np.concatenate([np.zeros(0, np.float32)] + [_or(p.evidence_max, len(p), np.nan) for p in parts]),
+        evidence_count=np.concatenate([np.zeros(0, np.int16)] + [_or(p.evidence_count, len(p), 0) for p in parts]),
+        stats=np.concatenate([np.zeros((0, len(_STATS)), np.float32)] + [p.stats for p in parts if p.stats is not None])
+        if all(p.stats is not None for p in parts)
+        else None,
     )
+
+
+def _or(values: npt.NDArray[Any] | None, n: int, fill: float) -> npt.NDArray[Any]:
+    """``values``, or ``n`` times ``fill`` for a part that did not read them."""
+    return np.full(n, fill, np.float32 if isinstance(fill, float) else np.int16) if values is None else values
 
 
 def _sha_prefix(sha: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.uint64]:

@@ -1,4 +1,4 @@
-"""The prediction log's columns, their two versions, and the upgrade of a version-1 table to the current schema.
+"""The prediction log's columns, their three versions, and the upgrade of an older table to the current schema.
 
 :mod:`tasks.contracts.prediction_log` owns the log's files (layout, atomic writes, validated reads) and re-exports
 everything here; this module holds what every reader needs to agree on: :data:`SCHEMA`, :func:`upgrade`, and the
@@ -6,9 +6,11 @@ schema checks.
 
 Versions: version 1 is the first 24 columns below; version 2 (:data:`V2_COLUMNS`) adds the image's ``source``, the
 ``error`` kind of an image that could not be predicted, its input statistics (:mod:`tasks.core.image_stats`) and
-the ``shadow`` flag. Files written before version 2 still read: a file whose columns are exactly version 1's is
-upgraded on read (``source`` = ``"default"``, ``shadow`` = false, the rest null); any other missing, extra or
-mistyped column is an error.
+the ``shadow`` flag; version 3 (:data:`V3_COLUMNS`) adds what the sampler needs beyond the logged boxes: each box's
+class ``margin`` and the image's sub-threshold evidence (``evidence_max``, ``evidence_count``). Older files still
+read: a file whose columns are exactly version 1's or version 2's (:data:`OLD_SCHEMAS`) is upgraded on read
+(``source`` = ``"default"``, ``shadow`` = false, ``evidence_count`` = 0, the rest null); any other missing, extra
+or mistyped column is an error.
 
 Schema (:data:`SCHEMA`):
 
@@ -38,6 +40,9 @@ Schema (:data:`SCHEMA`):
 | `sharpness` | float32 | yes | variance of the 3x3 Laplacian of the luma (v2) |
 | `mean_r`, `mean_g`, `mean_b` | float32 | yes | channel means, 0-255 (v2) |
 | `shadow` | bool | no | true on rows a version logged in shadow beside the champion (v2; see below) |
+| `margin` | float32 | yes | the box's top-1 minus top-2 class score (raw head); null otherwise: see below (v3) |
+| `evidence_max` | float32 | yes | highest sub-threshold score of the image (see below); null when none (v3) |
+| `evidence_count` | int16 | no | number of the image's sub-threshold boxes (see below); 0 when none (v3) |
 
 Error rows: an image that could not be read (``unreadable``: gone, no permission), decoded (``decode``), or whose
 model call raised (``inference``) or ran past ``predict.timeout_s`` (``timeout``) has exactly one row: ``error``
@@ -45,6 +50,14 @@ set, ``n_detections`` 0, box/class/confidence and statistics columns null. ``ima
 that were read (:data:`EMPTY_SHA256` when none could be); ``image_width``/``image_height`` are the decoded size for
 ``inference``/``timeout`` and 0 for ``unreadable``/``decode``; ``latency_ms`` is the chunk's model time until it
 failed divided among its images (``inference``/``timeout``) and 0 for images that never reached the model.
+
+Sampler evidence (v3): ``margin`` is null on a zero-detection or error row, for a model whose head has no class
+vector (NMS-free / end-to-end), for a one-class model (no second class), and in ingested rows that do not give it.
+The sub-threshold boxes are the ``predict.max_det`` strongest the decode finds in ``[predict.evidence_conf,
+predict.conf)``, after one class-aware NMS with the detections (a weaker duplicate of a detected box is
+suppressed; :mod:`tasks.runtimes.detectors`); they are not rows, only summarised per image: ``evidence_max``
+and ``evidence_count`` are repeated on each of the image's rows (null and 0 when there is none, when
+``predict.evidence_conf`` is null, and on an error row).
 
 Shadow rows: a version run in shadow on a share of the images (``predict.shadow``) logs them in its own part
 (``batch=<b>__model=<name>-v<n>__shadow``) with ``shadow`` true and ``model_alias`` the shadow alias. They never
@@ -94,14 +107,31 @@ V2_FIELDS = (
     *(pa.field(name, pa.float32(), nullable=True) for name in STAT_NAMES),
     pa.field("shadow", pa.bool_(), nullable=False),
 )
-SCHEMA = pa.schema([*V1_FIELDS, *V2_FIELDS])
-"""Arrow schema of every prediction log file written now (version 2; see the field table above)."""
+V3_FIELDS = (
+    pa.field("margin", pa.float32(), nullable=True),
+    pa.field("evidence_max", pa.float32(), nullable=True),
+    pa.field("evidence_count", pa.int16(), nullable=False),
+)
+SCHEMA = pa.schema([*V1_FIELDS, *V2_FIELDS, *V3_FIELDS])
+"""Arrow schema of every prediction log file written now (version 3; see the field table above)."""
 
 V1_SCHEMA = pa.schema(V1_FIELDS)
 """The schema of files written before version 2 (still read: :func:`upgrade`)."""
 
+V2_SCHEMA = pa.schema([*V1_FIELDS, *V2_FIELDS])
+"""The schema of files written before version 3 (still read: :func:`upgrade`)."""
+
+OLD_SCHEMAS = (V1_SCHEMA, V2_SCHEMA)
+"""The older versions every reader accepts and upgrades, oldest first."""
+
 V2_COLUMNS: tuple[str, ...] = tuple(field.name for field in V2_FIELDS)
 """The columns version 2 added, in schema order."""
+
+V3_COLUMNS: tuple[str, ...] = tuple(field.name for field in V3_FIELDS)
+"""The columns version 3 added, in schema order."""
+
+OLD_MISSING: tuple[frozenset[str], ...] = (frozenset(V2_COLUMNS + V3_COLUMNS), frozenset(V3_COLUMNS))
+"""The column sets a file of each older version lacks (version 1, version 2): a file missing exactly one is old."""
 
 STAT_COLUMNS: tuple[str, ...] = STAT_NAMES
 """The input statistics columns (:class:`tasks.core.image_stats.ImageStats` field names)."""
@@ -125,18 +155,28 @@ def is_v1(schema: pa.Schema) -> bool:
     return sorted(schema.names) == sorted(V1_SCHEMA.names)
 
 
+def old_schema(schema: pa.Schema) -> pa.Schema | None:
+    """The older version (:data:`OLD_SCHEMAS`) whose column names ``schema`` has exactly (any order), else None."""
+    return next((old for old in OLD_SCHEMAS if sorted(schema.names) == sorted(old.names)), None)
+
+
+def is_old(schema: pa.Schema) -> bool:
+    """True when ``schema`` has exactly the column names of an older version (1 or 2): readers upgrade it."""
+    return old_schema(schema) is not None
+
+
 def schema_problems(schema: pa.Schema, *, v1_ok: bool = True) -> list[str]:
     """Every way ``schema`` differs from :data:`SCHEMA`.
 
     Args:
         schema: the schema of a file or table.
-        v1_ok: compare a schema with exactly the version-1 column names with :data:`V1_SCHEMA` instead (readers
-            accept old files; writers write version 2 only).
+        v1_ok: compare a schema with exactly the column names of an older version with that version's schema
+            instead (:data:`OLD_SCHEMAS`: readers accept old files; writers write the current version only).
 
     Returns:
         One line per missing, mistyped, unexpected or repeated column; empty when it matches.
     """
-    expected = V1_SCHEMA if v1_ok and is_v1(schema) else SCHEMA
+    expected = (old_schema(schema) if v1_ok else None) or SCHEMA
     problems = []
     for field in expected:
         index = schema.get_field_index(field.name)
@@ -169,15 +209,15 @@ def format_problems(what: object, problems: list[str]) -> str:
 
 
 def upgrade(table: pa.Table, *, check_nulls: bool = True) -> pa.Table:
-    """Bring a version-1 or version-2 table to :data:`SCHEMA` (inputs are not modified).
+    """Bring a version-1, -2 or -3 table to :data:`SCHEMA` (inputs are not modified).
 
-    Missing version-2 columns are added: ``source`` = :data:`DEFAULT_SOURCE`, ``shadow`` = false, the others
-    null. Nulls in ``source``/``shadow`` (what :func:`tasks.contracts.prediction_log.open_dataset` yields on a
-    version-1 file) get the same defaults.
+    Missing version-2 and -3 columns are added: ``source`` = :data:`DEFAULT_SOURCE`, ``shadow`` = false,
+    ``evidence_count`` = 0, the others null. Nulls in those three (what
+    :func:`tasks.contracts.prediction_log.open_dataset` yields on an older file) get the same defaults.
 
     Args:
-        table: rows with the version-1 or version-2 columns (any order; a not-null column may be declared
-            nullable as long as it holds no nulls).
+        table: rows with the columns of one version (any order; a not-null column may be declared nullable as
+            long as it holds no nulls).
         check_nulls: refuse nulls in a not-null column; False leaves them for the caller's own checks (the
             validate stage's expectations report them row by row).
 
@@ -192,8 +232,12 @@ def upgrade(table: pa.Table, *, check_nulls: bool = True) -> pa.Table:
     if problems:
         raise PredictionLogError(format_problems("table to upgrade", problems))
     n = table.num_rows
-    fills = {"source": pa.scalar(DEFAULT_SOURCE, pa.string()), "shadow": pa.scalar(False, pa.bool_())}
-    for field in V2_FIELDS:
+    fills = {
+        "source": pa.scalar(DEFAULT_SOURCE, pa.string()),
+        "shadow": pa.scalar(False, pa.bool_()),
+        "evidence_count": pa.scalar(0, pa.int16()),
+    }
+    for field in (*V2_FIELDS, *V3_FIELDS):
         if field.name not in table.column_names:
             fill = fills.get(field.name)
             column = pa.nulls(n, field.type) if fill is None else pa.repeat(fill, n)

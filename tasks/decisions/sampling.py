@@ -1,17 +1,33 @@
 """Sampling decisions: per-image strategy scores and the selection that fills the labeling budget (pure, no I/O).
 
 Scores (one per image of :class:`~tasks.contracts.prediction_rows.ImageRows`, each in [0, 1] or NaN = not a
-candidate; only a box's top-class confidence is logged, so uncertainty is about that one number per box):
+candidate). The evidence: each logged box's top-class confidence ``p`` and, from the log's version 3, its class
+margin ``m`` (top-1 minus top-2 class score: the raw head's class vector) and the image's sub-threshold evidence
+(``e``: the highest score among its boxes in ``[predict.evidence_conf, predict.conf)``, after NMS; ``k``: how many;
+none on older rows, for end-to-end heads' margins, and when ``predict.evidence_conf`` is null):
 
 * ``random``: ``u < rate`` with ``u`` uniform from (seed, cycle, image SHA-256) (:func:`seeded_uniform`);
   score ``1 - u / rate``.
-* ``low_confidence``: ``n`` boxes with confidence in ``[low, high)``; score ``n / (n + 1)``.
-* ``entropy``: mean binary entropy ``H(p) = -p log2 p - (1-p) log2(1-p)`` of the image's box confidences.
-* ``margin``: ``1 - min |p - threshold| / max(threshold, 1 - threshold)`` over the image's boxes (1 = a coin flip).
+* ``low_confidence``: ``n`` boxes with confidence in ``[low, high)``; score ``n / (n + 1)`` (>= 0.5). An image
+  with no box in the band but sub-threshold evidence (``k >= 1``; a zero-detection image, or one whose boxes are
+  all confident) scores ``0.5 x min(e / low, 1)`` (``low`` 0: 0.5): below any image with a box in the band,
+  ranked by how close its strongest missed box came. Without evidence it is no candidate (as before).
+* ``entropy``: mean binary entropy ``H(p) = -p log2 p - (1-p) log2(1-p)`` over the image's box confidences and,
+  when it has sub-threshold evidence, one more term ``H(e)`` (its strongest missed box stands for the band): a
+  zero-detection image with evidence scores ``H(e)`` (e.g. 0.72 bits at ``e`` = 0.2), one without none.
+* ``margin``: ``max over boxes of (1 - m)`` (1 = two classes tie); a box without a logged margin (older rows,
+  end-to-end heads, one class) counts ``1 - |p - threshold| / max(threshold, 1 - threshold)`` instead (1 = a coin
+  flip at ``threshold``). So margin asks "which class?" where entropy asks "is it there?".
 * ``class_balanced``: ``min_c f_c / f_k`` for the rarest class ``k`` the image shows (``f``: box counts per class).
 * ``disagreement``: ``1 - min(agreeing champion boxes, agreeing other boxes) / max(champion boxes, other boxes)``
   against another model version's boxes on the same image (same class, IoU >= ``iou``, best match).
 * ``drift``: a seeded share ``rate`` of the images of flagged batches; score ``1 - u / rate``.
+* ``diversity``: k-center greedy (:func:`score_diversity`) over a cheap per-image embedding, the input statistics
+  (brightness, contrast, sharpness, mean_r/g/b) and the box count, each standardised over the window: the images
+  already labeled (in the ledger; at most :data:`MAX_SEED_CENTERS`, a seeded choice) are the first centers (none:
+  the image with the smallest seeded draw), then each pick is the eligible image farthest from every center (ties:
+  the smaller draw), ``k = POOL_FACTOR x budget`` picks; the i-th of ``n`` picks scores ``1 - i / n``. Images
+  without statistics (error rows, logs before version 2) are no candidates.
 
 Selection: :func:`nominate` takes each strategy's best ``POOL_FACTOR x budget`` images; :func:`select` fills the
 budget greedily by ``weight x score`` with the per-strategy budgets, the per-day cap and the near-duplicate check
@@ -35,7 +51,16 @@ from tasks.config import SampleParams, SampleStrategy
 from tasks.contracts.prediction_rows import ImageRows
 from tasks.core.phash import PackedHashes, hamming, n_bytes, to_hex
 
-STRATEGIES = ("random", "low_confidence", "entropy", "margin", "class_balanced", "disagreement", "drift")
+STRATEGIES = (
+    "random",
+    "low_confidence",
+    "entropy",
+    "margin",
+    "class_balanced",
+    "disagreement",
+    "drift",
+    "diversity",
+)
 """Strategy names in tie-break order (the fields of ``sample.strategies``)."""
 
 EXCLUSIONS = ("ledger", "day_cap", "near_duplicate", "unreadable_image")
@@ -43,6 +68,9 @@ EXCLUSIONS = ("ledger", "day_cap", "near_duplicate", "unreadable_image")
 
 POOL_FACTOR = 5
 """Each strategy nominates up to ``POOL_FACTOR x budget`` images, so exclusions can be back-filled."""
+
+MAX_SEED_CENTERS = 1024
+"""``diversity`` starts from at most this many labeled images of the window (each costs one pass over the images)."""
 
 _FloatArray = npt.NDArray[np.float64]
 
@@ -87,6 +115,19 @@ def _boxes(rows: ImageRows) -> npt.NDArray[np.bool_]:
     return ~np.isnan(rows.confidence)
 
 
+def _evidence(rows: ImageRows) -> tuple[_FloatArray, npt.NDArray[np.int64]]:
+    """(I,) highest sub-threshold score (NaN: none) and (I,) count of each image; none when not read."""
+    if rows.evidence_max is None or rows.evidence_count is None:
+        return np.full(len(rows), np.nan), np.zeros(len(rows), np.int64)
+    count = rows.evidence_count.astype(np.int64)
+    return np.where(count > 0, rows.evidence_max.astype(np.float64), np.nan), count
+
+
+def _binary_entropy(p: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    p = np.clip(p, p.dtype.type(1e-7), p.dtype.type(1 - 1e-7))
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
 def score_random(rows: ImageRows, *, rate: float, seed: int, cycle: str) -> pl.DataFrame:
     """``random``: a seeded uniform share ``rate`` of the images; score ``1 - u / rate`` (u: :func:`seeded_uniform`).
 
@@ -101,13 +142,18 @@ def score_random(rows: ImageRows, *, rate: float, seed: int, cycle: str) -> pl.D
 def score_low_confidence(rows: ImageRows, *, band: tuple[float, float]) -> pl.DataFrame:
     """``low_confidence``: ``n`` boxes with confidence in ``[band[0], band[1])``; score ``n / (n + 1)`` when n >= 1.
 
+    An image with no box in the band but sub-threshold evidence ``e`` scores ``0.5 x min(e / band[0], 1)`` (module
+    docstring).
+
     Returns:
         (I,) frame ``image_sha256, score`` aligned with ``rows.images``; ``score`` null when not a candidate.
     """
     low, high = band
     in_band = (rows.confidence >= low) & (rows.confidence < high)  # NaN compares False
     n = _per_image_sum(rows, in_band.astype(np.int32)).astype(np.float64)
-    return _as_frame(rows, np.where(n > 0, n / (n + 1.0), np.nan))
+    evidence, _ = _evidence(rows)
+    missed = 0.5 * np.minimum(evidence / low, 1.0) if low > 0 else np.where(np.isnan(evidence), np.nan, 0.5)
+    return _as_frame(rows, np.where(n > 0, n / (n + 1.0), missed))
 
 
 def score_entropy(rows: ImageRows, *, min_score: float) -> pl.DataFrame:
@@ -117,28 +163,34 @@ def score_entropy(rows: ImageRows, *, min_score: float) -> pl.DataFrame:
         (I,) frame ``image_sha256, score`` aligned with ``rows.images``; ``score`` null when not a candidate.
     """
     boxes = _boxes(rows)
-    p = np.clip(rows.confidence[boxes], np.float32(1e-7), np.float32(1 - 1e-7))  # float32 is plenty for a mean
     entropy = np.zeros(len(rows.confidence), np.float32)
-    entropy[boxes] = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    entropy[boxes] = _binary_entropy(rows.confidence[boxes])  # float32 is plenty for a mean
     n = _per_image_sum(rows, boxes.astype(np.int32))
+    total = _per_image_sum(rows, entropy).astype(np.float64)
+    evidence, _ = _evidence(rows)
+    missed = ~np.isnan(evidence)  # the strongest sub-threshold box is one more term
+    total[missed] += _binary_entropy(evidence[missed].astype(np.float32))
+    n = n + missed
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = _per_image_sum(rows, entropy).astype(np.float64) / n
+        mean = total / n
     return _as_frame(rows, np.where((n > 0) & (mean >= min_score), mean, np.nan))
 
 
 def score_margin(rows: ImageRows, *, threshold: float, min_score: float) -> pl.DataFrame:
-    """``margin``: ``1 - min |conf - threshold| / max(threshold, 1 - threshold)`` over the image's boxes.
+    """``margin``: the image's best box score ``1 - m`` (``m``: the box's logged top-1 minus top-2 class score).
 
-    Only the top class's confidence is logged, so the margin is that of a binary keep/drop decision at
-    ``threshold`` (0.5: the classic ``1 - |p - (1 - p)|``); kept when >= ``min_score``.
+    A box without a logged margin (older rows, an end-to-end head, one class) scores the margin of a binary
+    keep/drop decision at ``threshold`` instead: ``1 - |conf - threshold| / max(threshold, 1 - threshold)`` (0.5:
+    the classic ``1 - |p - (1 - p)|``). Kept when >= ``min_score``.
 
     Returns:
         (I,) frame ``image_sha256, score`` aligned with ``rows.images``; ``score`` null when not a candidate.
     """
-    distance = np.where(_boxes(rows), np.abs(rows.confidence.astype(np.float64) - threshold), np.inf)
-    nearest = np.minimum.reduceat(distance, rows.starts) if len(rows) else np.zeros(0)
-    score = 1.0 - nearest / max(threshold, 1.0 - threshold)
-    return _as_frame(rows, np.where(np.isfinite(nearest) & (score >= min_score), score, np.nan))
+    fallback = 1.0 - np.abs(rows.confidence.astype(np.float64) - threshold) / max(threshold, 1.0 - threshold)
+    margin = np.full(len(rows.confidence), np.nan) if rows.margin is None else rows.margin.astype(np.float64)
+    per_box = np.where(_boxes(rows), np.where(np.isnan(margin), fallback, 1.0 - margin), -np.inf)
+    best = np.maximum.reduceat(per_box, rows.starts) if len(rows) else np.zeros(0)
+    return _as_frame(rows, np.where(np.isfinite(best) & (best >= min_score), best, np.nan))
 
 
 def score_class_balanced(rows: ImageRows, *, min_score: float) -> pl.DataFrame:
@@ -170,6 +222,51 @@ def score_drift(rows: ImageRows, *, flagged: Collection[str], rate: float, seed:
     u = seeded_uniform(rows, seed=seed, cycle=cycle, salt="drift")
     with np.errstate(divide="ignore", invalid="ignore"):
         return _as_frame(rows, np.where(in_flagged & (u < rate), 1.0 - u / rate, np.nan))
+
+
+def score_diversity(rows: ImageRows, *, labeled: npt.NDArray[np.bool_], k: int, seed: int, cycle: str) -> _FloatArray:
+    """``diversity``: k-center greedy over the standardised input statistics + box count (module docstring).
+
+    Args:
+        rows: the window's images, read with ``stats``.
+        labeled: (I,) True for images already labeled (the ledger): they seed the centers and are never picked.
+        k: how many images to pick (``POOL_FACTOR x budget``).
+        seed: ``base.seed``.
+        cycle: the cycle name (with ``seed``, the first center and the tie-break).
+
+    Returns:
+        (I,) scores, NaN = not picked; the i-th of ``n`` picks scores ``1 - i / n``.
+    """
+    if rows.stats is None:
+        raise ValueError("score_diversity needs ImageRows read with stats=True")
+    boxes = _per_image_sum(rows, _boxes(rows).astype(np.int32)).astype(np.float64)
+    features = np.column_stack([rows.stats.astype(np.float64), boxes])
+    score = np.full(len(rows), np.nan)
+    known = np.flatnonzero(~np.isnan(features).any(axis=1))
+    if k <= 0 or len(known) == 0:
+        return score
+    x = features[known]
+    spread = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    u = seeded_uniform(rows, seed=seed, cycle=cycle, salt="diversity")[known]
+    seeds = np.flatnonzero(labeled[known])
+    seeds = seeds[np.argsort(u[seeds], kind="stable")][:MAX_SEED_CENTERS]
+    nearest = np.full(len(known), np.inf)
+    for center in seeds:
+        nearest = np.minimum(nearest, ((x - x[center]) ** 2).sum(axis=1))
+    nearest[labeled[known]] = -np.inf  # never picked
+    picks: list[int] = []
+    while len(picks) < k:
+        best = nearest.max()
+        if best == -np.inf:
+            break
+        tied = np.flatnonzero(nearest == best)  # all of them at first, without labeled centers
+        pick = int(tied[np.argmin(u[tied])])
+        picks.append(pick)
+        nearest = np.minimum(nearest, ((x - x[pick]) ** 2).sum(axis=1))
+        nearest[pick] = -np.inf
+    score[known[picks]] = 1.0 - np.arange(len(picks)) / len(picks)
+    return score
 
 
 def score_disagreement(champion: ImageRows, other: ImageRows, *, iou: float, min_score: float) -> pl.DataFrame:

@@ -7,7 +7,15 @@ Two output layouts are decoded:
 - NMS-free (YOLO26 one-to-one head, ``train.yolo.nms_free: true``): ``(B, K, 6)`` rows
   ``x1, y1, x2, y2, score, class`` in letterbox pixels;
 - raw (one-to-many head, the default): ``(B, 4 + nc, A)`` with ``cx, cy, w, h`` + class scores, followed by
-  class-aware NMS.
+  class-aware NMS. Each kept box also gets its class ``margin`` (top-1 minus top-2 class score of its anchor).
+
+With ``InferenceSettings.evidence_conf`` set (batch prediction: ``predict.evidence_conf``), the decode also keeps
+the boxes scoring in ``[evidence_conf, conf)``: the ``max_det`` strongest of them, after one class-aware NMS
+together with the detections (so a weaker duplicate of a detection, or of a stronger band box, is suppressed),
+and summarises them per image (``evidence_max``, ``evidence_count`` <= ``max_det``). They are never detections, and
+the detections are the same as without it (their own NMS is unchanged); the cap keeps the extra NMS small (a weak
+model has thousands of anchors in the band at 640 px). Unset (every other caller: evaluation, export checks, the
+gate), nothing changes.
 
 The runtime is chosen by the artifact's suffix through :data:`LOADERS` (no if/elif over formats in
 callers). A model family's training checkpoints (Ultralytics ``.pt``) are opened by the family itself: it adds
@@ -23,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -40,11 +48,18 @@ class Detections:
         boxes_xyxy: ``(N, 4)`` float32 corners in pixels of the original image.
         confidence: ``(N,)`` float32 scores.
         class_id: ``(N,)`` int64 class indices.
+        margin: ``(N,)`` float32 top-1 minus top-2 class score of each box (NaN for a one-class model), or None
+            when the head gives no class vector (end-to-end rows).
+        evidence_max: highest score of the image's sub-threshold boxes (module docstring), None when none or off.
+        evidence_count: number of those boxes (0 when none or off).
     """
 
     boxes_xyxy: npt.NDArray[np.float32]
     confidence: npt.NDArray[np.float32]
     class_id: npt.NDArray[np.int64]
+    margin: npt.NDArray[np.float32] | None = None
+    evidence_max: float | None = None
+    evidence_count: int = 0
 
     @classmethod
     def empty(cls) -> Detections:
@@ -62,6 +77,7 @@ class InferenceSettings:
     the CPU, at the cost of one compilation per new batch size); other runtimes ignore it.
     ``nms_free``: which head a training checkpoint runs (the family's inference hint, ``train.yolo.nms_free``);
     exported artifacts carry the head they were exported with and are decoded by their output's layout.
+    ``evidence_conf``: also summarise the boxes in ``[evidence_conf, conf)`` per image (module docstring); None: off.
     """
 
     imgsz: int
@@ -72,6 +88,7 @@ class InferenceSettings:
     device: str = "cpu"
     static_shapes: bool = False
     nms_free: bool = False
+    evidence_conf: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,28 +142,63 @@ def _to_original(boxes_xyxy: npt.NDArray[np.float32], box: Letterbox) -> npt.NDA
     return out
 
 
-def _decode_end2end(rows: npt.NDArray[np.float32], settings: InferenceSettings) -> tuple[Any, Any, Any]:
+class _Decoded(NamedTuple):
+    """One image's decode in letterbox pixels: the detections, their margins, and the sub-threshold band."""
+
+    xyxy: npt.NDArray[np.float32]  # (N, 4)
+    scores: npt.NDArray[np.float32]  # (N,)
+    class_id: npt.NDArray[np.int64]  # (N,)
+    margin: npt.NDArray[np.float32] | None  # (N,), None: no class vector
+    band_xyxy: npt.NDArray[np.float32]  # (M, 4) boxes in [evidence_conf, conf); M = 0 when off
+    band_scores: npt.NDArray[np.float32]  # (M,)
+
+
+def _decode_end2end(rows: npt.NDArray[np.float32], settings: InferenceSettings) -> _Decoded:
+    floor = settings.conf if settings.evidence_conf is None else settings.evidence_conf
+    band = rows[(rows[:, 4] >= floor) & (rows[:, 4] < settings.conf)]
+    band = band[np.argsort(-band[:, 4], kind="stable")][: settings.max_det]
     keep = rows[:, 4] >= settings.conf
     rows = rows[keep]
     rows = rows[np.argsort(-rows[:, 4], kind="stable")][: settings.max_det]
-    return rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64)
+    return _Decoded(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64), None, band[:, :4], band[:, 4])
 
 
-def _decode_raw(pred: npt.NDArray[np.float32], settings: InferenceSettings) -> tuple[Any, Any, Any]:
-    """Decode one ``(4 + nc, A)`` raw prediction and run class-aware NMS."""
+def _decode_raw(pred: npt.NDArray[np.float32], settings: InferenceSettings) -> _Decoded:
+    """Decode one ``(4 + nc, A)`` raw prediction and run class-aware NMS (and the evidence band's, when on)."""
     scores_all = pred[4:].T
     class_id = scores_all.argmax(1)
     scores = scores_all[np.arange(len(class_id)), class_id]
-    keep = scores >= settings.conf
-    cxcywh, scores, class_id = pred[:4].T[keep], scores[keep], class_id[keep]
+    cxcywh = pred[:4].T
     xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], axis=1)
-    if len(scores) == 0:
-        return xyxy, scores, class_id
-    xywh = np.concatenate([xyxy[:, :2], cxcywh[:, 2:]], axis=1)
-    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), class_id.tolist(), settings.conf, settings.iou)
-    idx: npt.NDArray[np.int64] = np.asarray(kept, dtype=np.int64).reshape(-1)
-    idx = idx[np.argsort(-scores[idx], kind="stable")][: settings.max_det]
-    return xyxy[idx], scores[idx], class_id[idx]
+
+    def nms(candidates: npt.NDArray[np.int64], conf: float) -> npt.NDArray[np.int64]:
+        """The anchors class-aware NMS keeps among ``candidates`` (OpenCV's order)."""
+        if len(candidates) == 0:
+            return candidates
+        xywh = np.concatenate([xyxy[candidates, :2], cxcywh[candidates, 2:]], axis=1)
+        found = cv2.dnn.NMSBoxesBatched(
+            xywh.tolist(), scores[candidates].tolist(), class_id[candidates].tolist(), conf, settings.iou
+        )
+        return candidates[np.asarray(found, dtype=np.int64).reshape(-1)]
+
+    kept = nms(np.flatnonzero(scores >= settings.conf), settings.conf)  # exactly as without evidence
+    idx = kept[np.argsort(-scores[kept], kind="stable")][: settings.max_det]
+    band = np.zeros(0, np.int64)
+    if settings.evidence_conf is not None:
+        low = np.flatnonzero((scores >= settings.evidence_conf) & (scores < settings.conf))
+        if len(low):  # the band's max_det strongest, NMS-ed with the detections (they come first: higher)
+            low = low[np.argsort(-scores[low], kind="stable")][: settings.max_det]
+            survivors = nms(np.concatenate([idx, low]), settings.evidence_conf)
+            band = survivors[scores[survivors] < settings.conf]
+    return _Decoded(xyxy[idx], scores[idx], class_id[idx], _margin(scores_all[idx]), xyxy[band], scores[band])
+
+
+def _margin(class_scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Top-1 minus top-2 of each ``(N, nc)`` row; NaN for one class (there is no second)."""
+    if class_scores.shape[1] < 2:
+        return np.full(len(class_scores), np.nan, np.float32)
+    top2 = np.partition(class_scores, -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]).astype(np.float32)
 
 
 def decode_output(
@@ -157,19 +209,27 @@ def decode_output(
     end2end = output.ndim == 3 and output.shape[2] == 6 and output.shape[1] != 6
     results = []
     for pred, box in zip(output, boxes, strict=True):
-        xyxy, scores, cls = _decode_end2end(pred, settings) if end2end else _decode_raw(pred, settings)
-        boxes_xyxy = _to_original(np.asarray(xyxy, np.float32), box)
+        decoded = _decode_end2end(pred, settings) if end2end else _decode_raw(pred, settings)
+        boxes_xyxy = _to_original(np.asarray(decoded.xyxy, np.float32), box)
         # an inverted box (x2 <= x1 or y2 <= y1, e.g. a negative predicted width, or one clipped to nothing at
         # the image border) covers no pixel: COCO ignores it, so no consumer may see it as a detection
-        solid = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
+        solid = _solid(boxes_xyxy)
+        band = np.asarray(decoded.band_scores, np.float32)[_solid(_to_original(decoded.band_xyxy, box))]
         results.append(
             Detections(
                 boxes_xyxy[solid],
-                np.asarray(scores, np.float32)[solid],
-                np.asarray(cls, np.int64)[solid],
+                np.asarray(decoded.scores, np.float32)[solid],
+                np.asarray(decoded.class_id, np.int64)[solid],
+                margin=None if decoded.margin is None else decoded.margin[solid],
+                evidence_max=float(band.max()) if len(band) else None,
+                evidence_count=len(band),
             )
         )
     return results
+
+
+def _solid(boxes_xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    return (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
 
 
 class Detector(Protocol):

@@ -295,6 +295,9 @@ def chunk_records(images: Sequence[ImageRead], inferred: Inferred) -> list[predi
             boxes_xyxy=det.boxes_xyxy,
             confidence=det.confidence,
             class_id=det.class_id,
+            margin=det.margin,
+            evidence_max=det.evidence_max,
+            evidence_count=det.evidence_count,
             source=image.source,
             stats=image.stats,
         )

@@ -23,7 +23,7 @@ from tasks.core.coco import SetScore, match_coco, score_matches
 from tasks.core.cocoeval import coco_detections, coco_ground_truth, coco_metrics
 from tasks.decisions.gate import ModelScores
 from tasks.runtimes.detectors import Detections
-from tasks.targets.scoring import detect_set, inference_settings
+from tasks.targets.scoring import DetectionCache, detect_sets, inference_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +94,55 @@ def score_coco(
     return dataclasses.replace(score, coco_map50_95=coco.map50_95)
 
 
-def score_model(model_path: Path, sets: Mapping[str, Path | Sequence[Path]], *, params: Params) -> ModelScores:
+def score_model(
+    model_path: Path,
+    sets: Mapping[str, Path | Sequence[Path]],
+    *,
+    params: Params,
+    cache: DetectionCache | None = None,
+) -> ModelScores:
     """Run a model once over every gate set and keep its per-image COCO matches.
 
     Args:
         model_path: the artifact (any format :mod:`tasks.runtimes.detectors` loads).
         sets: set name -> a YOLO set folder, or several whose union is the set.
         params: inference thresholds (``evaluate``), classes, image size, device.
+        cache: the detection cache, looked up per folder (the champion's golden and older holdouts recur every
+            cycle; the candidate's ONNX on golden was scored by the export stage); ``None``: always detect.
 
     Returns:
-        mAP, per-class AP and matches per set, and the mean ms per image over all of them.
+        mAP, per-class AP and matches per set, and the mean ms per image over all of them (a folder found in the
+        cache brings the ms measured when it was detected: informational, the latency rules time apart).
 
     Raises:
         ScoringError: the matches' mAP disagrees with faster-coco-eval's by more than ``MAP_TOLERANCE``.
     """
     classes = params.base.classes
     roots = {name: [Path(p)] if isinstance(p, str | Path) else [Path(r) for r in p] for name, p in sets.items()}
-    images = {name: read_set_union(paths, classes) for name, paths in roots.items()}
-    everything = [item for items in images.values() for item in items]
-    detections, ms = detect_set(
+    folders = [read_labeled_set(root, num_classes=len(classes)) for paths in roots.values() for root in paths]
+    found = detect_sets(
         Path(model_path),
-        everything,
+        folders,
         inference_settings(params),
         batch=params.evaluate.batch,
         desc=f"gate {Path(model_path).name}",
         warmup=True,  # both models' ms/image are compared: keep start-up costs out
+        cache=cache,
     )
+    detections = [d for dets, _ in found for d in dets]
+    images = sum(len(items) for items in folders)
+    ms = sum(ms * len(items) for (_, ms), items in zip(found, folders, strict=True)) / max(images, 1)
     scores: dict[str, SetScore] = {}
     offset = 0
-    for name, items in images.items():
+    per_folder = iter(folders)
+    for name, paths in roots.items():
+        items = [item for _ in paths for item in next(per_folder)]
         scores[name] = score_detections(
             name,
             items,
             detections[offset : offset + len(items)],
             classes=classes,
-            paths=[str(p) for p in roots[name]],
+            paths=[str(p) for p in paths],
             model=str(model_path),
         )
         offset += len(items)

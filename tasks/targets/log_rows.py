@@ -50,6 +50,9 @@ def image_records(
                     boxes_xyxy=det.boxes_xyxy,
                     confidence=det.confidence,
                     class_id=det.class_id,
+                    margin=det.margin,
+                    evidence_max=det.evidence_max,
+                    evidence_count=det.evidence_count,
                     source=source if isinstance(source, str) else source.get(path.stem, "default"),
                     stats=image_stats(rgb),
                 )

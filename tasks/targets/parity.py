@@ -27,7 +27,7 @@ from tasks.runtimes.detectors import (
     load_detector,
 )
 from tasks.targets.builders import Built, ExportTarget
-from tasks.targets.scoring import evaluate_set, inference_settings
+from tasks.targets.scoring import DetectionCache, evaluate_set, inference_settings
 
 
 def check_artifact(
@@ -137,6 +137,7 @@ def recheck(
     reference_output: npt.NDArray[np.float32],
     probe: npt.NDArray[np.float32],
     export_s: float,
+    cache: DetectionCache | None = None,
 ) -> ArtifactCheck:
     """Re-evaluate and parity-check one built artifact against PyTorch (``tasks.targets.timing`` times them all).
 
@@ -148,6 +149,7 @@ def recheck(
         reference_output: PyTorch's raw output on ``probe``.
         probe: ``(B, 3, S, S)`` float32 letterboxed parity images (:func:`tasks.targets.timing.probe_images`).
         export_s: seconds the build took.
+        cache: the detection cache for the mAP re-check (the artifact's bytes are in its key); ``None``: detect.
 
     Returns:
         The target's check, without speed (timing comes later, all artifacts side by side).
@@ -163,6 +165,7 @@ def recheck(
             settings=eval_settings,
             batch=eval_batch,
             set_name=s,
+            cache=cache,
         ).map50_95
         for s in params.evaluate.sets
     }

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tasks import evaluate, export, train, world
+from tasks import evaluate, export, gate, train, world
 from tasks.config import Params
 from tasks.contracts.reports import load_report
 from tasks.contracts.reports.export import ArtifactCheck, ExportReport
@@ -256,6 +256,26 @@ def test_openvino_model_scores_and_predicts_like_onnx(trained, exported):
         ov_xml.parent, trained.base.paths.golden, classes=trained.base.classes, settings=settings, batch=4
     )
     assert by_ov.map50_95 == pytest.approx(checks["onnx"].map50_95["golden"], abs=1e-3)
+
+
+def test_a_cycle_detects_each_model_once_per_set(trained, exported, tmp_path):
+    """evaluate stored best.pt's golden detections, export each artifact's: evaluate again and the gate reuse them."""
+    first: dict = json.loads((trained.base.paths.reports / "evaluate.json").read_text())
+    assert (first["cache_hits"], first["cache_misses"]) == (0, 1)
+    built = [c for c in exported.artifacts if c.status == "built"]
+    assert (exported.cache_hits, exported.cache_misses) == (0, len(built)), "reference from evaluate.json"
+    again = evaluate.run(trained, report_path=tmp_path / "evaluate.json")
+    assert (again.cache_hits, again.cache_misses) == (1, 0)
+    assert again.sets["golden"].map50_95 == first["sets"]["golden"]["map50_95"], "a hit's mAP to the last digit"
+    assert again.sets["golden"].per_class_ap == first["sets"]["golden"]["per_class_ap"]
+    candidate = Path(by_target(exported)["onnx"].path)
+    champion = tmp_path / "champion" / "model.onnx"  # the same bytes elsewhere (a registered copy): the same key
+    champion.parent.mkdir()
+    shutil.copyfile(candidate, champion)
+    gated = gate.run(trained, candidate=candidate, champion=champion, report_path=tmp_path / "gate.json")
+    assert (gated.cache_hits, gated.cache_misses) == (2, 0), "golden of both models, from the export's re-check"
+    assert gated.sets["golden"].candidate_map50_95 == by_target(exported)["onnx"].map50_95["golden"]
+    assert gated.sets["golden"].champion_map50_95 == gated.sets["golden"].candidate_map50_95
 
 
 def test_collapsed_export_fails_with_both_numbers(pseudo_params, monkeypatch):

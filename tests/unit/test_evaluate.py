@@ -16,7 +16,7 @@ from tasks.contracts.yolo_labels import DatasetError
 SCORED: list[tuple[Path, str]] = []
 
 
-def fake_evaluate_set(model_path, set_root, *, classes, settings, batch, set_name=""):
+def fake_evaluate_set(model_path, set_root, *, classes, settings, batch, set_name="", cache=None):
     """Stands in for inference + COCO: a fixed score per set, remembering what was asked."""
     SCORED.append((model_path, set_name))
     if not Path(set_root).is_dir():

@@ -477,11 +477,21 @@ def write_yolo_set(root: Path, n: int, *, prefix: str) -> None:
         (root / "labels" / f"{prefix}{i:03d}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.25\n")
 
 
-def fake_detect_set(model_path: Path, images, settings, *, batch: int, desc: str = "", warmup: bool = False):
+def fake_detect_sets(
+    model_path: Path, groups, settings, *, batch: int, desc: str = "", warmup: bool = False, cache=None
+):
     """Stands in for inference: ``good*`` finds every object exactly, ``poor*`` shifts its boxes; ms by name."""
+    found, offset = [], 0
+    for images in groups:
+        found.append((fake_detections(model_path, images, offset), 4.0))
+        offset += len(images)
+    return found
+
+
+def fake_detections(model_path: Path, images, offset: int) -> list[Detections]:
     shift = 0.0 if model_path.name.startswith("good") else 5.0
     dets = []
-    for i, item in enumerate(images):
+    for i, item in enumerate(images, start=offset):
         boxes = []
         for cx, cy, w, h in item.boxes_xywhn:
             x1, y1 = (cx - w / 2) * item.width + shift, (cy - h / 2) * item.height
@@ -493,7 +503,7 @@ def fake_detect_set(model_path: Path, images, settings, *, batch: int, desc: str
                 np.asarray(item.class_id, np.int64),
             )
         )
-    return dets, 4.0
+    return dets
 
 
 TIMED: list[dict[str, Path]] = []  # what each latency pass of the stage tests timed
@@ -520,7 +530,7 @@ def stage_params(tmp_path, monkeypatch) -> Params:
     data["gate"] = {"resamples": 100, "min_class_boxes": 1}
     params = Params.model_validate(data)
     write_yolo_set(params.base.paths.golden, 20, prefix="g")
-    monkeypatch.setattr(gate_scoring, "detect_set", fake_detect_set)
+    monkeypatch.setattr(gate_scoring, "detect_sets", fake_detect_sets)
     monkeypatch.setattr(latency, "time_rounds", fake_time_rounds)
     TIMED.clear()
     return params

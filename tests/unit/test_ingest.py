@@ -122,6 +122,16 @@ BAD: dict[str, tuple[Any, str, str]] = {
     "stats-partial": (record(brightness=100.0), "contrast,sharpness,mean_r,mean_g,mean_b", "stats"),
     "stats-out-of-range": (record(**{**STATS, "mean_r": 300.0}), "mean_r", "range"),
     "shadow-not-bool": (record(shadow="yes"), "shadow", "type"),
+    "margin-above-1": (record(detections=box(margin=1.5)), "detections[0].margin", "range"),
+    "evidence-count-without-max": (record(evidence_count=2), "evidence_count", "evidence"),
+    "evidence-max-without-count": (record(evidence_max=0.2), "evidence_count", "evidence"),
+    "evidence-count-zero": (record(evidence_max=0.2, evidence_count=0), "evidence_count", "type"),
+    "evidence-max-above-1": (record(evidence_max=1.5, evidence_count=1), "evidence_max", "range"),
+    "error-with-evidence": (
+        record(error="decode", detections=DROP, image_width=0, image_height=0, evidence_max=0.2, evidence_count=1),
+        "error",
+        "error_record",
+    ),
 }
 
 
@@ -162,6 +172,11 @@ GOOD: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no-alias": (record(model_alias=None), {"model_alias": None}),
     "stats": (record(**STATS), {"brightness": 120.0, "mean_b": 90.0}),
     "shadow": (record(shadow=True, model_alias="challenger"), {"shadow": True}),
+    "margin-and-evidence": (
+        record(detections=box(margin=0.25), evidence_max=0.125, evidence_count=2),
+        {"margin": 0.25, "evidence_max": 0.125, "evidence_count": 2},
+    ),
+    "no-evidence-given": (record(), {"margin": None, "evidence_max": None, "evidence_count": 0}),
 }
 
 

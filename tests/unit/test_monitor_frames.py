@@ -116,7 +116,7 @@ def make_log(
             values = rng.normal(centres.get(name, 110.0), 10.0, n_all).astype(np.float32)
             columns[name] = pa.array(values[image], pa.float32(), mask=is_error[image])
         columns["shadow"] = pa.array(np.full(n, alias not in ("champion", None)), pa.bool_())
-    return pa.table(columns).cast(prediction_log.SCHEMA)
+    return prediction_log.upgrade(pa.table(columns))  # the v3 columns as an older writer leaves them
 
 
 def concat(*tables: pa.Table) -> pa.Table:

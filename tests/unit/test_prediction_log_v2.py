@@ -121,7 +121,7 @@ def test_v2_adds_its_columns_after_the_v1_ones() -> None:
         "mean_b",
         "shadow",
     )
-    assert plog.SCHEMA.names[len(OLD_SCHEMA) :] == list(plog.V2_COLUMNS)
+    assert plog.SCHEMA.names[len(OLD_SCHEMA) : len(OLD_SCHEMA) + len(plog.V2_COLUMNS)] == list(plog.V2_COLUMNS)
     fields = {f.name: f for f in plog.SCHEMA}
     assert not fields["source"].nullable and not fields["shadow"].nullable and fields["error"].nullable
     assert all(fields[n].type == pa.float32() and fields[n].nullable for n in plog.STAT_COLUMNS)

@@ -44,12 +44,16 @@ class EvaluateReport:
         sets: by set name.
         params_digest: ``Params.digest()`` of the run (the top-level ``params`` stamp repeats it).
         wall_s: seconds the stage took.
+        cache_hits, cache_misses: sets whose detections came from the detection cache, sets detected (and
+            stored); both 0 with the cache off, in a sharded run, and in reports written before they were recorded.
     """
 
     model: str
     sets: dict[str, SetEvaluation] = field(default_factory=dict)
     params_digest: str = ""
     wall_s: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def map50_95(self, set_name: str) -> float:
         return self.sets[set_name].map50_95

@@ -123,6 +123,8 @@ class ExportReport:
             (the params used) and tool ``versions``.
         host: machine, processor, cpus, threads, device of the timing.
         wall_s: seconds the stage took (``None`` in reports written before it was recorded).
+        cache_hits, cache_misses: accuracy re-checks (an artifact, or the PyTorch reference, on one set) whose
+            detections came from the detection cache, and those detected (and stored); 0 with the cache off.
     """
 
     weights: str
@@ -134,6 +136,8 @@ class ExportReport:
     lineage: dict[str, Any]
     host: dict[str, Any]
     wall_s: float | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def deployed(self) -> Deployed | None:
         """The selected artifact as the version will run it (``None`` when nothing was selected)."""

@@ -107,6 +107,8 @@ class GateReport:
         latency: the paired latency pass (both series, the per-round ratios, the estimates and bounds, what was
             timed); ``None`` when nothing was timed.
         wall_s: seconds the stage took.
+        cache_hits, cache_misses: set folders (golden, each holdout) of either model whose detections came from the
+            detection cache, and those detected (and stored); 0 with the cache off and in older reports.
     """
 
     decision: Verdict
@@ -119,3 +121,5 @@ class GateReport:
     params_digest: str = ""
     latency: Annotated[dict[str, Any] | None, _AS_JSON] = None
     wall_s: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
