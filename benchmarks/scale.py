@@ -293,7 +293,7 @@ def fanned_out(params: Params, batches: list[str] | None = None) -> tuple[dict[s
         plan_s = time.perf_counter() - started
         results = fanout.map_shards(params, stages.predict_shard, plan, plan.shards)
         map_s = time.perf_counter() - started - plan_s
-        report = stages.predict_combine(params, plan, results)
+        report = stages.predict_combine(params, fanout.unwalked(plan), fanout.unwalked(results))
         combine_s = time.perf_counter() - started - plan_s - map_s
         return {"plan_s": plan_s, "map_s": map_s, "combine_s": combine_s, "start_s": 0.0}, results, report
 
