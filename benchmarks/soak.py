@@ -9,15 +9,17 @@ register, promote or reject, report).
 
 After each cycle it records the wall time, this process's open file descriptors, threads and RSS, and the bytes and
 file counts of every store: the prediction log, labels, merged shards + holdouts, samples, MLflow (db + artifacts),
-models, reports, Label Studio's data dir, the Prefect database, the rest of the root. Then it judges each series:
+models, reports, Label Studio's data dir, the Prefect database, the detection cache, the rest of the root. Then it
+judges each series:
 
 * process series (fds, threads, RSS) must be flat after a warm-up: the Theil-Sen slope over the last 2/3 of the
   cycles must stay below a stated bound (:data:`FLAT_BOUNDS`);
-* each store must grow by what the data explains: its growth per unit of its driver (log rows for the prediction
-  log, bytes of the sampled images for labels and training data, one cycle for the rest: each cycle adds one
-  version, one report, one cycle's tasks and flow runs) must not rise from the early cycles to the late ones by more
-  than :data:`TOLERANCE`. A store that rewrites everything it holds every cycle grows its per-cycle cost linearly
-  and is called ``unexplained``.
+* each store must grow by what the data explains: its growth per unit of its driver (log parts for the prediction
+  log, bytes of the sampled images for labels and training data, entries for the detection cache — one per model
+  and labeled set scored, and each cycle scores its candidate on every holdout set so far —, one cycle for the
+  rest: each cycle adds one version, one report, one cycle's tasks and flow runs) must not rise from the early
+  cycles to the late ones by more than :data:`TOLERANCE`. A store that rewrites everything it holds every cycle
+  grows its per-cycle cost linearly and is called ``unexplained``.
 
 Also checked: every cycle closed with promote/reject, MLflow versions == cycles + 1, Label Studio tasks == ledger
 rows == sampled images, no prediction logged twice for one (model version, image).
@@ -58,6 +60,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import Params, load_params
+from tasks.contracts import detection_cache
 from tasks.env import PROJECT_ROOT, apply_env
 from tasks.io import write_json_atomic
 
@@ -73,7 +76,10 @@ STORES_BY_DRIVER = {
     "predictions": "log_parts",
     "labels": "sampled_bytes",
     "training_data": "sampled_bytes",
+    "detection_cache": "cache_entries",
 }  # every other store: "cycles"
+# the detection cache holds one file per (model, labeled set) scored: each cycle's candidate is scored on every holdout
+# set so far, so its entries per cycle rise with the cycles (bounded by evaluate.cache_max_mb); a file must not grow
 
 
 # ------------------------------------------------------------------ verdicts (pure)
@@ -249,6 +255,7 @@ def store_paths(params: Params, root: Path, label_studio_data: Path | None) -> d
         "reports": [paths.reports],
         "label_studio": [label_studio_data] if label_studio_data else [],
         "prefect_db": prefect_db(),
+        "detection_cache": [detection_cache.cache_folder(paths.models)],
     }
     return stores
 
@@ -259,7 +266,7 @@ def _inside(path: Path, folders: set[Path]) -> bool:
 
 def drivers(params: Params, cycles: int) -> dict[str, float]:
     """What the data says the stores should grow with (cumulative): prediction-log rows and parts, sampled image bytes,
-    cycles."""
+    detection-cache entries (one per model and set scored), cycles."""
     import pyarrow.parquet as pq
 
     from tasks.contracts.label_tasks import image_path
@@ -270,7 +277,14 @@ def drivers(params: Params, cycles: int) -> dict[str, float]:
     for manifest in params.base.paths.samples.glob("*/manifest.parquet"):
         for uri in pq.read_table(manifest, columns=["image_uri"]).column("image_uri").to_pylist():
             sampled += image_path(uri).stat().st_size
-    return {"log_rows": rows, "log_parts": len(parts), "sampled_bytes": sampled, "cycles": cycles}
+    entries = len(list(detection_cache.cache_folder(params.base.paths.models).glob(f"*{detection_cache.SUFFIX}")))
+    return {
+        "log_rows": rows,
+        "log_parts": len(parts),
+        "sampled_bytes": sampled,
+        "cache_entries": entries,
+        "cycles": cycles,
+    }
 
 
 def sample_now(params: Params, root: Path, label_studio_data: Path | None, cycles: int) -> dict[str, Any]:

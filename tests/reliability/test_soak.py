@@ -86,6 +86,28 @@ def test_judge_names_a_leaking_series():
 
 
 @pytest.mark.parametrize(
+    ("bytes_per_entry", "word"),
+    [
+        pytest.param(lambda k: 2500, "explained", id="entries-of-one-size"),
+        pytest.param(lambda k: 2500 * (1 + k), "unexplained", id="entries-that-grow"),
+    ],
+)
+def test_detection_cache_is_judged_by_its_entries(bytes_per_entry, word):
+    # each cycle scores its candidate on every holdout set so far: k new entries in cycle k, never a leak by itself
+    entries = [k * (k + 1) // 2 for k in range(13)]
+
+    def sample(k: int) -> dict:
+        return {
+            "process": {"fds": 40, "threads": 20, "rss_mib": 300.0},
+            "stores": {"detection_cache": {"bytes": entries[k] * bytes_per_entry(k), "files": entries[k]}},
+            "drivers": {"cycles": k, "cache_entries": entries[k]},
+        }
+
+    verdicts = {v.series: v.word for v in soak.judge([sample(k) for k in range(13)])}
+    assert verdicts["detection_cache (cache_entries)"] == word
+
+
+@pytest.mark.parametrize(
     ("champions", "expected"),
     [
         pytest.param(["1", "1", "1"], 36, id="never-promoted"),
