@@ -291,7 +291,7 @@ def fanned_out(params: Params, batches: list[str] | None = None) -> tuple[dict[s
         started = time.perf_counter()
         plan = stages.predict_plan(params, batches=batches, threads=params.base.dask.threads)
         plan_s = time.perf_counter() - started
-        results = fanout.map_shards(params, stages.predict_shard, plan, plan.shards)
+        results = fanout.map_shards(params, stages.predict_shard, plan)
         map_s = time.perf_counter() - started - plan_s
         report = stages.predict_combine(params, fanout.unwalked(plan), fanout.unwalked(results))
         combine_s = time.perf_counter() - started - plan_s - map_s

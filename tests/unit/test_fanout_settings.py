@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from pathlib import Path
 
 import pytest
 
 from flows import fanout
 from tasks.config import Params
+from tasks.contracts.yolo_labels import LabeledImage
+from tasks.evaluate import EvaluatePlan, EvaluateShard
 
 
 def free_port() -> int:
@@ -73,4 +77,14 @@ def test_an_unreachable_scheduler_is_named_with_its_origin(tiny_params, monkeypa
 
 def test_no_shards_start_no_cluster(tiny_params, monkeypatch) -> None:
     monkeypatch.setenv(fanout.ADDRESS_ENV, f"tcp://127.0.0.1:{free_port()}")  # would fail if it were reached
-    assert fanout.map_shards(tiny_params, fanout.stages.predict_shard, object(), ()) == []
+    plan = EvaluatePlan(model_path=Path("best.onnx"), threads=1, sets={}, shards=(), started=0.0)
+    assert fanout.map_shards(tiny_params, fanout.stages.evaluate_shard, plan) == []
+
+
+def test_each_shard_gets_the_plan_without_the_shards() -> None:
+    shards = (EvaluateShard(index=0, chunks=(("golden", ()),)), EvaluateShard(index=1, chunks=(("val", ()),)))
+    sets: dict[str, tuple[Path, tuple[LabeledImage, ...]]] = {"golden": (Path("g"), ()), "val": (Path("v"), ())}
+    plan = EvaluatePlan(model_path=Path("best.onnx"), threads=2, sets=sets, shards=shards, started=1.0)
+    shared = fanout.shared_plan(plan)
+    assert shared.shards == ()
+    assert dataclasses.replace(shared, shards=shards) == plan  # nothing else dropped
