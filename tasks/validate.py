@@ -42,8 +42,9 @@ Suites (each expectation carries ``meta.check``, the name used in reasons and re
     no missing, extra or repeated column (a file written before the log's version 3, missing exactly the newer
     versions' columns, passes: every reader upgrades it); ``prediction_log_rows`` (the first
     ``validate.log_sample_rows`` rows of each file, old files upgraded): no nulls where ``SCHEMA`` forbids them,
-    classes, confidences, normalised corners and input statistics in range, SHA-256 well formed, ``error`` null or
-    a known kind; an error row (an image without prediction) has no boxes and no statistics and may have size 0.
+    classes, confidences, normalised corners, input statistics, margins and the sub-threshold evidence in range,
+    SHA-256 well formed, ``error`` null or a known kind; an error row (an image without prediction) has no boxes,
+    no statistics and no evidence and may have size 0.
 """
 
 from __future__ import annotations

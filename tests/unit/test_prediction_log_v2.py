@@ -314,6 +314,24 @@ BAD_ROWS = {
     ),
     "negative-sharpness": (lambda t: _set(t, "sharpness", pa.array([-1.0], pa.float32())), "sharpness >= 0"),
     "null-source": (lambda t: _set(t, "source", pa.nulls(1, pa.string())), "source not null"),
+    "margin-above-1": (lambda t: _set(t, "margin", pa.array([1.5], pa.float32())), "margin in [0, 1]"),
+    "negative-evidence": (lambda t: _set(t, "evidence_max", pa.array([-0.1], pa.float32())), "evidence_max in [0, 1]"),
+    "negative-evidence-count": (
+        lambda t: _set(t, "evidence_count", pa.array([-2], pa.int16())),
+        "evidence_count >= 0",
+    ),
+    "error-row-with-evidence": (
+        lambda t: _set(
+            _set(
+                _set(_set(t, "error", pa.array(["decode"])), "n_detections", pa.array([0], pa.int16())),
+                "class_id",
+                pa.nulls(1, pa.int16()),
+            ),
+            "evidence_count",
+            pa.array([3], pa.int16()),
+        ),
+        "evidence_count 0 on an error row",
+    ),
 }
 
 
