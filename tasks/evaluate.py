@@ -6,18 +6,20 @@ Contract:
     params: ``base`` (classes, imgsz, device, paths), ``evaluate``, ``base.threads``;
     outputs: ``<reports>/evaluate.json`` (:class:`~tasks.contracts.reports.evaluate.EvaluateReport`) with
         mAP50-95, mAP50, the 12 COCO stats and per-class AP per set, and how many sets the detection cache held;
-    side effects: the detection cache (``evaluate.cache``: ``<models>/../.cache/detections``, read and written by
-        the single-process run; the sharded one neither reads nor writes it).
+    side effects: the detection cache (``evaluate.cache``: ``<models>/../.cache/detections``; read and written
+        per set, sharded or not).
 
 Metrics come from faster-coco-eval (identical to pycocotools, :mod:`tasks.core.cocoeval`); detections from
 :mod:`tasks.runtimes.detectors` through :func:`tasks.targets.scoring.evaluate_set`, so every artifact format is
 scored by the same code.
 
 Shards (``evaluate.shards`` > 1): :func:`plan` reads the sets once and cuts their images into at most that many
-shards of whole ``evaluate.batch`` chunks (:mod:`tasks.core.shards`); :func:`run_shard` detects one shard, opening
-the model once; :func:`combine` scores each set from its detections in image order with the same COCO code, so the
-numbers equal the single-process run's. :func:`run` does the three in this process; ``flows/fanout.py`` maps
-:func:`run_shard` over Dask workers (``base.dask``).
+shards of whole ``evaluate.batch`` chunks (:mod:`tasks.core.shards`), leaving out the sets the detection cache
+holds; :func:`run_shard` detects one shard, opening the model once; :func:`combine` scores each set from its
+detections in image order with the same COCO code, so the numbers equal the single-process run's, and stores the
+sets the shards detected. A shard's session runs ``threads`` intra-op threads, part of the cache key: a sharded
+run and a single-process one with other thread counts do not share entries. :func:`run` does the three in this
+process; ``flows/fanout.py`` maps :func:`run_shard` over Dask workers (``base.dask``).
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ from tasks.core import shards
 from tasks.runtimes.detectors import Detections, load_detector, predict_images
 from tasks.targets.scoring import (
     DetectionCache,
+    cache_keys,
+    cached_detections,
     default_model_path,
     detection_cache_of,
     evaluate_set,
     inference_settings,
     score_detections,
+    store_detections,
 )
 
 log = logging.getLogger(__name__)
@@ -61,13 +66,23 @@ class EvaluateShard:
 
 @dataclass(frozen=True)
 class EvaluatePlan:
-    """What the shards of one evaluation need (picklable, no model): the artifact, the sets read once, the shards."""
+    """What the shards of one evaluation need (picklable, no model): the artifact, the sets read once, the shards.
+
+    ``keys``: each set's detection-cache key (``None``: cache off); ``cached``: the sets the cache held, as
+    ``(detections, ms per image)``, cut out of the shards; ``cache_hits``: how many.
+    """
 
     model_path: Path
     threads: int
     sets: dict[str, tuple[Path, tuple[LabeledImage, ...]]]
     shards: tuple[EvaluateShard, ...]
     started: float
+    keys: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    cached: dict[str, tuple[list[Detections], float]] = dataclasses.field(default_factory=dict)
+
+    def for_shards(self) -> EvaluatePlan:
+        """What each shard gets: the artifact and its threads (not every shard's images, sets or cached sets)."""
+        return dataclasses.replace(self, sets={}, shards=(), keys={}, cached={})
 
 
 @dataclass(frozen=True)
@@ -85,24 +100,35 @@ def plan(params: Params, *, model_path: Path | None = None, threads: int | None 
     a flow fans out).
     """
     started = time.time()
+    threads = threads or params.base.threads
+    model_path = model_path or default_model_path(params)
     sets = {}
     for name in params.evaluate.sets:
         root = getattr(params.base.paths, name)
         sets[name] = (root, tuple(read_labeled_set(root, num_classes=len(params.base.classes))))
+    cache = detection_cache_of(params)
+    settings = dataclasses.replace(inference_settings(params), threads=threads)
+    groups = [images for _, images in sets.values()]
+    keys = dict(
+        zip(sets, cache_keys(model_path, groups, settings, batch=params.evaluate.batch, cache=cache), strict=True)
+    )
+    cached = {name: found for name in sets if (found := cached_detections(cache, keys[name], len(sets[name][1])))}
     planned = shards.plan_shards(
-        [(name, len(images)) for name, (_, images) in sets.items()],
+        [(name, len(images)) for name, (_, images) in sets.items() if name not in cached],
         chunk=params.evaluate.batch,
         shards=params.evaluate.shards,
     )
     return EvaluatePlan(
-        model_path=model_path or default_model_path(params),
-        threads=threads or params.base.threads,
+        model_path=model_path,
+        threads=threads,
         sets=sets,
         shards=tuple(
             EvaluateShard(i, tuple((c.group, sets[c.group][1][c.start : c.stop]) for c in chunks))
             for i, chunks in enumerate(planned)
         ),
         started=started,
+        keys=keys,
+        cached=cached,
     )
 
 
@@ -135,14 +161,18 @@ def combine(
         for name, detections, ms in result.chunks:
             found[name] += detections
             total_ms[name] += ms
+    cache = dataclasses.replace(detection_cache_of(params), hits=len(plan.cached))
     sets = {}
     for name, (root, images) in plan.sets.items():
-        ms = total_ms[name] / max(len(images), 1)
-        sets[name] = score_detections(
-            images, found[name], ms, classes=params.base.classes, set_root=root, set_name=name
-        )
+        if name in plan.cached:
+            dets, ms = plan.cached[name]
+        else:
+            dets, ms = found[name], total_ms[name] / max(len(images), 1)
+            store_detections(cache, plan.keys.get(name), (dets, ms))
+        sets[name] = score_detections(images, dets, ms, classes=params.base.classes, set_root=root, set_name=name)
         _log_set(plan.model_path, sets[name])
-    return _report(params, plan.model_path, sets, wall_s=time.time() - plan.started, report_path=report_path)
+    wall_s = time.time() - plan.started
+    return _report(params, plan.model_path, sets, wall_s=wall_s, report_path=report_path, cache=cache)
 
 
 def run(params: Params, *, model_path: Path | None = None, report_path: Path | None = None) -> EvaluateReport:

@@ -164,14 +164,14 @@ def detect_sets(
     """
     model_path = Path(model_path)
     start = time.perf_counter()
-    keys = _cache_keys(model_path, groups, settings, batch=batch, cache=cache)
+    keys = cache_keys(model_path, groups, settings, batch=batch, cache=cache)
     if cache is not None and cache.folder is not None:
         log.debug("%s: cache keys of %d sets in %.3f s", model_path, len(groups), time.perf_counter() - start)
     detector: Detector | None = None
     results: list[tuple[list[Detections], float]] = []
     for images, key in zip(groups, keys, strict=True):
         start = time.perf_counter()
-        found = _cached(cache, key, len(images))
+        found = cached_detections(cache, key, len(images))
         how = "no cache" if key is None else "cache hit" if found is not None else "cache miss"
         if found is None:
             if detector is None:
@@ -179,7 +179,7 @@ def detect_sets(
                 if warmup and images:
                     predict_images(detector, [load_rgb(item.path) for item in images[:batch]])
             found = _detect(detector, images, batch=batch, desc=desc or f"detect {model_path.name}")
-            _store(cache, key, found)
+            store_detections(cache, key, found)
         log.debug(  # each scoring of a cycle with its seconds (issue 15 measured the redundant ones with it)
             "%s: %s on %s: %d images, %.2f s (%s)",
             desc or "detect",
@@ -206,7 +206,7 @@ def _detect(
     return detections, total_ms / max(len(images), 1)
 
 
-def _cache_keys(
+def cache_keys(
     model_path: Path,
     groups: Sequence[Sequence[LabeledImage]],
     settings: InferenceSettings,
@@ -214,6 +214,7 @@ def _cache_keys(
     batch: int,
     cache: DetectionCache | None,
 ) -> list[str | None]:
+    """Each group's cache key (see :func:`detect_sets`); ``None`` for each when the cache is off."""
     if cache is None or cache.folder is None:
         return [None] * len(groups)
     model = detection_cache.model_digest(model_path)
@@ -227,7 +228,10 @@ def _cache_keys(
     ]
 
 
-def _cached(cache: DetectionCache | None, key: str | None, images: int) -> tuple[list[Detections], float] | None:
+def cached_detections(
+    cache: DetectionCache | None, key: str | None, images: int
+) -> tuple[list[Detections], float] | None:
+    """The stored detections and ms per image of ``images`` images under ``key`` (a hit), or ``None`` (a miss)."""
     if cache is None or cache.folder is None or key is None:
         return None
     stored = detection_cache.read_detections(cache.folder, key, images=images)
@@ -241,7 +245,9 @@ def _cached(cache: DetectionCache | None, key: str | None, images: int) -> tuple
     return detections, stored.ms_per_image
 
 
-def _store(cache: DetectionCache | None, key: str | None, found: tuple[list[Detections], float]) -> None:
+def store_detections(cache: DetectionCache | None, key: str | None, found: tuple[list[Detections], float]) -> None:
+    """Store a detected group under ``key`` (counted as a miss) and keep the folder within its bound; a disk that
+    refuses costs the reuse only."""
     if cache is None or cache.folder is None or key is None:
         return
     cache.misses += 1

@@ -163,10 +163,16 @@ def test_sharded_evaluate_on_a_cluster_by_address_gives_the_single_process_map(
         return fanout.evaluate(params, model_path=model)
 
     with local_cluster() as address:
-        data = run_params(tiny_world, tmp_path / "sharded", evaluate={"shards": 4})
+        # cache off: the single run's entries would be read back and no shard would run on Dask
+        data = run_params(tiny_world, tmp_path / "sharded", evaluate={"shards": 4, "cache": False})
         data["base"]["dask"] = {**data["base"].get("dask", {}), "address": address}
         sharded = Params.model_validate(data)
-        assert [len(s.chunks) for s in evaluate.plan(sharded).shards] == [2, 2, 1, 1]  # whole chunks, across sets
+        assert [len(s.chunks) for s in evaluate.plan(sharded, model_path=model).shards] == [
+            2,
+            2,
+            1,
+            1,
+        ]  # whole chunks, across sets
         fanned = sharded_evaluate(sharded)
     for name in ("golden", "val"):
         got, expected = fanned.sets[name], alone.sets[name]

@@ -208,6 +208,24 @@ def test_the_evaluate_report_counts_its_hits(world, tmp_path):
     assert second.sets["golden"] == first.sets["golden"]
 
 
+@pytest.mark.parametrize("first_run", ["single", "sharded"])
+def test_the_sharded_evaluate_shares_the_single_process_entries(world, tmp_path, first_run):
+    data = world.model_dump(mode="json")
+    data["evaluate"]["batch"] = 2  # part of the key: both runs detect in batches of 2
+    single = Params.model_validate(data)
+    data["evaluate"]["shards"] = 2
+    sharded = Params.model_validate(data)
+    runs = {"single": single, "sharded": sharded}
+    second_run = "single" if first_run == "sharded" else "sharded"
+    assert [len(s.chunks) for s in evaluate.plan(sharded, model_path=model_of(world)).shards] == [2, 1]
+    first = evaluate.run(runs[first_run], model_path=model_of(world), report_path=tmp_path / "a.json")
+    assert (first.cache_hits, first.cache_misses) == (0, 1) and len(cache_files(world)) == 1
+    assert evaluate.plan(sharded, model_path=model_of(world)).shards == (), "a cached set is cut out of the shards"
+    second = evaluate.run(runs[second_run], model_path=model_of(world), report_path=tmp_path / "b.json")
+    assert (second.cache_hits, second.cache_misses) == (1, 0) and len(cache_files(world)) == 1
+    assert second.sets["golden"] == first.sets["golden"]
+
+
 def test_the_gate_scoring_reuses_each_folder_and_scores_both_models_on_the_same_data(world, tmp_path):
     holdouts = [write_set(tmp_path / "holdouts" / c, 4, prefix=c) for c in ("c1", "c2")]
     sets = {"golden": world.base.paths.golden, "production": holdouts}

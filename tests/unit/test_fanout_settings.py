@@ -10,6 +10,7 @@ import pytest
 
 from flows import fanout
 from tasks.config import Params
+from tasks.contracts.predict_plan import ImageChunk, PredictPlan, PredictShard
 from tasks.contracts.yolo_labels import LabeledImage
 from tasks.evaluate import EvaluatePlan, EvaluateShard
 
@@ -84,7 +85,21 @@ def test_no_shards_start_no_cluster(tiny_params, monkeypatch) -> None:
 def test_each_shard_gets_the_plan_without_the_shards() -> None:
     shards = (EvaluateShard(index=0, chunks=(("golden", ()),)), EvaluateShard(index=1, chunks=(("val", ()),)))
     sets: dict[str, tuple[Path, tuple[LabeledImage, ...]]] = {"golden": (Path("g"), ()), "val": (Path("v"), ())}
-    plan = EvaluatePlan(model_path=Path("best.onnx"), threads=2, sets=sets, shards=shards, started=1.0)
+    plan = EvaluatePlan(model_path=Path("best.onnx"), threads=2, sets=sets, shards=shards, started=1.0, keys={"g": "k"})
     shared = fanout.shared_plan(plan)
-    assert shared.shards == ()
-    assert dataclasses.replace(shared, shards=shards) == plan  # nothing else dropped
+    assert (shared.shards, shared.sets, shared.keys, shared.cached) == ((), {}, {}, {})
+    assert (shared.model_path, shared.threads) == (plan.model_path, plan.threads), "what run_shard reads"
+    chunk = ImageChunk(batch="b1", paths=(Path("a.png"),), sources=("cam",))
+    predict_plan = PredictPlan(
+        info=None,  # type: ignore[arg-type]
+        alias="champion",
+        deployed=None,  # type: ignore[arg-type]
+        shadow=None,
+        threads=1,
+        batches=("b1",),
+        shards=(PredictShard(index=0, chunks=(chunk,)),),
+        started=1.0,
+    )
+    shared_predict = fanout.shared_plan(predict_plan)
+    assert shared_predict.shards == ()
+    assert dataclasses.replace(shared_predict, shards=predict_plan.shards) == predict_plan, "nothing else dropped"
