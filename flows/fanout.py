@@ -14,7 +14,6 @@ to 127.0.0.1, no dashboard) that lives for the fan-out (~4 s to start). Each sha
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,27 +103,19 @@ def unwalked(value: T) -> T:
     return cast(T, quote(value))
 
 
-def shared_plan(plan: Plan) -> Plan:
-    """The plan as every shard gets it: without the shards (each shard gets its own beside it; only the combine reads
-    the list, to check the results against it) nor anything else only the plan and the combine read.
-
-    prefect-dask walks and pickles each submission's parameters, so an unmapped plan is walked once per shard: with
-    every shard's image paths inside, 20 submissions of a 20 000-image plan cost ~4.5 s of the flow's CPU (probe on a
-    busy 2-core host), 0.0 s without.
-    """
-    if isinstance(plan, EvaluatePlan):
-        return plan.for_shards()
-    return dataclasses.replace(plan, shards=())
-
-
 def map_shards(params: Params, task: Task[..., Any], plan: Plan) -> list[Any]:
-    """Run ``task(params, shared_plan(plan), shard)`` for every shard of ``plan`` on Dask; the results in shard order
-    (failures raise)."""
+    """Run ``task(params, plan.for_shards(), shard)`` for every shard of ``plan`` on Dask; the results in shard order
+    (failures raise).
+
+    Each shard gets the plan without every shard's images: prefect-dask walks and pickles each submission's
+    parameters, so an unmapped plan is walked once per shard (20 submissions of a 20 000-image plan cost ~4.5 s of
+    the flow's CPU in a probe on a busy 2-core host, 0.0 s without).
+    """
     if not plan.shards:
         return []
     with started_runner(params) as runner:
         # not unwalked: prefect-dask walks (and rebuilds) every submitted parameter itself, quoted or not
-        mapped = {"params": unmapped(params), "plan": unmapped(shared_plan(plan)), "shard": list(plan.shards)}
+        mapped = {"params": unmapped(params), "plan": unmapped(plan.for_shards()), "shard": list(plan.shards)}
         futures = runner.map(task, mapped)
         return [future.result() for future in futures]
 

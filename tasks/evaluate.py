@@ -69,7 +69,7 @@ class EvaluatePlan:
     """What the shards of one evaluation need (picklable, no model): the artifact, the sets read once, the shards.
 
     ``keys``: each set's detection-cache key (``None``: cache off); ``cached``: the sets the cache held, as
-    ``(detections, ms per image)``, cut out of the shards; ``cache_hits``: how many.
+    ``(detections, ms per image)``, cut out of the shards.
     """
 
     model_path: Path

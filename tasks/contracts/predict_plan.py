@@ -7,6 +7,7 @@ Small and picklable: paths, names and log records, never a model. :func:`tasks.p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,10 @@ class PredictPlan:
     batches: tuple[str, ...]
     shards: tuple[PredictShard, ...]
     started: float
+
+    def for_shards(self) -> PredictPlan:
+        """What each shard gets: the plan without the shards (only the combine reads them, to check the results)."""
+        return dataclasses.replace(self, shards=())
 
 
 @dataclass(frozen=True)

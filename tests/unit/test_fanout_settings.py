@@ -86,7 +86,7 @@ def test_each_shard_gets_the_plan_without_the_shards() -> None:
     shards = (EvaluateShard(index=0, chunks=(("golden", ()),)), EvaluateShard(index=1, chunks=(("val", ()),)))
     sets: dict[str, tuple[Path, tuple[LabeledImage, ...]]] = {"golden": (Path("g"), ()), "val": (Path("v"), ())}
     plan = EvaluatePlan(model_path=Path("best.onnx"), threads=2, sets=sets, shards=shards, started=1.0, keys={"g": "k"})
-    shared = fanout.shared_plan(plan)
+    shared = plan.for_shards()
     assert (shared.shards, shared.sets, shared.keys, shared.cached) == ((), {}, {}, {})
     assert (shared.model_path, shared.threads) == (plan.model_path, plan.threads), "what run_shard reads"
     chunk = ImageChunk(batch="b1", paths=(Path("a.png"),), sources=("cam",))
@@ -100,6 +100,6 @@ def test_each_shard_gets_the_plan_without_the_shards() -> None:
         shards=(PredictShard(index=0, chunks=(chunk,)),),
         started=1.0,
     )
-    shared_predict = fanout.shared_plan(predict_plan)
+    shared_predict = predict_plan.for_shards()
     assert shared_predict.shards == ()
     assert dataclasses.replace(shared_predict, shards=predict_plan.shards) == predict_plan, "nothing else dropped"
