@@ -57,7 +57,7 @@ from tasks.decisions import monitoring
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.targets.gate_scoring import score_model
 from tasks.targets.log_rows import image_records
-from tasks.targets.scoring import predict_settings
+from tasks.targets.scoring import detection_cache_of, predict_settings
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +277,9 @@ def _holdout_windows(
         return []
     old_info = mlflow_adapter.get_version(params, previous)
     sets = {folder.name: [folder] for folder in fresh}
-    new_scores = score_model(cached_onnx(params, info), sets, params=params)
-    old_scores = score_model(cached_onnx(params, old_info), sets, params=params)
+    cache = detection_cache_of(params)  # each watch run re-scores both models on every holdout since the promotion
+    new_scores = score_model(cached_onnx(params, info), sets, params=params, cache=cache)
+    old_scores = score_model(cached_onnx(params, old_info), sets, params=params, cache=cache)
     windows = []
     for name in sets:
         new, old = new_scores.sets[name], old_scores.sets[name]

@@ -196,3 +196,35 @@ def test_a_promoted_regression_is_rolled_back_and_a_good_one_is_kept(world):
     assert "automatic rollback: v2 regressed against v1" in last[0].why
     saved = json.loads((params.base.paths.reports / "monitor.json").read_text())
     assert saved["watch"]["rolled_back"] and saved["watch"]["regressed"]
+
+
+@pytest.mark.slow  # ~10 s on the module's world; CI's slow part runs it
+def test_the_watch_scores_holdouts_through_the_detection_cache(world):
+    import datetime as dt
+    import shutil
+
+    from tasks.adapters import mlflow as mlflow_adapter
+    from tasks.targets.scoring import detection_cache_of
+
+    params = load_params(world["params_file"])
+    holdout = params.base.paths.holdouts / "cycle-watch-cache"
+    shutil.copytree(params.base.paths.golden, holdout)
+    for image in sorted((holdout / "images").iterdir())[::2]:  # other data than golden (scored at bootstrap)
+        image.unlink()
+        (holdout / "labels" / f"{image.stem}.txt").unlink(missing_ok=True)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    info = mlflow_adapter.get_version(params, "1")
+    folder = detection_cache_of(params).folder
+    assert folder is not None
+
+    def entries() -> set[str]:
+        return {p.name for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
+
+    before = entries()
+    first = monitor_stage._holdout_windows(params, info, "1", since)
+    stored = entries() - before
+    assert [w.key for w in first] == ["cycle-watch-cache"] and stored, "the first watch run stores what it detected"
+    second = monitor_stage._holdout_windows(params, info, "1", since)
+    assert entries() - before == stored, "a second watch run finds both models' detections in the cache"
+    assert second == first
+    shutil.rmtree(holdout)
