@@ -93,6 +93,7 @@ def test_the_goals(share, rerun, repro, why, missed):
     got = bench.verdicts(share, rerun, repro, repro_why=why)
     assert [v["goal"] for v in got if not v["ok"]] == missed
     assert all(v["why"] == why for v in got if v["goal"].startswith("no-op") and why)
+    assert all(v["why"] == "" for v in got if v["value"] is not None), "a measured value carries no 'not measured'"
 
 
 @pytest.mark.slow  # Label Studio, a Prefect API, a bootstrap and one cycle of the real loop: ~3-5 min on 2 cores
