@@ -40,9 +40,11 @@ def bootstrap(params_path: str | list[str] = DEFAULT_PARAMS, epochs: int | None 
         stages.world(params)
     stages.merge(params, None)  # the historical sets (no cycle yet), as `dvc repro` trains on them
     trained = stages.train(params)
+    stages.compress(params)  # compress.enabled: pruned + fine-tuned; off, the pass-through export depends on
     report = stages.evaluate(params)
     stages.export(params)
-    stages.dvc_record(params, (["world"] if params.world.enabled else []) + ["merge", "train", "evaluate", "export"])
+    recorded = ["merge", "train", "compress", "evaluate", "export"]
+    stages.dvc_record(params, (["world"] if params.world.enabled else []) + recorded)
     version = stages.registry(params)
     pinned = stages.dvc_pin(params, version.version)  # dvc.lock on refs/visionloop/pins/..., outputs pushed, tagged
     print(describe_pin(version.version, pinned))

@@ -158,9 +158,10 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
     validated = stages.validate(params, name)
     stages.merge(params, name)
     stages.train(params)
+    stages.compress(params)  # compress.enabled: pruned + fine-tuned; off, the pass-through export depends on
     fanout.evaluate(params)  # evaluate.shards > 1: over Dask
     exported = stages.export(params)
-    stages.dvc_record(params, ["merge", "train", "evaluate", "export"])
+    stages.dvc_record(params, ["merge", "train", "compress", "evaluate", "export"])
     candidate = exported.check(FALLBACK_TARGET)  # FP32 ONNX: both models scored on the same runtime ...
     if candidate is None:
         raise RuntimeError(f"the export report lists no {FALLBACK_TARGET!r} artifact to score the candidate with")

@@ -26,9 +26,10 @@ def restore(params_path: str | list[str] = DEFAULT_PARAMS, version: str = "1", r
     if retrain:
         params = load_params(EFFECTIVE_PARAMS)  # the params version N's outputs were made with
         stages.train(params)
+        stages.compress(params)
         stages.evaluate(params)
         stages.export(params)
-        stages.dvc_record(params, ["train", "evaluate", "export"])
+        stages.dvc_record(params, ["train", "compress", "evaluate", "export"])
     return restored.outputs
 
 

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 import tasks.adapters.dvc
 import tasks.adapters.mlflow
+import tasks.compress
 import tasks.cycle
 import tasks.doctor
 import tasks.evaluate
@@ -42,6 +43,7 @@ import tasks.validate
 import tasks.world
 from tasks.config import Params
 from tasks.contracts.deployed import Deployed
+from tasks.contracts.reports.compress import CompressReport
 from tasks.contracts.predict_plan import PredictPlan, PredictShard, ShardResult
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.reports.doctor import DoctorReport
@@ -77,6 +79,11 @@ def world(params: Params) -> tasks.world.WorldResult:
 @task(name="train", **_COMMON)
 def train(params: Params) -> TrainResult:
     return tasks.train.run(params)
+
+
+@task(name="compress", **_COMMON)
+def compress(params: Params) -> CompressReport:
+    return tasks.compress.run(params)
 
 
 @task(name="evaluate", **_COMMON)

@@ -208,7 +208,7 @@ def run(
         raise RegistryError(f"{onnx}: exported model missing; run the export stage first")
     reports = {
         name: report_path(reports_dir, name)
-        for name in ("train", "evaluate", "export")
+        for name in ("train", "compress", "evaluate", "export")
         if report_path(reports_dir, name).is_file()
     }
     evaluate = load_report_json(reports_dir, "evaluate") if "evaluate" in reports else None

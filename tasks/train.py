@@ -27,24 +27,21 @@ import csv
 import io
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
 from tasks.config import Params
-from tasks.contracts import merged_manifest
 from tasks.contracts.checkpoints import CHECKPOINT_SHA256
 from tasks.contracts.reports import write_report
 from tasks.contracts.reports.train import TrainResult
-from tasks.contracts.train_files import DATASET_RECORD, dataset_record_path, parent_path
+from tasks.contracts.train_files import dataset_record_path, dataset_views, parent_path
 from tasks.core.hashing import file_sha256
-from tasks.io import write_bytes_atomic, write_json_atomic
+from tasks.io import write_bytes_atomic
 from tasks.models import family
 from tasks.models.base import TrainData
 
@@ -54,66 +51,9 @@ EPOCHS_TABLE = "train_epochs.csv"
 
 
 def _dataset_views(params: Params, root: Path) -> TrainData:
-    """The training data in YOLO layout: merged image lists, or mirrors of the source sets.
-
-    Merged (:func:`tasks.contracts.merged_manifest.use_merged`): shards extracted once into ``root/shards/<md5>/``
-    and ``root/train.txt`` listing each training image ``repeat`` times (recency weighting), ``root/val.txt``.
-    Otherwise (bootstrap, ``merge.enabled: false``): hard-linked mirrors of ``base.paths.train``/``val``.
-    ``root/dataset.json`` records which, with the merged manifest's MD5 for lineage.
-    """
-    paths = params.base.paths
-    if merged_manifest.use_merged(params):
-        for stale in ("train", "val"):  # mirrors of an earlier source-mode run
-            shutil.rmtree(root / stale, ignore_errors=True)
-        start = time.perf_counter()
-        view = merged_manifest.materialize_view(paths.merged, root)
-        info: dict[str, Any] = {"mode": "merged", "manifest": str(paths.merged / merged_manifest.MANIFEST)}
-        info |= asdict(view)
-        log.info(
-            "train on merged data: %d images as %d samples, %d val (%d shards extracted, %d reused) in %.1f s",
-            view.train_images,
-            view.train_samples,
-            view.val_images,
-            view.shards_extracted,
-            view.shards_reused,
-            time.perf_counter() - start,
-        )
-        entries = (view.train, view.val)
-    else:
-        entries = (
-            _dataset_view(paths.train, root / "train") / "images",
-            _dataset_view(paths.val, root / "val") / "images",
-        )
-        images = [sum(1 for p in entry.iterdir() if p.is_file()) for entry in entries]  # the mirrors' images
-        info = {
-            "mode": "source",
-            "train": str(paths.train),
-            "val": str(paths.val),
-            "sources": {merged_manifest.HISTORICAL: sum(images)},
-        }
-    write_json_atomic(root / DATASET_RECORD, info)
-    return TrainData(train=entries[0], val=entries[1], classes=tuple(params.base.classes))
-
-
-def _dataset_view(source: Path, view: Path) -> Path:
-    """Mirror ``source/images`` and ``source/labels`` under ``view`` with hard links (copies across devices).
-
-    Ultralytics resolves links and writes a ``labels.cache`` beside the labels folder; training from a
-    mirror keeps that file in the models folder, so the (DVC-tracked, possibly read-only) data set is never
-    written to.
-    """
-    shutil.rmtree(view, ignore_errors=True)
-    for name in ("images", "labels"):
-        folder = Path(source) / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: training folder missing (base.paths)")
-        (view / name).mkdir(parents=True)
-        for file in folder.iterdir():
-            try:
-                os.link(file, view / name / file.name)
-            except OSError:
-                shutil.copy2(file, view / name / file.name)
-    return view.absolute()
+    """The training data in YOLO layout under ``root`` (:func:`~tasks.contracts.train_files.dataset_views`)."""
+    train, val = dataset_views(params, root)
+    return TrainData(train=train, val=val, classes=tuple(params.base.classes))
 
 
 def write_epochs(rows: Sequence[dict[str, float]], path: Path) -> Path | None:

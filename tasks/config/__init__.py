@@ -33,6 +33,7 @@ from tasks.config.base import (  # noqa: F401
     Section,
     VisionloopError,
 )
+from tasks.config.compress import CompressParams
 from tasks.config.cost import CostParams  # noqa: F401
 from tasks.config.forget import ForgetParams, RetentionParams  # noqa: F401
 from tasks.config.license import LicenseException, LicenseParams, LicensePolicy  # noqa: F401
@@ -106,6 +107,7 @@ class Params(Section):
     base: BaseParams
     world: WorldParams = WorldParams()
     train: TrainParams = TrainParams()
+    compress: CompressParams = CompressParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     registry: RegistryParams = RegistryParams()

@@ -5,6 +5,7 @@ so opening one runs whatever code it carries. Before any checkpoint is opened, i
 recorded itself or one ``train.trusted_checkpoints`` lists:
 
 - ``reports/train.json`` ``checkpoint_sha256``: the checkpoint the train stage wrote (``<models>/train/best.pt``);
+- ``reports/compress.json`` ``checkpoint_sha256``: the pruned and fine-tuned one (``<models>/compress/best.pt``);
 - the ``checkpoint_sha256`` tag of a registered model version (the registry stage copies the train report's):
   the warm start from the champion (``<models>/parent/best.pt``) and any registered version's checkpoint;
 - ``train.trusted_checkpoints``: a foreign checkpoint someone vetted (64 lowercase hex digits each).
@@ -26,6 +27,7 @@ from tasks.core.hashing import file_sha256
 
 CHECKPOINT_SHA256 = "checkpoint_sha256"  # train report field and model version tag
 ALLOW_LIST = "train.trusted_checkpoints"
+PRODUCERS = ("train", "compress")  # stages whose report records the checkpoint they wrote
 
 
 class UntrustedCheckpointError(VisionloopError, ValueError):
@@ -62,18 +64,19 @@ def require_trusted(path: Path, trusted: Mapping[str, str]) -> str:
 
 
 def trusted_checkpoints(params: Params, *, registered: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Hash -> where it is recorded: ``train.trusted_checkpoints``, ``reports/train.json`` and ``registered``.
+    """Hash -> where it is recorded: ``train.trusted_checkpoints``, the train and compress reports, ``registered``.
 
     Args:
         params: config (the allow-list, the reports folder).
         registered: hashes the registry records (``{sha256: "model <name> v<version>"}``), read by the caller.
     """
     found = {sha: ALLOW_LIST for sha in params.train.trusted_checkpoints}
-    report = report_path(params.base.paths.reports, "train")
-    try:
-        recorded = json.loads(report.read_text()).get(CHECKPOINT_SHA256)
-    except (OSError, ValueError, AttributeError):  # no report yet, or not one the train stage wrote
-        recorded = None
-    if isinstance(recorded, str) and recorded:
-        found[recorded] = str(report)
+    for stage in PRODUCERS:
+        report = report_path(params.base.paths.reports, stage)
+        try:
+            recorded = json.loads(report.read_text()).get(CHECKPOINT_SHA256)
+        except (OSError, ValueError, AttributeError):  # no report yet, or not one the stage wrote
+            recorded = None
+        if isinstance(recorded, str) and recorded:
+            found[recorded] = str(report)
     return found | dict(registered or {})

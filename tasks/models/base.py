@@ -2,9 +2,10 @@
 
 A family trains a checkpoint from a YOLO-layout data set, exports it to ONNX, opens its own checkpoints as a
 runtime :class:`~tasks.runtimes.detectors.Detector`, and tells the rest of the loop the few facts that depend
-on it: its license, how its ``.pt`` evaluations and exports decode (:class:`InferenceHints`), and which graph
-nodes quantization must keep in FP32 (:meth:`ModelFamily.head_nodes`). The family is chosen by
-``train.family`` through :func:`tasks.models.family`; its own settings live under ``train.<family>``.
+on it: its license, how its ``.pt`` evaluations and exports decode (:class:`InferenceHints`), which graph
+nodes quantization must keep in FP32 (:meth:`ModelFamily.head_nodes`), and whether and how its networks are
+pruned (:meth:`ModelFamily.prunable`, :meth:`ModelFamily.fine_tune`; a family that cannot says why). The family
+is chosen by ``train.family`` through :func:`tasks.models.family`; its own settings live under ``train.<family>``.
 
 Metric names a family reports (per epoch and at the end) are family-neutral: ``val/mAP50-95``, ``val/mAP50``,
 ``val/precision``, ``val/recall``, ``val/<loss>``, ``train/<loss>`` and ``lr/<group>``.
@@ -18,10 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tasks.config import Params
 from tasks.contracts.checkpoints import trusted_checkpoints
+from tasks.models.pruning import Prunable
 from tasks.runtimes.detectors import Loader
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -190,5 +192,32 @@ class ModelFamily(Protocol):
 
         Raises:
             ValueError: the head cannot be located in these names.
+        """
+        ...
+
+    def prunable(self, checkpoint: Path, params: Params) -> Prunable:
+        """The checkpoint's network ready for structured pruning (:mod:`tasks.models.pruning`): operations the
+        dependency graph cannot follow rewritten, the modules whose output channels must stay named.
+
+        Raises:
+            NotPrunable: this family (or checkpoint) cannot be pruned; the message says why.
+        """
+        ...
+
+    def fine_tune(
+        self,
+        params: Params,
+        *,
+        module: Any,
+        teacher: Path | None,
+        data: TrainData,
+        out_dir: Path,
+        on_epoch: EpochLogger,
+    ) -> Fitted:
+        """Train the pruned ``module`` for ``compress.epochs`` on ``data``, distilling from the ``teacher``
+        checkpoint when given; the checkpoint it returns opens like the family's own.
+
+        Raises:
+            NotPrunable: the family has no fine-tune for pruned networks.
         """
         ...

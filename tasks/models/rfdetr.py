@@ -29,6 +29,7 @@ import numpy as np
 from tasks.config import Params
 from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
 from tasks.models.base import EpochLogger, Fitted, InferenceHints, TrainData, WeightsLicense, declared_family
+from tasks.models.pruning import NotPrunable, Prunable
 from tasks.models.rfdetr_coco import write_coco_view
 from tasks.models.rfdetr_net import (
     CHECKPOINT_LOADER,
@@ -48,6 +49,12 @@ from tasks.runtimes.detectors import Loader
 __all__ = ["CHECKPOINT_LOADER", "SIZES", "TOP_K", "CheckpointError", "RfdetrFamily"]
 
 log = logging.getLogger(__name__)
+
+NOT_PRUNABLE = (
+    "family rfdetr cannot be pruned here: its decoder's deformable attention ties each layer's sampling offsets "
+    "and weights to heads x levels x points through reshapes the dependency graph (torch-pruning) cannot follow, "
+    "and its DINOv2 backbone would need head-wise attention pruning; the compress stage skips it"
+)
 
 
 def rfdetr_args(params: Params, *, dataset_dir: Path, output_dir: Path) -> dict[str, Any]:
@@ -353,3 +360,28 @@ class RfdetrFamily:
             if len(parts) == 1 or (len(parts) == 2 and parts[0] == "net"):
                 found.add(name)
         return frozenset(found)
+
+    def prunable(self, checkpoint: Path, params: Params) -> Prunable:
+        """RF-DETR opts out of structured pruning.
+
+        Raises:
+            NotPrunable: always, with the reason.
+        """
+        raise NotPrunable(NOT_PRUNABLE)
+
+    def fine_tune(
+        self,
+        params: Params,
+        *,
+        module: Any,
+        teacher: Path | None,
+        data: TrainData,
+        out_dir: Path,
+        on_epoch: EpochLogger,
+    ) -> Fitted:
+        """No fine-tune for pruned RF-DETR networks (:meth:`prunable` refuses first).
+
+        Raises:
+            NotPrunable: always, with the reason.
+        """
+        raise NotPrunable(NOT_PRUNABLE)

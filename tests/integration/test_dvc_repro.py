@@ -45,13 +45,13 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_then_up_to_date(repo):
     out = sh(sys.executable, "-m", "dvc", "repro", cwd=repo)
-    for stage in ("params", "world", "merge", "train", "evaluate", "export"):
+    for stage in ("params", "world", "merge", "train", "compress", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "models" / "export" / "model.onnx").is_file()
     assert (repo / "models" / "export" / "openvino_int8" / "model.bin").is_file(), "every target is an output"
     assert (repo / "reports" / "evaluate.json").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"params", "world", "merge", "train", "evaluate", "export"}
+    assert set(lock["stages"]) == {"params", "world", "merge", "train", "compress", "evaluate", "export"}
     assert {out["path"] for out in lock["stages"]["export"]["outs"]} == {"models/export", "reports/export.json"}
 
     again = sh(sys.executable, "-m", "dvc", "repro", cwd=repo)

@@ -13,7 +13,7 @@ from tasks.config import ConfigError, Params, YoloParams, load_params
 from tasks.contracts.checkpoints import UntrustedCheckpointError
 from tasks.core.hashing import file_sha256
 from tasks.env import PROJECT_ROOT
-from tasks.models import FAMILIES, family, yolo
+from tasks.models import FAMILIES, family, yolo, yolo_train
 from tasks.runtimes import detectors
 from tasks.runtimes.detectors import InferenceSettings, load_detector
 from tasks.targets import quantize
@@ -180,7 +180,7 @@ def test_epoch_metrics_have_family_neutral_names():
         label_loss_items=lambda loss, prefix="train": {f"{prefix}/{k}": v for k, v in loss.items()},
         lr={"lr/pg0": 0.001},
     )
-    assert yolo._epoch_metrics(trainer) == {
+    assert yolo_train._epoch_metrics(trainer) == {
         "val/mAP50-95": 0.5,
         "val/mAP50": 0.7,
         "val/box_loss": 1.5,

@@ -26,6 +26,7 @@ RECORDS: dict[str, str] = {
     "validate": "tasks.contracts.reports.validate:ValidateReport",
     "world": "tasks.contracts.reports.world:WorldReport",
     "train": "tasks.contracts.reports.train:TrainResult",
+    "compress": "tasks.contracts.reports.compress:CompressReport",
     "export": "tasks.contracts.reports.export:ExportReport",
     "merge": "tasks.contracts.reports.merge:MergeReport",
     "sample": "tasks.contracts.reports.sample:SampleResult",

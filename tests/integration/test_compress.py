@@ -1,0 +1,119 @@
+"""The compress stage on the tiny world: a real YOLO26n checkpoint pruned with torch-pruning and fine-tuned.
+
+One world and one 1-epoch checkpoint for the module; each test prunes a copy of the same trained checkpoint. What is
+checked: off records a pass-through (and removes a stale candidate), a ratio and a MACs target really shrink the
+network, the compressed checkpoint is recorded, opens and exports to ONNX with the same outputs' shape, a ratio that
+would empty a layer is refused naming it, a family that cannot be pruned is skipped with its reason, and a fine-tune
+whose loss stops being finite drops the candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tasks import compress, train, world
+from tasks.config import Params
+from tasks.contracts.checkpoints import trusted_checkpoints
+from tasks.models import family
+from tasks.models.pruning import ZeroChannelsError
+from tasks.runtimes.detectors import load_detector
+from tasks.targets.scoring import inference_settings
+from tests.conftest import tiny_params_dict
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("compress")
+    data = tiny_params_dict(root)
+    params = Params.model_validate(data)
+    world.run(params)
+    train.run(params)
+    return {"root": root, "data": data}
+
+
+def _params(trained: dict, **compress_settings) -> Params:
+    data = json.loads(json.dumps(trained["data"]))
+    data["compress"].update(enabled=True, epochs=1, **compress_settings)
+    return Params.model_validate(data)
+
+
+def test_off_records_a_pass_through_and_removes_a_stale_candidate(trained):
+    params = Params.model_validate(trained["data"])
+    stale = compress.compressed_path(params)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"an earlier run's candidate")
+    report = compress.run(params)
+    assert report.status == "off" and "compress.enabled is false" in report.reason
+    assert not stale.exists(), "export must not find an earlier run's compressed checkpoint"
+    saved = json.loads((params.base.paths.reports / "compress.json").read_text())
+    assert saved["status"] == "off" and saved["params"]["digest"] == params.digest()
+    lineage = json.loads(stale.with_name(compress.LINEAGE).read_text())
+    assert lineage["status"] == "off", "the DVC output folder always holds the record"
+
+
+def test_a_ratio_shrinks_the_network_and_the_checkpoint_opens_and_exports(trained):
+    params = _params(trained, ratio=0.3, macs_reduction=None, round_to=1, distill=True)
+    report = compress.run(params)
+    assert report.status == "compressed", report.reason
+    assert report.ratio == pytest.approx(0.3)
+    assert report.macs_after < 0.8 * report.macs_before and report.params_after < report.params_before
+    assert any(after < before for before, after in report.layers.values())
+    assert report.parent_sha256 and report.checkpoint_sha256 and "head" in report.kept_whole
+    assert report.fine_tune["distill"] and report.fine_tune_s > 0 and report.mlflow_run_id
+    weights = compress.compressed_path(params)
+    assert weights.is_file() and str(weights) == report.weights
+    assert report.checkpoint_sha256 in trusted_checkpoints(params), "the compressed checkpoint is a recorded one"
+    model = family(params)  # registers the loaders and trusts params' records
+    probe = np.zeros((1, 3, params.base.imgsz, params.base.imgsz), np.float32)
+    settings = inference_settings(params)
+    pruned_out = load_detector(weights, settings).forward(probe)
+    parent_out = load_detector(params.base.paths.models / "train" / "best.pt", settings).forward(probe)
+    assert pruned_out.shape == parent_out.shape, "same head outputs: boxes and classes per anchor"
+    onnx = compress.scratch_dir(params) / "model.onnx"
+    model.export_onnx(weights, onnx, params=params)
+    assert onnx.is_file() and onnx.stat().st_size > 0
+
+
+def test_a_macs_target_is_reached(trained):
+    params = _params(trained, ratio=None, macs_reduction=0.3, round_to=8, distill=False)
+    report = compress.run(params)
+    assert report.status == "compressed", report.reason
+    assert 1 - report.macs_after / report.macs_before >= 0.3
+    assert report.target == {"ratio": None, "macs_reduction": 0.3} and not report.fine_tune["distill"]
+
+
+def test_a_ratio_that_empties_a_layer_is_refused_naming_it(trained):
+    params = _params(trained, ratio=0.6, macs_reduction=None, round_to=8)
+    shutil.rmtree(compress.compressed_path(params).parent, ignore_errors=True)
+    with pytest.raises(ZeroChannelsError, match=r"zero channels: model\.\d+.*\(16 channels\)"):
+        compress.run(params)
+    assert not compress.compressed_path(params).exists()
+
+
+def test_a_family_that_cannot_be_pruned_is_skipped_with_the_reason(trained, tmp_path):
+    data = json.loads(json.dumps(trained["data"]))
+    data["train"].update(family="rfdetr", model="rfdetr-nano")
+    data["compress"].update(enabled=True)
+    params = Params.model_validate(data)
+    report = compress.run(params)
+    assert report.status == "skipped" and "family rfdetr cannot be pruned" in report.reason
+    assert not compress.compressed_path(params).exists()
+
+
+def test_a_fine_tune_that_diverges_drops_the_candidate(trained):
+    data = json.loads(json.dumps(trained["data"]))
+    data["compress"].update(enabled=True, epochs=1, ratio=0.3, macs_reduction=None, round_to=1, distill=False)
+    # the fine-tune trains with the family's settings: an infinite class-loss gain makes the loss infinite
+    data["train"]["yolo"].update(extra_args={"cls": float("inf")})
+    params = Params.model_validate(data)
+    report = compress.run(params)
+    assert report.status == "dropped", report
+    assert "diverged" in report.reason and "unpruned checkpoint" in report.reason
+    assert report.ratio == pytest.approx(0.3) and report.macs_after < report.macs_before
+    assert not compress.compressed_path(params).exists()
