@@ -80,6 +80,7 @@ def test_a_ratio_shrinks_the_network_and_the_checkpoint_opens_and_exports(traine
     assert onnx.is_file() and onnx.stat().st_size > 0
 
 
+@pytest.mark.slow  # ~25-60 s: seven prunings of YOLO26n in the bisection (the search itself: tests/unit/test_pruning.py)
 def test_a_macs_target_is_reached(trained):
     params = _params(trained, ratio=None, macs_reduction=0.3, round_to=8, distill=False)
     report = compress.run(params)
