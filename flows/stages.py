@@ -43,8 +43,8 @@ import tasks.validate
 import tasks.world
 from tasks.config import Params
 from tasks.contracts.deployed import Deployed
-from tasks.contracts.reports.compress import CompressReport
 from tasks.contracts.predict_plan import PredictPlan, PredictShard, ShardResult
+from tasks.contracts.reports.compress import CompressReport
 from tasks.contracts.reports.cycle import CycleReport
 from tasks.contracts.reports.doctor import DoctorReport
 from tasks.contracts.reports.evaluate import EvaluateReport

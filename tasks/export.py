@@ -2,9 +2,11 @@
 
 Contract:
     inputs: ``<models>/train/best.pt``, the sets in ``evaluate.sets``, ``<reports>/evaluate.json`` (the
-        PyTorch mAP to compare against), ``base.paths.train`` images (INT8 calibration);
+        PyTorch mAP to compare against), ``base.paths.train`` images (INT8 calibration), and the compress stage's
+        ``<models>/compressed/best.pt`` with ``<reports>/compress.json`` when it made one;
     params: ``base``, ``train`` (``family`` and its ``train.<family>`` section: the ONNX export, the head),
-        ``evaluate`` (thresholds, sets, batch), ``predict`` (threads, batch size), ``export``;
+        ``evaluate`` (thresholds, sets, batch), ``predict`` (threads, batch size), ``export``, ``compress`` (the
+        compressed artifacts' mAP budget);
     outputs: one artifact per built target in ``<models>/export/`` (``model.onnx``, ``model_int8.onnx``,
         ``openvino/model.xml``, ``openvino_int8/model.xml``, ``model_fp16.engine``, ``model_int8.engine``) and
         ``<reports>/export.json``: per target its mAP, parity with PyTorch, speed on this host, size, peak
@@ -17,6 +19,11 @@ Where the work lives: the builders (``ExportTarget`` and ``TARGETS``, chosen by 
 :mod:`tasks.targets.builders`, the INT8 sample in :mod:`tasks.targets.calibration`, the accuracy and parity
 checks in :mod:`tasks.targets.parity`, the timing harness in :mod:`tasks.targets.timing`, the pure choice of
 what ships in :mod:`tasks.decisions.selection`, the report's schema in :mod:`tasks.contracts.reports.export`.
+
+A compressed checkpoint (the compress stage) is exported to every target again (``compressed_<target>``, under
+``<models>/export/compressed/``): its artifacts are re-checked against the *unpruned* PyTorch mAP with the compress
+budget added (``compress.max_map_drop``, never more than ``compress.max_total_map_drop`` in all), timed beside the
+others, and the fastest eligible artifact of either kind ships.
 
 FP32 ONNX is built first, every other target starts from it. A target this host cannot build (TensorRT
 without CUDA) is recorded as skipped with the reason. Every built artifact is re-evaluated with the same code
@@ -46,10 +53,12 @@ import numpy.typing as npt
 
 from tasks.cli import stage_main
 from tasks.config import Params, VisionloopError
-from tasks.contracts.reports import load_report, report_path, write_report
+from tasks.contracts.reports import ReportError, load_report, report_path, write_report
+from tasks.contracts.reports.compress import CompressReport
 from tasks.contracts.reports.evaluate import EvaluateReport
-from tasks.contracts.reports.export import FALLBACK_TARGET, ArtifactCheck, ExportReport
-from tasks.decisions.selection import SelectionPolicy, select_artifact
+from tasks.contracts.reports.export import COMPRESSED_PREFIX, FALLBACK_TARGET, ArtifactCheck, ExportReport
+from tasks.core.hashing import file_sha256
+from tasks.decisions.selection import SelectionPolicy, map_shortfalls, select_artifact
 from tasks.runtimes.detectors import load_detector
 from tasks.targets.builders import TARGETS, ExportInputs, ExportTarget
 from tasks.targets.calibration import load_calibration
@@ -206,6 +215,85 @@ def _export_one(
     return check
 
 
+def compressed_checkpoint(params: Params) -> Path | None:
+    """The compress stage's checkpoint when its report says ``compressed`` and the file is the one it recorded."""
+    try:
+        report: CompressReport = load_report(params.base.paths.reports, "compress")
+    except ReportError:
+        return None
+    weights = Path(report.weights) if report.weights else None
+    if report.status != "compressed" or weights is None or not weights.is_file():
+        return None
+    if file_sha256(weights) != report.checkpoint_sha256:
+        log.warning("%s: not the checkpoint reports/compress.json records; no compressed candidates", weights)
+        return None
+    return weights
+
+
+def _as_compressed(check: ArtifactCheck, policy: SelectionPolicy, reference: dict[str, float]) -> ArtifactCheck:
+    """A check of an artifact built from the compressed checkpoint, renamed and held to the compressed budget."""
+    drop = policy.allowed_drop(check.precision, "compressed")
+    passed = check.status == "built" and not map_shortfalls(check.map50_95, reference, drop)
+    return replace(
+        check,
+        target=COMPRESSED_PREFIX + check.target,
+        sibling=COMPRESSED_PREFIX + check.sibling if check.sibling else None,
+        source="compressed",
+        max_drop=round(drop, 6),
+        passed=passed,
+    )
+
+
+def _compressed_checks(
+    params: Params,
+    targets: Sequence[ExportTarget],
+    *,
+    unavailable: dict[str, str | None],
+    calibration: Any,
+    reference: dict[str, float],
+    probe: npt.NDArray[np.float32],
+    cache: DetectionCache,
+) -> list[ArtifactCheck]:
+    """Every target built again from the compressed checkpoint (none without one), in ``<models>/export/compressed/``.
+
+    Accuracy against the unpruned PyTorch model (``reference``), parity against the compressed one (what each
+    conversion must preserve). A compressed FP32 ONNX that fails to build ends the chain (every other target starts
+    from it): the failure is recorded, nothing compressed ships, the unpruned artifacts are unaffected.
+    """
+    weights = compressed_checkpoint(params)
+    if weights is None:
+        return []
+    policy = SelectionPolicy.from_params(params.export, params.compress)
+    inputs = ExportInputs(weights=weights, calibration=calibration)
+    reference_output = load_detector(weights, inference_settings(params)).forward(probe)
+    out_dir = params.base.paths.models / "export" / "compressed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checks: list[ArtifactCheck] = []
+    for target in targets:
+        try:
+            check = _export_one(
+                target,
+                inputs,
+                unavailable=unavailable[target.name],
+                out_dir=out_dir,
+                params=params,
+                reference=reference,
+                reference_output=reference_output,
+                probe=probe,
+                cache=cache,
+            )
+        except Exception as exc:  # only the fallback raises out of _export_one
+            log.exception("compressed %s: build or check failed", target.name)
+            reason = f"{type(exc).__name__}: {exc}"
+            check = _not_built(target, status="failed", reason=reason, reference=reference, params=params)
+        checks.append(_as_compressed(check, policy, reference))
+        if target.name == FALLBACK_TARGET:
+            if check.status != "built":
+                break
+            inputs = replace(inputs, onnx=Path(check.path))
+    return checks
+
+
 def run(params: Params, *, weights: Path | None = None) -> ExportReport:
     """Build every target, re-check each, select the deployable one, write ``reports/export.json``.
 
@@ -248,8 +336,13 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
         if target.name == FALLBACK_TARGET:
             inputs = replace(inputs, onnx=Path(check.path))
         checks.append(check)
+    # the compress stage's candidate, if it made one: the same targets, the same rules + its budget
+    checks += _compressed_checks(
+        params, targets, unavailable=unavailable, calibration=calibration, reference=reference, probe=probe, cache=cache
+    )
     checks = time_built(checks, params=params, probe=probe)
-    selection = select_artifact(checks, reference_map=reference, policy=SelectionPolicy.from_params(cfg))
+    policy = SelectionPolicy.from_params(cfg, params.compress)
+    selection = select_artifact(checks, reference_map=reference, policy=policy)
     report = ExportReport(
         weights=str(weights),
         params_digest=params.digest(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tasks.config import ExportParams
+from tasks.config import CompressParams, ExportParams
 from tasks.contracts.reports.export import FALLBACK_TARGET, ArtifactCheck
 
 
@@ -34,6 +34,8 @@ class SelectionPolicy:
         min_speedup: how much faster than its higher-precision sibling a reduced-precision artifact must be.
         select_by: ``latency`` (batch-1 p50, lower wins) or ``throughput`` (images/s at the batch, higher wins).
         fallback: the target shipped when nothing better qualifies; it must itself pass.
+        compressed_extra: what a compressed artifact may lose beyond ``max_map_drop`` (``compress.max_map_drop``).
+        compressed_total: what a compressed artifact may never lose more than (``compress.max_total_map_drop``).
     """
 
     target_hardware: str = "cpu"
@@ -41,16 +43,35 @@ class SelectionPolicy:
     min_speedup: float = 1.1
     select_by: str = "latency"
     fallback: str = FALLBACK_TARGET
+    compressed_extra: float = 0.0
+    compressed_total: float | None = None
 
     @classmethod
-    def from_params(cls, export: ExportParams) -> SelectionPolicy:
-        """The policy ``export`` params describe."""
+    def from_params(cls, export: ExportParams, compress: CompressParams | None = None) -> SelectionPolicy:
+        """The policy ``export`` (and ``compress``: the compressed artifacts' budget) params describe."""
         return cls(
             target_hardware=export.target_hardware,
             max_map_drop=export.max_map_drop.model_dump(),
             min_speedup=export.min_speedup,
             select_by=export.select_by,
+            compressed_extra=compress.max_map_drop if compress else 0.0,
+            compressed_total=compress.max_total_map_drop if compress else None,
         )
+
+    def allowed_drop(self, precision: str, source: str = "unpruned") -> float:
+        """mAP50-95 an artifact of ``precision`` may lose against the (unpruned) PyTorch model on every set."""
+        drop = self.max_map_drop[precision]
+        if source != "compressed":
+            return drop
+        drop += self.compressed_extra
+        return drop if self.compressed_total is None else min(drop, self.compressed_total)
+
+    def tolerance(self, precision: str, source: str = "unpruned") -> str:
+        """How :meth:`allowed_drop` was reached, for a refusal's message."""
+        if source != "compressed":
+            return f"{precision} tolerance"
+        total = "" if self.compressed_total is None else f", at most {self.compressed_total}"
+        return f"compressed {precision}: {self.max_map_drop[precision]} + compress {self.compressed_extra}{total}"
 
 
 @dataclass(frozen=True)
@@ -157,14 +178,16 @@ def _refusal(check: ArtifactCheck, *, reference_map: Mapping[str, float], policy
         return f"{check.status}: {check.reason}" if check.reason else check.status
     if policy.target_hardware not in check.hardware:
         return f"refused: runs on {'/'.join(check.hardware)}, export.target_hardware is {policy.target_hardware}"
-    drop = policy.max_map_drop[check.precision]
+    drop = policy.allowed_drop(check.precision, check.source)
     short = map_shortfalls(check.map50_95, reference_map, drop)
     if short:
         parts = [
-            f"{name} {'not evaluated' if got is None else f'{got:.4f}'} < PyTorch {ref:.4f} - {drop}"
+            f"{name} {'not evaluated' if got is None else f'{got:.4f}'} < PyTorch {ref:.4f} - {drop:g}"
             for name, (got, ref) in short.items()
         ]
-        return f"refused: mAP50-95 {'; '.join(parts)} ({check.precision} tolerance)"
+        unpruned = " unpruned" if check.source == "compressed" else ""
+        parts = [p.replace("< PyTorch", f"<{unpruned} PyTorch") for p in parts]
+        return f"refused: mAP50-95 {'; '.join(parts)} ({policy.tolerance(check.precision, check.source)})"
     if check.parity is not None and not check.parity.passed:
         p = check.parity
         return (

@@ -80,7 +80,7 @@ def test_a_ratio_shrinks_the_network_and_the_checkpoint_opens_and_exports(traine
     assert onnx.is_file() and onnx.stat().st_size > 0
 
 
-@pytest.mark.slow  # ~25-60 s: seven prunings of YOLO26n in the bisection (the search itself: tests/unit/test_pruning.py)
+@pytest.mark.slow  # ~25-60 s: seven prunings of YOLO26n in the bisection (the search: tests/unit/test_pruning.py)
 def test_a_macs_target_is_reached(trained):
     params = _params(trained, ratio=None, macs_reduction=0.3, round_to=8, distill=False)
     report = compress.run(params)
@@ -118,3 +118,29 @@ def test_a_fine_tune_that_diverges_drops_the_candidate(trained):
     assert "diverged" in report.reason and "unpruned checkpoint" in report.reason
     assert report.ratio == pytest.approx(0.3) and report.macs_after < report.macs_before
     assert not compress.compressed_path(params).exists()
+
+
+def test_prune_fine_tune_export_recheck_select(trained):
+    """The compressed checkpoint goes through the export stage beside the unpruned one: built, re-checked against
+    the unpruned PyTorch mAP with the compress budget, timed in the same pass and considered by the selection."""
+    from tasks import export
+
+    data = json.loads(json.dumps(trained["data"]))
+    data["compress"].update(enabled=True, epochs=1, ratio=0.3, macs_reduction=None, round_to=1, distill=True)
+    data["export"].update(targets=["onnx", "openvino_int8"])
+    params = Params.model_validate(data)
+    assert compress.run(params).status == "compressed"
+    report = export.run(params)
+    names = [c.target for c in report.artifacts]
+    assert names == ["onnx", "openvino_int8", "compressed_onnx", "compressed_openvino_int8"]
+    unpruned_fp32, compressed_int8 = report.check("onnx"), report.check("compressed_openvino_int8")
+    assert compressed_int8 is not None and compressed_int8.source == "compressed"
+    assert compressed_int8.status == "built", compressed_int8.reason
+    assert compressed_int8.sibling == "compressed_openvino"
+    assert compressed_int8.reference_map50_95 == report.reference_map50_95, "held against the unpruned PyTorch model"
+    budget = params.export.max_map_drop.of("int8") + params.compress.max_map_drop
+    assert compressed_int8.max_drop == pytest.approx(min(budget, params.compress.max_total_map_drop))
+    assert "/export/compressed/" in compressed_int8.path and compressed_int8.speed is not None
+    assert unpruned_fp32 is not None and unpruned_fp32.speed is not None and unpruned_fp32.source == "unpruned"
+    assert set(report.selection) == set(names), "every candidate, compressed or not, has a verdict"
+    assert report.selected is not None and report.selected["target"] in names

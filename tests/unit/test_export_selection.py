@@ -387,3 +387,58 @@ def test_every_configurable_target_is_registered():
         assert (target.sibling is None) == (target.precision == "fp32")
         if target.sibling is not None:
             assert TARGETS[target.sibling].precision != target.precision
+
+
+# --- compressed artifacts (the compress stage): the unpruned PyTorch reference, the export tolerance + a budget
+
+COMPRESS = SelectionPolicy(
+    target_hardware="cpu",
+    max_map_drop={"fp32": 0.003, "fp16": 0.005, "int8": 0.005},
+    min_speedup=1.1,
+    compressed_extra=0.002,
+    compressed_total=0.005,
+)
+
+
+def compressed(target: str, p50: float, golden: float) -> ArtifactCheck:
+    from dataclasses import replace
+
+    check = cand(target, p50, map50_95={"golden": golden})
+    sibling = f"compressed_{check.sibling}" if check.sibling else None
+    return replace(check, target=f"compressed_{target}", sibling=sibling, source="compressed")
+
+
+def test_the_compressed_budget_is_the_export_tolerance_plus_compress_capped_by_the_total():
+    assert COMPRESS.allowed_drop("fp32", "compressed") == pytest.approx(0.005)  # 0.003 + 0.002
+    assert COMPRESS.allowed_drop("int8", "compressed") == pytest.approx(0.005)  # 0.005 + 0.002, capped at 0.005
+    assert COMPRESS.allowed_drop("int8") == 0.005 and COMPRESS.allowed_drop("fp32") == 0.003
+    uncapped = SelectionPolicy(max_map_drop=COMPRESS.max_map_drop, compressed_extra=0.002)
+    assert uncapped.allowed_drop("int8", "compressed") == pytest.approx(0.007)
+
+
+def test_a_compressed_artifact_that_loses_too_much_is_refused_with_both_numbers():
+    candidates = [
+        cand("onnx", 20.0),
+        cand("openvino_int8", 8.0, map50_95={"golden": 0.498}),
+        compressed("onnx", 12.0, 0.496),  # within 0.005 of the unpruned 0.5
+        compressed("openvino_int8", 4.0, 0.4940),  # 0.006 below: over the 0.005 total
+    ]
+    got = select_artifact(candidates, reference_map=REFERENCE, policy=COMPRESS)
+    refusal = got.reasons_per_target["compressed_openvino_int8"]
+    assert "refused: mAP50-95 golden 0.4940 < unpruned PyTorch 0.5000 - 0.005" in refusal
+    assert "compressed int8: 0.005 + compress 0.002, at most 0.005" in refusal
+    assert got.chosen is not None and got.chosen.target == "openvino_int8", got.reasons_per_target
+
+
+def test_the_fastest_eligible_compressed_artifact_ships():
+    candidates = [
+        cand("onnx", 20.0),
+        cand("openvino_int8", 8.0, map50_95={"golden": 0.498}),
+        compressed("onnx", 12.0, 0.496),
+        compressed("openvino", 10.0, 0.496),
+        compressed("openvino_int8", 4.0, 0.4955),  # 0.0045 below the unpruned model: within 0.005
+    ]
+    got = select_artifact(candidates, reference_map=REFERENCE, policy=COMPRESS)
+    assert got.chosen is not None and got.chosen.target == "compressed_openvino_int8", got.reasons_per_target
+    assert got.reason == "selected: fastest eligible on cpu (p50 4.00 ms at batch 1, 5.00x onnx)"
+    assert got.reasons_per_target["openvino_int8"].startswith("eligible, slower than compressed_openvino_int8")

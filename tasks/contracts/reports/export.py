@@ -15,6 +15,7 @@ from typing import Any
 from tasks.contracts.deployed import Deployed
 
 FALLBACK_TARGET = "onnx"  # FP32 ONNX: built first, every other target derives from it, shipped when nothing beats it
+COMPRESSED_PREFIX = "compressed_"  # the targets built from the compress stage's checkpoint: compressed_<target>
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class ArtifactCheck:
 
     ``status`` is ``built``, ``skipped`` (this host cannot build it; ``reason`` says why) or ``failed``
     (building or checking raised; ``reason`` holds the error). ``passed`` is the accuracy gate alone.
+    ``source`` is ``unpruned`` (from the trained checkpoint) or ``compressed`` (from the compress stage's pruned
+    checkpoint: its target is named ``compressed_<target>``, and its mAP is held against the unpruned PyTorch model
+    with the compress budget added to ``max_drop``).
     """
 
     target: str
@@ -101,6 +105,7 @@ class ArtifactCheck:
     parity: ParityResult | None = None
     speed: SpeedResult | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    source: str = "unpruned"
 
     @property
     def deployable(self) -> bool:
