@@ -105,9 +105,10 @@ test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability 
 	  tests/integration/test_continuous_learning.py tests/integration/test_labelstudio_race.py \
 	  tests/integration/test_monitor_flow.py
 
-test-slow-bench: setup labelstudio  ## the --quick runs of the loop's own benchmarks (label efficiency, cycle time, predict end to end) and the sparse-validation training test: what CI adds so they cannot rot (~12 min)
+test-slow-bench: setup labelstudio  ## the --quick runs of the loop's own benchmarks (label efficiency, cycle time, predict end to end), the sparse-validation training test, the compress stage's MACs search and its inference-benchmark rows: what CI adds so they cannot rot (~15 min)
 	$(RUN) $(PY) -m pytest -m slow tests/integration/test_bench_loop.py tests/integration/test_bench_cycle.py \
-	  tests/integration/test_bench_predict.py tests/integration/test_train_validation.py
+	  tests/integration/test_bench_predict.py tests/integration/test_train_validation.py \
+	  tests/integration/test_compress.py
 
 soak: setup labelstudio  ## CYCLES=n small loop cycles in a row (default 30, ~40 s each): fds, threads, RSS, stores -> reports/benchmarks/soak.json
 	$(RUN) $(PY) benchmarks/soak.py $(if $(CYCLES),--cycles $(CYCLES))

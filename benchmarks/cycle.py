@@ -710,17 +710,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finish(report, args, load_before)
 
 
-def isa_flags() -> list[str]:
-    """The vector and matrix extensions this CPU reports (AVX2, AVX-512, VNNI, AMX) from ``/proc/cpuinfo``."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-    return [flag for flag in wanted if flag in flags]
-
-
 def finish(report: dict[str, Any], args: argparse.Namespace, load_before: tuple[float, ...]) -> dict[str, Any]:
     """Host, settings and time stamp added; the tables printed; the report written."""
-    report["host"] = host() | {"isa_flags": isa_flags(), "load_before": load_before, "load_after": os.getloadavg()}
+    report["host"] = host() | {"load_before": load_before, "load_after": os.getloadavg()}
     report["quick"] = args.quick
     report["ran_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     print_report(report)

@@ -10,7 +10,13 @@ compare runs made moments apart; the verdicts are the export stage's own, from i
 Prints a table and writes ``<reports>/benchmarks/inference.json``.
 
     python benchmarks/inference.py [--params params.yaml] [--weights models/train/best.pt] [--sizes 640 160]
-        [--threads 2] [--batch 8] [--runs 50] [--keep DIR]
+        [--threads 2] [--batch 8] [--runs 50] [--keep DIR] [--compressed models/compressed/best.pt]
+
+With a compressed checkpoint (``--compressed``, or the compress stage's when ``reports/compress.json`` says
+``compressed``), the export stage builds every target from it too (``compressed_<target>`` rows, held against the
+unpruned PyTorch mAP with the compress budget) and its PyTorch model is timed beside the rest
+(``pytorch_compressed``), all in the same interleaved pass. Both checkpoints must be ones the project recorded
+(:mod:`tasks.contracts.checkpoints`): the benchmark opens nothing else.
 
 At a size larger than the world's images, the sets are *mosaics*: k x k images tiled into one input (labels
 moved with them), so objects keep the scale the model was trained at and mAP stays meaningful; the golden
@@ -31,15 +37,20 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2
 import numpy as np
+from dvc_scale import host
 
-from tasks import export
+from tasks import compress, export
 from tasks.config import Params, load_params
-from tasks.contracts.reports import load_report
+from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
+from tasks.contracts.reports import load_report, write_report
+from tasks.contracts.reports.compress import CompressReport
 from tasks.contracts.reports.export import ArtifactCheck, SpeedResult
 from tasks.contracts.yolo_labels import load_rgb, read_labeled_set
+from tasks.core.hashing import file_sha256
 from tasks.env import apply_env
 from tasks.io import write_json_atomic
 from tasks.models.yolo import configure_ultralytics
@@ -48,6 +59,7 @@ from tasks.targets.scoring import default_model_path, evaluate_set, inference_se
 from tasks.targets.timing import probe_images, speed_settings, time_artifacts
 
 LIBRARY_ROW = "ultralytics_ov_i8"
+COMPRESSED_TORCH_ROW = "pytorch_compressed"
 
 
 def mosaic_set(source: Path, target: Path, *, imgsz: int, classes: int) -> Path:
@@ -80,10 +92,14 @@ def mosaic_set(source: Path, target: Path, *, imgsz: int, classes: int) -> Path:
     return target
 
 
-def size_params(params: Params, *, imgsz: int, root: Path, args: argparse.Namespace) -> Params:
-    """``params`` at another input size: mosaic sets, models and reports under ``root``."""
+def size_params(
+    params: Params, *, imgsz: int, root: Path, args: argparse.Namespace, trusted: tuple[str, ...] = ()
+) -> Params:
+    """``params`` at another input size: mosaic sets, models and reports under ``root``; ``trusted``: the hashes of
+    the checkpoints the project recorded that this run opens from its own folders."""
     data = params.model_dump(mode="json")
     data["base"]["imgsz"] = imgsz
+    data["train"]["trusted_checkpoints"] = sorted({*data["train"]["trusted_checkpoints"], *trusted})
     data["base"]["paths"].update(models=str(root / "models"), reports=str(root / "reports"))
     for name in dict.fromkeys(["train", *params.evaluate.sets]):
         source = getattr(params.base.paths, name)
@@ -96,13 +112,34 @@ def size_params(params: Params, *, imgsz: int, root: Path, args: argparse.Namesp
     return Params.model_validate(data)
 
 
-def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+def place_compressed(sized: Params, compressed: Path) -> Path:
+    """Put ``compressed`` where the export stage finds the compress stage's checkpoint, with the report saying so."""
+    local = compress.compressed_path(sized)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(compressed, local)
+    record = CompressReport(status="compressed", weights=str(local), checkpoint_sha256=file_sha256(local))
+    write_report(sized.base.paths.reports, "compress", record, sized)
+    return local
+
+
+# long: one size's whole pass: export (both checkpoints), the library reference, the interleaved timing, the rows
+def bench_size(
+    params: Params,
+    weights: Path,
+    *,
+    imgsz: int,
+    root: Path,
+    args: argparse.Namespace,
+    compressed: Path | None = None,
+) -> dict[str, Any]:
     """Export at ``imgsz`` and time PyTorch on the same images; return the rows of that size."""
-    sized = size_params(params, imgsz=imgsz, root=root, args=args)
+    shas = tuple(file_sha256(p) for p in (weights, compressed) if p is not None)
+    sized = size_params(params, imgsz=imgsz, root=root, args=args, trusted=shas)
     (sized.base.paths.models / "train").mkdir(parents=True, exist_ok=True)
     local = default_model_path(sized)
     if not local.exists():
         shutil.copyfile(weights, local)
+    local_compressed = place_compressed(sized, compressed) if compressed is not None else None
     start = time.perf_counter()
     error = None
     try:
@@ -118,6 +155,8 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
     library = library_openvino_int8(sized, local, root=root, set_name=set_name) if args.library_reference else None
     cfg = sized.export.speed
     paths = {"pytorch": local, **({LIBRARY_ROW: library["path"]} if library else {})}
+    if local_compressed is not None:
+        paths[COMPRESSED_TORCH_ROW] = local_compressed
     paths |= {c.target: Path(c.path) for c in checks if c.status == "built"}
     speeds = time_artifacts(
         paths,
@@ -143,6 +182,26 @@ def bench_size(params: Params, weights: Path, *, imgsz: int, root: Path, args: a
                 status="reference: Ultralytics' own OpenVINO INT8 export (not a target)",
                 export_s=library["export_s"],
                 size_mb=library["size_mb"],
+            )
+        )
+    if local_compressed is not None:
+        compressed_map = evaluate_set(
+            local_compressed,
+            getattr(sized.base.paths, set_name),
+            classes=sized.base.classes,
+            settings=inference_settings(sized),
+            batch=sized.evaluate.batch,
+            set_name=set_name,
+        ).map50_95
+        rows.append(
+            row(
+                COMPRESSED_TORCH_ROW,
+                "fp32",
+                speeds[COMPRESSED_TORCH_ROW],
+                compressed_map,
+                reference.get(set_name),
+                torch_speed,
+                status="reference: the compressed checkpoint in PyTorch (not a target)",
             )
         )
     for check in checks:
@@ -258,9 +317,11 @@ def row(
 
 
 def print_table(result: dict[str, Any]) -> None:
+    cpu = host()
     print(
         f"\n{result['imgsz']} px, mAP50-95 on {result['set']}, export stage {result['export_s']} s, "
-        f"load average {result['load_average']}"
+        f"load average {result['load_average']}; {cpu['cpu']} ({', '.join(cpu['isa_flags']) or cpu['isa']}), "
+        f"{cpu['cores']} cores"
     )
     header = (
         f"{'target':<15}{'prec':>5}{'p50 ms':>9}{'p95 ms':>9}{'img/s@b':>12}{'x PT p50':>9}{'x PT thr':>9}"
@@ -285,7 +346,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"export failed: {result['error']}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--weights", type=Path, default=None, help="checkpoint (default: <models>/train/best.pt)")
@@ -297,42 +358,56 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds in which all runtimes take turns")
     parser.add_argument("--keep", type=Path, default=None, help="keep the exported artifacts in this folder")
     parser.add_argument(
+        "--compressed",
+        type=Path,
+        default=None,
+        help="a compressed checkpoint (default: the compress stage's, when reports/compress.json says compressed)",
+    )
+    parser.add_argument(
         "--no-library-reference",
         dest="library_reference",
         action="store_false",
         help="skip the reference row of Ultralytics' own OpenVINO INT8 export",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     weights = (args.weights or default_model_path(params)).resolve()
     if not weights.is_file():
         raise SystemExit(f"{weights}: checkpoint not found; train first (python -m tasks.train) or pass --weights")
+    compressed = args.compressed or export.compressed_checkpoint(params)
+    if compressed is not None and not compressed.is_file():
+        raise SystemExit(f"{compressed}: compressed checkpoint not found (python -m tasks.compress)")
+    recorded = trusted_checkpoints(params)
+    for checkpoint in (weights, compressed):
+        if checkpoint is not None:
+            require_trusted(checkpoint, recorded)  # what the project recorded, or nothing is opened
     sizes = args.sizes or list(dict.fromkeys([640, params.base.imgsz]))
     start = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         root = args.keep or Path(tmp)
         for imgsz in sizes:
-            result = bench_size(params, weights, imgsz=imgsz, root=root / str(imgsz), args=args)
+            result = bench_size(params, weights, imgsz=imgsz, root=root / str(imgsz), args=args, compressed=compressed)
             print_table(result)
             results.append(result)
     out = params.base.paths.reports / "benchmarks" / "inference.json"
-    write_json_atomic(
-        out,
-        {
-            "weights": str(weights),
-            "threads": args.threads,
-            "batch": args.batch,
-            "runs": args.runs,
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "sizes": results,
-            "wall_s": round(time.perf_counter() - start, 1),
-        },
-    )
+    report = {
+        "weights": str(weights),
+        "compressed": None if compressed is None else str(compressed),
+        "threads": args.threads,
+        "batch": args.batch,
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+        "host": host(),  # the ISA: the artifact fastest on one host may not be on another
+        "load_average": os.getloadavg(),
+        "sizes": results,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(out, report)
     print(f"\nwrote {out}")
+    return report
 
 
 if __name__ == "__main__":

@@ -78,13 +78,6 @@ def verdict(e2e_ips: float, network_ips: float, *, goal: float = GOAL) -> dict[s
     return {"ratio": round(ratio, 3), "goal": goal, "goal_met": ratio >= goal}
 
 
-def isa_flags() -> list[str]:
-    """The vector and matrix extensions of this CPU the runtimes can use (``/proc/cpuinfo`` flags)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
-    return [flag for flag in ISA_FLAGS if flag in flags]
-
-
 def write_images(pngs: Sequence[bytes], production: Path, *, images: int, batch_images: int) -> list[str]:
     """``images`` production images as local files in batches of ``batch_images``; the batch names."""
     names = batch_names(images, batch_images)
@@ -296,7 +289,7 @@ def run(
         "prediction_log": "local folder (base.storage.predictions null)",
         "write_images_s": round(write_s, 1),
         "wall_s": round(time.perf_counter() - wall, 1),
-        "host": host() | {"isa_flags": isa_flags(), "load_before": load_before, "load_after": os.getloadavg()},
+        "host": host() | {"load_before": load_before, "load_after": os.getloadavg()},
     }
 
 

@@ -144,3 +144,29 @@ def test_prune_fine_tune_export_recheck_select(trained):
     assert unpruned_fp32 is not None and unpruned_fp32.speed is not None and unpruned_fp32.source == "unpruned"
     assert set(report.selection) == set(names), "every candidate, compressed or not, has a verdict"
     assert report.selected is not None and report.selected["target"] in names
+
+
+@pytest.mark.slow  # ~1-2 min: two exports of every listed target and one interleaved timing pass
+def test_the_inference_benchmark_times_the_compressed_rows_beside_the_rest(trained, tmp_path):
+    import sys
+
+    import yaml
+
+    from tasks.env import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import inference as bench
+
+    data = json.loads(json.dumps(trained["data"]))
+    data["compress"].update(enabled=True, epochs=1, ratio=0.3, macs_reduction=None, round_to=1, distill=False)
+    data["export"].update(targets=["onnx", "openvino_int8"])
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(data))
+    assert compress.run(Params.model_validate(data)).status == "compressed"
+    args = ["--params", str(params_file), "--sizes", "64", "--runs", "3", "--batch-runs", "2", "--rounds", "1"]
+    report = bench.main([*args, "--batch", "2", "--no-library-reference"])
+    rows = {r["target"]: r for r in report["sizes"][0]["rows"]}
+    expected = {"pytorch", "pytorch_compressed", "onnx", "openvino_int8", "compressed_onnx", "compressed_openvino_int8"}
+    assert set(rows) == expected
+    assert all("p50_ms" in r for r in rows.values()), "every row timed in the same pass"
+    assert report["compressed"] and isinstance(report["host"]["isa_flags"], list) and report["host"]["cores"]
