@@ -175,10 +175,15 @@ def _export_one(
     reference_output: npt.NDArray[np.float32],
     probe: npt.NDArray[np.float32],
     cache: DetectionCache | None = None,
+    label: str = "",
 ) -> ArtifactCheck:
-    """Build and re-check one target; a target other than the fallback that raises is recorded as failed."""
+    """Build and re-check one target; a target other than the fallback that raises is recorded as failed.
+
+    ``label`` prefixes the target's name in the log (``compressed_``: a target built from the compressed checkpoint).
+    """
+    name = label + target.name
     if unavailable:
-        log.warning("%s: skipped, %s", target.name, unavailable)
+        log.warning("%s: skipped, %s", name, unavailable)
         return _not_built(target, status="skipped", reason=unavailable, reference=reference, params=params)
     try:
         start = time.perf_counter()
@@ -198,14 +203,14 @@ def _export_one(
         if target.name == FALLBACK_TARGET:
             raise
         # an optional target must not stop the fallback from shipping; the report says what broke
-        log.exception("%s: build or check failed", target.name)
+        log.exception("%s: build or check failed", name)
         reason = f"{type(exc).__name__}: {exc}"
         return _not_built(target, status="failed", reason=reason, reference=reference, params=params)
     healthy = check.deployable
     log.log(
         logging.INFO if healthy else logging.ERROR,
         "%s: mAP50-95 %s vs PyTorch %s, parity %s/%s%s",
-        target.name,
+        name,
         check.map50_95,
         reference,
         check.parity.matched if check.parity else "-",
@@ -281,9 +286,10 @@ def _compressed_checks(
                 reference_output=reference_output,
                 probe=probe,
                 cache=cache,
+                label=COMPRESSED_PREFIX,
             )
         except Exception as exc:  # only the fallback raises out of _export_one
-            log.exception("compressed %s: build or check failed", target.name)
+            log.exception("%s%s: build or check failed", COMPRESSED_PREFIX, target.name)
             reason = f"{type(exc).__name__}: {exc}"
             check = _not_built(target, status="failed", reason=reason, reference=reference, params=params)
         checks.append(_as_compressed(check, policy, reference))
