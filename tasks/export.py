@@ -176,8 +176,9 @@ def _export_one(
     probe: npt.NDArray[np.float32],
     cache: DetectionCache | None = None,
     label: str = "",
+    required: bool = False,
 ) -> ArtifactCheck:
-    """Build and re-check one target; a target other than the fallback that raises is recorded as failed.
+    """Build and re-check one target; one that raises is recorded as failed, unless ``required`` (then it raises).
 
     ``label`` prefixes the target's name in the log (``compressed_``: a target built from the compressed checkpoint).
     """
@@ -200,7 +201,7 @@ def _export_one(
             cache=cache,
         )
     except Exception as exc:
-        if target.name == FALLBACK_TARGET:
+        if required:
             raise
         # an optional target must not stop the fallback from shipping; the report says what broke
         log.exception("%s: build or check failed", name)
@@ -218,6 +219,49 @@ def _export_one(
         "" if healthy else " (fails its checks: will not ship)",
     )
     return check
+
+
+def _export_chain(
+    targets: Sequence[ExportTarget],
+    inputs: ExportInputs,
+    *,
+    unavailable: dict[str, str | None],
+    out_dir: Path,
+    params: Params,
+    reference: dict[str, float],
+    reference_output: npt.NDArray[np.float32],
+    probe: npt.NDArray[np.float32],
+    cache: DetectionCache,
+    label: str = "",
+    fallback_required: bool = True,
+) -> list[ArtifactCheck]:
+    """Build and re-check ``targets`` in order (FP32 ONNX first: every later target starts from it).
+
+    With ``fallback_required`` a failing FP32 ONNX raises (the unpruned chain: nothing could ship); without, the
+    failure is recorded and the chain ends there (the compressed chain: the unpruned artifacts still ship).
+    """
+    checks: list[ArtifactCheck] = []
+    for target in targets:
+        fallback = target.name == FALLBACK_TARGET
+        check = _export_one(
+            target,
+            inputs,
+            unavailable=unavailable[target.name],
+            out_dir=out_dir,
+            params=params,
+            reference=reference,
+            reference_output=reference_output,
+            probe=probe,
+            cache=cache,
+            label=label,
+            required=fallback and fallback_required,
+        )
+        checks.append(check)
+        if fallback:
+            if check.status != "built":
+                break
+            inputs = replace(inputs, onnx=Path(check.path))
+    return checks
 
 
 def compressed_checkpoint(params: Params) -> Path | None:
@@ -269,35 +313,23 @@ def _compressed_checks(
     if weights is None:
         return []
     policy = SelectionPolicy.from_params(params.export, params.compress)
-    inputs = ExportInputs(weights=weights, calibration=calibration)
     reference_output = load_detector(weights, inference_settings(params)).forward(probe)
     out_dir = params.base.paths.models / "export" / "compressed"
     out_dir.mkdir(parents=True, exist_ok=True)
-    checks: list[ArtifactCheck] = []
-    for target in targets:
-        try:
-            check = _export_one(
-                target,
-                inputs,
-                unavailable=unavailable[target.name],
-                out_dir=out_dir,
-                params=params,
-                reference=reference,
-                reference_output=reference_output,
-                probe=probe,
-                cache=cache,
-                label=COMPRESSED_PREFIX,
-            )
-        except Exception as exc:  # only the fallback raises out of _export_one
-            log.exception("%s%s: build or check failed", COMPRESSED_PREFIX, target.name)
-            reason = f"{type(exc).__name__}: {exc}"
-            check = _not_built(target, status="failed", reason=reason, reference=reference, params=params)
-        checks.append(_as_compressed(check, policy, reference))
-        if target.name == FALLBACK_TARGET:
-            if check.status != "built":
-                break
-            inputs = replace(inputs, onnx=Path(check.path))
-    return checks
+    checks = _export_chain(
+        targets,
+        ExportInputs(weights=weights, calibration=calibration),
+        unavailable=unavailable,
+        out_dir=out_dir,
+        params=params,
+        reference=reference,
+        reference_output=reference_output,
+        probe=probe,
+        cache=cache,
+        label=COMPRESSED_PREFIX,
+        fallback_required=False,
+    )
+    return [_as_compressed(check, policy, reference) for check in checks]
 
 
 def run(params: Params, *, weights: Path | None = None) -> ExportReport:
@@ -326,22 +358,17 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
     probe = probe_images(params)
     reference_output = load_detector(weights, inference_settings(params)).forward(probe)
     inputs = ExportInputs(weights=weights, calibration=calibration)
-    checks: list[ArtifactCheck] = []
-    for target in targets:
-        check = _export_one(
-            target,
-            inputs,
-            unavailable=unavailable[target.name],
-            out_dir=out_dir,
-            params=params,
-            reference=reference,
-            reference_output=reference_output,
-            probe=probe,
-            cache=cache,
-        )
-        if target.name == FALLBACK_TARGET:
-            inputs = replace(inputs, onnx=Path(check.path))
-        checks.append(check)
+    checks = _export_chain(
+        targets,
+        inputs,
+        unavailable=unavailable,
+        out_dir=out_dir,
+        params=params,
+        reference=reference,
+        reference_output=reference_output,
+        probe=probe,
+        cache=cache,
+    )
     # the compress stage's candidate, if it made one: the same targets, the same rules + its budget
     checks += _compressed_checks(
         params, targets, unavailable=unavailable, calibration=calibration, reference=reference, probe=probe, cache=cache

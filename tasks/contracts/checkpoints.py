@@ -5,7 +5,7 @@ so opening one runs whatever code it carries. Before any checkpoint is opened, i
 recorded itself or one ``train.trusted_checkpoints`` lists:
 
 - ``reports/train.json`` ``checkpoint_sha256``: the checkpoint the train stage wrote (``<models>/train/best.pt``);
-- ``reports/compress.json`` ``checkpoint_sha256``: the pruned and fine-tuned one (``<models>/compress/best.pt``);
+- ``reports/compress.json`` ``checkpoint_sha256``: the pruned and fine-tuned one (``<models>/compressed/best.pt``);
 - the ``checkpoint_sha256`` tag of a registered model version (the registry stage copies the train report's):
   the warm start from the champion (``<models>/parent/best.pt``) and any registered version's checkpoint;
 - ``train.trusted_checkpoints``: a foreign checkpoint someone vetted (64 lowercase hex digits each).

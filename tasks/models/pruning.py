@@ -95,9 +95,7 @@ def kept_channels(channels: int, ratio: float, round_to: int) -> int:
     The same arithmetic as torch-pruning's local pruning with ``round_to`` (when anything is pruned at all).
     """
     kept = int(channels * (1 - ratio))
-    if kept == channels:
-        return channels
-    return kept - kept % round_to if round_to > 1 else kept
+    return channels if kept == channels else kept - kept % round_to
 
 
 def _pruner(prunable: Prunable, ratio: float, round_to: int) -> Any:
@@ -112,11 +110,6 @@ def _pruner(prunable: Prunable, ratio: float, round_to: int) -> Any:
         round_to=round_to if round_to > 1 else None,
         global_pruning=False,
     )
-
-
-def group_channels(pruner: Any) -> dict[str, int]:
-    """Root layer name -> channels, for every group ``pruner`` may prune."""
-    return {name: channels for name, (_, channels) in _roots(pruner).items()}
 
 
 def _roots(pruner: Any) -> dict[str, tuple[Any, int]]:

@@ -24,7 +24,7 @@ class CompressReport:
             ``dropped`` (pruned, but the fine-tune failed: nothing to export), ``compressed``.
         reason: why, for every status but ``compressed``.
         parent: the unpruned checkpoint (``<models>/train/best.pt``) and ``parent_sha256`` its hash.
-        weights: the compressed checkpoint (``<models>/compress/best.pt``), empty unless compressed.
+        weights: the compressed checkpoint (``<models>/compressed/best.pt``), empty unless compressed.
         checkpoint_sha256: its SHA-256: the record that lets later stages open it.
         family: the model family.
         method: channel importance (``compress.method``), ``ratio`` the per-layer ratio applied (searched when
