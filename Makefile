@@ -36,6 +36,10 @@ else ifneq ($(STACK),)
 $(error STACK=$(STACK): say STACK=server (the stack of make stack-up) or leave it unset (embedded stores))
 endif
 
+# pytest-xdist workers of `make test`: the suite waits on servers and subprocesses much of the time, so two workers on
+# two cores take ~16 min where one took ~26 (AVX2 host); a file's tests stay on one worker (module fixtures built once)
+TEST_WORKERS ?= 2
+
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
 
@@ -57,7 +61,7 @@ LABEL_STUDIO_PASSWORD ?= visionloop-local
 LABEL_STUDIO_API_KEY := $(or $(LABEL_STUDIO_API_KEY),visionloop-local-dev-token)
 export LABEL_STUDIO_API_KEY
 
-.PHONY: help setup demo demo-commercial test test-all test-reliability test-slow-reliability test-slow-bench soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
+.PHONY: help setup demo demo-commercial test test-all test-reliability test-slow-reliability test-slow-soak test-slow-bench soak lint lock mlflow-ui prefect-ui deploy deploy-down repro restore retrain gc forget rollback audit doctor monitor metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -90,8 +94,8 @@ demo: setup labelstudio  ## the whole loop: world → champion → predict → l
 demo-commercial:  ## the loop under a proprietary product's license policy: RF-DETR champion, a YOLO candidate refused (longer: see README Licenses)
 	@$(MAKE) --no-print-directory demo DEMO_FLOW=flows.demo_commercial PARAMS="params.yaml params.commercial.yaml"
 
-test: setup  ## the default test suite (≤ 15 min on 2 cores)
-	$(RUN) $(PY) -m pytest -m "not slow" tests
+test: setup  ## the default test suite (≤ 15 min on 2 cores: TEST_WORKERS pytest workers, one test file each at a time)
+	$(RUN) $(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile tests
 
 test-all: setup  ## every test, slow ones included
 	$(RUN) $(PY) -m pytest tests
@@ -99,11 +103,15 @@ test-all: setup  ## every test, slow ones included
 test-reliability: setup  ## the reliability and security suite, slow parts included (tests/reliability)
 	$(RUN) $(PY) -m pytest tests/reliability
 
-test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability (killed stages, races, seeded kills, clones, the 30-cycle soak), the loop decisions, the RF-DETR smoke test, the license record on MLflow, dvc repro end to end: what CI adds to `make test` (~42 min)
-	$(RUN) $(PY) -m pytest -m slow tests/reliability tests/integration/test_loop_decisions.py \
+test-slow-reliability: setup labelstudio  ## the slow part of tests/reliability but the soak (killed stages, races, seeded kills, clones), the loop decisions, the RF-DETR smoke test, the license record on MLflow, dvc repro end to end: what CI adds to `make test`
+	$(RUN) $(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile tests/reliability \
+	  --deselect tests/reliability/test_soak.py::test_soak tests/integration/test_loop_decisions.py \
 	  tests/integration/test_rfdetr_smoke.py tests/integration/test_license_record.py tests/integration/test_dvc_repro.py \
 	  tests/integration/test_continuous_learning.py tests/integration/test_labelstudio_race.py \
 	  tests/integration/test_monitor_flow.py
+
+test-slow-soak: setup labelstudio  ## the 30-cycle soak (tests/reliability/test_soak.py; VISIONLOOP_SOAK_CYCLES=n for fewer): what CI adds to `make test`
+	$(RUN) $(PY) -m pytest -m slow tests/reliability/test_soak.py
 
 test-slow-bench: setup labelstudio  ## the --quick runs of the loop's own benchmarks (label efficiency, cycle time, predict end to end), the sparse-validation training test, the compress stage's MACs search and its inference-benchmark rows: what CI adds so they cannot rot (~15 min)
 	$(RUN) $(PY) -m pytest -m slow tests/integration/test_bench_loop.py tests/integration/test_bench_cycle.py \

@@ -200,7 +200,8 @@ def test_a_held_lease_times_out_with_an_error_naming_its_holder(mlflow_server, m
 
 def test_a_live_holder_keeps_its_lease_past_the_ttl(mlflow_server, model, tmp_path):
     """The heartbeat: a lease held longer than its TTL is renewed, so nobody breaks it."""
-    params = _clone(str(tmp_path), mlflow_server, model, lease_ttl_s=3, lock_timeout_s=7)
+    # a TTL long enough for renewals through an MLflow server on a busy host (the suite runs two workers)
+    params = _clone(str(tmp_path), mlflow_server, model, lease_ttl_s=6, lock_timeout_s=14)
     taken, done = threading.Event(), threading.Event()
 
     def hold() -> None:

@@ -345,7 +345,8 @@ def test_mlflow_server_down_or_slow(mlflow_server, mlflow_env, proxy_for, tmp_pa
         assert_clear_error(raised.value, service="MLflow", url=proxy.url, command="make mlflow-ui")
         assert registry_state(params, mlflow_server) == before, "a failed registry call changed the registry"
     assert proxy.count(MLFLOW_OPERATIONS[operation]) - earlier == expected_attempts(fault)
-    assert time.monotonic() - started < (RETRIES + 1) * TIMEOUT_S + 30
+    # bounded: the retries' timeouts plus the call's own work (a registration uploads the model: ~40 s on a busy host)
+    assert time.monotonic() - started < (RETRIES + 1) * TIMEOUT_S + 60
 
 
 @pytest.mark.integration
