@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import importlib
 import os
-import platform
 import re
 import shutil
 import struct
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks.adapters import dvc, s3
 from tasks.config import Params, load_params
 from tasks.contracts.merged_manifest import write_shard
+from tasks.core.host import cpu
 from tasks.env import apply_env
 from tasks.io import write_json_atomic
 from tasks.sim.sets import render_set, set_seed
@@ -254,22 +254,10 @@ def remote(work: Path) -> Iterator[tuple[Any, int | None]]:
             os.environ.update(saved)
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-
-
 def host() -> dict[str, Any]:
-    """The CPU (model name), its headline ISA, every vector/matrix extension of :data:`ISA_FLAGS` it reports
-    (AVX2, AVX-512, VNNI, AMX: ``/proc/cpuinfo``) and the core count: what every benchmark table states."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else platform.machine()
-    model = re.search(r"model name\s*:\s*(.+)", flags)
-    present = set(flags.split())
-    return {
-        "cpu": model[1] if model else platform.processor(),
-        "isa": isa,
-        "isa_flags": [flag for flag in ISA_FLAGS if flag in present],
-        "cores": os.cpu_count(),
-    }
+    """The CPU (model name), its headline ISA, its vector/matrix extensions (AVX2, AVX-512, VNNI, AMX) and the core
+    count (:func:`tasks.core.host.cpu`): what every benchmark table states."""
+    return cpu()
 
 
 def run(

@@ -63,7 +63,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path.home() / ".cache" / "visionloop" / "bench-predict"
 QUICK_CACHE = Path.home() / ".cache" / "visionloop" / "bench-predict-quick"  # another world: kept apart
 GOAL = 0.80  # issue 15: end to end >= 80 % of the selected artifact's network-only throughput
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 
 
 def verdict(e2e_ips: float, network_ips: float, *, goal: float = GOAL) -> dict[str, Any]:

@@ -46,7 +46,6 @@ from flows.alerts import alert, labels_overdue, on_failed_run
 from flows.preflight import require_servers
 from tasks.config import DEFAULT_PARAMS, Params, load_params
 from tasks.contracts.reports.cycle import CycleReport
-from tasks.contracts.reports.export import FALLBACK_TARGET
 from tasks.contracts.reports.gate import GateReport
 from tasks.contracts.reports.label import LabelResult
 from tasks.contracts.sample_manifest import manifest_path
@@ -162,14 +161,16 @@ def _run_cycle(params: Params, cycle: str | None, who: str) -> dict[str, Any] | 
     fanout.evaluate(params)  # evaluate.shards > 1: over Dask
     exported = stages.export(params)
     stages.dvc_record(params, ["merge", "train", "compress", "evaluate", "export"])
-    candidate = exported.check(FALLBACK_TARGET)  # FP32 ONNX: both models scored on the same runtime ...
-    if candidate is None:
-        raise RuntimeError(f"the export report lists no {FALLBACK_TARGET!r} artifact to score the candidate with")
-    gate = stages.gate(  # ... and timed on what each deploys
+    # both models scored and timed on what each deploys (an INT8 artifact ships: the gate judges the INT8 artifact);
+    # a champion whose artifact cannot run on this host is scored on its ONNX file, the reason in its Deployed
+    deployed = exported.deployed()
+    if deployed is None:
+        raise RuntimeError("the export report selects no artifact: nothing to score the candidate with")
+    gate = stages.gate(
         params,
-        Path(candidate.path),
-        Path(champion.onnx) if champion else None,
-        candidate_deployed=exported.deployed(),
+        deployed.path,
+        champion.scored if champion else None,
+        candidate_deployed=deployed,
         champion_deployed=champion.deployed if champion else None,
     )
 

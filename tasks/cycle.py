@@ -106,15 +106,21 @@ class ChampionFiles:
     Attributes:
         version: its model version.
         weights: its PyTorch checkpoint (the warm start).
-        onnx: its FP32 ONNX file (the gate scores it).
+        onnx: its FP32 ONNX file.
         deployed: the artifact it runs in production (:func:`tasks.adapters.model_cache.find_deployed`: its
-            selected export artifact, or its ONNX file with the reason); the gate times it against the candidate's.
+            selected export artifact, or its ONNX file with the reason); the gate scores and times it against the
+            candidate's.
     """
 
     version: str
     weights: str
     onnx: str
     deployed: Deployed | None = None
+
+    @property
+    def scored(self) -> Path:
+        """What the gate scores: the deployed artifact, or the ONNX file when none is known."""
+        return Path(self.deployed.path) if self.deployed is not None else Path(self.onnx)
 
 
 # ------------------------------------------------------------------------------------------------- cycle state

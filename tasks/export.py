@@ -13,7 +13,7 @@ Contract:
         memory and verdict (or why it was skipped), the selected artifact with the reason, and the lineage
         of quantization (calibration image ids, settings, tool versions);
     side effects: the detection cache (``evaluate.cache``): each artifact's detections on each set are stored
-        there, where the gate finds the FP32 ONNX's on golden.
+        there, where the gate finds the selected artifact's on golden.
 
 Where the work lives: the builders (``ExportTarget`` and ``TARGETS``, chosen by ``export.targets``) in
 :mod:`tasks.targets.builders`, the INT8 sample in :mod:`tasks.targets.calibration`, the accuracy and parity
@@ -57,6 +57,7 @@ from tasks.contracts.reports import ReportError, load_report, report_path, write
 from tasks.contracts.reports.compress import CompressReport
 from tasks.contracts.reports.evaluate import EvaluateReport
 from tasks.contracts.reports.export import COMPRESSED_PREFIX, FALLBACK_TARGET, ArtifactCheck, ExportReport
+from tasks.core import host
 from tasks.core.hashing import file_sha256
 from tasks.decisions.selection import SelectionPolicy, map_shortfalls, select_artifact
 from tasks.runtimes.detectors import load_detector
@@ -136,9 +137,14 @@ def _versions() -> dict[str, str | None]:
 
 
 def _host(params: Params) -> dict[str, Any]:
+    """Where the artifacts were timed: the selection holds for this CPU's instruction sets (``isa_flags``)."""
+    cpu = host.cpu()
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu["cpu"],
+        "isa": cpu["isa"],
+        "isa_flags": cpu["isa_flags"],
         "cpus": os.cpu_count(),
         "threads": params.export.speed.threads,
         "device": params.base.device,
@@ -400,7 +406,7 @@ def run(params: Params, *, weights: Path | None = None) -> ExportReport:
         raise ExportCheckError(
             "export check failed:\n  " + "\n  ".join(_failure_lines([fallback]) or [selection.reason])
         )
-    log.info("selected %s: %s", selection.chosen.target, selection.reason)
+    log.info("selected %s on %s: %s", selection.chosen.target, host.describe(report.host), selection.reason)
     return report
 
 

@@ -174,7 +174,7 @@ def run(
 
     Args:
         params: validated config.
-        candidate: the candidate's artifact to score (FP32 ONNX in the loop: both models scored on one runtime).
+        candidate: the candidate's artifact to score (in the loop: the one it would deploy, the export selection).
         champion: the champion's artifact to score, ``None`` on the first cycle.
         candidate_deployed: the artifact the candidate would ship (the export stage's selection), for the latency
             pass; ``None``: not known, both models are timed on the files they were scored with.

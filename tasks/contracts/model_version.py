@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tasks.contracts.deployed import artifact_files
+from tasks.core.host import describe
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 CLASSES_TAG = "classes"  # the version's class list, JSON (index = class id)
@@ -68,6 +69,9 @@ EXPORT_FOLDER = "export"  # run artifact folder of the export artifacts, one sub
 EXPORT_TABLE = f"{EXPORT_FOLDER}/table.json"
 EXPORT_LINEAGE = f"{EXPORT_FOLDER}/lineage.json"  # run artifact: INT8 calibration, quantization, versions
 DEPLOY_TARGET, DEPLOY_ARTIFACT, DEPLOY_PRECISION = "deploy.target", "deploy.artifact", "deploy.precision"
+DEPLOY_SELECTED_ON = "deploy.selected_on"  # the CPU and its ISA flags the selection was timed on: on another host
+# (AVX-512 VNNI vs AVX2 only) another artifact may be the fastest
+SELECTION_HOST = ("cpu", "isa", "isa_flags", "threads", "device")
 TRAIN_RUN_ID = "train_run_id"  # lineage tag: the training run a version was logged in (one version per run)
 
 
@@ -167,7 +171,11 @@ def deploy_tags(report: Mapping[str, Any], attachments: Sequence[ExportAttachmen
     chosen = next((a for a in attachments if a.target == selected), None)
     if chosen is None:
         raise ValueError(f"export report selects {selected!r}, not a built artifact that passed its checks")
-    return {DEPLOY_TARGET: chosen.target, DEPLOY_ARTIFACT: chosen.artifact, DEPLOY_PRECISION: chosen.precision}
+    tags = {DEPLOY_TARGET: chosen.target, DEPLOY_ARTIFACT: chosen.artifact, DEPLOY_PRECISION: chosen.precision}
+    timed_on = report.get("host") or {}
+    if timed_on.get("isa_flags") is not None:  # reports written before the host's flags were recorded have none
+        tags[DEPLOY_SELECTED_ON] = describe(timed_on)
+    return tags
 
 
 def export_lineage(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,7 +183,9 @@ def export_lineage(report: Mapping[str, Any]) -> dict[str, Any]:
 
     ``calibration``: source, seed, count and the sha256 of the calibration image ids (one per line; the ids
     themselves stay in ``reports/export.json``, attached to the version), ``null`` when no INT8 target was built;
-    ``quantization``: the quantization and calibration settings; ``versions``: the export runtimes installed.
+    ``quantization``: the quantization and calibration settings; ``versions``: the export runtimes installed;
+    ``host``: the CPU the artifacts were timed and selected on (model, ISA flags, threads; ``{}`` in reports written
+    before it was recorded).
     """
     lineage = report.get("lineage") or {}
     calibration = lineage.get("calibration")
@@ -191,6 +201,7 @@ def export_lineage(report: Mapping[str, Any]) -> dict[str, Any]:
             "calibration": lineage.get("calibration_settings"),
         },
         "versions": {k: v for k, v in (lineage.get("versions") or {}).items() if v},
+        "host": {k: v for k, v in (report.get("host") or {}).items() if k in SELECTION_HOST},
     }
 
 

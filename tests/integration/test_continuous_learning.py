@@ -19,7 +19,8 @@ import yaml
 from mlflow import MlflowClient
 
 from tasks import cycle, promote
-from tasks.adapters import labelstudio
+from tasks.adapters import labelstudio, model_cache
+from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import load_params
 from tasks.contracts.ledger import ledger_path, read_ledger
 from tasks.sim import annotator
@@ -42,7 +43,7 @@ def loop(server: Server, labelstudio_env: Server, prefect_harness) -> dict:
     data["world"]["production"].update(images_per_batch=12)  # 24 images: three cycles of 8
     data["merge"].update(holdout_fraction=0.25)
     data["cycle"].update(epochs=1)
-    data["export"].update(targets=["onnx"])
+    data["export"].update(targets=["onnx", "onnx_int8"])  # what ships may differ from the FP32 ONNX
     params_file = root / "params.yaml"
     root.mkdir(parents=True, exist_ok=True)
     params_file.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -130,6 +131,17 @@ def test_cycle_report_is_written_and_logged(loop):
     logged = {a.path for a in client.list_artifacts(run_id, f"cycles/{loop['cycle']}")}
     assert {f"cycles/{loop['cycle']}/{name}" for name in ("report.md", "cost.json")} <= logged
     assert "| cost | compute " in markdown and "8 labels" in markdown  # measured; no price set in params.yaml
+
+
+def test_the_gate_scores_what_each_model_deploys(loop):
+    params = load_params(loop["params_file"])
+    gate = json.loads((params.base.paths.reports / "gate.json").read_text())
+    export = json.loads((params.base.paths.reports / "export.json").read_text())
+    assert export["selected"]["target"] in {"onnx", "onnx_int8"}
+    assert gate["candidate"] == export["selected"]["path"]  # the artifact the candidate would ship ...
+    deployed = model_cache.find_deployed(params, mlflow_adapter.get_version(params, "1"))
+    assert deployed.fallback is None and gate["champion"] == str(deployed.path)  # ... against the champion's
+    assert gate["latency"] is None or gate["latency"]["fallback"] is None
 
 
 def test_rerunning_a_finished_cycle_changes_nothing(loop):

@@ -167,6 +167,21 @@ def test_export_lineage_is_a_json_artifact_without_the_image_ids(lineage, expect
         assert "image_ids" not in calibration and len(calibration["image_ids_sha256"]) == 64
     assert (found["quantization"]["calibration"] or {}).get("method") == expected["method"]
     assert found["versions"] == expected["versions"], "runtimes not installed are left out"
+    assert found["host"] == {}, "a report without a host record gives no host"
+
+
+HOST = {"machine": "x86_64", "cpu": "AMD EPYC", "isa": "AVX2", "isa_flags": ["avx2"], "cpus": 2, "threads": 2}
+
+
+def test_the_host_the_selection_was_timed_on_is_in_the_lineage_and_a_tag(files):
+    data = report([check("onnx", files["onnx"])], "onnx") | {"lineage": {}, "host": HOST}
+    found = model_version.export_lineage(data)
+    assert found["host"] == {"cpu": "AMD EPYC", "isa": "AVX2", "isa_flags": ["avx2"], "threads": 2}
+    tags = model_version.deploy_tags(data, model_version.export_attachments(data))
+    assert tags["deploy.selected_on"] == "AMD EPYC (avx2)"
+    vnni = HOST | {"cpu": "Intel Xeon", "isa": "AVX-512 VNNI", "isa_flags": ["avx2", "avx512f", "avx512_vnni"]}
+    tags = model_version.deploy_tags(data | {"host": vnni}, model_version.export_attachments(data))
+    assert tags["deploy.selected_on"] == "Intel Xeon (avx2, avx512f, avx512_vnni)"
 
 
 def test_deploy_precision_is_what_the_engine_built(files):

@@ -126,7 +126,8 @@ class ExportReport:
         selection: per target, why it was taken or refused.
         lineage: ``calibration`` (source, seed, image ids), ``quantization`` and ``calibration_settings``
             (the params used) and tool ``versions``.
-        host: machine, processor, cpus, threads, device of the timing.
+        host: machine, processor, CPU model, ISA and instruction-set flags (:func:`tasks.core.host.cpu`), cpus,
+            threads, device of the timing: the selection holds for this host.
         wall_s: seconds the stage took (``None`` in reports written before it was recorded).
         cache_hits, cache_misses: accuracy re-checks (an artifact, or the PyTorch reference, on one set) whose
             detections came from the detection cache, and those detected (and stored); 0 with the cache off.
