@@ -217,12 +217,14 @@ def bench_size(
                 reason=verdicts.get(check.target, check.reason),
                 size_mb=check.size_mb,
                 parity=None if check.parity is None else f"{check.parity.matched}/{check.parity.reference}",
+                map50_95_sets=check.map50_95,  # every set the export stage re-checked (the rule holds on each)
             )
         )
     return {
         "imgsz": imgsz,
         "set": set_name,
         "selected": selected,
+        "reference_map50_95": reference,  # the unpruned PyTorch model on every set
         "error": error,
         "export_s": round(export_s, 1),
         "torch_speed": asdict(torch_speed),

@@ -170,3 +170,37 @@ def test_the_inference_benchmark_times_the_compressed_rows_beside_the_rest(train
     assert set(rows) == expected
     assert all("p50_ms" in r for r in rows.values()), "every row timed in the same pass"
     assert report["compressed"] and isinstance(report["host"]["isa_flags"], list) and report["host"]["cores"]
+
+
+@pytest.mark.slow  # ~1-2 min: one point of the pruning curve (compress, two exports, one timing pass)
+def test_the_pruning_curve_reports_each_point_against_every_set(trained, tmp_path):
+    import sys
+
+    import yaml
+
+    from tasks.env import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import compress_curve
+
+    data = json.loads(json.dumps(trained["data"]))
+    data["compress"].update(round_to=1)
+    data["export"].update(targets=["onnx", "onnx_int8"])
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(data))
+    params = Params.model_validate(data)
+    own = compress.compressed_path(params)
+    before = own.read_bytes() if own.exists() else None
+    result = compress_curve.main(["--params", str(params_file), "--quick", "--no-library-reference"])
+    (point,) = result["points"]
+    assert point["status"] == "compressed" and point["distill"] is True and point["epochs"] == 1
+    assert point["macs_after"] < point["macs_before"] and point["fine_tune_min"] > 0
+    (size,) = point["sizes"]
+    assert size["imgsz"] == params.base.imgsz and size["artifact"] == "compressed_onnx_int8"
+    assert set(size["map_drop_pt"]) == set(params.evaluate.sets), "the loss on every set the export re-checked"
+    assert size["within_total"] == (max(size["map_drop_pt"].values()) <= 0.5)
+    out = params.base.paths.reports / "benchmarks"
+    assert json.loads((out / "compress_curve.json").read_text())["points"][0]["sizes"][0]["ms"] == size["ms"]
+    assert (out / "compress_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "compress_curve.work").exists(), "the points' folders are removed"
+    assert (own.read_bytes() if own.exists() else None) == before, "the project's own compress output is untouched"
