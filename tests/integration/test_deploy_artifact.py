@@ -19,6 +19,7 @@ from tasks.adapters import mlflow as mlflow_adapter
 from tasks.config import Params
 from tasks.contracts import prediction_log
 from tasks.contracts.reports.registry import RegistryResult
+from tasks.core import host
 from tests.conftest import tiny_params_dict
 
 pytestmark = pytest.mark.integration
@@ -92,6 +93,9 @@ def test_checked_artifacts_are_attached_and_the_selected_one_tagged(params, expo
     assert calibration["count"] == 24 and calibration["seed"] == params.base.seed and calibration["image_ids_sha256"]
     assert lineage["quantization"]["quantization"]["keep_head_fp32"] is True
     assert {"onnxruntime", "openvino", "nncf"} <= set(lineage["versions"])
+    here = host.cpu()  # the selection holds for the host it was timed on: its CPU and instruction sets are recorded
+    assert lineage["host"]["isa_flags"] == here["isa_flags"] and lineage["host"]["cpu"] == here["cpu"]
+    assert tags["deploy.selected_on"] == host.describe(here)
     assert (
         "deploys openvino (export/openvino/model.xml)"
         in client.get_model_version(version.name, version.version).description
