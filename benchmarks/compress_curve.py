@@ -11,7 +11,7 @@ it meets the rule that governs (``compress.max_total_map_drop`` on every set) an
 Writes ``<reports>/benchmarks/compress_curve.json`` and ``compress_curve.png`` (speed-up vs mAP loss per size).
 
     python benchmarks/compress_curve.py [--params params.yaml] [--macs 0.2 0.4 0.6] [--epochs 10]
-        [--distill on off] [--sizes 640 160] [--runs 30] [--rounds 3] [--quick]
+        [--distill on off] [--sizes 640 160] [--targets onnx openvino_int8] [--runs 30] [--rounds 3] [--quick]
 
 ``--quick``: one point (MACs -20 %, one epoch, distillation on) at the project's size only, few timed runs: the
 script's whole path in a few minutes (``tests/integration/test_compress.py`` runs it).
@@ -58,11 +58,16 @@ def points(macs: list[float], epochs: list[int], distill: list[str]) -> list[dic
     ]
 
 
-def point_params(params: Params, weights: Path, *, root: Path, point: dict[str, Any]) -> Path:
+def point_params(
+    params: Params, weights: Path, *, root: Path, point: dict[str, Any], targets: list[str] | None = None
+) -> Path:
     """A params file for one point: compress on with its settings, models/reports/MLflow under ``root``, the
-    trained checkpoint copied there (and trusted by its recorded hash); return the file's path."""
+    trained checkpoint copied there (and trusted by its recorded hash), ``export.targets`` replaced by ``targets``
+    when given; return the file's path."""
     data = params.model_dump(mode="json")
     data["compress"].update(enabled=True, ratio=None, **point)
+    if targets:
+        data["export"]["targets"] = targets
     data["base"]["paths"].update(models=str(root / "models"), reports=str(root / "reports"))
     data["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     data["train"]["trusted_checkpoints"] = sorted({*data["train"]["trusted_checkpoints"], file_sha256(weights)})
@@ -111,7 +116,7 @@ def run_point(
     params: Params, weights: Path, *, root: Path, point: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Compress with the point's settings, then time and re-check both checkpoints at every size."""
-    path = point_params(params, weights, root=root, point=point)
+    path = point_params(params, weights, root=root, point=point, targets=args.targets)
     sized = load_params(path)
     start = time.perf_counter()
     report = compress.run(sized)
@@ -219,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, nargs="+", default=[10], help="fine-tune epochs")
     parser.add_argument("--distill", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="input sizes (default: 640 and base.imgsz)")
+    parser.add_argument(
+        "--targets", nargs="+", default=None, help="export targets of the points (default: export.targets)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=30)

@@ -185,13 +185,13 @@ def test_the_pruning_curve_reports_each_point_against_every_set(trained, tmp_pat
 
     data = json.loads(json.dumps(trained["data"]))
     data["compress"].update(round_to=1)
-    data["export"].update(targets=["onnx", "onnx_int8"])
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(data))
     params = Params.model_validate(data)
     own = compress.compressed_path(params)
     before = own.read_bytes() if own.exists() else None
-    result = compress_curve.main(["--params", str(params_file), "--quick", "--no-library-reference"])
+    args = ["--params", str(params_file), "--quick", "--no-library-reference", "--targets", "onnx", "onnx_int8"]
+    result = compress_curve.main(args)
     (point,) = result["points"]
     assert point["status"] == "compressed" and point["distill"] is True and point["epochs"] == 1
     assert point["macs_after"] < point["macs_before"] and point["fine_tune_min"] > 0
