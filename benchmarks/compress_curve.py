@@ -20,7 +20,6 @@ script's whole path in a few minutes (``tests/integration/test_compress.py`` run
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import logging
@@ -43,6 +42,7 @@ from tasks import compress
 from tasks.config import Params, load_params
 from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
 from tasks.core.hashing import file_sha256
+from tasks.core.plots import png_bytes, pyplot
 from tasks.env import apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic
 from tasks.targets.scoring import default_model_path
@@ -151,7 +151,7 @@ def plot(result: dict[str, Any]) -> bytes | None:
     done = [p for p in result["points"] if p.get("sizes")]
     if not done:
         return None
-    plt = inference_pyplot()
+    plt = pyplot()
     sizes = [s["imgsz"] for s in done[0]["sizes"]]
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4), squeeze=False)
     for ax, (k, imgsz) in zip(axes[0], enumerate(sizes), strict=True):
@@ -175,20 +175,7 @@ def plot(result: dict[str, Any]) -> bytes | None:
         ax.set_ylabel("mAP50-95 loss, worst set (pt)")
         ax.set_title(f"{imgsz} px, {result['host']['cpu']} ({', '.join(result['host']['isa_flags'])})", fontsize=9)
         ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def inference_pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return png_bytes(fig)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -47,7 +47,6 @@ the prediction log store absolute paths, so a loop folder is only ever used at t
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import os
@@ -71,6 +70,7 @@ from dvc_scale import host
 from soak import hold_back_batches
 
 from tasks.config import Params, load_params
+from tasks.core.plots import png_bytes, pyplot
 from tasks.env import PROJECT_ROOT, apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic
 
@@ -704,22 +704,13 @@ def run_worker(root: Path, policy: str, seed: int) -> None:
 # ------------------------------------------------------------------ report
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(results: Mapping[str, Any], summary: Mapping[str, Any]) -> bytes | None:
     """Two panels (drifted, golden): labels bought vs the champion's mAP50-95 per policy, the mean over seeds, the
     band the 95 % bootstrap interval (one seed) or the seeds' min..max (several); PNG bytes, None without curves."""
     per = summary["policies"]
     if not any(per.values()):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
     for ax, set_name in zip(axes[0], ("drifted", "golden"), strict=True):
         for policy, seeds in per.items():
@@ -745,11 +736,7 @@ def plot_curves(results: Mapping[str, Any], summary: Mapping[str, Any]) -> bytes
         ax.set_ylabel("mAP50-95")
         ax.set_title(f"{set_name} test set")
         ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def print_table(summary: Mapping[str, Any]) -> None:

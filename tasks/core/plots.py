@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,12 +21,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -50,7 +50,7 @@ def plot_per_class(sets: Mapping[str, Mapping[str, Any]]) -> bytes | None:
     """
     if not sets:
         return None
-    fig, axes = _pyplot().subplots(1, len(sets), figsize=(6 * len(sets), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(sets), figsize=(6 * len(sets), 3.6), squeeze=False)
     for ax, (name, s) in zip(axes[0], sets.items(), strict=True):
         classes = list(s["per_class"])
         pairs = {who: [s["per_class"][c].get(who) for c in classes] for who in ("champion", "candidate")}
@@ -58,7 +58,7 @@ def plot_per_class(sets: Mapping[str, Mapping[str, Any]]) -> bytes | None:
         ax.set_ylim(0, 1)
         ax.set_title(f"{name} ({s['images']} images)")
         ax.set_ylabel("AP50-95")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_confidence(sampled: np.ndarray, rest: np.ndarray, *, label: str, bins: int) -> bytes | None:
@@ -72,14 +72,14 @@ def plot_confidence(sampled: np.ndarray, rest: np.ndarray, *, label: str, bins: 
     """
     if len(sampled) == 0 and len(rest) == 0:
         return None
-    fig, ax = _pyplot().subplots(figsize=(6, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6, 3.4))
     edges = np.linspace(0, 1, bins + 1).tolist()
     ax.hist(rest, bins=edges, alpha=0.6, density=True, label="not sampled")
     ax.hist(sampled, bins=edges, alpha=0.6, density=True, label="sampled")
     ax.set_xlabel(label)
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_strategies(by_strategy: Mapping[str, Mapping[str, int]]) -> bytes | None:
@@ -87,11 +87,11 @@ def plot_strategies(by_strategy: Mapping[str, Mapping[str, int]]) -> bytes | Non
     if not by_strategy:
         return None
     names = list(by_strategy)
-    fig, ax = _pyplot().subplots(figsize=(6, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6, 3.4))
     pairs = {key: [by_strategy[n].get(key, 0) for n in names] for key in ("candidates", "selected")}
     _paired_bars(ax, names, pairs, ("#c9c9c9", "#2a7ab9"))
     ax.set_ylabel("images")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 MONITOR_COLUMNS = ("mean_confidence", "n_detections", "median_box_px", "brightness", "contrast", "sharpness")
@@ -105,7 +105,7 @@ def plot_distributions(
     names = [n for n in baseline if n in window and len(baseline[n]) and len(window[n])]
     if not names:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(names))
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
@@ -119,7 +119,7 @@ def plot_distributions(
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_series(
@@ -128,7 +128,7 @@ def plot_series(
     """One line per signal over windows (x: window keys), with the decision threshold dashed."""
     if not series or not any(v is not None for points in series.values() for _, v in points):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     keys = [k for k, _ in next(iter(series.values()))]
     for name, points in series.items():
@@ -138,4 +138,4 @@ def plot_series(
     ax.set_xticks(range(len(keys)), keys, rotation=30, fontsize=7)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=6, ncol=3)
-    return _png(fig)
+    return png_bytes(fig)
