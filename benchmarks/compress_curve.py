@@ -11,7 +11,8 @@ it meets the rule that governs (``compress.max_total_map_drop`` on every set) an
 Writes ``<reports>/benchmarks/compress_curve.json`` and ``compress_curve.png`` (speed-up vs mAP loss per size).
 
     python benchmarks/compress_curve.py [--params params.yaml] [--macs 0.2 0.4 0.6] [--epochs 10]
-        [--distill on off] [--sizes 640 160] [--targets onnx openvino_int8] [--runs 30] [--rounds 3] [--quick]
+        [--distill on off] [--fine-tune-args JSON] [--sizes 640 160] [--targets onnx openvino_int8] [--runs 30]
+        [--rounds 3] [--quick]
 
 ``--quick``: one point (MACs -20 %, one epoch, distillation on) at the project's size only, few timed runs: the
 script's whole path in a few minutes (``tests/integration/test_compress.py`` runs it).
@@ -50,24 +51,47 @@ from tasks.targets.scoring import default_model_path
 REFERENCE = inference.LIBRARY_ROW
 
 
-def points(macs: list[float], epochs: list[int], distill: list[str]) -> list[dict[str, Any]]:
-    """Every (MACs target, epochs, distillation) combination, weakest pruning first."""
+def points(
+    macs: list[float], epochs: list[int], distill: list[str], fine_tune_args: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every (MACs target, epochs, distillation) combination, weakest pruning first; each with the fine-tune's
+    own trainer arguments (``compress.fine_tune_args``)."""
     return [
-        {"macs_reduction": m, "epochs": e, "distill": d == "on"}
+        {"macs_reduction": m, "epochs": e, "distill": d == "on", "fine_tune_args": dict(fine_tune_args or {})}
         for m, e, d in itertools.product(sorted(macs), epochs, distill)
     ]
 
 
+def production_set(params: Params) -> Path | None:
+    """The newest labeled production holdout (``<holdouts>/<cycle>`` with images and labels), or None."""
+    root = params.base.paths.holdouts
+    found = sorted(p for p in root.glob("*") if (p / "images").is_dir() and (p / "labels").is_dir())
+    return found[-1] if root.is_dir() and found else None
+
+
 def point_params(
-    params: Params, weights: Path, *, root: Path, point: dict[str, Any], targets: list[str] | None = None
+    params: Params,
+    weights: Path,
+    *,
+    root: Path,
+    point: dict[str, Any],
+    targets: list[str] | None = None,
+    production: Path | None = None,
 ) -> Path:
     """A params file for one point: compress on with its settings, models/reports/MLflow under ``root``, the
     trained checkpoint copied there (and trusted by its recorded hash), ``export.targets`` replaced by ``targets``
-    when given; return the file's path."""
+    when given, and a labeled ``production`` set re-checked beside ``evaluate.sets``; return the file's path.
+
+    The export stage re-checks the sets ``evaluate.sets`` names, which are ``base.paths`` entries: in the point's
+    own params (never the project's) ``base.paths.production`` is that labeled set (compress and export never
+    read production batches)."""
     data = params.model_dump(mode="json")
     data["compress"].update(enabled=True, ratio=None, **point)
     if targets:
         data["export"]["targets"] = targets
+    if production is not None:
+        data["base"]["paths"]["production"] = str(production.resolve())
+        data["evaluate"]["sets"] = list(dict.fromkeys([*data["evaluate"]["sets"], "production"]))
     data["base"]["paths"].update(models=str(root / "models"), reports=str(root / "reports"))
     data["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     data["train"]["trusted_checkpoints"] = sorted({*data["train"]["trusted_checkpoints"], file_sha256(weights)})
@@ -116,7 +140,7 @@ def run_point(
     params: Params, weights: Path, *, root: Path, point: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Compress with the point's settings, then time and re-check both checkpoints at every size."""
-    path = point_params(params, weights, root=root, point=point, targets=args.targets)
+    path = point_params(params, weights, root=root, point=point, targets=args.targets, production=args.production)
     sized = load_params(path)
     start = time.perf_counter()
     report = compress.run(sized)
@@ -145,6 +169,15 @@ def run_point(
     return out | {"sizes": [size_summary(s, max_drop=max_drop) for s in bench["sizes"]], "max_total_drop": max_drop}
 
 
+def curves(done: list[dict[str, Any]]) -> dict[tuple[int, bool, str], list[dict[str, Any]]]:
+    """The points of each (epochs, distillation, fine-tune arguments) line, weakest pruning first."""
+    lines: dict[tuple[int, bool, str], list[dict[str, Any]]] = {}
+    for p in sorted(done, key=lambda p: p["macs_reduction"]):
+        tuned = ", ".join(f"{k} {v}" for k, v in sorted((p.get("fine_tune_args") or {}).items()))
+        lines.setdefault((p["epochs"], p["distill"], tuned), []).append(p)
+    return lines
+
+
 def plot(result: dict[str, Any]) -> bytes | None:
     """Per size: speed-up over the reference (x) against the worst set's mAP loss (y), a point per pruning
     strength, one line per (epochs, distillation); the total rule drawn across. PNG bytes; None without points."""
@@ -158,11 +191,10 @@ def plot(result: dict[str, Any]) -> bytes | None:
         # against the reference when it was timed (the goal), else against PyTorch eager
         referenced = any(p["sizes"][k].get("speedup_vs_reference") for p in done)
         key = "speedup_vs_reference" if referenced else "speedup_vs_pytorch"
-        for (epochs, distill), grouped in itertools.groupby(done, key=lambda p: (p["epochs"], p["distill"])):
-            group = list(grouped)
+        for (epochs, distill, tuned), group in curves(done).items():
             xs = [p["sizes"][k].get(key) or float("nan") for p in group]
             ys = [max((p["sizes"][k].get("map_drop_pt") or {"-": float("nan")}).values()) for p in group]
-            label = f"{epochs} epochs, {'distilled' if distill else 'plain'}"
+            label = f"{epochs} epochs, {'distilled' if distill else 'plain'}{', ' + tuned if tuned else ''}"
             ax.plot(xs, ys, marker="o", label=label)
             for p, x, y in zip(group, xs, ys, strict=True):
                 if math.isfinite(x) and math.isfinite(y):
@@ -214,6 +246,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--targets", nargs="+", default=None, help="export targets of the points (default: export.targets)"
     )
+    parser.add_argument(
+        "--fine-tune-args",
+        type=json.loads,
+        default={},
+        help="compress.fine_tune_args of every point, as JSON (e.g. '{\"warmup_epochs\": 0}')",
+    )
+    parser.add_argument(
+        "--production",
+        type=Path,
+        default=None,
+        help="a labeled production set (images/, labels/) re-checked beside evaluate.sets "
+        "(default: the newest <holdouts>/<cycle>; none: golden and evaluate.sets only)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=30)
@@ -230,17 +275,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.macs, args.epochs, args.distill, args.sizes = [0.2], [1], ["on"], [params.base.imgsz]
         args.runs, args.batch_runs, args.rounds, args.batch = 3, 2, 1, 2
     args.sizes = args.sizes or list(dict.fromkeys([640, params.base.imgsz]))
+    args.production = args.production or production_set(params)
     weights = (args.weights or default_model_path(params)).resolve()
     if not weights.is_file():
         raise SystemExit(f"{weights}: checkpoint not found; train first (python -m tasks.train) or pass --weights")
     require_trusted(weights, trusted_checkpoints(params))  # what the project recorded, or nothing is opened
     result: dict[str, Any] = {"weights": str(weights), "host": host(), "sizes": args.sizes, "points": []}
+    production = str(args.production.resolve()) if args.production else ""
+    result["sets"] = {"evaluate": params.evaluate.sets, "production": production}
     out = params.base.paths.reports / "benchmarks" / "compress_curve.json"
     start = time.perf_counter()
     work = Path(args.keep or (params.base.paths.reports / "benchmarks" / "compress_curve.work"))
     shutil.rmtree(work, ignore_errors=True)
     try:
-        for n, point in enumerate(points(args.macs, args.epochs, args.distill)):
+        for n, point in enumerate(points(args.macs, args.epochs, args.distill, args.fine_tune_args)):
             print(f"point {n + 1}: {json.dumps(point)}", flush=True)
             result["points"].append(run_point(params, weights, root=work / f"point{n}", point=point, args=args))
             write_json_atomic(out, result)  # a long curve keeps the points it has

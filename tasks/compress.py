@@ -32,6 +32,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from tasks.adapters import mlflow as mlflow_adapter
 from tasks.cli import stage_main
@@ -157,8 +158,8 @@ def run(params: Params) -> CompressReport:
     network, result = _prune(network, params)
     prune_s = round(time.perf_counter() - start, 2)
     pruned = _pruned(base, result, kept_whole=network.keep_why, prune_s=prune_s)
-    settings = {"epochs": cfg.epochs, "distill": cfg.distill, "distill_weight": cfg.distill_weight}
-    settings |= {"batch": params.train.batch, "imgsz": params.base.imgsz}
+    settings: dict[str, Any] = {"epochs": cfg.epochs, "distill": cfg.distill, "distill_weight": cfg.distill_weight}
+    settings |= {"batch": params.train.batch, "imgsz": params.base.imgsz, "args": dict(cfg.fine_tune_args)}
     tags = {"stage": "compress", "model_family": model.name, "parent_sha256": str(base.parent_sha256)}
     with mlflow_adapter.mlflow_run(params, run_name=f"compress-{model.name}", tags=tags) as run_id:
         mlflow_adapter.log_params({f"compress.{k}": v for k, v in settings.items()} | {"compress.ratio": result.ratio})

@@ -131,6 +131,9 @@ class Params(Section):
         ignored = getattr(family_section, "ignored_on", lambda device: None)(self.base.device)
         if ignored is not None:
             raise ValueError(ignored)
+        refused = getattr(family_section, "refused_fine_tune_args", lambda args: None)(self.compress.fine_tune_args)
+        if refused is not None:
+            raise ValueError(refused)
         weights = self.world.source.class_weights
         if weights is not None and len(weights) != len(self.base.classes):
             raise ValueError(

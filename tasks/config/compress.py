@@ -10,7 +10,7 @@ the rounding would leave with no channel at all is refused before any work, nami
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -32,6 +32,9 @@ class CompressParams(Section):
         epochs: fine-tune epochs on the training data of the train stage (the merged data in a cycle).
         distill: fine-tune against the unpruned model's outputs as well as the labels (logit distillation).
         distill_weight: weight of the distillation term beside the detection loss.
+        fine_tune_args: the family trainer's own arguments for the fine-tune only, over those the train stage
+            uses (Ultralytics: ``optimizer`` with ``lr0``, ``warmup_epochs``, ``close_mosaic``, ...); the family's
+            section refuses a key the stage owns (``epochs`` is ``compress.epochs``).
         max_map_drop: mAP50-95 a compressed artifact may lose beyond ``export.max_map_drop`` of its precision,
             against the unpruned PyTorch model, on every set; the total is capped by ``max_total_map_drop``.
         max_total_map_drop: the rule that governs: a compressed artifact never loses more than this against the
@@ -46,6 +49,7 @@ class CompressParams(Section):
     epochs: PositiveInt = 10
     distill: bool = True
     distill_weight: float = Field(default=1.0, gt=0)
+    fine_tune_args: dict[str, Any] = Field(default_factory=dict)
     max_map_drop: NonNegativeFloat = 0.002
     max_total_map_drop: NonNegativeFloat = 0.005
 

@@ -32,6 +32,12 @@ YOLO_OWNED_ARGS = {
     "project": "base.paths.models",
     "name": "base.paths.models",
 }
+# what compress.fine_tune_args may not set: the fine-tune chooses its own optimizer and lr0, the rest is owned
+YOLO_FINE_TUNE_OWNED = {
+    **{k: v for k, v in YOLO_OWNED_ARGS.items() if k not in {"optimizer", "lr0"}},
+    "epochs": "compress.epochs",
+    "patience": "compress.epochs (no early stop in a fine-tune)",
+}
 YoloOptimizer = Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"]
 
 
@@ -65,6 +71,20 @@ class YoloParams(Section):
         if owned:
             raise ValueError(f"extra_args sets what another key owns: {', '.join(owned)}")
         return self
+
+    def refused_fine_tune_args(self, args: dict[str, Any]) -> str | None:
+        """Why ``compress.fine_tune_args`` cannot go to Ultralytics as they are, or ``None``: the fine-tune may
+        name its own ``optimizer`` and ``lr0``, nothing else another key owns; ``lr0`` needs a named optimizer."""
+        owned = [f"{key} (set by {YOLO_FINE_TUNE_OWNED[key]})" for key in args if key in YOLO_FINE_TUNE_OWNED]
+        if owned:
+            return f"compress.fine_tune_args sets what the stage owns: {', '.join(owned)}"
+        optimizer = args.get("optimizer", self.optimizer)
+        if optimizer == "auto" and "lr0" in args:
+            return (
+                f"compress.fine_tune_args: lr0 = {args['lr0']} would be ignored with optimizer 'auto' (Ultralytics "
+                "picks its own learning rate); name an optimizer there (AdamW, SGD, ...) or remove lr0"
+            )
+        return None
 
     def ignored_on(self, device: str) -> str | None:
         """Why a setting would do nothing on ``device`` (``base.device``), or ``None`` when all take effect."""

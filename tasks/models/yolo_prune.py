@@ -209,6 +209,7 @@ def fine_tune(
 
     data_yaml = write_data_yaml(out_dir / "data.yaml", data)
     args = ultralytics_args(params, data_yaml=data_yaml, scratch=out_dir / "ultralytics")
+    args |= cfg.fine_tune_args  # checked against what the stage owns when params load (train.yolo)
     args |= {"model": params.train.model, "epochs": cfg.epochs, "patience": cfg.epochs, "pretrained": True}
     trainer = PrunedTrainer(overrides=args)
 

@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from tasks import compress, train, world
 from tasks.config import Params
@@ -58,7 +59,8 @@ def test_off_records_a_pass_through_and_removes_a_stale_candidate(trained):
 
 
 def test_a_ratio_shrinks_the_network_and_the_checkpoint_opens_and_exports(trained):
-    params = _params(trained, ratio=0.3, macs_reduction=None, round_to=1, distill=True)
+    schedule = {"warmup_epochs": 0.5, "close_mosaic": 0}
+    params = _params(trained, ratio=0.3, macs_reduction=None, round_to=1, distill=True, fine_tune_args=schedule)
     report = compress.run(params)
     assert report.status == "compressed", report.reason
     assert report.ratio == pytest.approx(0.3)
@@ -66,6 +68,9 @@ def test_a_ratio_shrinks_the_network_and_the_checkpoint_opens_and_exports(traine
     assert any(after < before for before, after in report.layers.values())
     assert report.parent_sha256 and report.checkpoint_sha256 and "head" in report.kept_whole
     assert report.fine_tune["distill"] and report.fine_tune_s > 0 and report.mlflow_run_id
+    assert report.fine_tune["args"] == schedule, "the fine-tune's own trainer arguments are in the lineage"
+    used = yaml.safe_load((compress.scratch_dir(params) / "ultralytics" / "run" / "args.yaml").read_text())
+    assert used["warmup_epochs"] == 0.5 and used["close_mosaic"] == 0, "and they reached the trainer"
     weights = compress.compressed_path(params)
     assert weights.is_file() and str(weights) == report.weights
     assert report.checkpoint_sha256 in trusted_checkpoints(params), "the compressed checkpoint is a recorded one"
@@ -191,13 +196,15 @@ def test_the_pruning_curve_reports_each_point_against_every_set(trained, tmp_pat
     own = compress.compressed_path(params)
     before = own.read_bytes() if own.exists() else None
     args = ["--params", str(params_file), "--quick", "--no-library-reference", "--targets", "onnx", "onnx_int8"]
+    args += ["--production", str(params.base.paths.val)]  # a labeled set re-checked beside golden
     result = compress_curve.main(args)
     (point,) = result["points"]
     assert point["status"] == "compressed" and point["distill"] is True and point["epochs"] == 1
     assert point["macs_after"] < point["macs_before"] and point["fine_tune_min"] > 0
     (size,) = point["sizes"]
     assert size["imgsz"] == params.base.imgsz and size["artifact"] == "compressed_onnx_int8"
-    assert set(size["map_drop_pt"]) == set(params.evaluate.sets), "the loss on every set the export re-checked"
+    assert set(size["map_drop_pt"]) == {*params.evaluate.sets, "production"}, "the loss on every re-checked set"
+    assert result["sets"]["production"] == str(params.base.paths.val.resolve())
     assert size["within_total"] == (max(size["map_drop_pt"].values()) <= 0.5)
     out = params.base.paths.reports / "benchmarks"
     assert json.loads((out / "compress_curve.json").read_text())["points"][0]["sizes"][0]["ms"] == size["ms"]

@@ -42,11 +42,19 @@ def _params_with(tmp_path, **compress):
         ({"ratio": 0.3, "macs_reduction": 0.4}, r"set exactly one of ratio \(0.3\) and macs_reduction \(0.4\)"),
         ({"ratio": None, "macs_reduction": None}, r"set exactly one of ratio"),
         ({"round_to": 0}, r"compress.round_to"),
+        ({"fine_tune_args": {"epochs": 3}}, r"stage owns: epochs \(set by compress.epochs"),
+        ({"fine_tune_args": {"data": "x.yaml"}}, r"fine_tune_args sets what the stage owns: data"),
+        ({"fine_tune_args": {"lr0": 0.0005}}, r"lr0 = 0.0005 would be ignored with optimizer 'auto'"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_when_params_load(tmp_path, settings, match):
     with pytest.raises(ConfigError, match=match):
         _params_with(tmp_path, **settings)
+
+
+def test_the_fine_tune_may_name_its_own_optimizer_and_schedule(tmp_path):
+    args = {"optimizer": "AdamW", "lr0": 0.0005, "warmup_epochs": 0, "close_mosaic": 0}
+    assert _params_with(tmp_path, fine_tune_args=args).compress.fine_tune_args == args
 
 
 def test_the_project_params_leave_compress_off(tmp_path):
