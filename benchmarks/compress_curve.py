@@ -42,11 +42,14 @@ from dvc_scale import host
 from tasks import compress
 from tasks.config import Params, load_params
 from tasks.contracts.checkpoints import require_trusted, trusted_checkpoints
+from tasks.contracts.train_files import dataset_views
 from tasks.core.hashing import file_sha256
 from tasks.core.plots import png_bytes, pyplot
 from tasks.env import apply_env
 from tasks.io import write_bytes_atomic, write_json_atomic
-from tasks.targets.scoring import default_model_path
+from tasks.models import family
+from tasks.models.base import TrainData
+from tasks.targets.scoring import default_model_path, evaluate_set, inference_settings
 
 REFERENCE = inference.LIBRARY_ROW
 
@@ -101,6 +104,48 @@ def point_params(
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+# long: one fine-tune of the unpruned network and its scoring, the point's params rewritten to trust the result
+def control(
+    params: Params, weights: Path, *, root: Path, recipe: dict[str, Any], production: Path | None
+) -> dict[str, Any]:
+    """The unpruned checkpoint fine-tuned with a recipe's ``epochs`` and ``fine_tune_args`` (no pruning, no
+    distillation) and scored in PyTorch at ``base.imgsz`` on every set the points re-check, beside the checkpoint
+    itself: what the extra training alone buys, so a point's loss against the unpruned model can be read apart
+    from it (a short-trained checkpoint gains from any further epochs)."""
+    point = {**recipe, "distill": False}
+    path = point_params(params, weights, root=root, point=point, production=production)
+    sized = load_params(path)
+    model = family(sized)
+    parent = default_model_path(sized)
+    train, val = dataset_views(sized, root / "dataset")
+    start = time.perf_counter()
+    fitted = model.fine_tune(
+        sized,
+        module=model.prunable(parent, sized).module,
+        teacher=None,
+        data=TrainData(train=train, val=val, classes=tuple(sized.base.classes)),
+        out_dir=root / "control",
+        on_epoch=lambda epoch, metrics: None,
+    )
+    minutes = round((time.perf_counter() - start) / 60, 2)
+    data = yaml.safe_load(path.read_text())  # the control's own params trust what it trained, nothing else does
+    data["train"]["trusted_checkpoints"].append(file_sha256(fitted.checkpoint))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    sized = load_params(path)
+    family(sized)
+    settings = inference_settings(sized)
+    scores: dict[str, Any] = {}
+    for name in sized.evaluate.sets:
+        root_set = getattr(sized.base.paths, name)
+        both = [
+            evaluate_set(m, root_set, classes=sized.base.classes, settings=settings, batch=8, set_name=name).map50_95
+            for m in (parent, Path(fitted.checkpoint))
+        ]
+        scores[name] = {"unpruned": round(both[0], 4), "control": round(both[1], 4)}
+        scores[name]["gain_pt"] = round(100 * (both[1] - both[0]), 2)
+    return {**recipe, "imgsz": sized.base.imgsz, "fine_tune_min": minutes, "sets": scores}
 
 
 def size_summary(size: dict[str, Any], *, max_drop: float) -> dict[str, Any]:
@@ -231,6 +276,12 @@ def print_table(result: dict[str, Any]) -> None:
             ms, x = s.get("ms") or float("nan"), s.get("speedup_vs_reference") or float("nan")
             ref = s.get("reference_ms") or float("nan")
             print(f"{head}{s['imgsz']:>5}{ref:>8.2f}{ms:>8.2f}{x:>7.2f}{loss:>30}  {verdict}")
+    for c in result.get("controls", []):
+        tuned = json.dumps(c["fine_tune_args"]) if c["fine_tune_args"] else "the train stage's arguments"
+        sets = ", ".join(
+            f"{k} {v['unpruned']:.4f} -> {v['control']:.4f} ({v['gain_pt']:+.1f} pt)" for k, v in c["sets"].items()
+        )
+        print(f"control (unpruned, {c['epochs']} epochs, {tuned}, {c['imgsz']} px PyTorch): {sets}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -258,6 +309,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="a labeled production set (images/, labels/) re-checked beside evaluate.sets "
         "(default: the newest <holdouts>/<cycle>; none: golden and evaluate.sets only)",
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="per recipe (epochs, fine-tune arguments) also fine-tune the unpruned checkpoint alike and score it",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
@@ -292,6 +348,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"point {n + 1}: {json.dumps(point)}", flush=True)
             result["points"].append(run_point(params, weights, root=work / f"point{n}", point=point, args=args))
             write_json_atomic(out, result)  # a long curve keeps the points it has
+        if args.control:
+            recipes = {
+                json.dumps({"epochs": p["epochs"], "fine_tune_args": p["fine_tune_args"]}) for p in result["points"]
+            }
+            result["controls"] = []
+            for n, recipe in enumerate(sorted(recipes)):
+                print(f"control {n + 1}: the unpruned checkpoint fine-tuned with {recipe}", flush=True)
+                one = control(
+                    params, weights, root=work / f"control{n}", recipe=json.loads(recipe), production=args.production
+                )
+                result["controls"].append(one)
+                write_json_atomic(out, result)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -196,7 +196,7 @@ def test_the_pruning_curve_reports_each_point_against_every_set(trained, tmp_pat
     own = compress.compressed_path(params)
     before = own.read_bytes() if own.exists() else None
     args = ["--params", str(params_file), "--quick", "--no-library-reference", "--targets", "onnx", "onnx_int8"]
-    args += ["--production", str(params.base.paths.val)]  # a labeled set re-checked beside golden
+    args += ["--production", str(params.base.paths.val), "--control"]  # a labeled set beside golden; the control
     result = compress_curve.main(args)
     (point,) = result["points"]
     assert point["status"] == "compressed" and point["distill"] is True and point["epochs"] == 1
@@ -205,6 +205,10 @@ def test_the_pruning_curve_reports_each_point_against_every_set(trained, tmp_pat
     assert size["imgsz"] == params.base.imgsz and size["artifact"] == "compressed_onnx_int8"
     assert set(size["map_drop_pt"]) == {*params.evaluate.sets, "production"}, "the loss on every re-checked set"
     assert result["sets"]["production"] == str(params.base.paths.val.resolve())
+    (ctl,) = result["controls"]  # one recipe: the unpruned checkpoint fine-tuned alike, scored on the same sets
+    assert ctl["epochs"] == 1 and set(ctl["sets"]) == {*params.evaluate.sets, "production"}
+    for scores in ctl["sets"].values():
+        assert scores["gain_pt"] == pytest.approx(100 * (scores["control"] - scores["unpruned"]), abs=0.011)
     assert size["within_total"] == (max(size["map_drop_pt"].values()) <= 0.5)
     out = params.base.paths.reports / "benchmarks"
     assert json.loads((out / "compress_curve.json").read_text())["points"][0]["sizes"][0]["ms"] == size["ms"]
