@@ -47,7 +47,7 @@ class CompressParams(Section):
     macs_reduction: float | None = 0.4
     round_to: PositiveInt = 8
     epochs: PositiveInt = 10
-    distill: bool = True
+    distill: bool = False
     distill_weight: float = Field(default=1.0, gt=0)
     fine_tune_args: dict[str, Any] = Field(default_factory=dict)
     max_map_drop: NonNegativeFloat = 0.002
