@@ -100,6 +100,20 @@ def _timed_ms(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
+# Before each artifact's turn in a round: a pause, then untimed runs. ONNX Runtime's intra-op threads spin-wait after
+# a run; the artifact timed right after one ran 2.3 -> 3.6 ms p50 (OpenVINO INT8, 160 px, 2 cores, AVX2) until the
+# spinning stopped (50 ms) or ten runs passed. The pause lets it stop; the runs warm the caches the last turn used.
+TURN_SETTLE_S = 0.05
+TURN_WARMUP = 2
+
+
+def _settle(forward: Callable[[], object]) -> None:
+    """Start a turn on a quiet machine: what ran before stops spinning, this artifact's data is back in cache."""
+    time.sleep(TURN_SETTLE_S)
+    for _ in range(TURN_WARMUP):
+        forward()
+
+
 def _cycling(forward: Callable[[Any], object], inputs: Sequence[Any]) -> Callable[[], object]:
     """A call that feeds ``forward`` the next of ``inputs`` each time, starting from the first."""
     feed = itertools.cycle(inputs)
@@ -143,7 +157,8 @@ def time_rounds(
 
     Each artifact is loaded and warmed up on its own (untimed ``warmup`` runs at batch 1 and at ``batch``), which
     gives its load time and peak memory. Then, in each of ``rounds`` rounds, every artifact runs its share of the
-    ``runs`` batch-1 and ``batch_runs`` batch-``batch`` timed runs, in an order rotated every round. A noisy
+    ``runs`` batch-1 and ``batch_runs`` batch-``batch`` timed runs, in an order rotated every round, each turn
+    after a short pause and two untimed runs (:data:`TURN_SETTLE_S`: another runtime's spinning threads). A noisy
     moment therefore lands on all artifacts instead of on whichever was being timed alone, and the speed-up of
     an INT8 artifact over its FP32 sibling is measured side by side. The batch of ``batch`` repeats ``images``
     cyclically; batch-1 run ``k`` of a round feeds image ``k mod len(images)``, the same images for every
@@ -173,6 +188,7 @@ def time_rounds(
         shift = r % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
             detector = loaded[name]
+            _settle(partial(detector.forward, singles[0]))
             single[name].append(_timed_ms(_cycling(detector.forward, singles), _share(runs, rounds, r)))
             batched[name] += _timed_ms(partial(detector.forward, many), _share(batch_runs, rounds, r))
     return {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.runtimes.detectors import InferenceSettings
-from tasks.targets.timing import _PeakRss, _share, time_artifacts
+from tasks.targets.timing import TURN_WARMUP, _PeakRss, _share, time_artifacts
 from tests.onnx_models import write_conv_stack
 
 
@@ -72,6 +72,7 @@ def test_timed_runs_alternate_between_artifacts_round_by_round(monkeypatch):
             return batch
 
     monkeypatch.setattr("tasks.targets.timing.load_detector", Recorder)
+    monkeypatch.setattr("tasks.targets.timing.time.sleep", lambda s: calls.append(("pause", 0)))
     images = np.zeros((1, 3, 8, 8), np.float32)
     time_artifacts(
         {"a": Path("a"), "b": Path("b"), "c": Path("c")},
@@ -86,7 +87,11 @@ def test_timed_runs_alternate_between_artifacts_round_by_round(monkeypatch):
     warmups = [("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1), ("c", 2)]  # loaded and warmed one by one
     assert calls[:6] == warmups
     timed = calls[6:]
-    blocks = [timed[i : i + 3] for i in range(0, len(timed), 3)]  # 2 batch-1 runs + 1 batch run per turn
-    order = [block[0][0] for block in blocks]
+    # per turn: a pause and untimed runs (another runtime's spinning threads, cold caches), then 2 batch-1 runs and
+    # 1 batch run, all timed
+    size = 1 + TURN_WARMUP + 3
+    blocks = [timed[i : i + size] for i in range(0, len(timed), size)]
+    order = [block[1][0] for block in blocks]
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every round, each in turn; rotated
-    assert all(block == [(n, 1), (n, 1), (n, 2)] for n, block in zip(order, blocks, strict=True))
+    for name, block in zip(order, blocks, strict=True):
+        assert block == [("pause", 0), *[(name, 1)] * TURN_WARMUP, (name, 1), (name, 1), (name, 2)]
