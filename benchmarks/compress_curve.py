@@ -67,9 +67,10 @@ def points(
 
 def production_set(params: Params) -> Path | None:
     """The newest labeled production holdout (``<holdouts>/<cycle>`` with images and labels), or None."""
-    root = params.base.paths.holdouts
-    found = sorted(p for p in root.glob("*") if (p / "images").is_dir() and (p / "labels").is_dir())
-    return found[-1] if root.is_dir() and found else None
+    found = sorted(
+        p for p in params.base.paths.holdouts.glob("*") if (p / "images").is_dir() and (p / "labels").is_dir()
+    )
+    return found[-1] if found else None
 
 
 def point_params(
@@ -140,7 +141,9 @@ def control(
     for name in sized.evaluate.sets:
         root_set = getattr(sized.base.paths, name)
         both = [
-            evaluate_set(m, root_set, classes=sized.base.classes, settings=settings, batch=8, set_name=name).map50_95
+            evaluate_set(
+                m, root_set, classes=sized.base.classes, settings=settings, batch=sized.evaluate.batch, set_name=name
+            ).map50_95
             for m in (parent, Path(fitted.checkpoint))
         ]
         scores[name] = {"unpruned": round(both[0], 4), "control": round(both[1], 4)}
