@@ -2,10 +2,10 @@
 
 One clean production batch, then two with a lighting drift. The champion's log of the clean batch alone raises no
 alarm; with the drifted batches the drift is confirmed (k = 2) and the trigger creates a ``continuous_learning`` flow
-run of the ``retrain`` deployment with the drifted batches flagged (created is enough: no worker runs it). Then a
-second version is promoted with the gate off: while it answers like its predecessor nothing happens; once it answers
-worse on the same images (one box per image instead of five) the watch rolls it back, with an audit entry (after
-a first attempt that finds the rollback target broken and moves nothing).
+run of a retrain deployment (this module's own) with the drifted batches flagged (created is enough: no worker runs
+it). Then a second version is promoted with the gate off: while it answers like its predecessor nothing happens; once
+it answers worse on the same images (one box per image instead of five) the watch rolls it back, with an audit entry
+(after a first attempt that finds the rollback target broken and moves nothing).
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ from tests.conftest import tiny_params_dict
 pytestmark = pytest.mark.integration
 
 
+# This module's own deployment: the Prefect harness is shared by every test module of a pytest-xdist worker, and
+# other modules register ``continuous_learning/retrain`` and start runs of it.
+DEPLOYMENT = "retrain-monitor-flow"
+
+
 def _write(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -39,7 +44,7 @@ async def _register_retrain_deployment() -> str:
     async with get_client() as client:
         flow_id = await client.create_flow_from_name("continuous_learning")
         deployment_id = await client.create_deployment(
-            flow_id=flow_id, name="retrain", entrypoint="flows/continuous_learning.py:continuous_learning"
+            flow_id=flow_id, name=DEPLOYMENT, entrypoint="flows/continuous_learning.py:continuous_learning"
         )
     return str(deployment_id)
 
@@ -82,6 +87,7 @@ def world(tmp_path_factory, prefect_harness) -> dict:
     )
     data["export"].update(targets=["onnx"])
     data["monitor"]["drift"].update(min_images=20)
+    data["monitor"]["trigger"].update(deployment=f"continuous_learning/{DEPLOYMENT}")
     params_file = _write(root / "params.yaml", data)
     bootstrap(params_path=str(params_file))
     params = load_params(params_file)
