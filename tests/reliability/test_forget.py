@@ -206,8 +206,9 @@ def test_retention_drops_old_log_partitions_and_production_batches_and_is_off_by
     assert off.mode == "retention" and off.removed == {} and snapshot(tmp_path / "data") == everything
 
     policy = {"prediction_log_days": 1, "production_image_days": 1}
-    on = params.model_copy(update={"forget": params.forget.model_copy(update={"retention": policy})})
-    on = Params.model_validate(on.model_dump() | {"forget": {"retention": policy}})
+    data = params.model_dump()
+    data["forget"]["retention"] = policy
+    on = Params.model_validate(data)
     report = forget.run(on, retention=True, today=newest + dt.timedelta(days=1))
     dates = sorted(p.name for p in paths.predictions.iterdir() if p.is_dir())
     assert dates == [f"date={newest}"], dates
